@@ -1,0 +1,5 @@
+"""`python -m pagewalk` runs the command line."""
+
+from pagewalk.cli import main
+
+main()

@@ -1,0 +1,134 @@
+"""Physical memory: 4 KiB frames, stored sparsely on the host.
+
+A frame costs host memory only once something is stored in it: page-table frames
+always (they are written as soon as they are allocated), data frames when a
+`write` step stores bytes. Stored frames live in one NumPy pool of 512 x uint64
+rows; ``slot_of[pfn]`` is the row of a stored frame or -1, and a frame without a
+row reads as zeros (the allocator hands out zeroed pages, so an unstored frame
+and a zeroed one are the same thing). The arrays are plain NumPy so compiled
+code (mm/fastpath.py) can read and write entries without crossing into Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+FRAME_WORDS = 512
+FRAME_SIZE = 4096
+
+
+class PhysicalMemory:
+    """``nr_frames`` frames of 4 KiB; 64-bit little-endian words and bytes by physical address."""
+
+    def __init__(self, size: int, initial_slots: int = 256) -> None:
+        if size % FRAME_SIZE:
+            raise ValueError("physical memory size must be a multiple of 4 KiB")
+        self.size = size
+        self.nr_frames = size // FRAME_SIZE
+        self.slot_of: npt.NDArray[np.int32] = np.full(self.nr_frames, -1, dtype=np.int32)
+        self.pool: npt.NDArray[np.uint64] = np.zeros((initial_slots, FRAME_WORDS), dtype=np.uint64)
+        # Free rows form a stack: free_slots[:nr_free_slots] are unused rows.
+        self.free_slots: npt.NDArray[np.int32] = np.arange(initial_slots - 1, -1, -1, dtype=np.int32)
+        self.nr_free_slots = np.zeros(1, dtype=np.int64)
+        self.nr_free_slots[0] = initial_slots
+
+    # -- pool management -------------------------------------------------------------------
+    @property
+    def stored_frames(self) -> int:
+        return int(self.pool.shape[0] - self.nr_free_slots[0])
+
+    def reserve_slots(self, needed: int) -> None:
+        """Grow the pool so that at least ``needed`` rows are free (before compiled code runs)."""
+        free = int(self.nr_free_slots[0])
+        if free >= needed:
+            return
+        old = self.pool.shape[0]
+        new = max(old * 2, old + needed - free + 64)
+        pool = np.zeros((new, FRAME_WORDS), dtype=np.uint64)
+        pool[:old] = self.pool
+        self.pool = pool
+        added = np.arange(new - 1, old - 1, -1, dtype=np.int32)
+        stack = np.empty(new, dtype=np.int32)
+        stack[: added.size] = added
+        stack[added.size: added.size + free] = self.free_slots[:free]
+        self.free_slots = stack
+        self.nr_free_slots[0] = free + added.size
+
+    def _store(self, pfn: int) -> int:
+        slot = int(self.slot_of[pfn])
+        if slot >= 0:
+            return slot
+        self.reserve_slots(1)
+        top = int(self.nr_free_slots[0]) - 1
+        slot = int(self.free_slots[top])
+        self.nr_free_slots[0] = top
+        self.pool[slot, :] = 0
+        self.slot_of[pfn] = slot
+        return slot
+
+    def drop(self, pfn: int) -> None:
+        """Forget a frame's contents (it was freed or zeroed): it reads as zeros again."""
+        slot = int(self.slot_of[pfn])
+        if slot < 0:
+            return
+        self.slot_of[pfn] = -1
+        top = int(self.nr_free_slots[0])
+        self.free_slots[top] = slot
+        self.nr_free_slots[0] = top + 1
+
+    def is_stored(self, pfn: int) -> bool:
+        return bool(self.slot_of[pfn] >= 0)
+
+    # -- words (page-table entries) -----------------------------------------------------------
+    def read_u64(self, paddr: int) -> int:
+        slot = int(self.slot_of[paddr >> 12])
+        if slot < 0:
+            return 0
+        return int(self.pool[slot, (paddr & 0xFFF) >> 3])
+
+    def write_u64(self, paddr: int, value: int) -> None:
+        slot = self._store(paddr >> 12)
+        self.pool[slot, (paddr & 0xFFF) >> 3] = value
+
+    def frame_words(self, pfn: int) -> npt.NDArray[np.uint64]:
+        """A read-only copy of a frame's 512 words (zeros for an unstored frame)."""
+        slot = int(self.slot_of[pfn])
+        if slot < 0:
+            return np.zeros(FRAME_WORDS, dtype=np.uint64)
+        return self.pool[slot].copy()
+
+    # -- bytes (data) --------------------------------------------------------------------------
+    def read_bytes(self, paddr: int, length: int) -> bytes:
+        """Bytes within one frame."""
+        pfn, offset = paddr >> 12, paddr & 0xFFF
+        assert offset + length <= FRAME_SIZE
+        slot = int(self.slot_of[pfn])
+        if slot < 0:
+            return bytes(length)
+        return self.pool[slot].view(np.uint8)[offset: offset + length].tobytes()
+
+    def write_bytes(self, paddr: int, data: bytes) -> None:
+        """Bytes within one frame."""
+        pfn, offset = paddr >> 12, paddr & 0xFFF
+        assert offset + len(data) <= FRAME_SIZE
+        slot = self._store(pfn)
+        self.pool[slot].view(np.uint8)[offset: offset + len(data)] = np.frombuffer(data, np.uint8)
+
+    def copy_frame(self, dst_pfn: int, src_pfn: int) -> None:
+        """copy_page(): dst gets src's contents (an unstored src leaves dst unstored)."""
+        src = int(self.slot_of[src_pfn])
+        if src < 0:
+            self.drop(dst_pfn)
+            return
+        dst = self._store(dst_pfn)
+        self.pool[dst, :] = self.pool[int(self.slot_of[src_pfn])]
+
+    def clear_frame(self, pfn: int) -> None:
+        """clear_page()."""
+        self.drop(pfn)
+
+    @property
+    def host_bytes(self) -> int:
+        """Host memory the simulated RAM costs (arrays included)."""
+        return int(self.pool.nbytes + self.slot_of.nbytes + self.free_slots.nbytes)

@@ -1,0 +1,283 @@
+"""User accesses over a range (the `touch` step): the reference loop and the compiled one.
+
+``touch_reference`` sends every access through Kernel.user_access (MMU, TLB, page walk,
+do_user_addr_fault, handle_mm_fault): the readable path, and the definition of what the
+compiled loop must do.
+
+``touch`` runs the common case in one Numba loop over the simulated physical memory
+arrays (STYLE rule 12): per access it walks the page tables as the MMU does (setting A/D),
+and on a page fault it does what the kernel's path does for a private anonymous VMA
+without a THP decision pending: allocate missing page tables (p4d/pud/pmd/pte_alloc),
+map the zero page on a read, a new zeroed page on a write (do_anonymous_page), replace
+a zero-page PTE on a write (wp_page_copy), reuse an exclusive anonymous page
+(wp_page_reuse), bump the same counters (RSS, pgtables_bytes, NR_*, PGFAULT, min_flt).
+It stops and hands back to Python at the first access that needs anything else: a
+huge PMD or a THP-eligible empty PMD, a COW copy of a shared page, a permission problem,
+an allocation failure, a VMA edge. Tests check both paths leave identical state.
+The TLBs are flushed (for this mm's PCIDs) before the compiled loop runs, so the loop
+works with an empty TLB view; it does not fill the TLBs (documented in docs/differences.md).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numba import njit
+
+from pagewalk.hw import pgtable_types as pt
+from pagewalk.mm import huge_memory
+from pagewalk.mm.page_alloc import free_one_page, rmqueue_smallest  # noqa: F401 (jitted)
+from pagewalk.mm.page_alloc import PageFlag
+from pagewalk.mm.types import VmFlags
+from pagewalk.mm.vma import find_vma
+
+if TYPE_CHECKING:
+    from pagewalk.kernel.kernel import Kernel
+    from pagewalk.kernel.task import Task
+
+# Stop reasons of the compiled loop.
+DONE = 0
+NEED_SLOW = 1   # this access needs the Python path
+NEED_SLOTS = 2  # the physmem row pool must grow first
+
+P = np.uint64(pt._PAGE_PRESENT)
+RW = np.uint64(pt._PAGE_RW)
+US = np.uint64(pt._PAGE_USER)
+ACC = np.uint64(pt._PAGE_ACCESSED)
+DIRTY = np.uint64(pt._PAGE_DIRTY)
+PSE = np.uint64(pt._PAGE_PSE)
+SPECIAL = np.uint64(pt._PAGE_SPECIAL)
+TABLE = np.uint64(pt._PAGE_TABLE)
+PFN_MASK = np.uint64(pt.PTE_PFN_MASK)
+F_ANON = np.uint16(PageFlag.ANON)
+F_EXCL = np.uint16(PageFlag.ANON_EXCLUSIVE)
+F_TABLE = np.uint16(PageFlag.TABLE)
+F_DIRTY = np.uint16(PageFlag.DIRTY)
+F_LAZY = np.uint16(PageFlag.LAZYFREE)
+
+# Indexes into the small parameter/counter arrays (kept in step with mm/vmstat.py, mm/types.py).
+NR_FREE_PAGES, NR_ANON_MAPPED, NR_PAGETABLE, NR_ACTIVE_ANON = 0, 1, 6, 10
+PGALLOC_BASE, PGFAULT, PGREUSE = 0, 4, 42
+MM_ANONPAGES, PGTABLES_BYTES = 1, 4
+
+
+@njit(cache=True)
+def _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist, node_stat,
+                vm_events, refcount):
+    """alloc_pages(order 0) over the zonelist; -1 when every zone is empty."""
+    for i in range(zonelist.shape[0]):
+        zone = zonelist[i]
+        pfn = rmqueue_smallest(flags, order_of, next_, prev, free_head, nr_free, zone, 0)
+        if pfn >= 0:
+            node_stat[NR_FREE_PAGES] -= 1
+            vm_events[PGALLOC_BASE + zone] += 1
+            refcount[pfn] = 1
+            return pfn
+    return -1
+
+
+@njit(cache=True)
+def _store_table(slot_of, pool, free_slots, nr_free_slots, pfn):
+    """Give a new page-table frame a zeroed row in the physmem pool."""
+    top = nr_free_slots[0] - 1
+    slot = free_slots[top]
+    nr_free_slots[0] = top
+    pool[slot, :] = 0
+    slot_of[pfn] = slot
+
+
+@njit(cache=True)
+def touch_kernel(start, count, stride, write, levels, root_pfn, vma_flags_ok_write,
+                 thp_pmd_allowed, page_prot, zero_pfn,
+                 slot_of, pool, free_slots, nr_free_slots,
+                 flags, order_of, refcount, mapcount, next_, prev, free_head, nr_free, zonelist,
+                 node_stat, vm_events, mm_stat, out):
+    """Accesses ``start + i * stride`` for i in [out[0], count). Returns a stop reason;
+    out[0] is the index of the next access, out[1] counts faults, out[2] is 1 once a
+    write fault allocated an anonymous page (the VMA needs its anon_vma)."""
+    shift0 = 39 if levels == 4 else 48
+    i = out[0]
+    while i < count:
+        vaddr = start + i * stride
+        if nr_free_slots[0] < levels:
+            out[0] = i
+            return NEED_SLOTS
+        # --- the hardware walk (SDM §4.5), allocating on the kernel's fault path -----------
+        table = root_pfn
+        shift = shift0
+        faulted = False
+        while True:
+            slot = slot_of[table]
+            index = (vaddr >> shift) & 511
+            entry = pool[slot, index] if slot >= 0 else np.uint64(0)
+            if shift == 12:
+                break
+            if entry & PSE:
+                out[0] = i
+                return NEED_SLOW                 # huge leaf: THP or hugetlb paths
+            if entry == 0:
+                if shift == 21 and thp_pmd_allowed:
+                    out[0] = i
+                    return NEED_SLOW             # do_huge_pmd_anonymous_page decides
+                if not faulted:
+                    faulted = True
+                new = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist,
+                                  node_stat, vm_events, refcount)
+                if new < 0:
+                    out[0] = i
+                    return NEED_SLOW
+                _store_table(slot_of, pool, free_slots, nr_free_slots, new)
+                flags[new] |= F_TABLE
+                node_stat[NR_PAGETABLE] += 1
+                if shift != 48:                  # a P4D table has no VmPTE counter
+                    mm_stat[PGTABLES_BYTES] += 4096
+                entry = (np.uint64(new) << np.uint64(12)) | TABLE
+                pool[slot, index] = entry
+            elif not entry & ACC:
+                pool[slot, index] = entry | ACC
+            table = np.int64((entry & PFN_MASK) >> np.uint64(12))
+            shift -= 9
+        # shift == 12: the PTE itself, at pool[slot, index] of PTE table ``table``.
+        slot = slot_of[table]
+        index = (vaddr >> 12) & 511
+        pte = pool[slot, index]
+        if pte & P and (not write or pte & RW):
+            new_pte = pte | ACC | (DIRTY if write else np.uint64(0))
+            if new_pte != pte:
+                pool[slot, index] = new_pte
+            if faulted:                          # a table was allocated: a counted fault
+                out[1] += 1
+                vm_events[PGFAULT] += 1
+            i += 1
+            continue
+        if write and not vma_flags_ok_write:
+            out[0] = i
+            return NEED_SLOW                     # SIGSEGV from do_user_addr_fault
+        if pte == 0:
+            if not write:                        # do_anonymous_page: the zero page
+                pool[slot, index] = (np.uint64(zero_pfn) << np.uint64(12)) | page_prot | SPECIAL | ACC
+            else:                                # do_anonymous_page: a new page
+                pfn = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist,
+                                  node_stat, vm_events, refcount)
+                if pfn < 0:
+                    out[0] = i
+                    return NEED_SLOW
+                _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots,
+                               node_stat, mm_stat)
+                pool[slot, index] = (np.uint64(pfn) << np.uint64(12)) | page_prot | ACC | DIRTY | RW
+                out[2] = 1
+        elif not pte & P:
+            out[0] = i
+            return NEED_SLOW                     # PROT_NONE or another non-present entry
+        elif pte & SPECIAL:                      # wp_page_copy from the zero page
+            if (pte & PFN_MASK) >> np.uint64(12) != np.uint64(zero_pfn):
+                out[0] = i
+                return NEED_SLOW
+            pfn = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist,
+                              node_stat, vm_events, refcount)
+            if pfn < 0:
+                out[0] = i
+                return NEED_SLOW
+            _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots,
+                           node_stat, mm_stat)
+            pool[slot, index] = (np.uint64(pfn) << np.uint64(12)) | page_prot | ACC | DIRTY | RW
+            out[2] = 1
+        else:
+            pfn = np.int64((pte & PFN_MASK) >> np.uint64(12))
+            if flags[pfn] & F_ANON and flags[pfn] & F_EXCL:    # wp_page_reuse
+                flags[pfn] &= ~F_LAZY
+                pool[slot, index] = pte | RW | DIRTY | ACC
+                vm_events[PGREUSE] += 1
+            else:
+                out[0] = i
+                return NEED_SLOW                 # a real copy-on-write
+        out[1] += 1
+        vm_events[PGFAULT] += 1
+        i += 1
+    out[0] = i
+    return DONE
+
+
+@njit(cache=True)
+def _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots, node_stat, mm_stat):
+    """folio_add_new_anon_rmap() + add_mm_counter(MM_ANONPAGES) for an order-0 folio."""
+    slot = slot_of[pfn]
+    if slot >= 0:                                # __GFP_ZERO: forget old contents
+        slot_of[pfn] = -1
+        free_slots[nr_free_slots[0]] = slot
+        nr_free_slots[0] += 1
+    flags[pfn] |= F_ANON | F_EXCL | F_DIRTY
+    mapcount[pfn] = 1
+    node_stat[NR_ANON_MAPPED] += 1
+    node_stat[NR_ACTIVE_ANON] += 1
+    mm_stat[MM_ANONPAGES] += 1
+
+
+def touch_reference(k: Kernel, task: Task, start: int, length: int, stride: int,
+                    access: int) -> None:
+    """One access at every ``stride`` bytes of [start, start + length)."""
+    for vaddr in range(start, start + length, stride):
+        k.user_access(task, vaddr, access)
+
+
+def _fast_path_applies(k: Kernel, task: Task, vaddr: int, access: int) -> tuple[bool, int]:
+    """Can the compiled loop run from ``vaddr``? Returns (ok, end of the VMA)."""
+    vma = find_vma(task.mm, vaddr)
+    if vma is None or vma.start > vaddr:
+        return False, 0
+    ok = (vma.is_anonymous() and not vma.flags & VmFlags.SHARED and not k.pti
+          and vma.flags & (VmFlags.READ | VmFlags.WRITE)
+          and k.mmu.mode.is_canonical(vaddr) and access in (0, 1)
+          and not any(huge_memory.order_enabled(k, vma, o) for o in huge_memory.MTHP_ORDERS[:-1])
+          or False)
+    return bool(ok), vma.end
+
+
+def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: int) -> None:
+    """The touch step: the compiled loop where it applies, the reference path elsewhere."""
+    end = start + length
+    count_total = (length + stride - 1) // stride if length > 0 else 0
+    i = 0
+    k.switch_to(task)
+    mm = task.mm
+    out = np.zeros(3, dtype=np.int64)
+    while i < count_total:
+        vaddr = start + i * stride
+        ok, vma_end = _fast_path_applies(k, task, vaddr, access)
+        if not ok:
+            k.user_access(task, vaddr, access)
+            i += 1
+            continue
+        vma = find_vma(mm, vaddr)
+        assert vma is not None
+        seg_count = min(count_total, (min(end, vma_end) - start + stride - 1) // stride)
+        thp = huge_memory.thp_vma_allowable_pmd(k, mm, vma)
+        k.flush_tlb_mm(mm)   # the loop does not keep the TLB in step: start it empty
+        out[0], out[1], out[2] = i, 0, 0
+        while True:
+            k.physmem.reserve_slots(64)
+            reason = _run_kernel(k, mm, vma, start, seg_count, stride, access, thp, out)
+            if reason != NEED_SLOTS:
+                break
+        task.min_flt += int(out[1])
+        if out[2]:
+            from pagewalk.mm.memory import anon_vma_prepare
+            anon_vma_prepare(vma)
+        i = int(out[0])
+        if reason == NEED_SLOW and i < count_total:
+            k.user_access(task, start + i * stride, access)
+            i += 1
+
+
+def _run_kernel(k: Kernel, mm, vma, start: int, count: int, stride: int, access: int,  # type: ignore[no-untyped-def]
+                thp: bool, out: np.ndarray) -> int:
+    pm, memmap, buddy = k.physmem, k.memmap, k.buddy
+    zonelist = np.array(buddy.zonelist(), dtype=np.int64)
+    return int(touch_kernel(
+        start, count, stride, access == 1, k.levels, mm.pgd_pfn,
+        bool(vma.flags & VmFlags.WRITE), thp, np.uint64(vma.page_prot), k.zero_pfn,
+        pm.slot_of, pm.pool, pm.free_slots, pm.nr_free_slots,
+        memmap.flags, memmap.order, memmap.refcount, memmap.mapcount, memmap.next,
+        memmap.prev, buddy.free_head, buddy.nr_free, zonelist,
+        k.node_stat, k.vm_events, mm.stat, out))

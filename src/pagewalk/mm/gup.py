@@ -1,0 +1,44 @@
+"""get_user_pages for MAP_POPULATE and MADV_POPULATE (mm/gup.c populate_vma_page_range,
+__get_user_pages, faultin_page).
+
+GUP walks the page tables in software (no TLB) and faults in what is missing through
+handle_mm_fault without FAULT_FLAG_USER; those faults count in PGFAULT and min_flt
+(mm_account_fault with regs == NULL).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pagewalk.errors import Signal, SignalError
+from pagewalk.hw import pgtable_types as pt
+from pagewalk.mm.memory import FaultFlags, VmFault, handle_mm_fault
+from pagewalk.mm.types import Vma, VmFlags
+
+if TYPE_CHECKING:
+    from pagewalk.kernel.kernel import Kernel
+    from pagewalk.kernel.task import Task
+
+
+def populate_vma_page_range(k: Kernel, task: Task, vma: Vma, start: int, end: int,
+                            write: bool | None = None) -> None:
+    """Fault in [start, end) of one VMA; FOLL_WRITE for private writable mappings."""
+    if vma.flags & (VmFlags.IO | VmFlags.PFNMAP) or not vma.flags & (
+            VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC):
+        return
+    if write is None:
+        write = vma.flags & (VmFlags.WRITE | VmFlags.SHARED) == VmFlags.WRITE
+    addr = start
+    while addr < end:
+        paddr, entry, shift = k.pgtables.lookup(task.mm, addr)
+        present = bool(entry & pt._PAGE_PRESENT)
+        if present and (not write or entry & pt._PAGE_RW):
+            step = 1 << shift
+            addr = min((addr + step) & ~(step - 1), end)
+            continue
+        flags = FaultFlags.WRITE if write else FaultFlags(0)
+        ret = handle_mm_fault(k, task, vma, addr, flags)
+        if ret & VmFault.ERROR:
+            if ret & VmFault.OOM:
+                raise SignalError(Signal.SIGBUS, addr, "out of memory while populating")
+            return  # populate stops quietly; later accesses fault again

@@ -1,0 +1,319 @@
+"""The page-fault path and page zapping (mm/memory.c).
+
+handle_mm_fault -> __handle_mm_fault -> (THP: mm/huge_memory.c) -> handle_pte_fault ->
+do_anonymous_page / do_fault (shmem) / do_wp_page; mm_account_fault counts the fault.
+zap_page_range_single / unmap_page_range -> zap_pte_range take pages out of page tables.
+
+This is the readable reference path. mm/fastpath.py runs the common case (private
+anonymous 4 KiB faults) in compiled code and must leave identical state.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+from pagewalk.hw import pgtable_types as pt
+from pagewalk.mm import huge_memory, rmap
+from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
+from pagewalk.mm.pgtable import OutOfMemory
+from pagewalk.mm.types import AnonVma, MmStat, MmStruct, Vma, VmFlags
+from pagewalk.mm.vmstat import NodeStat, VmEvent
+
+if TYPE_CHECKING:
+    from pagewalk.kernel.kernel import Kernel
+    from pagewalk.kernel.task import Task
+
+
+class FaultFlags(enum.IntFlag):
+    """enum fault_flag (include/linux/mm_types.h)."""
+
+    WRITE = 1 << 0
+    USER = 1 << 6
+    INSTRUCTION = 1 << 8
+    REMOTE = 1 << 7       # GUP on behalf of another path (populate): no perf accounting
+
+
+class VmFault(enum.IntFlag):
+    """vm_fault_t results (include/linux/mm_types.h)."""
+
+    OK = 0
+    OOM = 1 << 0
+    SIGBUS = 1 << 1
+    MAJOR = 1 << 2
+    SIGSEGV = 1 << 6
+    NOPAGE = 1 << 8
+    FALLBACK = 1 << 11
+    ERROR = OOM | SIGBUS | SIGSEGV
+
+
+def handle_mm_fault(k: Kernel, task: Task, vma: Vma, vaddr: int, flags: FaultFlags) -> VmFault:
+    """handle_mm_fault(): resolve a fault the VMA permits, then mm_account_fault()."""
+    if vma.is_hugetlb():
+        from pagewalk.mm import hugetlb
+        ret = hugetlb.hugetlb_fault(k, task.mm, vma, vaddr, flags)
+    else:
+        ret = __handle_mm_fault(k, task.mm, vma, vaddr, flags)
+    mm_account_fault(k, task, ret)
+    return ret
+
+
+def mm_account_fault(k: Kernel, task: Task, ret: VmFault) -> None:
+    """mm_account_fault(): PGFAULT for every completed fault (errors included), then
+    min_flt unless the fault failed."""
+    k.vm_events[VmEvent.PGFAULT] += 1
+    if ret & VmFault.ERROR:
+        return
+    if ret & VmFault.MAJOR:
+        task.maj_flt += 1
+    else:
+        task.min_flt += 1
+
+
+def __handle_mm_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int,
+                      flags: FaultFlags) -> VmFault:
+    pgt = k.pgtables
+    try:
+        pmd_paddr, _ = pgt.walk(mm, vaddr, 21, alloc=True)   # p4d/pud/pmd_alloc
+    except OutOfMemory:
+        return VmFault.OOM
+    pmd = pgt.read(pmd_paddr)
+    if pmd == 0 and huge_memory.thp_vma_allowable_pmd(k, mm, vma):
+        ret = huge_memory.do_huge_pmd_anonymous_page(k, mm, vma, vaddr, pmd_paddr, flags)
+        if not ret & VmFault.FALLBACK:
+            return ret
+    elif pmd & pt._PAGE_PSE:
+        if flags & FaultFlags.WRITE and not pmd & pt._PAGE_RW:
+            ret = huge_memory.do_huge_pmd_wp_page(k, mm, vma, vaddr, pmd_paddr)
+            if not ret & VmFault.FALLBACK:
+                return ret
+        else:
+            pgt.set_entry(mm, pmd_paddr, pmd | pt._PAGE_ACCESSED)  # huge_pmd_set_accessed
+            return VmFault.OK
+    return handle_pte_fault(k, mm, vma, vaddr, pmd_paddr, flags)
+
+
+def handle_pte_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
+                     flags: FaultFlags) -> VmFault:
+    pgt = k.pgtables
+    pmd = pgt.read(pmd_paddr)
+    pte_paddr = -1
+    pte = 0
+    if pmd != 0:
+        pte_paddr = (pt.pte_pfn(pmd) << 12) + ((vaddr >> 12) & 511) * 8
+        pte = pgt.read(pte_paddr)
+    if pte == 0:
+        if vma.is_anonymous():
+            return do_anonymous_page(k, mm, vma, vaddr, pmd_paddr, flags)
+        from pagewalk.mm import shmem
+        return shmem.do_fault(k, mm, vma, vaddr, pmd_paddr, flags)
+    if not pte & pt._PAGE_PRESENT:
+        return VmFault.SIGSEGV  # PROT_NONE entries never reach here (access_error)
+    if flags & FaultFlags.WRITE:
+        if not pte & pt._PAGE_RW:
+            return do_wp_page(k, mm, vma, vaddr, pte_paddr, pte)
+        pte |= pt._PAGE_DIRTY
+    pgt.set_entry(mm, pte_paddr, pte | pt._PAGE_ACCESSED)  # spurious: ptep_set_access_flags
+    return VmFault.OK
+
+
+def pte_alloc(k: Kernel, mm: MmStruct, pmd_paddr: int) -> int:
+    """pte_alloc(): the PMD entry's PTE table, allocated (pmd_install) when none."""
+    pgt = k.pgtables
+    pmd = pgt.read(pmd_paddr)
+    if pmd == 0:
+        pfn = pgt.alloc_table_page(mm, "pte")
+        if pfn == NO_PAGE:
+            return NO_PAGE
+        pmd = pt.mk_table(pfn)
+        pgt.set_entry(mm, pmd_paddr, pmd)
+    return pt.pte_pfn(pmd)
+
+
+def anon_vma_prepare(vma: Vma) -> None:
+    """vmf_anon_prepare() -> __anon_vma_prepare(): the first write gives the VMA an anon_vma."""
+    if vma.anon_vma is None:
+        vma.anon_vma = AnonVma()
+
+
+def mk_anon_pte(vma: Vma, pfn: int) -> int:
+    """folio_mk_pte + pte_sw_mkyoung + (VM_WRITE) pte_mkwrite(pte_mkdirty())."""
+    entry = pt.mk_pte(pfn, vma.page_prot) | pt._PAGE_ACCESSED
+    if vma.flags & VmFlags.WRITE:
+        entry |= pt._PAGE_DIRTY | pt._PAGE_RW
+    return entry
+
+
+def do_anonymous_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
+                      flags: FaultFlags) -> VmFault:
+    """do_anonymous_page(): the zero page on a read, a new zeroed folio on a write."""
+    pgt = k.pgtables
+    if vma.flags & VmFlags.SHARED:
+        return VmFault.SIGBUS
+    table = pte_alloc(k, mm, pmd_paddr)
+    if table == NO_PAGE:
+        return VmFault.OOM
+    if not flags & FaultFlags.WRITE:
+        entry = pt.mk_pte(k.zero_pfn, vma.page_prot) | pt._PAGE_SPECIAL | pt._PAGE_ACCESSED
+        pgt.set_entry(mm, (table << 12) + ((vaddr >> 12) & 511) * 8, entry)
+        return VmFault.OK
+    anon_vma_prepare(vma)
+    pfn, order = huge_memory.alloc_anon_folio(k, mm, vma, vaddr, table)
+    nr_pages = 1 << order
+    if pfn == NO_PAGE:
+        return VmFault.OOM
+    rmap.folio_add_new_anon_rmap(k, pfn, nr_pages, pmd_mapped=False)
+    k.memmap.refcount[pfn] = nr_pages  # one reference per PTE mapping (folio_ref_add)
+    start = vaddr & ~((nr_pages << 12) - 1)
+    for i in range(nr_pages):
+        va = start + (i << 12)
+        pgt.set_entry(mm, (table << 12) + ((va >> 12) & 511) * 8, mk_anon_pte(vma, pfn + i))
+    mm.stat[MmStat.MM_ANONPAGES] += nr_pages
+    if order:
+        huge_memory.count_mthp_stat(k, order, "anon_fault_alloc")
+    return VmFault.OK
+
+
+def vm_normal_page(k: Kernel, pte: int) -> int:
+    """vm_normal_page(): the pfn behind a present PTE, or -1 for special mappings."""
+    if pte & pt._PAGE_SPECIAL:
+        return -1
+    return pt.pte_pfn(pte)
+
+
+def do_wp_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pte_paddr: int,
+               pte: int) -> VmFault:
+    """do_wp_page(): a write to a present read-only PTE in a writable VMA."""
+    pfn = vm_normal_page(k, pte)
+    if vma.flags & (VmFlags.SHARED | VmFlags.MAYSHARE) and vma.flags & VmFlags.SHARED:
+        # wp_page_shared(): shared mappings are written in place.
+        k.pgtables.set_entry(mm, pte_paddr, pte | pt._PAGE_RW | pt._PAGE_DIRTY | pt._PAGE_ACCESSED)
+        k.flush_tlb_page(mm, vaddr)
+        return VmFault.OK
+    if pfn >= 0 and k.memmap.flags[pfn] & PageFlag.ANON and wp_can_reuse_anon_folio(k, pfn):
+        return wp_page_reuse(k, mm, vaddr, pte_paddr, pte, pfn)
+    return wp_page_copy(k, mm, vma, vaddr, pte_paddr, pte, pfn)
+
+
+def wp_can_reuse_anon_folio(k: Kernel, pfn: int) -> bool:
+    """PageAnonExclusive, or a folio whose only reference is this mapping
+    (wp_can_reuse_anon_folio / __wp_can_reuse_large_anon_folio)."""
+    memmap = k.memmap
+    if memmap.flags[pfn] & PageFlag.ANON_EXCLUSIVE:
+        return True
+    head = rmap.folio_head(k, pfn)
+    if rmap.folio_order(k, head) == 0:
+        return bool(memmap.refcount[head] == 1)
+    return False
+
+
+def wp_page_reuse(k: Kernel, mm: MmStruct, vaddr: int, pte_paddr: int, pte: int,
+                  pfn: int) -> VmFault:
+    """wp_page_reuse(): make the PTE writable+dirty in place; the page becomes exclusive."""
+    k.memmap.flags[pfn] |= PageFlag.ANON_EXCLUSIVE
+    k.memmap.flags[pfn] &= ~PageFlag.LAZYFREE
+    k.pgtables.set_entry(mm, pte_paddr, pte | pt._PAGE_RW | pt._PAGE_DIRTY | pt._PAGE_ACCESSED)
+    k.vm_events[VmEvent.PGREUSE] += 1
+    return VmFault.OK
+
+
+def wp_page_copy(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pte_paddr: int, pte: int,
+                 old_pfn: int) -> VmFault:
+    """wp_page_copy(): a new private copy (zeroed when the old page is the zero page)."""
+    anon_vma_prepare(vma)
+    new = rmap.folio_alloc(k, 0)
+    if new == NO_PAGE:
+        return VmFault.OOM
+    if old_pfn >= 0:
+        k.physmem.copy_frame(new, old_pfn)
+    rmap.folio_add_new_anon_rmap(k, new, 1, pmd_mapped=False)
+    if old_pfn < 0:
+        mm.stat[MmStat.MM_ANONPAGES] += 1
+    else:
+        old_flags = int(k.memmap.flags[old_pfn])
+        if not old_flags & PageFlag.ANON:
+            mm.stat[MmStat.MM_SHMEMPAGES if old_flags & PageFlag.SHMEM else MmStat.MM_FILEPAGES] -= 1
+            mm.stat[MmStat.MM_ANONPAGES] += 1
+    k.pgtables.set_entry(mm, pte_paddr, mk_anon_pte(vma, new))  # ptep_clear_flush + set
+    k.flush_tlb_page(mm, vaddr)
+    if old_pfn >= 0:
+        rmap.folio_remove_pte_rmap(k, old_pfn)
+        rmap.folio_put(k, rmap.folio_head(k, old_pfn))
+    return VmFault.OK
+
+
+# --- zapping ------------------------------------------------------------------------------
+
+def zap_pte_range(k: Kernel, mm: MmStruct, vma: Vma, table: int, start: int, end: int) -> None:
+    """zap_pte_range(): clear the PTEs of [start, end) in one PTE table, drop the pages."""
+    pgt = k.pgtables
+    for va in range(start, end, 4096):
+        paddr = (table << 12) + ((va >> 12) & 511) * 8
+        pte = pgt.read(paddr)
+        if pte == 0:
+            continue
+        pgt.set_entry(mm, paddr, 0)
+        if not pte & pt._PAGE_PRESENT:
+            continue
+        pfn = vm_normal_page(k, pte)
+        if pfn < 0:
+            continue
+        zap_present_page(k, mm, pfn)
+
+
+def zap_present_page(k: Kernel, mm: MmStruct, pfn: int) -> None:
+    """The rmap and RSS side of zapping one present PTE (zap_present_folio_ptes)."""
+    flags = int(k.memmap.flags[pfn])
+    if flags & PageFlag.ANON:
+        mm.stat[MmStat.MM_ANONPAGES] -= 1
+    elif flags & PageFlag.SHMEM:
+        mm.stat[MmStat.MM_SHMEMPAGES] -= 1
+    else:
+        mm.stat[MmStat.MM_FILEPAGES] -= 1
+    rmap.folio_remove_pte_rmap(k, pfn)
+    rmap.folio_put(k, rmap.folio_head(k, pfn))
+
+
+def unmap_page_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
+                     reclaim_pt: bool = False) -> None:
+    """unmap_page_range(): zap_pmd_range over [start, end) of one VMA (huge PMDs inside the
+    range are zapped whole, huge PMDs straddling an edge are split first)."""
+    if vma.is_hugetlb():
+        from pagewalk.mm import hugetlb
+        hugetlb.unmap_hugepage_range(k, mm, vma, start, end)
+        return
+    pgt = k.pgtables
+    mm.update_hiwater_rss()
+    addr = start
+    while addr < end:
+        nxt = min((addr + (1 << 21)) & ~((1 << 21) - 1), end)
+        pmd_paddr, shift = pgt.walk(mm, addr, 21, alloc=False)
+        if shift != 21:
+            # No PMD table here: skip to the end of the missing level's range.
+            size = 1 << shift
+            addr = min((addr + size) & ~(size - 1), end) if (addr + size) & ~(size - 1) else end
+            continue
+        pmd = pgt.read(pmd_paddr)
+        if pmd & pt._PAGE_PSE:
+            if addr & ((1 << 21) - 1) == 0 and nxt - addr == 1 << 21:
+                huge_memory.zap_huge_pmd(k, mm, vma, pmd_paddr, pmd)
+                addr = nxt
+                continue
+            huge_memory.split_huge_pmd(k, mm, vma, pmd_paddr, addr)
+            pmd = pgt.read(pmd_paddr)
+        if pmd != 0:
+            zap_pte_range(k, mm, vma, pt.pte_pfn(pmd), addr, nxt)
+            # PT_RECLAIM: only a PTE table whose whole 2 MiB was zapped may be freed
+            # (zap_pte_range: reclaim_pt_is_enabled() needs end - start >= PMD_SIZE).
+            if reclaim_pt and nxt - addr == 1 << 21:
+                pgt.free_table_if_empty(mm, pmd_paddr)
+        addr = nxt
+    k.flush_tlb_range(mm, start, end)
+
+
+def count_present_ptes(k: Kernel, table: int) -> int:
+    return sum(1 for word in k.pgtables.table_words(table) if word & pt._PAGE_PRESENT)
+
+
+def node_anon_pages(k: Kernel) -> int:
+    return int(k.node_stat[NodeStat.NR_ANON_MAPPED])

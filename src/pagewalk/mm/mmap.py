@@ -1,0 +1,358 @@
+"""mmap, munmap and address-space teardown (mm/mmap.c, mm/vma.c, arch/x86/kernel/sys_x86_64.c).
+
+do_mmap -> __get_unmapped_area (THP alignment of hint-less anonymous mappings whose
+length is a multiple of 2 MiB: __thp_get_unmapped_area) -> arch_get_unmapped_area_topdown
+-> unmapped_area_topdown; mmap_region with MAP_FIXED replacing what it covers;
+do_vmi_munmap with VMA splitting, zapping and free_pgtables (floor/ceiling rules).
+Every check that can fail runs before the address space changes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pagewalk.errors import Errno, SyscallError
+from pagewalk.hw import pgtable_types as pt
+from pagewalk.mm import memory
+from pagewalk.mm.types import MmStruct, Vma, VmFlags
+from pagewalk.mm.vma import (
+    is_mergeable, next_of_addr, prev_of_addr, split_vma, vm_stat_account, vma_insert,
+    vma_remove, vmas_in_range,
+)
+
+if TYPE_CHECKING:
+    from pagewalk.kernel.kernel import Kernel
+
+PAGE_SIZE = 4096
+PMD_SIZE = 1 << 21
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MMAP_MIN_ADDR = 4096          # /proc/sys/vm/mmap_min_addr on the reference machine
+STACK_GUARD_GAP = 256 << 12   # stack_guard_gap: 256 pages
+
+
+def calc_vm_prot_bits(prot: int) -> VmFlags:
+    flags = VmFlags.NONE
+    if prot & PROT_READ:
+        flags |= VmFlags.READ
+    if prot & PROT_WRITE:
+        flags |= VmFlags.WRITE
+    if prot & PROT_EXEC:
+        flags |= VmFlags.EXEC
+    return flags
+
+
+def vm_get_page_prot(flags: VmFlags) -> int:
+    """protection_map[] (arch/x86/mm/pgprot.c): the PTE bits of vm_page_prot."""
+    rwx = flags & (VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC)
+    if not rwx:
+        return pt.PAGE_NONE
+    shared = bool(flags & VmFlags.SHARED)
+    exec_ = bool(flags & VmFlags.EXEC)
+    if flags & VmFlags.WRITE:
+        if shared:
+            return pt.PAGE_SHARED_EXEC if exec_ else pt.PAGE_SHARED
+        return pt.PAGE_COPY_EXEC if exec_ else pt.PAGE_COPY
+    return pt.PAGE_READONLY_EXEC if exec_ else pt.PAGE_READONLY
+
+
+# --- placement ---------------------------------------------------------------------------
+
+def vm_start_gap(vma: Vma) -> int:
+    """vm_start_gap(): a stack VMA keeps stack_guard_gap free below it."""
+    if vma.flags & VmFlags.GROWSDOWN:
+        return max(vma.start - STACK_GUARD_GAP, 0)
+    return vma.start
+
+
+def unmapped_area_topdown(mm: MmStruct, length: int, low_limit: int, high_limit: int,
+                          align_mask: int = 0, align_offset: int = 0) -> int:
+    """unmapped_area_topdown(): the highest gap that fits ``length`` (+ alignment slack)
+    below high_limit; returns its top minus length rounded down to the alignment, or -1."""
+    need = length + align_mask
+    for gap_start, gap_top in _gaps_desc(mm):
+        top = min(gap_top, high_limit)
+        bottom = max(gap_start, low_limit)
+        if top <= bottom or top - bottom < need:
+            continue
+        addr = top - length
+        addr -= (addr - align_offset) & align_mask
+        return addr
+    return -1
+
+
+def _gaps_desc(mm: MmStruct) -> list[tuple[int, int]]:
+    """The free gaps [start, end) of the address space, highest first (vm_start_gap applied)."""
+    gaps = []
+    prev_end = 0
+    for vma in mm.vmas:
+        gaps.append((prev_end, vm_start_gap(vma)))
+        prev_end = vma.end
+    gaps.append((prev_end, mm.task_size))
+    return [g for g in reversed(gaps) if g[1] > g[0]]
+
+
+def unmapped_area_bottomup(mm: MmStruct, length: int, low_limit: int, high_limit: int,
+                           align_mask: int = 0) -> int:
+    for gap_start, gap_top in reversed(_gaps_desc(mm)):
+        start = max(gap_start, low_limit)
+        start = (start + align_mask) & ~align_mask
+        if start + length <= min(gap_top, high_limit):
+            return start
+    return -1
+
+
+def mmap_address_hint_valid(mm: MmStruct, addr: int, length: int, window: int) -> bool:
+    if mm.task_size - length < addr:
+        return False
+    return (addr > window) == (addr + length > window)
+
+
+def arch_get_unmapped_area_topdown(mm: MmStruct, addr: int, length: int, align_mask: int,
+                                   window: int) -> int:
+    """arch_get_unmapped_area_topdown(): the hint if free, else the top-down search,
+    else bottom-up from mmap_legacy_base. Returns -1 when nothing fits (ENOMEM)."""
+    if addr:
+        addr &= ~(PAGE_SIZE - 1)
+        if align_mask:
+            addr = (addr + align_mask) & ~align_mask  # hugetlb: hint rounded to the page size
+        if mmap_address_hint_valid(mm, addr, length, window):
+            prev, nxt = prev_of_addr(mm, addr + 1), next_of_addr(mm, addr)
+            overl = vmas_in_range(mm, addr, addr + length)
+            if not overl and (nxt is None or addr + length <= vm_start_gap(nxt)) and \
+                    (prev is None or addr >= prev.end):
+                return addr
+    high = mm.mmap_base
+    if addr > window:
+        high += mm.task_size - window
+    found = unmapped_area_topdown(mm, length, max(PAGE_SIZE, MMAP_MIN_ADDR), high, align_mask)
+    if found >= 0:
+        return found
+    legacy_base = (mm.task_size // 3 + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    return unmapped_area_bottomup(mm, length, legacy_base, mm.task_size, align_mask)
+
+
+def get_unmapped_area(mm: MmStruct, addr: int, length: int, fixed: bool, anonymous_private: bool,
+                      align_mask: int, window: int) -> int:
+    """__get_unmapped_area(): returns the address or raises ENOMEM/EINVAL."""
+    if length > mm.task_size:
+        raise SyscallError(Errno.ENOMEM, "length exceeds TASK_SIZE")
+    if fixed:
+        result = addr
+    elif anonymous_private and not addr and length % PMD_SIZE == 0:
+        result = thp_get_unmapped_area(mm, length, window)
+    else:
+        result = arch_get_unmapped_area_topdown(mm, addr, length, align_mask, window)
+    if result < 0:
+        raise SyscallError(Errno.ENOMEM, "no free range large enough")
+    if result > mm.task_size - length:
+        raise SyscallError(Errno.ENOMEM, "range beyond TASK_SIZE")
+    if result & (PAGE_SIZE - 1):
+        raise SyscallError(Errno.EINVAL, "address not page aligned")
+    return result
+
+
+def thp_get_unmapped_area(mm: MmStruct, length: int, window: int) -> int:
+    """__thp_get_unmapped_area(size=PMD_SIZE): search for length + 2 MiB, then round the
+    result up to 2 MiB (topdown: +2 MiB when already aligned); unpadded search on failure."""
+    padded = arch_get_unmapped_area_topdown(mm, 0, length + PMD_SIZE, 0, window)
+    if padded < 0:
+        return arch_get_unmapped_area_topdown(mm, 0, length, 0, window)
+    off_sub = (0 - padded) & (PMD_SIZE - 1)
+    return padded + PMD_SIZE if off_sub == 0 else padded + off_sub
+
+
+# --- munmap ------------------------------------------------------------------------------
+
+def unmap_vmas(k: Kernel, mm: MmStruct, vmas: list[Vma], floor: int, ceiling: int) -> None:
+    """unmap_region(): zap the pages of detached VMAs, then free_pgtables()."""
+    for vma in vmas:
+        memory.unmap_page_range(k, mm, vma, vma.start, vma.end)
+    free_pgtables(k, mm, vmas, floor, ceiling)
+
+
+def free_pgtables(k: Kernel, mm: MmStruct, vmas: list[Vma], floor: int, ceiling: int) -> None:
+    """free_pgtables(): free_pgd_range over runs of the detached VMAs; a run is cut where the
+    next VMA starts more than PMD_SIZE after the current one ends, or at a hugetlb VMA."""
+    i = 0
+    while i < len(vmas):
+        vma = vmas[i]
+        addr = vma.start
+        j = i
+        if not vma.is_hugetlb():
+            while j + 1 < len(vmas) and vmas[j + 1].start <= vmas[j].end + PMD_SIZE and \
+                    not vmas[j + 1].is_hugetlb():
+                j += 1
+        nxt = vmas[j + 1].start if j + 1 < len(vmas) else ceiling
+        k.pgtables.free_pgd_range(mm, addr, vmas[j].end, floor, nxt)
+        floor = vmas[j].end
+        i = j + 1
+    k.flush_tlb_mm(mm)
+
+
+def detach_range(k: Kernel, mm: MmStruct, start: int, end: int) -> tuple[list[Vma], int, int]:
+    """vms_gather_munmap_vmas(): split the VMAs at start and end and take the ones inside
+    out of the tree. Returns (detached, floor, ceiling) for unmap_region."""
+    for vma in vmas_in_range(mm, start, end):
+        if vma.start < start < vma.end:
+            split_vma(k, mm, vma, start)
+    for vma in vmas_in_range(mm, start, end):
+        if vma.start < end < vma.end:
+            split_vma(k, mm, vma, end)
+    detached = vmas_in_range(mm, start, end)
+    prev = prev_of_addr(mm, start)
+    nxt = next_of_addr(mm, end)
+    for vma in detached:
+        vma_remove(mm, vma)
+    floor = prev.end if prev is not None else 0
+    ceiling = nxt.start if nxt is not None else 0
+    return detached, floor, ceiling
+
+
+def check_split_allowed(mm: MmStruct, start: int, end: int) -> None:
+    """A hugetlb VMA may only be split on a huge-page boundary (hugetlb_vm_op_split)."""
+    for vma in vmas_in_range(mm, start, end):
+        if not vma.is_hugetlb():
+            continue
+        mask = vma.file.huge_size - 1
+        for cut in (start, end):
+            if vma.start < cut < vma.end and cut & mask:
+                raise SyscallError(Errno.EINVAL, "hugetlb VMA split off a huge page boundary")
+
+
+def do_munmap_range(k: Kernel, mm: MmStruct, start: int, end: int) -> None:
+    """do_vmi_align_munmap() after the checks: detach, account, zap, free tables, close."""
+    check_split_allowed(mm, start, end)
+    if not vmas_in_range(mm, start, end):
+        return
+    detached, floor, ceiling = detach_range(k, mm, start, end)
+    mm.update_hiwater_vm()
+    unmap_vmas(k, mm, detached, floor, ceiling)
+    for vma in detached:
+        vm_stat_account(mm, vma.flags, -(vma.length >> 12))
+        if vma.flags & VmFlags.ACCOUNT:
+            k.vm_unacct_memory(vma.length >> 12)
+        if vma.file is not None and hasattr(vma.file, "vma_close"):
+            vma.file.vma_close(k, vma)
+
+
+def do_munmap(k: Kernel, mm: MmStruct, start: int, length: int) -> None:
+    """do_vmi_munmap(): EINVAL for an unaligned start, a zero length or a range beyond
+    TASK_SIZE; an unmapped range succeeds."""
+    if start & (PAGE_SIZE - 1) or start > mm.task_size or length > mm.task_size - start:
+        raise SyscallError(Errno.EINVAL, "bad munmap range")
+    end = start + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+    if end == start:
+        raise SyscallError(Errno.EINVAL, "zero length")
+    do_munmap_range(k, mm, start, end)
+
+
+def exit_mmap(k: Kernel, mm: MmStruct) -> None:
+    """exit_mmap(): zap every VMA, free every page table, then the VMAs themselves."""
+    vmas = list(mm.vmas)
+    for vma in vmas:
+        memory.unmap_page_range(k, mm, vma, vma.start, vma.end)
+    free_pgtables(k, mm, vmas, 0, 0)
+    for vma in vmas:
+        vma_remove(mm, vma)
+        vm_stat_account(mm, vma.flags, -(vma.length >> 12))
+        if vma.flags & VmFlags.ACCOUNT:
+            k.vm_unacct_memory(vma.length >> 12)
+        if vma.file is not None and hasattr(vma.file, "vma_close"):
+            vma.file.vma_close(k, vma)
+
+
+def insert_or_merge(k: Kernel, mm: MmStruct, vma: Vma) -> Vma:
+    """vma_merge_new_range(): extend an adjacent compatible VMA instead of adding one."""
+    prev = prev_of_addr(mm, vma.start)
+    nxt = next_of_addr(mm, vma.end)
+    if prev is not None and prev.end == vma.start and is_mergeable(prev, vma):
+        prev.end = vma.end
+        if nxt is not None and nxt.start == prev.end and is_mergeable(prev, nxt):
+            prev.end = nxt.end
+            prev.anon_vma = prev.anon_vma or nxt.anon_vma
+            vma_remove(mm, nxt)
+        return prev
+    if nxt is not None and nxt.start == vma.end and is_mergeable(vma, nxt):
+        nxt.start = vma.start
+        nxt.pgoff = vma.pgoff
+        return nxt
+    vma_insert(mm, vma)
+    return vma
+
+
+# --- mmap --------------------------------------------------------------------------------
+
+def accountable_mapping(flags: VmFlags) -> bool:
+    """accountable_mapping(): private writable memory is charged to Committed_AS."""
+    return flags & (VmFlags.NORESERVE | VmFlags.SHARED | VmFlags.WRITE | VmFlags.HUGETLB) \
+        == VmFlags.WRITE
+
+
+def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: frozenset[str],
+            huge_size: int | None) -> int:
+    """do_mmap() + mmap_region() for anonymous memory (private, shared, hugetlb).
+
+    Returns the start address or raises SyscallError before anything changes."""
+    shared, private = "shared" in flags, "private" in flags
+    if shared == private:
+        raise SyscallError(Errno.EINVAL, "exactly one of MAP_SHARED and MAP_PRIVATE is needed")
+    fixed = "fixed" in flags or "fixed_noreplace" in flags
+    hugetlb = "hugetlb" in flags
+    if hugetlb:
+        from pagewalk.mm import hugetlb as htlb
+        hstate = htlb.hstate_for(k, huge_size)
+        length = (length + hstate.size - 1) & ~(hstate.size - 1)  # ksys_mmap_pgoff: ALIGN
+    if not length:
+        raise SyscallError(Errno.EINVAL, "length 0")
+    if not fixed and addr:
+        addr = max(addr, MMAP_MIN_ADDR)  # round_hint_to_min()
+    aligned_len = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    if aligned_len < length or aligned_len >= 1 << 64:
+        raise SyscallError(Errno.ENOMEM, "length overflows")
+    length = aligned_len
+    vm_flags = calc_vm_prot_bits(prot) | VmFlags.MAYREAD | VmFlags.MAYWRITE | VmFlags.MAYEXEC
+    if shared:
+        vm_flags |= VmFlags.SHARED | VmFlags.MAYSHARE
+    if "noreserve" in flags and (hugetlb or k.knobs.get("/proc/sys/vm/overcommit_memory") != "2"):
+        vm_flags |= VmFlags.NORESERVE
+    if hugetlb:
+        vm_flags |= VmFlags.HUGETLB | VmFlags.DONTEXPAND
+    if len(mm.vmas) >= k.max_map_count:
+        raise SyscallError(Errno.ENOMEM, "vm.max_map_count reached")
+    window = k.default_map_window
+    align_mask = hstate.size - 1 if hugetlb else 0
+    if hugetlb and fixed and addr & align_mask:
+        raise SyscallError(Errno.EINVAL, "MAP_HUGETLB address not huge-page aligned")
+    start = get_unmapped_area(mm, addr, length, fixed, private and not hugetlb, align_mask, window)
+    end = start + length
+    if "fixed_noreplace" in flags and vmas_in_range(mm, start, end):
+        raise SyscallError(Errno.EEXIST, "MAP_FIXED_NOREPLACE range is in use")
+    check_split_allowed(mm, start, end)
+    replaced = vmas_in_range(mm, start, end) if fixed else []
+    accounted_old = sum(min(v.end, end) - max(v.start, start) for v in replaced
+                        if v.flags & VmFlags.ACCOUNT) >> 12
+    if accountable_mapping(vm_flags):
+        k.vm_enough_memory(mm, (length >> 12) - accounted_old)
+        vm_flags |= VmFlags.ACCOUNT
+    file = None
+    if hugetlb:
+        file = htlb.hugetlb_file_setup(k, hstate, length, vm_flags, shared)  # may raise ENOMEM
+    elif shared:
+        from pagewalk.mm import shmem
+        file = shmem.shmem_zero_setup(k, length, vm_flags)
+    # Nothing can fail from here on: the address space changes.
+    if replaced:
+        do_munmap_range(k, mm, start, end)
+    if vm_flags & VmFlags.ACCOUNT:
+        k.vm_acct_memory(length >> 12)
+    pgoff = 0 if file is not None else start >> 12
+    vma = Vma(start, end, vm_flags, pgoff, vm_get_page_prot(vm_flags), file=file,
+              name=getattr(file, "map_name", ""))
+    if file is not None and hasattr(file, "vma_open"):
+        file.vma_open(k, vma)
+    vma = insert_or_merge(k, mm, vma)
+    vm_stat_account(mm, vm_flags, length >> 12)
+    mm.update_hiwater_vm()
+    from pagewalk.mm import huge_memory
+    huge_memory.khugepaged_enter_vma(k, mm, vma)
+    return start

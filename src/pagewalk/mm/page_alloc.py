@@ -1,0 +1,256 @@
+"""The buddy allocator and the struct page array (mm/page_alloc.c, include/linux/mmzone.h).
+
+Zones DMA [0, 16 MiB), DMA32 [16 MiB, 4 GiB) and Normal [4 GiB, RAM) each keep one free
+list per order 0..MAX_PAGE_ORDER (10), as doubly linked lists threaded through the
+struct page array (``next``/``prev`` per pfn), exactly as ``free_area[order].free_list``
+does. Allocation is ``__rmqueue_smallest`` + ``expand``; freeing is ``__free_one_page``
+(merge with the buddy ``pfn ^ (1 << order)`` while it is free and of the same order).
+
+Simplifications, documented in docs/differences.md: one migratetype (no pageblock
+stealing), no per-CPU page lists (buddyinfo changes at once), no watermarks other
+than running out.
+
+The list operations are Numba-compiled functions over NumPy arrays, shared by the Python
+fault path and the compiled fast path in ``mm/fastpath.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from pagewalk.mm.vmstat import NodeStat, VmEvent
+from pagewalk.units import GiB, MiB
+
+MAX_PAGE_ORDER = 10
+NR_PAGE_ORDERS = MAX_PAGE_ORDER + 1
+NO_PAGE = -1
+
+
+class PageFlag(enum.IntFlag):
+    """The struct page / folio flags pagewalk needs (include/linux/page-flags.h)."""
+
+    BUDDY = 1 << 0          # PageBuddy: head of a free block; order[] holds its order
+    RESERVED = 1 << 1       # PG_reserved: never handed out (boot memory, zero page)
+    ANON = 1 << 2           # PageAnon (folio->mapping has PAGE_MAPPING_ANON)
+    HEAD = 1 << 3           # PG_head: first page of a large folio; order[] holds its order
+    TAIL = 1 << 4           # a tail page of a large folio
+    TABLE = 1 << 5          # PG_table: a page-table page (pagetable_*_ctor)
+    ANON_EXCLUSIVE = 1 << 6  # PageAnonExclusive: mapped by exactly one mm, may be reused
+    HUGETLB = 1 << 7        # a hugetlb folio (in a pool or mapped)
+    SHMEM = 1 << 8          # shmem/tmpfs page cache page (shared anonymous memory)
+    FILE = 1 << 9           # other page cache page (the program image)
+    LAZYFREE = 1 << 10      # MADV_FREE'd (clean, !swapbacked)
+    DIRTY = 1 << 11         # PG_dirty
+    PARTIALLY_MAPPED = 1 << 12  # folio_set_partially_mapped (on the deferred split queue)
+
+
+_BUDDY = np.uint16(1)  # PageFlag.BUDDY, as a constant Numba can fold
+ZONE_NAMES = ("DMA", "DMA32", "Normal")
+ZONE_LIMITS = (16 * MiB, 4 * GiB, 1 << 62)
+PGALLOC_EVENT = (VmEvent.PGALLOC_DMA, VmEvent.PGALLOC_DMA32, VmEvent.PGALLOC_NORMAL)
+
+
+class MemMap:
+    """The struct page array (mem_map): per-frame metadata as parallel NumPy arrays."""
+
+    def __init__(self, nr_frames: int) -> None:
+        self.flags: npt.NDArray[np.uint16] = np.zeros(nr_frames, dtype=np.uint16)
+        self.order: npt.NDArray[np.int8] = np.zeros(nr_frames, dtype=np.int8)
+        self.refcount: npt.NDArray[np.int32] = np.zeros(nr_frames, dtype=np.int32)
+        self.mapcount: npt.NDArray[np.int32] = np.zeros(nr_frames, dtype=np.int32)
+        self.next: npt.NDArray[np.int32] = np.full(nr_frames, NO_PAGE, dtype=np.int32)
+        self.prev: npt.NDArray[np.int32] = np.full(nr_frames, NO_PAGE, dtype=np.int32)
+
+    @property
+    def host_bytes(self) -> int:
+        return int(sum(a.nbytes for a in (self.flags, self.order, self.refcount,
+                                             self.mapcount, self.next, self.prev)))
+
+
+# --- free-list primitives (plain functions; compiled again by mm/fastpath.py) -------------
+
+@njit(cache=True)
+def list_add(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
+             next_: npt.NDArray[np.int32], prev: npt.NDArray[np.int32],
+             free_head: npt.NDArray[np.int32], nr_free: npt.NDArray[np.int64],
+             zone: int, pfn: int, order: int) -> None:
+    """__add_to_free_list(): push a free block at the head of its order's list."""
+    head = free_head[zone, order]
+    next_[pfn] = head
+    prev[pfn] = NO_PAGE
+    if head != NO_PAGE:
+        prev[head] = pfn
+    free_head[zone, order] = pfn
+    nr_free[zone, order] += 1
+    flags[pfn] |= _BUDDY
+    order_of[pfn] = order
+
+
+@njit(cache=True)
+def list_del(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
+             next_: npt.NDArray[np.int32], prev: npt.NDArray[np.int32],
+             free_head: npt.NDArray[np.int32], nr_free: npt.NDArray[np.int64],
+             zone: int, pfn: int, order: int) -> None:
+    """__del_page_from_free_list()."""
+    nxt = next_[pfn]
+    prv = prev[pfn]
+    if prv != NO_PAGE:
+        next_[prv] = nxt
+    else:
+        free_head[zone, order] = nxt
+    if nxt != NO_PAGE:
+        prev[nxt] = prv
+    next_[pfn] = NO_PAGE
+    prev[pfn] = NO_PAGE
+    nr_free[zone, order] -= 1
+    flags[pfn] &= np.uint16(0xFFFE)
+    order_of[pfn] = 0
+
+
+@njit(cache=True)
+def rmqueue_smallest(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
+                     next_: npt.NDArray[np.int32], prev: npt.NDArray[np.int32],
+                     free_head: npt.NDArray[np.int32], nr_free: npt.NDArray[np.int64],
+                     zone: int, order: int) -> int:
+    """__rmqueue_smallest() + expand(): the first block of the smallest order that fits."""
+    for current in range(order, MAX_PAGE_ORDER + 1):
+        pfn = free_head[zone, current]
+        if pfn == NO_PAGE:
+            continue
+        list_del(flags, order_of, next_, prev, free_head, nr_free, zone, pfn, current)
+        high = current
+        size = 1 << current
+        while high > order:  # expand(): the upper halves go back to the lower lists
+            high -= 1
+            size >>= 1
+            list_add(flags, order_of, next_, prev, free_head, nr_free, zone, pfn + size, high)
+        return int(pfn)
+    return NO_PAGE
+
+
+@njit(cache=True)
+def free_one_page(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
+                  next_: npt.NDArray[np.int32], prev: npt.NDArray[np.int32],
+                  free_head: npt.NDArray[np.int32], nr_free: npt.NDArray[np.int64],
+                  zone_start: npt.NDArray[np.int64], zone_end: npt.NDArray[np.int64],
+                  zone: int, pfn: int, order: int) -> None:
+    """__free_one_page(): merge with free buddies up to MAX_PAGE_ORDER, then list_add."""
+    while order < MAX_PAGE_ORDER:
+        buddy = pfn ^ (1 << order)
+        if buddy < zone_start[zone] or buddy + (1 << order) > zone_end[zone]:
+            break
+        if not (flags[buddy] & _BUDDY) or order_of[buddy] != order:
+            break
+        list_del(flags, order_of, next_, prev, free_head, nr_free, zone, buddy, order)
+        pfn = min(pfn, buddy)
+        order += 1
+    list_add(flags, order_of, next_, prev, free_head, nr_free, zone, pfn, order)
+
+
+class BuddyAllocator:
+    """The zones of one node and their free areas; owner of MemMap and NR_FREE_PAGES."""
+
+    def __init__(self, nr_frames: int, memmap: MemMap, node_stat: npt.NDArray[np.int64],
+                 vm_events: npt.NDArray[np.int64]) -> None:
+        self.nr_frames = nr_frames
+        self.memmap = memmap
+        self.node_stat = node_stat
+        self.vm_events = vm_events
+        starts, ends = [], []
+        lo = 0
+        for limit in ZONE_LIMITS:
+            hi = min(limit >> 12, nr_frames)
+            starts.append(lo)
+            ends.append(max(lo, hi))
+            lo = max(lo, hi)
+        self.zone_start: npt.NDArray[np.int64] = np.array(starts, dtype=np.int64)
+        self.zone_end: npt.NDArray[np.int64] = np.array(ends, dtype=np.int64)
+        self.free_head: npt.NDArray[np.int32] = np.full((len(ZONE_NAMES), NR_PAGE_ORDERS),
+                                                        NO_PAGE, dtype=np.int32)
+        self.nr_free: npt.NDArray[np.int64] = np.zeros((len(ZONE_NAMES), NR_PAGE_ORDERS),
+                                                       dtype=np.int64)
+        self.managed_pages: npt.NDArray[np.int64] = np.zeros(len(ZONE_NAMES), dtype=np.int64)
+
+    # -- zones -----------------------------------------------------------------------------
+    def zone_of(self, pfn: int) -> int:
+        for zone in range(len(ZONE_NAMES)):
+            if pfn < self.zone_end[zone]:
+                return zone
+        raise ValueError(f"pfn {pfn:#x} beyond the end of memory")
+
+    def populated_zones(self) -> list[int]:
+        return [z for z in range(len(ZONE_NAMES)) if self.zone_end[z] > self.zone_start[z]]
+
+    def zonelist(self) -> list[int]:
+        """Allocation fallback order for GFP_HIGHUSER_MOVABLE: Normal, DMA32, DMA."""
+        return list(reversed(self.populated_zones()))
+
+    # -- boot --------------------------------------------------------------------------------
+    def free_boot_memory(self, reserved: npt.NDArray[np.bool_]) -> None:
+        """memblock_free_all(): hand every frame not reserved to the buddy allocator,
+        in the largest naturally aligned blocks (__free_pages_core)."""
+        mm = self.memmap
+        mm.flags[reserved] |= np.uint16(PageFlag.RESERVED)
+        for zone in self.populated_zones():
+            pfn, end = int(self.zone_start[zone]), int(self.zone_end[zone])
+            while pfn < end:
+                if reserved[pfn]:
+                    pfn += 1
+                    continue
+                order = MAX_PAGE_ORDER
+                while order and (pfn & ((1 << order) - 1) or pfn + (1 << order) > end
+                                 or reserved[pfn: pfn + (1 << order)].any()):
+                    order -= 1
+                self.managed_pages[zone] += 1 << order
+                self._free(zone, pfn, order)
+                pfn += 1 << order
+
+    # -- allocation ---------------------------------------------------------------------------
+    def alloc_pages(self, order: int) -> int:
+        """__alloc_pages() for GFP_HIGHUSER_MOVABLE / GFP_PGTABLE_USER: a pfn or NO_PAGE."""
+        for zone in self.zonelist():
+            pfn = self.alloc_pages_zone(zone, order)
+            if pfn != NO_PAGE:
+                return pfn
+        return NO_PAGE
+
+    def alloc_pages_zone(self, zone: int, order: int) -> int:
+        mm = self.memmap
+        pfn = rmqueue_smallest(mm.flags, mm.order, mm.next, mm.prev, self.free_head,
+                               self.nr_free, zone, order)
+        if pfn == NO_PAGE:
+            return NO_PAGE
+        self.node_stat[NodeStat.NR_FREE_PAGES] -= 1 << order
+        self.vm_events[PGALLOC_EVENT[zone]] += 1 << order
+        mm.refcount[pfn] = 1  # set_page_refcounted() in post_alloc_hook
+        return pfn
+
+    def free_pages(self, pfn: int, order: int) -> None:
+        """__free_pages(): the caller dropped the last reference."""
+        mm = self.memmap
+        end = pfn + (1 << order)
+        mm.flags[pfn:end] = 0
+        mm.refcount[pfn:end] = 0
+        mm.mapcount[pfn:end] = 0
+        mm.order[pfn:end] = 0
+        self.vm_events[VmEvent.PGFREE] += 1 << order
+        self._free(self.zone_of(pfn), pfn, order)
+
+    def _free(self, zone: int, pfn: int, order: int) -> None:
+        mm = self.memmap
+        free_one_page(mm.flags, mm.order, mm.next, mm.prev, self.free_head, self.nr_free,
+                      self.zone_start, self.zone_end, zone, pfn, order)
+        self.node_stat[NodeStat.NR_FREE_PAGES] += 1 << order
+
+    # -- views ------------------------------------------------------------------------------
+    def free_blocks(self, zone: int) -> list[int]:
+        """Free blocks per order in ``zone`` (/proc/buddyinfo)."""
+        return [int(x) for x in self.nr_free[zone]]
+
+    def free_pages_total(self) -> int:
+        return int(sum(int(self.nr_free[z, o]) << o for z in range(len(ZONE_NAMES))
+                       for o in range(NR_PAGE_ORDERS)))

@@ -1,0 +1,158 @@
+"""Folio reference and mapping counts (mm/rmap.c, include/linux/mm.h folio_get/folio_put).
+
+Each mapping of a page holds one reference (refcount) and one mapcount. Large folios
+(THP, mTHP) keep their refcount on the head page; PMD mappings count in
+``Kernel.entire_mapcount[head]``, PTE mappings in the per-page ``mapcount``.
+NR_ANON_MAPPED / NR_ANON_THPS / NR_FILE_MAPPED change here, when a folio gains its
+first or loses its last mapping (__folio_add_rmap / __folio_remove_rmap).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pagewalk.mm.page_alloc import PageFlag
+from pagewalk.mm.vmstat import NodeStat
+
+if TYPE_CHECKING:
+    from pagewalk.kernel.kernel import Kernel
+
+HPAGE_PMD_NR = 512
+
+
+def folio_head(k: Kernel, pfn: int) -> int:
+    """page_folio(): the head pfn of the folio containing ``pfn``."""
+    flags = k.memmap.flags
+    if not flags[pfn] & PageFlag.TAIL:
+        return pfn
+    head = k.tail_head.get(pfn)
+    assert head is not None, f"tail page {pfn:#x} without a head"
+    return head
+
+
+def folio_order(k: Kernel, head: int) -> int:
+    return int(k.memmap.order[head]) if k.memmap.flags[head] & PageFlag.HEAD else 0
+
+
+def folio_alloc(k: Kernel, order: int, anon: bool = True) -> int:
+    """vma_alloc_folio()/folio_prealloc(): a zeroed folio of 2**order pages, or -1."""
+    pfn = k.buddy.alloc_pages(order)
+    if pfn < 0:
+        return pfn
+    mm = k.memmap
+    if order:
+        mm.flags[pfn] |= PageFlag.HEAD
+        mm.order[pfn] = order
+        for tail in range(pfn + 1, pfn + (1 << order)):
+            mm.flags[tail] |= PageFlag.TAIL
+            k.tail_head[tail] = pfn
+    for page in range(pfn, pfn + (1 << order)):
+        k.physmem.drop(page)  # __GFP_ZERO: an unstored frame reads as zeros
+    return pfn
+
+
+def folio_get(k: Kernel, head: int, nr: int = 1) -> None:
+    k.memmap.refcount[head] += nr
+
+
+def folio_put(k: Kernel, head: int, nr: int = 1) -> None:
+    """Drop references; the last one frees the folio (free_unref_folios)."""
+    mm = k.memmap
+    mm.refcount[head] -= nr
+    assert mm.refcount[head] >= 0, f"folio {head:#x} refcount underflow"
+    if mm.refcount[head] == 0:
+        free_folio(k, head)
+
+
+def free_folio(k: Kernel, head: int) -> None:
+    mm = k.memmap
+    order = folio_order(k, head)
+    for page in range(head, head + (1 << order)):
+        k.physmem.drop(page)
+        k.tail_head.pop(page, None)
+    k.entire_mapcount.pop(head, None)
+    k.deferred_split.discard(head)
+    if mm.flags[head] & PageFlag.LAZYFREE:
+        pass
+    k.buddy.free_pages(head, order)
+
+
+def folio_add_new_anon_rmap(k: Kernel, head: int, nr_pages: int, pmd_mapped: bool) -> None:
+    """folio_add_new_anon_rmap(): a fresh anonymous folio, exclusive to one mm."""
+    mm = k.memmap
+    order = folio_order(k, head)
+    mm.flags[head] |= PageFlag.ANON | PageFlag.ANON_EXCLUSIVE | PageFlag.DIRTY
+    for page in range(head, head + (1 << order)):
+        mm.flags[page] |= PageFlag.ANON | PageFlag.ANON_EXCLUSIVE
+    if pmd_mapped:
+        k.entire_mapcount[head] = 1
+        k.node_stat[NodeStat.NR_ANON_THPS] += HPAGE_PMD_NR
+    else:
+        for page in range(head, head + nr_pages):
+            mm.mapcount[page] = 1
+    k.node_stat[NodeStat.NR_ANON_MAPPED] += 1 << order
+    k.node_stat[NodeStat.NR_ACTIVE_ANON] += 1 << order
+
+
+def folio_mapped_pages(k: Kernel, head: int) -> int:
+    """How many pages of the folio are mapped at least once (for NR_*_MAPPED)."""
+    mm = k.memmap
+    order = folio_order(k, head)
+    if k.entire_mapcount.get(head, 0) > 0:
+        return 1 << order
+    return sum(1 for page in range(head, head + (1 << order)) if mm.mapcount[page] > 0)
+
+
+def folio_add_pte_rmap(k: Kernel, pfn: int) -> None:
+    """folio_add_anon_rmap_pte()/folio_add_file_rmap_pte() for one more PTE mapping."""
+    mm = k.memmap
+    head = folio_head(k, pfn)
+    was_mapped = mm.mapcount[pfn] > 0 or k.entire_mapcount.get(head, 0) > 0
+    mm.mapcount[pfn] += 1
+    if not was_mapped:
+        _account_mapped(k, head, +1)
+
+
+def folio_remove_pte_rmap(k: Kernel, pfn: int) -> None:
+    """folio_remove_rmap_pte(): one PTE mapping of ``pfn`` is gone."""
+    mm = k.memmap
+    head = folio_head(k, pfn)
+    mm.mapcount[pfn] -= 1
+    assert mm.mapcount[pfn] >= 0, f"page {pfn:#x} mapcount underflow"
+    if mm.mapcount[pfn] == 0 and k.entire_mapcount.get(head, 0) == 0:
+        _account_mapped(k, head, -1)
+        if head != pfn or folio_order(k, head):
+            # A large folio that lost part of its mappings goes on the deferred split queue
+            # (deferred_split_folio(folio, true)); thp_deferred_split_page counts it once.
+            if folio_order(k, head) and folio_mapped_pages(k, head):
+                k.queue_deferred_split(head)
+
+
+def folio_add_pmd_rmap(k: Kernel, head: int) -> None:
+    """folio_add_anon_rmap_pmd(): one more PMD mapping (fork's copy_huge_pmd)."""
+    k.entire_mapcount[head] = k.entire_mapcount.get(head, 0) + 1
+
+
+def folio_remove_pmd_rmap(k: Kernel, head: int) -> None:
+    """folio_remove_rmap_pmd(): a PMD mapping is gone (zap or split)."""
+    count = k.entire_mapcount.get(head, 0) - 1
+    assert count >= 0
+    k.entire_mapcount[head] = count
+    if count == 0:
+        k.node_stat[NodeStat.NR_ANON_THPS] -= HPAGE_PMD_NR
+        mm = k.memmap
+        order = folio_order(k, head)
+        still = sum(1 for p in range(head, head + (1 << order)) if mm.mapcount[p] > 0)
+        k.node_stat[NodeStat.NR_ANON_MAPPED] -= (1 << order) - still
+        k.node_stat[NodeStat.NR_ACTIVE_ANON] -= (1 << order) - still
+        if still:
+            k.queue_deferred_split(head)
+
+
+def _account_mapped(k: Kernel, head: int, delta: int) -> None:
+    flags = int(k.memmap.flags[head])
+    if flags & PageFlag.ANON:
+        k.node_stat[NodeStat.NR_ANON_MAPPED] += delta
+        k.node_stat[NodeStat.NR_ACTIVE_ANON] += delta
+    else:
+        k.node_stat[NodeStat.NR_FILE_MAPPED] += delta

@@ -1,0 +1,144 @@
+"""The kernel's memory-management objects (include/linux/mm_types.h, include/linux/mm.h).
+
+``Vma`` is a vm_area_struct, ``MmStruct`` an mm_struct. Per-mm counters that compiled
+code bumps (RSS by type, pgtables_bytes) live in one small NumPy array, ``MmStruct.stat``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+class VmFlags(enum.IntFlag):
+    """vm_flags bits (include/linux/mm.h)."""
+
+    NONE = 0
+    READ = 0x1
+    WRITE = 0x2
+    EXEC = 0x4
+    SHARED = 0x8
+    MAYREAD = 0x10
+    MAYWRITE = 0x20
+    MAYEXEC = 0x40
+    MAYSHARE = 0x80
+    GROWSDOWN = 0x100
+    PFNMAP = 0x400
+    LOCKED = 0x2000
+    IO = 0x4000
+    DONTCOPY = 0x20000
+    DONTEXPAND = 0x40000
+    ACCOUNT = 0x100000
+    NORESERVE = 0x200000
+    HUGETLB = 0x400000
+    MIXEDMAP = 0x10000000
+    HUGEPAGE = 0x20000000
+    NOHUGEPAGE = 0x40000000
+    SOFTDIRTY = 0x8000000
+    DONTDUMP = 0x4000000
+
+
+VM_STACK = VmFlags.GROWSDOWN
+VM_ACCESS_FLAGS = VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC
+# VMA_IGNORE_MERGE_FLAGS: flags that do not stop two VMAs from merging (mm/vma.h).
+VMA_IGNORE_MERGE_FLAGS = VmFlags.SOFTDIRTY
+
+
+class MmStat(enum.IntEnum):
+    """Indexes of MmStruct.stat: the rss_stat counters (enum MM_*) and pgtables_bytes."""
+
+    MM_FILEPAGES = 0
+    MM_ANONPAGES = 1
+    MM_SWAPENTS = 2
+    MM_SHMEMPAGES = 3
+    PGTABLES_BYTES = 4   # mm->pgtables_bytes (VmPTE)
+    HUGETLB_USAGE = 5    # mm->hugetlb_usage, in 4 KiB pages
+    NR_STATS = 6
+
+
+class AnonVma:
+    """An anon_vma: identity only (two VMAs merge only with compatible anon_vmas)."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: AnonVma | None = None) -> None:
+        self.root = root or self
+
+
+@dataclass(slots=True, eq=False)
+class Vma:
+    """A vm_area_struct: the half-open range [start, end) of one mapping."""
+
+    start: int
+    end: int
+    flags: VmFlags
+    pgoff: int                       # in pages; anonymous private: start >> PAGE_SHIFT
+    page_prot: int                   # vm_page_prot: PTE protection bits (hw/pgtable_types)
+    anon_vma: AnonVma | None = None  # set on the first anonymous write fault (anon_vma_prepare)
+    file: Any = None                 # None (anonymous), a shmem/hugetlb/program file object
+    name: str = ""                   # what /proc/PID/maps prints in the path column
+    special: bool = False            # vdso/vvar: _install_special_mapping
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def is_anonymous(self) -> bool:
+        """vma_is_anonymous(): no file and no vm_ops (private anonymous memory)."""
+        return self.file is None and not self.special
+
+    def is_hugetlb(self) -> bool:
+        return bool(self.flags & VmFlags.HUGETLB)
+
+    def is_shmem(self) -> bool:
+        return self.file is not None and getattr(self.file, "kind", "") == "shmem"
+
+    def contains(self, vaddr: int) -> bool:
+        return self.start <= vaddr < self.end
+
+
+@dataclass(slots=True, eq=False)
+class MmStruct:
+    """An mm_struct: the VMAs of one address space, its PGD and its counters."""
+
+    pgd_pfn: int                     # kernel-mode PGD (with PTI the user PGD is pgd_pfn + 1)
+    pgd_order: int                   # 0, or 1 with PTI (pgd_allocation_order())
+    mmap_base: int
+    task_size: int                   # highest user address + 1 for mmap (DEFAULT_MAP_WINDOW)
+    vmas: list[Vma] = field(default_factory=list)   # sorted by start, non-overlapping
+    stat: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(int(MmStat.NR_STATS), dtype=np.int64))
+    total_vm: int = 0                # pages
+    data_vm: int = 0
+    exec_vm: int = 0
+    stack_vm: int = 0
+    locked_vm: int = 0
+    pinned_vm: int = 0
+    hiwater_rss: int = 0             # pages
+    hiwater_vm: int = 0              # pages
+    start_code: int = 0
+    end_code: int = 0
+    start_brk: int = 0
+    brk: int = 0
+    thp_disable: bool = False        # MMF_DISABLE_THP (prctl)
+    khugepaged_registered: bool = False
+    users: int = 1
+
+    def get_rss(self) -> int:
+        """get_mm_rss(): resident pages (file + anon + shmem)."""
+        s = self.stat
+        return int(s[MmStat.MM_FILEPAGES] + s[MmStat.MM_ANONPAGES] + s[MmStat.MM_SHMEMPAGES])
+
+    def update_hiwater_rss(self) -> None:
+        """update_hiwater_rss(): called before RSS drops."""
+        rss = self.get_rss()
+        if rss > self.hiwater_rss:
+            self.hiwater_rss = rss
+
+    def update_hiwater_vm(self) -> None:
+        if self.total_vm > self.hiwater_vm:
+            self.hiwater_vm = self.total_vm

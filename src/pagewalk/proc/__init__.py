@@ -1,0 +1,1 @@
+"""Read-only views over the kernel's state, in the layout Linux prints (STYLE rule 4)."""

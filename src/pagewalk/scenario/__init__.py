@@ -1,0 +1,1 @@
+"""Scenarios (scenario.md, version 1): ``schema`` reads and checks a file, ``runner`` runs it."""

@@ -1,0 +1,278 @@
+"""Run a scenario (scenario.md version 1) on a fresh Machine and build its report.
+
+Steps become system calls and user accesses of the simulated processes; ``measure``
+records each live process's figures as changes from main's values at scenario start
+(children too), fault counters from the process's start, HugePages_* absolute and the
+vmstat events as changes since the start, exactly the kernel oracle's schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagewalk.errors import (
+    ExpectationFailed, KernelError, Location, NotImplementedStep, ScenarioError, SignalError,
+    SyscallError,
+)
+from pagewalk.hw.walker import ACCESS_READ, ACCESS_WRITE
+from pagewalk.kernel import syscalls
+from pagewalk.kernel.task import Task
+from pagewalk.machine import Machine, MachineConfig
+from pagewalk.mm.vmstat import VmEvent
+from pagewalk.proc.task_mmu import smaps_rollup, task_mem
+from pagewalk.scenario import schema as s
+
+PROCESS_FIELDS = ("minflt", "majflt", "VmRSS", "RssAnon", "RssShmem", "VmPTE", "VmSize",
+                  "AnonHugePages", "HugetlbPages")
+SIZE_FIELDS = ("VmRSS", "RssAnon", "RssShmem", "VmPTE", "VmSize", "AnonHugePages", "HugetlbPages")
+EVENT_FIELDS = {
+    "thp_fault_alloc": VmEvent.THP_FAULT_ALLOC,
+    "thp_fault_fallback": VmEvent.THP_FAULT_FALLBACK,
+    "thp_split_pmd": VmEvent.THP_SPLIT_PMD,
+    "thp_collapse_alloc": VmEvent.THP_COLLAPSE_ALLOC,
+    "pgfault": VmEvent.PGFAULT,
+}
+EXTRA_EVENT_FIELDS = {
+    "thp_deferred_split_page": VmEvent.THP_DEFERRED_SPLIT_PAGE,
+    "thp_split_page": VmEvent.THP_SPLIT_PAGE,
+    "thp_zero_page_alloc": VmEvent.THP_ZERO_PAGE_ALLOC,
+    "thp_collapse_alloc_failed": VmEvent.THP_COLLAPSE_ALLOC_FAILED,
+    "compact_stall": VmEvent.COMPACT_STALL,
+}
+
+
+@dataclass(slots=True)
+class Measurement:
+    label: str
+    step: int
+    processes: dict[str, dict[str, int]]
+    system: dict[str, int]
+    views: dict[str, str] = field(default_factory=dict)   # --show PATH -> text
+
+
+@dataclass(slots=True)
+class Report:
+    scenario: str
+    measurements: list[Measurement]
+    mappings: dict[str, dict[str, tuple[int, int]]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "measurements": [
+                {"label": m.label, "step": m.step, "processes": m.processes, "system": m.system}
+                for m in self.measurements
+            ],
+            "mappings": {
+                proc: {name: {"start": f"{start:#x}", "length": length}
+                       for name, (start, length) in maps.items()}
+                for proc, maps in self.mappings.items()
+            },
+        }
+
+
+class ScenarioRun:
+    """The state of one run: the machine, the processes and their named mappings."""
+
+    def __init__(self, scenario: s.Scenario, show: tuple[str, ...] = (),
+                 machine: Machine | None = None) -> None:
+        self.scenario = scenario
+        system = scenario.system
+        self.machine = machine or Machine(MachineConfig(
+            ram=system.ram, paging=system.paging, pti=system.pti, pcid=system.pcid,
+            sysfs=dict(system.sysfs)))
+        self.kernel = self.machine.kernel
+        self.show = show
+        self.maps: dict[str, dict[str, tuple[int, int]]] = {}
+        main = self.kernel.spawn("main")
+        self.maps["main"] = {}
+        self.base_sizes = self._sizes(main)
+        self.base_events = self.kernel.vm_events.copy()
+        self.exited_faults: dict[str, tuple[int, int]] = {}
+        self.measurements: list[Measurement] = []
+
+    # -- figures ------------------------------------------------------------------------------
+    def _sizes(self, task: Task) -> dict[str, int]:
+        status = task_mem(task)
+        sizes = {key: status[key] for key in SIZE_FIELDS if key in status}
+        sizes["AnonHugePages"] = smaps_rollup(self.kernel, task).anonymous_thp >> 10
+        return sizes
+
+    def measure(self, label: str, index: int) -> Measurement:
+        k = self.kernel
+        processes = {}
+        for name, task in k.tasks.items():
+            sizes = self._sizes(task)
+            figures = {"minflt": task.min_flt, "majflt": task.maj_flt}
+            figures.update({key: sizes[key] - self.base_sizes[key] for key in SIZE_FIELDS})
+            processes[name] = {key: figures[key] for key in PROCESS_FIELDS}
+            processes[name].update(self._tlb_figures(task))
+        h = k.hugetlb.default
+        system = {"HugePages_Total": h.nr_huge_pages, "HugePages_Free": h.free_huge_pages,
+                  "HugePages_Rsvd": h.resv_huge_pages, "HugePages_Surp": h.surplus_huge_pages}
+        for key, event in (EVENT_FIELDS | EXTRA_EVENT_FIELDS).items():
+            system[key] = int(k.vm_events[event] - self.base_events[event])
+        views = {path: self.render(path) for path in self.show}
+        m = Measurement(label, index, processes, system, views)
+        self.measurements.append(m)
+        return m
+
+    def _tlb_figures(self, task: Task) -> dict[str, int]:
+        from pagewalk.hw.mmu import MmuStat
+        c = task.mmu_counters
+        return {"tlb_accesses": int(c[MmuStat.ACCESSES]), "tlb_l1_hits": int(c[MmuStat.L1_HITS]),
+                "tlb_stlb_hits": int(c[MmuStat.STLB_HITS]), "tlb_walks": int(c[MmuStat.WALKS]),
+                "tlb_walk_refs": int(c[MmuStat.WALK_REFS]), "cr3_loads": int(c[MmuStat.CR3_LOADS])}
+
+    def render(self, path: str) -> str:
+        from pagewalk.proc import render
+        return render.render_path(self.kernel, path)
+
+    # -- steps ----------------------------------------------------------------------------------
+    def run(self) -> Report:
+        for step in self.scenario.steps:
+            self.run_step(step)
+        live = {name: maps for name, maps in self.maps.items() if name in self.kernel.tasks}
+        return Report(self.scenario.name, self.measurements, live)
+
+    def location(self, step: s.Step, fieldname: str | None = None) -> Location:
+        return Location(self.scenario.file, step.index, fieldname)
+
+    def task(self, step: s.Step) -> Task:
+        task = self.kernel.tasks.get(step.process)
+        if task is None:
+            raise ScenarioError(f"process {step.process!r} is not running",
+                                self.location(step, "process"))
+        return task
+
+    def region(self, step: s.Step, rng: s.Range) -> tuple[int, int]:
+        """(address, length) of a step's range: offset into the named mapping, length to its
+        end unless given (as the oracle resolves it)."""
+        maps = self.maps.get(step.process, {})
+        if rng.region not in maps:
+            raise ScenarioError(f"{rng.region!r} is not a mapping of process {step.process!r} "
+                                "(its mmap failed, or munmap removed it)",
+                                self.location(step, "region"))
+        start, length = maps[rng.region]
+        length_out = rng.length if rng.length is not None else max(length - rng.offset, 0)
+        return start + rng.offset, length_out
+
+    def run_step(self, step: s.Step) -> None:
+        handler = getattr(self, "do_" + type(step).__name__.removesuffix("Step").lower())
+        try:
+            handler(step)
+        except (SyscallError, SignalError) as err:
+            self._check_outcome(step, err)
+            return
+        except KernelError as err:
+            raise err.at(self.location(step))
+        if step.expect_error is not None or step.expect_signal is not None:
+            expected = step.expect_error.name if step.expect_error else step.expect_signal.name
+            raise ExpectationFailed(f"expected {expected}, but the step succeeded",
+                                    self.location(step))
+
+    def _check_outcome(self, step: s.Step, err: SyscallError | SignalError) -> None:
+        if isinstance(err, SyscallError):
+            if step.expect_error == err.errno:
+                return
+            got = err.errno.name
+        else:
+            if step.expect_signal == err.signal:
+                return
+            got = f"{err.signal.name} at {err.vaddr:#x}"
+        expected = step.expect_error or step.expect_signal
+        if expected is not None:
+            err.message += f" (expected {expected.name}, got {got})"
+        raise err.at(self.location(step))
+
+    def do_mmap(self, step: s.MmapStep) -> None:
+        task = self.task(step)
+        addr = syscalls.sys_mmap(self.kernel, task, step.addr or 0, step.length, step.prot,
+                                 step.flags, step.page_size)
+        huge = (step.page_size or 2 << 20) if "hugetlb" in step.flags else 4096
+        self.maps[step.process][step.name] = (addr, (step.length + huge - 1) // huge * huge)
+
+    def do_munmap(self, step: s.MunmapStep) -> None:
+        task = self.task(step)
+        addr, length = self.region(step, step.range)
+        syscalls.sys_munmap(self.kernel, task, addr, length)
+        maps = self.maps[step.process]
+        for name, (start, size) in list(maps.items()):
+            if addr <= start and start + size <= addr + length:
+                del maps[name]
+
+    def do_mprotect(self, step: s.MprotectStep) -> None:
+        addr, length = self.region(step, step.range)
+        syscalls.sys_mprotect(self.kernel, self.task(step), addr, length, step.prot)
+
+    def do_madvise(self, step: s.MadviseStep) -> None:
+        addr, length = self.region(step, step.range)
+        syscalls.sys_madvise(self.kernel, self.task(step), addr, length, step.advice)
+
+    def do_touch(self, step: s.TouchStep) -> None:
+        task = self.task(step)
+        addr, length = self.region(step, step.range)
+        access = ACCESS_WRITE if step.access == "write" else ACCESS_READ
+        from pagewalk.mm import fastpath
+        fastpath.touch(self.kernel, task, addr, length, step.stride, access)
+
+    def do_write(self, step: s.WriteStep) -> None:
+        task = self.task(step)
+        addr, _ = self.region(step, s.Range(step.region, step.offset))
+        self._copy(task, addr, step.data)
+
+    def _copy(self, task: Task, addr: int, data: bytes) -> None:
+        k = self.kernel
+        pos = 0
+        while pos < len(data):
+            va = addr + pos
+            chunk = min(len(data) - pos, 4096 - (va & 4095))
+            paddr = k.user_access(task, va, ACCESS_WRITE)
+            k.physmem.write_bytes(paddr, data[pos: pos + chunk])
+            pos += chunk
+
+    def do_read(self, step: s.ReadStep) -> None:
+        task = self.task(step)
+        addr, _ = self.region(step, s.Range(step.region, step.offset))
+        k = self.kernel
+        got = bytearray()
+        pos = 0
+        while pos < step.length:
+            va = addr + pos
+            chunk = min(step.length - pos, 4096 - (va & 4095))
+            paddr = k.user_access(task, va, ACCESS_READ)
+            got += k.physmem.read_bytes(paddr, chunk)
+            pos += chunk
+        if step.expect is not None and bytes(got) != step.expect:
+            raise ExpectationFailed(f"read {bytes(got)!r}, expected {step.expect!r}",
+                                    self.location(step, "expect"))
+
+    def do_fork(self, step: s.ForkStep) -> None:
+        parent = self.task(step)
+        if step.name in self.kernel.tasks:
+            raise ScenarioError(f"process {step.name!r} exists", self.location(step, "name"))
+        syscalls.sys_fork(self.kernel, parent, step.name)
+        self.maps[step.name] = dict(self.maps[step.process])
+
+    def do_exit(self, step: s.ExitStep) -> None:
+        syscalls.sys_exit(self.kernel, self.task(step))
+
+    def do_set(self, step: s.SetStep) -> None:
+        for path, value in step.knobs.items():
+            self.kernel.set_knob(path, value)
+
+    def do_measure(self, step: s.MeasureStep) -> None:
+        self.measure(step.label, step.index)
+
+    def do_khugepaged(self, step: s.KhugepagedStep) -> None:
+        from pagewalk.mm import khugepaged
+        khugepaged.run_scans(self.kernel, step.scans)
+
+
+def run_scenario(scenario: s.Scenario, show: tuple[str, ...] = ()) -> Report:
+    """Run every step; raise PagewalkError (with the step's location) on failure."""
+    return ScenarioRun(scenario, show).run()
+
+
+__all__ = ["Measurement", "Report", "ScenarioRun", "run_scenario", "NotImplementedStep"]

@@ -1,0 +1,799 @@
+"""Scenario files (scenario.md, version 1) -> typed, frozen step dataclasses.
+
+The whole format is read and checked here, before anything runs: YAML (or JSON)
+syntax, the top-level fields, ``system``, and every step with its fields, types,
+sizes, addresses and knob values. Every failure is one :class:`ScenarioError` whose
+:class:`Location` names the file, the 0-based step index and the field
+(``steps[3].mmap.length``), and whose message says what was wrong and what is allowed.
+Steps are also checked against each other statically: a step's ``process`` must be
+alive at that point, a ``region`` must name a mapping that process made (or inherited
+by fork) in an earlier ``mmap`` step, and ``measure`` labels are unique. Whether that
+mmap succeeded is the runner's business.
+
+pagewalk extensions and decisions where scenario.md is silent:
+
+* ``system.pti`` (default false) and ``system.pcid`` (default true) choose page-table
+  isolation and PCIDs; the defaults match the reference machine (Meltdown "Not
+  affected", so PTI off at run time; PCID present).
+* ``system.ram`` is a size from 64 MiB to 1 TiB and a multiple of 4 MiB (one
+  MAX_PAGE_ORDER buddy block, so every free list starts out whole).
+* ``system.sysfs`` keeps the knobs in the order written (the runner writes them in
+  that order, so of two names for one file the later wins); values are normalised to
+  the string the kernel file would hold (``16`` -> ``"16"``) by kernel/knobs.py.
+* ``mmap.flags`` omitted means ``[private, anonymous]``. Given flags must include
+  ``anonymous``: file mappings are not part of the format. ``private`` together with
+  ``shared`` is refused (the two bits together are MAP_SHARED_VALIDATE, which the
+  format does not express). Neither ``private`` nor ``shared`` is accepted and left
+  to the kernel, which answers EINVAL. ``fixed`` with ``fixed_noreplace`` is accepted
+  (the kernel lets NOREPLACE win). A flag listed twice is refused.
+* ``mmap.page_size`` is only allowed with ``hugetlb`` (2MiB or 1GiB); hugetlb without
+  it is None, the default huge page size (2 MiB). ``mmap.addr`` absent is None.
+* ``prot`` is ``none`` or the letters r, w, x, each at most once, in any order.
+* ``write.offset`` and ``read.offset`` default to 0, as a range's ``offset`` does.
+  ``read.length`` defaults to the length of ``expect``; one of them is required, and
+  when both are given they must agree.
+* ``expect_error`` is allowed on the system-call steps (mmap, munmap, mprotect,
+  madvise, fork), ``expect_signal`` on the access steps (touch, write, read); never
+  both. ``exit`` takes only ``process`` (required); ``set`` only knob paths (at least
+  one); ``measure`` only its label; ``khugepaged`` only ``scans`` (>= 1; ``khugepaged:``
+  with no value means ``scans: 1``). These steps act system-wide and carry no ``process``.
+* Process and mapping names match ``[A-Za-z0-9._-]+``. A fork must not reuse the name of
+  a live process; a name may be reused after that process exited. Mapping names are
+  unique within a process, its inherited ones included.
+* Sizes, offsets and addresses must be below 2**64; YAML mappings with a duplicate key
+  are refused rather than silently keeping the last value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+
+from pagewalk.errors import ConfigError, Errno, Location, ScenarioError, Signal
+from pagewalk.kernel import knobs
+from pagewalk.units import GiB, KiB, MiB, TiB, format_size, parse_addr, parse_size
+
+PROT_NONE = 0
+PROT_READ = 1    # asm-generic/mman-common.h
+PROT_WRITE = 2
+PROT_EXEC = 4
+_PROT_LETTERS = {"r": PROT_READ, "w": PROT_WRITE, "x": PROT_EXEC}
+
+MMAP_FLAGS = ("private", "shared", "anonymous", "fixed", "fixed_noreplace", "noreserve",
+              "populate", "hugetlb")
+DEFAULT_MMAP_FLAGS: frozenset[str] = frozenset({"private", "anonymous"})
+MADVISE_ADVICE = ("hugepage", "nohugepage", "dontneed", "free", "collapse", "willneed")
+ACCESS_KINDS = ("read", "write")
+HUGETLB_PAGE_SIZES = (2 * MiB, 1 * GiB)
+MAIN_PROCESS = "main"
+
+RAM_MIN = 64 * MiB
+RAM_MAX = 1 * TiB
+RAM_ALIGN = 4 * MiB      # one MAX_PAGE_ORDER (order-10) buddy block
+PAGING_LEVELS = (4, 5)
+ADDRESS_LIMIT = 1 << 64
+
+_SCENARIO_NAME = re.compile(r"[a-z0-9._-]+")
+_OBJECT_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_TOP_FIELDS = ("name", "description", "system", "steps")
+_SYSTEM_FIELDS = ("ram", "paging", "pti", "pcid", "sysfs")
+
+T = TypeVar("T")
+D = TypeVar("D")
+
+
+# -- the scenario, as data ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SystemConfig:
+    """The ``system`` section: the machine and its knobs at boot."""
+
+    ram: int = 4 * GiB                 # bytes of physical memory
+    paging: int = 4                    # page-table levels, 4 or 5
+    pti: bool = False                  # page-table isolation (pagewalk extension)
+    pcid: bool = True                  # process-context identifiers (pagewalk extension)
+    sysfs: dict[str, str] = field(default_factory=dict, hash=False)  # path -> normalised value
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """A part of a named mapping: ``[start + offset, start + offset + length)``."""
+
+    region: str
+    offset: int = 0                    # bytes from the mapping's start
+    length: int | None = None          # bytes; None = to the end of the mapping
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    """What every step has. ``kind`` is the step's key in the file."""
+
+    kind: ClassVar[str] = ""
+    index: int                         # 0-based position in ``steps``
+    process: str = MAIN_PROCESS
+    expect_error: Errno | None = None
+    expect_signal: Signal | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MmapStep(Step):
+    kind: ClassVar[str] = "mmap"
+    name: str
+    length: int                        # bytes, as given (the kernel rounds up)
+    prot: int = PROT_READ | PROT_WRITE
+    flags: frozenset[str] = DEFAULT_MMAP_FLAGS
+    page_size: int | None = None       # hugetlb page size; None = the default (2 MiB)
+    addr: int | None = None            # hint, or the address with fixed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MunmapStep(Step):
+    kind: ClassVar[str] = "munmap"
+    range: Range
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MprotectStep(Step):
+    kind: ClassVar[str] = "mprotect"
+    range: Range
+    prot: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MadviseStep(Step):
+    kind: ClassVar[str] = "madvise"
+    range: Range
+    advice: str                        # one of MADVISE_ADVICE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TouchStep(Step):
+    kind: ClassVar[str] = "touch"
+    range: Range
+    access: str = "write"              # "read" or "write"
+    stride: int = 4 * KiB              # bytes between accesses, > 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteStep(Step):
+    kind: ClassVar[str] = "write"
+    region: str
+    offset: int = 0
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadStep(Step):
+    kind: ClassVar[str] = "read"
+    region: str
+    offset: int = 0
+    length: int                        # bytes
+    expect: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForkStep(Step):
+    kind: ClassVar[str] = "fork"
+    name: str                          # the child's process name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExitStep(Step):
+    kind: ClassVar[str] = "exit"       # ``process`` exits and is reaped
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetStep(Step):
+    kind: ClassVar[str] = "set"
+    knobs: dict[str, str] = field(hash=False)   # path as written -> normalised value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeasureStep(Step):
+    kind: ClassVar[str] = "measure"
+    label: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KhugepagedStep(Step):
+    kind: ClassVar[str] = "khugepaged"
+    scans: int = 1                     # full passes over every registered mm
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    description: str
+    system: SystemConfig
+    steps: tuple[Step, ...]
+    file: str
+
+
+# -- where a value sits, and reading maps ------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """The location of a value being read: file, step index and dotted field path."""
+
+    file: str
+    step: int | None
+    field: str
+
+    def child(self, key: object) -> _Where:
+        name = str(key)
+        return _Where(self.file, self.step, f"{self.field}.{name}" if self.field else name)
+
+    def error(self, message: str) -> ScenarioError:
+        return ScenarioError(message, Location(self.file, self.step, self.field or None))
+
+
+class _Fields:
+    """A YAML map being read field by field; unknown keys are refused up front."""
+
+    __slots__ = ("data", "where")
+
+    def __init__(self, data: object, where: _Where, allowed: tuple[str, ...], what: str) -> None:
+        if not isinstance(data, dict):
+            raise where.error(f"{what} must be a map of fields ({', '.join(allowed)}), "
+                              f"got {_show(data)}")
+        for key in data:
+            if key not in allowed:
+                raise where.child(key).error(
+                    f"unknown field {_show(key)} in {what}; allowed: {', '.join(allowed)}")
+        self.data: dict[Any, Any] = data
+        self.where = where
+
+    def required(self, key: str, convert: Callable[[object, _Where], T]) -> T:
+        if key not in self.data:
+            raise self.where.child(key).error(f"missing required field '{key}'")
+        return convert(self.data[key], self.where.child(key))
+
+    def optional(self, key: str, convert: Callable[[object, _Where], T], default: D) -> T | D:
+        if key not in self.data:
+            return default
+        return convert(self.data[key], self.where.child(key))
+
+
+def _show(value: object) -> str:
+    """A short repr for messages."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- value converters: (value, where) -> typed value, or ScenarioError -------------------
+
+def _string(value: object, where: _Where) -> str:
+    if not isinstance(value, str):
+        raise where.error(f"expected a string, got {_show(value)} "
+                          f"({type(value).__name__}); quote it")
+    return value
+
+
+def _matching(pattern: re.Pattern[str], what: str) -> Callable[[object, _Where], str]:
+    def convert(value: object, where: _Where) -> str:
+        text = _string(value, where)
+        if not pattern.fullmatch(text):
+            raise where.error(f"{what} must match {pattern.pattern}, got {_show(text)}")
+        return text
+    return convert
+
+
+_scenario_name = _matching(_SCENARIO_NAME, "a scenario name")
+_object_name = _matching(_OBJECT_NAME, "a name")
+
+
+def _label(value: object, where: _Where) -> str:
+    text = _string(value, where)
+    if not text.strip():
+        raise where.error("expected a non-empty label")
+    return text
+
+
+def _description(value: object, where: _Where) -> str:
+    return "" if value is None else _string(value, where)
+
+
+def _bool(value: object, where: _Where) -> bool:
+    if not isinstance(value, bool):
+        raise where.error(f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _below_limit(number: int, what: str, where: _Where) -> int:
+    if number >= ADDRESS_LIMIT:
+        raise where.error(f"{what} {_show(number)} does not fit in 64 bits")
+    return number
+
+
+def _size(value: object, where: _Where) -> int:
+    try:
+        size = parse_size(value)
+    except ValueError as err:
+        raise where.error(str(err)) from None
+    return _below_limit(size, "size", where)
+
+
+def _positive_size(value: object, where: _Where) -> int:
+    size = _size(value, where)
+    if size == 0:
+        raise where.error("expected a size greater than 0, got 0")
+    return size
+
+
+def _addr(value: object, where: _Where) -> int:
+    try:
+        addr = parse_addr(value)
+    except ValueError as err:
+        raise where.error(str(err)) from None
+    return _below_limit(addr, "address", where)
+
+
+def _count(value: object, where: _Where) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise where.error(f"expected an integer >= 1, got {_show(value)}")
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[object, _Where], str]:
+    def convert(value: object, where: _Where) -> str:
+        if value not in options:
+            allowed = " or ".join(f"'{o}'" for o in options) if len(options) == 2 else \
+                "one of " + ", ".join(options)
+            raise where.error(f"expected {allowed}, got {_show(value)}")
+        return str(value)
+    return convert
+
+
+_access = _choice(ACCESS_KINDS)
+_advice = _choice(MADVISE_ADVICE)
+
+
+def _prot(value: object, where: _Where) -> int:
+    """'none', or the letters r, w, x (each at most once, any order) -> PROT_* bits."""
+    allowed = "expected 'none' or letters from 'rwx' (each once), like 'r', 'rw', 'rwx'"
+    if value == "none":
+        return PROT_NONE
+    if not isinstance(value, str) or not value or len(set(value)) != len(value) \
+            or not set(value) <= set(_PROT_LETTERS):
+        raise where.error(f"{allowed}; got {_show(value)}")
+    prot = PROT_NONE
+    for letter in value:
+        prot |= _PROT_LETTERS[letter]
+    return prot
+
+
+def _errno(value: object, where: _Where) -> Errno:
+    if not isinstance(value, str) or value not in Errno.__members__:
+        raise where.error(f"expected an errno name ({', '.join(Errno.__members__)}), "
+                          f"got {_show(value)}")
+    return Errno[value]
+
+
+def _signal(value: object, where: _Where) -> Signal:
+    if not isinstance(value, str) or value not in Signal.__members__:
+        raise where.error(f"expected {' or '.join(Signal.__members__)}, got {_show(value)}")
+    return Signal[value]
+
+
+def _utf8(value: object, where: _Where) -> bytes:
+    text = _string(value, where)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise where.error(f"{_show(text)} cannot be encoded as UTF-8") from None
+
+
+def _mapping_or_empty(value: object) -> object:
+    """``key:`` with no value is an empty map."""
+    return {} if value is None else value
+
+
+# -- mmap flags --------------------------------------------------------------------------
+
+def _mmap_flags(value: object, where: _Where) -> frozenset[str]:
+    flags = _flag_names(value, where)
+    _check_flag_combination(flags, where)
+    return flags
+
+
+def _flag_names(value: object, where: _Where) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise where.error(f"expected a list of flags ({', '.join(MMAP_FLAGS)}), "
+                          f"got {_show(value)}")
+    for position, flag in enumerate(value):
+        if flag not in MMAP_FLAGS:
+            raise where.child(position).error(
+                f"unknown flag {_show(flag)}; allowed: {', '.join(MMAP_FLAGS)}")
+        if value.index(flag) != position:
+            raise where.child(position).error(f"flag '{flag}' is listed twice")
+    return frozenset(value)
+
+
+def _check_flag_combination(flags: frozenset[str], where: _Where) -> None:
+    if "anonymous" not in flags:
+        raise where.error("flags must include 'anonymous': file mappings are not part of "
+                          "the scenario format")
+    if {"private", "shared"} <= flags:
+        raise where.error("'private' and 'shared' exclude each other; give one of them")
+
+
+def _page_size(flags: frozenset[str]) -> Callable[[object, _Where], int]:
+    def convert(value: object, where: _Where) -> int:
+        if "hugetlb" not in flags:
+            raise where.error("page_size is only allowed with the 'hugetlb' flag")
+        size = _size(value, where)
+        if size not in HUGETLB_PAGE_SIZES:
+            raise where.error(f"expected 2MiB or 1GiB, got {_show(value)}")
+        return size
+    return convert
+
+
+# -- steps -------------------------------------------------------------------------------
+
+_StepParser = Callable[[object, _Where, int], Step]
+
+
+def _base(fields: _Fields, index: int) -> dict[str, Any]:
+    """The common fields a step may carry: process, expect_error, expect_signal."""
+    base: dict[str, Any] = {
+        "index": index,
+        "process": fields.optional("process", _object_name, MAIN_PROCESS),
+        "expect_error": fields.optional("expect_error", _errno, None),
+        "expect_signal": fields.optional("expect_signal", _signal, None),
+    }
+    if base["expect_error"] is not None and base["expect_signal"] is not None:
+        raise fields.where.child("expect_signal").error(
+            "a step expects an error or a signal, not both")
+    return base
+
+
+def _range(fields: _Fields) -> Range:
+    return Range(region=fields.required("region", _object_name),
+                 offset=fields.optional("offset", _size, 0),
+                 length=fields.optional("length", _size, None))
+
+
+def _parse_mmap(fields: _Fields, index: int) -> Step:
+    flags = fields.optional("flags", _mmap_flags, DEFAULT_MMAP_FLAGS)
+    return MmapStep(**_base(fields, index),
+                    name=fields.required("name", _object_name),
+                    length=fields.required("length", _size),
+                    prot=fields.optional("prot", _prot, PROT_READ | PROT_WRITE),
+                    flags=flags,
+                    page_size=fields.optional("page_size", _page_size(flags), None),
+                    addr=fields.optional("addr", _addr, None))
+
+
+def _parse_munmap(fields: _Fields, index: int) -> Step:
+    return MunmapStep(**_base(fields, index), range=_range(fields))
+
+
+def _parse_mprotect(fields: _Fields, index: int) -> Step:
+    return MprotectStep(**_base(fields, index), range=_range(fields),
+                        prot=fields.required("prot", _prot))
+
+
+def _parse_madvise(fields: _Fields, index: int) -> Step:
+    return MadviseStep(**_base(fields, index), range=_range(fields),
+                       advice=fields.required("advice", _advice))
+
+
+def _parse_touch(fields: _Fields, index: int) -> Step:
+    return TouchStep(**_base(fields, index), range=_range(fields),
+                     access=fields.optional("access", _access, "write"),
+                     stride=fields.optional("stride", _positive_size, 4 * KiB))
+
+
+def _parse_write(fields: _Fields, index: int) -> Step:
+    return WriteStep(**_base(fields, index),
+                     region=fields.required("region", _object_name),
+                     offset=fields.optional("offset", _size, 0),
+                     data=fields.required("data", _utf8))
+
+
+def _parse_read(fields: _Fields, index: int) -> Step:
+    expect = fields.optional("expect", _utf8, None)
+    return ReadStep(**_base(fields, index),
+                    region=fields.required("region", _object_name),
+                    offset=fields.optional("offset", _size, 0),
+                    length=_read_length(fields, expect),
+                    expect=expect)
+
+
+def _read_length(fields: _Fields, expect: bytes | None) -> int:
+    """``length``, or the length of ``expect``; both given must agree."""
+    if expect is None:
+        return fields.required("length", _size)
+    length = fields.optional("length", _size, len(expect))
+    if length != len(expect):
+        raise fields.where.child("length").error(
+            f"length {length} differs from the {len(expect)} bytes of 'expect'")
+    return length
+
+
+def _parse_fork(fields: _Fields, index: int) -> Step:
+    return ForkStep(**_base(fields, index), name=fields.required("name", _object_name))
+
+
+def _parse_exit(fields: _Fields, index: int) -> Step:
+    return ExitStep(index=index, process=fields.required("process", _object_name))
+
+
+def _parse_khugepaged(fields: _Fields, index: int) -> Step:
+    return KhugepagedStep(index=index, scans=fields.optional("scans", _count, 1))
+
+
+def _map_step(kind: str, parse: Callable[[_Fields, int], Step], allowed: tuple[str, ...],
+              accepts_none: bool = False) -> _StepParser:
+    """A step whose value is a map of ``allowed`` fields."""
+    def parser(value: object, where: _Where, index: int) -> Step:
+        data = _mapping_or_empty(value) if accepts_none else value
+        return parse(_Fields(data, where, allowed, f"a {kind} step"), index)
+    return parser
+
+
+def _parse_set(value: object, where: _Where, index: int) -> Step:
+    if not isinstance(value, dict) or not value:
+        raise where.error(f"expected a map of at least one knob path to its value, "
+                          f"got {_show(value)}")
+    return SetStep(index=index, knobs=_knob_values(value, where))
+
+
+def _knob_values(value: dict[Any, Any], where: _Where) -> dict[str, str]:
+    """Knob path -> normalised value, checked by the knob registry, in the order given."""
+    result: dict[str, str] = {}
+    for path, raw in value.items():
+        at = where.child(path)
+        name = _string(path, at)
+        try:
+            result[name] = knobs.normalise(name, raw)
+        except ConfigError as err:
+            raise at.error(err.message) from None
+    return result
+
+
+def _parse_measure(value: object, where: _Where, index: int) -> Step:
+    return MeasureStep(index=index, label=_label(value, where))
+
+
+_RANGE = ("region", "offset", "length")
+_CALL = ("process", "expect_error")
+_ACCESS = ("process", "expect_signal")
+
+_STEP_PARSERS: Mapping[str, _StepParser] = MappingProxyType({
+    "mmap": _map_step("mmap", _parse_mmap,
+                      ("name", "length", "prot", "flags", "page_size", "addr") + _CALL),
+    "munmap": _map_step("munmap", _parse_munmap, _RANGE + _CALL),
+    "mprotect": _map_step("mprotect", _parse_mprotect, _RANGE + ("prot",) + _CALL),
+    "madvise": _map_step("madvise", _parse_madvise, _RANGE + ("advice",) + _CALL),
+    "touch": _map_step("touch", _parse_touch, _RANGE + ("access", "stride") + _ACCESS),
+    "write": _map_step("write", _parse_write, ("region", "offset", "data") + _ACCESS),
+    "read": _map_step("read", _parse_read, ("region", "offset", "length", "expect") + _ACCESS),
+    "fork": _map_step("fork", _parse_fork, ("name",) + _CALL),
+    "exit": _map_step("exit", _parse_exit, ("process",)),
+    "set": _parse_set,
+    "measure": _parse_measure,
+    "khugepaged": _map_step("khugepaged", _parse_khugepaged, ("scans",), accepts_none=True),
+})
+
+
+def _parse_step(item: object, where: _Where, index: int) -> Step:
+    """One ``- kind: value`` item."""
+    kind, value = _step_kind(item, where)
+    return _STEP_PARSERS[kind](value, where.child(kind), index)
+
+
+def _step_kind(item: object, where: _Where) -> tuple[str, object]:
+    """The step type of a one-key map, and its value."""
+    known = ", ".join(_STEP_PARSERS)
+    if not isinstance(item, dict) or not item:
+        raise where.error(f"a step is a one-key map like '- mmap: {{...}}' ({known}), "
+                          f"got {_show(item)}")
+    if len(item) > 1:
+        keys = ", ".join(_show(key) for key in item)
+        raise where.error(f"a step is a one-key map, got keys {keys} "
+                          "(are the fields indented under the step type?)")
+    ((kind, value),) = item.items()
+    if not isinstance(kind, str) or kind not in _STEP_PARSERS:
+        raise where.child(kind).error(f"unknown step type {_show(kind)}; allowed: {known}")
+    return kind, value
+
+
+# -- static checks across steps ----------------------------------------------------------
+
+class _Timeline:
+    """Which processes are alive and which mappings each knows, step by step."""
+
+    __slots__ = ("mappings", "exited", "labels")
+
+    def __init__(self) -> None:
+        self.mappings: dict[str, dict[str, int]] = {MAIN_PROCESS: {}}  # process -> name -> step
+        self.exited: dict[str, int] = {}
+        self.labels: dict[str, int] = {}
+
+    def check(self, step: Step, where: _Where) -> None:
+        """Refuse ``step`` if it cannot make sense at this point, then record its effect."""
+        if isinstance(step, MeasureStep):
+            self._measure(step, where)
+            return
+        if isinstance(step, (SetStep, KhugepagedStep)):
+            return
+        self._require_live(step.process, where.child("process"))
+        self._require_region(step, where.child("region"))
+        self._record(step, where)
+
+    def _measure(self, step: MeasureStep, where: _Where) -> None:
+        if step.label in self.labels:
+            raise where.error(f"measure label {_show(step.label)} is already used by "
+                              f"step {self.labels[step.label]}; labels must be unique")
+        self.labels[step.label] = step.index
+
+    def _require_live(self, process: str, where: _Where) -> None:
+        if process in self.mappings:
+            return
+        live = ", ".join(self.mappings) or "none"
+        if process in self.exited:
+            raise where.error(f"process {_show(process)} exited at step "
+                              f"{self.exited[process]}; live processes: {live}")
+        raise where.error(f"no process {_show(process)}; live processes: {live} "
+                          "(a process is made by a fork step)")
+
+    def _require_region(self, step: Step, where: _Where) -> None:
+        region = _region_of(step)
+        if region is None or region in self.mappings[step.process]:
+            return
+        known = ", ".join(self.mappings[step.process]) or "none"
+        raise where.error(f"process {_show(step.process)} has no mapping named "
+                          f"{_show(region)} from an earlier mmap step; its mappings: {known}")
+
+    def _record(self, step: Step, where: _Where) -> None:
+        if isinstance(step, MmapStep):
+            self._mmap(step, where.child("name"))
+        elif isinstance(step, ForkStep):
+            self._fork(step, where.child("name"))
+        elif isinstance(step, ExitStep):
+            del self.mappings[step.process]
+            self.exited[step.process] = step.index
+
+    def _mmap(self, step: MmapStep, where: _Where) -> None:
+        names = self.mappings[step.process]
+        if step.name in names:
+            raise where.error(f"process {_show(step.process)} already has a mapping named "
+                              f"{_show(step.name)} (step {names[step.name]}); mapping names "
+                              "are unique in a process")
+        names[step.name] = step.index
+
+    def _fork(self, step: ForkStep, where: _Where) -> None:
+        if step.name in self.mappings:
+            raise where.error(f"process {_show(step.name)} is alive; "
+                              "a forked child needs a new name")
+        self.mappings[step.name] = dict(self.mappings[step.process])
+
+
+def _region_of(step: Step) -> str | None:
+    """The mapping a step works on, if any."""
+    if isinstance(step, (MunmapStep, MprotectStep, MadviseStep, TouchStep)):
+        return step.range.region
+    if isinstance(step, (WriteStep, ReadStep)):
+        return step.region
+    return None
+
+
+# -- top level ---------------------------------------------------------------------------
+
+def _steps(value: object, where: _Where) -> tuple[Step, ...]:
+    if not isinstance(value, list):
+        raise where.error(f"expected a list of steps, got {_show(value)}")
+    timeline = _Timeline()
+    steps: list[Step] = []
+    for index, item in enumerate(value):
+        at = _Where(where.file, index, f"steps[{index}]")
+        step = _parse_step(item, at, index)
+        timeline.check(step, at.child(step.kind))
+        steps.append(step)
+    return tuple(steps)
+
+
+def _ram(value: object, where: _Where) -> int:
+    ram = _size(value, where)
+    if not RAM_MIN <= ram <= RAM_MAX or ram % RAM_ALIGN:
+        raise where.error(f"expected a multiple of 4MiB from 64MiB to 1TiB, "
+                          f"got {format_size(ram)}")
+    return ram
+
+
+def _paging(value: object, where: _Where) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in PAGING_LEVELS:
+        raise where.error(f"expected 4 or 5 (page-table levels), got {_show(value)}")
+    return value
+
+
+def _sysfs(value: object, where: _Where) -> dict[str, str]:
+    value = _mapping_or_empty(value)
+    if not isinstance(value, dict):
+        raise where.error(f"expected a map of knob path to value, got {_show(value)}")
+    return _knob_values(value, where)
+
+
+def _system(value: object, where: _Where) -> SystemConfig:
+    fields = _Fields(_mapping_or_empty(value), where, _SYSTEM_FIELDS, "system")
+    return SystemConfig(ram=fields.optional("ram", _ram, 4 * GiB),
+                        paging=fields.optional("paging", _paging, 4),
+                        pti=fields.optional("pti", _bool, False),
+                        pcid=fields.optional("pcid", _bool, True),
+                        sysfs=fields.optional("sysfs", _sysfs, {}))
+
+
+def _scenario(document: object, file: str) -> Scenario:
+    where = _Where(file, None, "")
+    if document is None:
+        raise where.error("the scenario is empty; it needs 'name' and 'steps'")
+    fields = _Fields(document, where, _TOP_FIELDS, "the scenario")
+    return Scenario(name=fields.required("name", _scenario_name),
+                    description=fields.optional("description", _description, ""),
+                    system=fields.optional("system", _system, SystemConfig()),
+                    steps=fields.required("steps", _steps),
+                    file=file)
+
+
+# -- YAML --------------------------------------------------------------------------------
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:
+                continue          # unhashable: SafeLoader reports it below
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {_show(key)} "
+                    f"(first at line {first.start_mark.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, file: str) -> object:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        raise ScenarioError(_yaml_message(err), Location(file)) from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as err:
+        raise ScenarioError(f"YAML error: {err}", Location(file)) from None
+    except RecursionError:
+        raise ScenarioError("YAML error: nested too deeply", Location(file)) from None
+
+
+def _yaml_message(err: yaml.MarkedYAMLError) -> str:
+    mark = err.problem_mark or err.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = err.problem or err.context or "invalid YAML"
+    return f"YAML syntax error{where}: {problem}"
+
+
+# -- public ------------------------------------------------------------------------------
+
+def parse_scenario(text: str, file: str) -> Scenario:
+    """The scenario in ``text`` (YAML or JSON); ``file`` names it in errors."""
+    return _scenario(_load_yaml(text, file), file)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and check the scenario file at ``path``."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ScenarioError(f"cannot read the scenario: {err}", Location(file)) from None
+    return parse_scenario(text, file)
