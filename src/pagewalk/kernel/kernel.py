@@ -162,7 +162,8 @@ class Kernel:
         mm = task.mm
         program = self.program_file
         for spec in exec_image.START_IMAGE:
-            file = program if spec.kind == "file" else None
+            file = program if spec.kind == "file" else (
+                self.vdso_file if spec.kind == "vdso" else None)
             pgoff = spec.file_offset >> 12 if file else spec.start >> 12
             vma = Vma(spec.start, spec.end, spec.flags, pgoff, vm_get_page_prot(spec.flags),
                       file=file, name=spec.name, special=spec.kind in ("vvar", "vdso"))

@@ -114,7 +114,7 @@ class KnobSpec:
 
 def _strip_newline(text: str) -> str:
     """What the store handlers compare: the written text without one trailing newline."""
-    return text[:-1] if text.endswith("\n") else text
+    return text.removesuffix("\n")
 
 
 def _to_int(value: object) -> int | None:

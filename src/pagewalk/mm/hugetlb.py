@@ -138,16 +138,11 @@ class HugetlbState:
             h.nr_overcommit_huge_pages = value
         elif attr == "nr_hugepages":
             self.set_max_huge_pages(h, value)
-        self.publish(h)
+            self.publish(h)
 
     def publish(self, h: Hstate) -> None:
         """Make the knob files read back what the pool really holds."""
-        knobs = self.k.knobs
-        persistent = h.nr_huge_pages - h.surplus_huge_pages
-        for path in (f"{SYS}/{h.name}/nr_hugepages",) + (
-                ("/proc/sys/vm/nr_hugepages",) if h is self.default else ()):
-            knobs.set(path, str(h.nr_huge_pages))
-        del persistent
+        self.k.knobs.set(f"{SYS}/{h.name}/nr_hugepages", str(h.nr_huge_pages))
 
     # -- pool ------------------------------------------------------------------------------
     def alloc_buddy_page(self, h: Hstate) -> int:

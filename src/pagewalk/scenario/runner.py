@@ -252,8 +252,31 @@ class ScenarioRun:
         parent = self.task(step)
         if step.name in self.kernel.tasks:
             raise ScenarioError(f"process {step.name!r} exists", self.location(step, "name"))
-        syscalls.sys_fork(self.kernel, parent, step.name)
+        child = syscalls.sys_fork(self.kernel, parent, step.name)
         self.maps[step.name] = dict(self.maps[step.process])
+        self._warm_image(child)
+        self._warm_image(parent)
+
+    def _warm_image(self, task: Task) -> None:
+        """Model the measurement conditions of the kernel oracle: after fork, its probe
+        re-reads every page of its own start-image mappings and re-writes the writable ones
+        (COW-breaking them) in both processes, and those faults are not counted."""
+        from pagewalk.kernel.exec_image import START_IMAGE
+        from pagewalk.mm.types import VmFlags
+        from pagewalk.mm.vma import vma_lookup
+        k = self.kernel
+        min_flt, maj_flt, pgfault = task.min_flt, task.maj_flt, int(k.vm_events[VmEvent.PGFAULT])
+        for spec in START_IMAGE:
+            if spec.kind == "vvar":
+                continue
+            for vaddr in range(spec.start, spec.end, 4096):
+                if vma_lookup(task.mm, vaddr) is None:
+                    continue
+                k.user_access(task, vaddr, ACCESS_READ)
+                if spec.flags & VmFlags.WRITE:
+                    k.user_access(task, vaddr, ACCESS_WRITE)
+        task.min_flt, task.maj_flt = min_flt, maj_flt
+        k.vm_events[VmEvent.PGFAULT] = pgfault
 
     def do_exit(self, step: s.ExitStep) -> None:
         syscalls.sys_exit(self.kernel, self.task(step))

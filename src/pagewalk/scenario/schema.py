@@ -72,6 +72,7 @@ MADVISE_ADVICE = ("hugepage", "nohugepage", "dontneed", "free", "collapse", "wil
 ACCESS_KINDS = ("read", "write")
 HUGETLB_PAGE_SIZES = (2 * MiB, 1 * GiB)
 MAIN_PROCESS = "main"
+EXPECTABLE_SIGNALS = (Signal.SIGSEGV, Signal.SIGBUS)   # what an access can raise
 
 RAM_MIN = 64 * MiB
 RAM_MAX = 1 * TiB
@@ -376,8 +377,9 @@ def _errno(value: object, where: _Where) -> Errno:
 
 
 def _signal(value: object, where: _Where) -> Signal:
-    if not isinstance(value, str) or value not in Signal.__members__:
-        raise where.error(f"expected {' or '.join(Signal.__members__)}, got {_show(value)}")
+    names = [signal.name for signal in EXPECTABLE_SIGNALS]
+    if not isinstance(value, str) or value not in names:
+        raise where.error(f"expected {' or '.join(names)}, got {_show(value)}")
     return Signal[value]
 
 
@@ -513,7 +515,7 @@ def _read_length(fields: _Fields, expect: bytes | None) -> int:
     length = fields.optional("length", _size, len(expect))
     if length != len(expect):
         raise fields.where.child("length").error(
-            f"length {length} differs from the {len(expect)} bytes of 'expect'")
+            f"length {length} differs from the {len(expect)} bytes of 'expect' (UTF-8)")
     return length
 
 
@@ -610,7 +612,7 @@ def _step_kind(item: object, where: _Where) -> tuple[str, object]:
 class _Timeline:
     """Which processes are alive and which mappings each knows, step by step."""
 
-    __slots__ = ("mappings", "exited", "labels")
+    __slots__ = ("exited", "labels", "mappings")
 
     def __init__(self) -> None:
         self.mappings: dict[str, dict[str, int]] = {MAIN_PROCESS: {}}  # process -> name -> step
@@ -766,7 +768,7 @@ class _StrictLoader(yaml.SafeLoader):
 
 def _load_yaml(text: str, file: str) -> object:
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as err:
         raise ScenarioError(_yaml_message(err), Location(file)) from None
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as err:
