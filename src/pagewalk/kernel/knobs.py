@@ -132,6 +132,9 @@ def _to_int(value: object) -> int | None:
 
 
 def _show(value: object) -> str:
+    """A short repr for messages (numbers too long for repr() shown by their size)."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"a {value.bit_length()}-bit number"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -311,3 +314,9 @@ class KnobValues:
         changed = {path: value for path, value in self._values.items()
                    if value != KNOBS[path].default}
         return f"KnobValues({changed!r})"
+
+
+__all__ = [
+    "KNOBS", "KNOB_SPECS", "Choice", "KnobKind", "KnobSpec", "KnobValues", "Number",
+    "defaults", "knob_spec", "normalise", "resolve",
+]

@@ -8,8 +8,11 @@ does (that walk is the kernel's own way to produce these figures).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import huge_memory
@@ -123,16 +126,56 @@ def _account(k: Kernel, mss: MemSize, pfn: int, size: int, young: bool, dirty: b
 def smaps_vma(k: Kernel, mm: MmStruct, vma: Vma) -> MemSize:
     """walk_page_vma() with smaps_pte_entry / smaps_pmd_entry / smaps_hugetlb_range."""
     mss = MemSize()
-    pgt = k.pgtables
-    addr = vma.start
-    while addr < vma.end:
-        paddr, entry, shift = pgt.lookup(mm, addr)
-        size = 1 << shift
-        nxt = min((addr + size) & ~(size - 1), vma.end)
-        if entry & pt._PAGE_PRESENT and (shift == 12 or entry & pt._PAGE_PSE):
-            _smaps_leaf(k, mss, vma, entry, shift)
-        addr = nxt
+    for entry, shift in _leaves(k, mm, vma.start, vma.end):
+        _smaps_leaf(k, mss, vma, entry, shift)
     return mss
+
+
+def _leaves(k: Kernel, mm: MmStruct, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Present leaf entries mapping [start, end): (entry, level shift). Walks table by table
+    and skips empty ones, so a sparse or huge range costs what its tables cost."""
+    pgt = k.pgtables
+    yield from _leaves_in(k, mm.pgd_pfn, 0, pgt.shifts, start, end, 0)
+
+
+def _leaves_in(k: Kernel, table: int, level: int, shifts: tuple[int, ...], start: int, end: int,
+               base: int) -> Iterator[tuple[int, int]]:
+    shift = shifts[level]
+    words = k.physmem.frame_words(table)
+    first = max((start - base) >> shift, 0)
+    last = min(((end - 1 - base) >> shift), 511)
+    if last < first:
+        return
+    sub = words[first: last + 1]
+    for offset in np.nonzero(sub & np.uint64(pt._PAGE_PRESENT | pt._PAGE_PROTNONE))[0]:
+        index = first + int(offset)
+        entry = int(sub[offset])
+        if shift == 12 or entry & pt._PAGE_PSE:
+            if entry & pt._PAGE_PRESENT:
+                yield entry, shift
+            continue
+        if level + 1 == len(shifts):
+            continue  # a PMD-level walk does not read PTE tables
+        child_base = base + (index << shift)
+        yield from _leaves_in(k, pt.pte_pfn(entry), level + 1, shifts, start, end, child_base)
+
+
+def anon_huge_pages(k: Kernel, mm: MmStruct) -> int:
+    """smaps_rollup AnonHugePages in bytes: PMD-mapped anonymous THPs (not the huge zero page)."""
+    total = 0
+    for vma in mm.vmas:
+        if vma.is_hugetlb() or not vma.is_anonymous():
+            continue
+        for entry, shift in _leaves_pmd(k, mm, vma.start, vma.end):
+            if shift == 21 and not huge_memory.is_huge_zero_pmd(k, entry):
+                total += 1 << 21
+    return total
+
+
+def _leaves_pmd(k: Kernel, mm: MmStruct, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Like _leaves but stops at the PMD level (PTE tables are not read)."""
+    shifts = tuple(s for s in k.pgtables.shifts if s >= 21)
+    yield from _leaves_in(k, mm.pgd_pfn, 0, shifts, start, end, 0)
 
 
 def _smaps_leaf(k: Kernel, mss: MemSize, vma: Vma, entry: int, shift: int) -> None:

@@ -20,7 +20,7 @@ from pagewalk.kernel import syscalls
 from pagewalk.kernel.task import Task
 from pagewalk.machine import Machine, MachineConfig
 from pagewalk.mm.vmstat import VmEvent
-from pagewalk.proc.task_mmu import smaps_rollup, task_mem
+from pagewalk.proc.task_mmu import anon_huge_pages, task_mem
 from pagewalk.scenario import schema as s
 
 PROCESS_FIELDS = ("minflt", "majflt", "VmRSS", "RssAnon", "RssShmem", "VmPTE", "VmSize",
@@ -96,7 +96,7 @@ class ScenarioRun:
     def _sizes(self, task: Task) -> dict[str, int]:
         status = task_mem(task)
         sizes = {key: status[key] for key in SIZE_FIELDS if key in status}
-        sizes["AnonHugePages"] = smaps_rollup(self.kernel, task).anonymous_thp >> 10
+        sizes["AnonHugePages"] = anon_huge_pages(self.kernel, task.mm) >> 10
         return sizes
 
     def measure(self, label: str, index: int) -> Measurement:

@@ -262,7 +262,9 @@ class _Fields:
 
 
 def _show(value: object) -> str:
-    """A short repr for messages."""
+    """A short repr for messages (numbers too long for repr() shown by their size)."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"a {value.bit_length()}-bit number"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -271,8 +273,9 @@ def _show(value: object) -> str:
 
 def _string(value: object, where: _Where) -> str:
     if not isinstance(value, str):
+        hint = "" if isinstance(value, (list, dict)) or value is None else "; quote it"
         raise where.error(f"expected a string, got {_show(value)} "
-                          f"({type(value).__name__}); quote it")
+                          f"({type(value).__name__}){hint}")
     return value
 
 
@@ -781,7 +784,9 @@ def _yaml_message(err: yaml.MarkedYAMLError) -> str:
     mark = err.problem_mark or err.context_mark
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = err.problem or err.context or "invalid YAML"
-    return f"YAML syntax error{where}: {problem}"
+    kind = "YAML error" if isinstance(err, yaml.constructor.ConstructorError) else \
+        "YAML syntax error"
+    return f"{kind}{where}: {problem}"
 
 
 # -- public ------------------------------------------------------------------------------
@@ -799,3 +804,12 @@ def load_scenario(path: str | Path) -> Scenario:
     except (OSError, UnicodeDecodeError) as err:
         raise ScenarioError(f"cannot read the scenario: {err}", Location(file)) from None
     return parse_scenario(text, file)
+
+
+__all__ = [
+    "ACCESS_KINDS", "DEFAULT_MMAP_FLAGS", "EXPECTABLE_SIGNALS", "HUGETLB_PAGE_SIZES",
+    "MADVISE_ADVICE", "MAIN_PROCESS", "MMAP_FLAGS", "PROT_EXEC", "PROT_NONE", "PROT_READ",
+    "PROT_WRITE", "ExitStep", "ForkStep", "KhugepagedStep", "MadviseStep", "MeasureStep",
+    "MmapStep", "MprotectStep", "MunmapStep", "Range", "ReadStep", "Scenario", "SetStep",
+    "Step", "SystemConfig", "TouchStep", "WriteStep", "load_scenario", "parse_scenario",
+]
