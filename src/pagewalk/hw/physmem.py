@@ -77,6 +77,18 @@ class PhysicalMemory:
         self.free_slots[top] = slot
         self.nr_free_slots[0] = top + 1
 
+    def drop_range(self, pfn: int, nr_frames: int) -> None:
+        """drop() for every frame of [pfn, pfn + nr_frames)."""
+        window = self.slot_of[pfn: pfn + nr_frames]
+        stored = np.nonzero(window >= 0)[0]
+        if stored.size == 0:
+            return
+        slots = window[stored]
+        top = int(self.nr_free_slots[0])
+        self.free_slots[top: top + slots.size] = slots
+        self.nr_free_slots[0] = top + slots.size
+        window[stored] = -1
+
     def is_stored(self, pfn: int) -> bool:
         return bool(self.slot_of[pfn] >= 0)
 

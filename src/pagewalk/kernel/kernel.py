@@ -60,7 +60,6 @@ class Kernel:
         self.next_pid = 1000
         self.current: Task | None = None
         # Folio state kept beside the struct page arrays (rare, so dicts).
-        self.tail_head: dict[int, int] = {}
         self.entire_mapcount: dict[int, int] = {}
         self.deposit: dict[int, int] = {}          # PMD entry paddr -> deposited PTE table
         self.deferred_split: set[int] = set()
@@ -368,9 +367,7 @@ class Kernel:
 
     def physmem_drop_range(self, pfn: int, nr_pages: int) -> None:
         """Forget the contents of ``nr_pages`` frames (they read as zeros again)."""
-        for page in range(pfn, pfn + nr_pages):
-            if self.physmem.slot_of[page] >= 0:
-                self.physmem.drop(page)
+        self.physmem.drop_range(pfn, nr_pages)
 
     # -- overcommit (mm/util.c) ------------------------------------------------------------------
     def vm_commit_limit(self) -> int:

@@ -89,7 +89,7 @@ def _store_table(slot_of, pool, free_slots, nr_free_slots, pfn):
 
 @njit(cache=True)
 def touch_kernel(start, count, stride, write, levels, root_pfn, vma_flags_ok_write,
-                 thp_pmd_allowed, page_prot, zero_pfn,
+                 thp_pmd_allowed, anon_faults, page_prot, zero_pfn,
                  slot_of, pool, free_slots, nr_free_slots,
                  flags, order_of, refcount, mapcount, next_, prev, free_head, nr_free, zonelist,
                  node_stat, vm_events, mm_stat, out):
@@ -113,9 +113,17 @@ def touch_kernel(start, count, stride, write, levels, root_pfn, vma_flags_ok_wri
             entry = pool[slot, index] if slot >= 0 else np.uint64(0)
             if shift == 12:
                 break
-            if entry & PSE:
+            if entry & PSE:                      # a 2 MiB / 1 GiB leaf
+                if entry & P and (not write or entry & RW):
+                    new_leaf = entry | ACC | (DIRTY if write else np.uint64(0))
+                    if new_leaf != entry:
+                        pool[slot, index] = new_leaf
+                    break
                 out[0] = i
-                return NEED_SLOW                 # huge leaf: THP or hugetlb paths
+                return NEED_SLOW                 # huge PMD fault: THP or hugetlb paths
+            if entry == 0 and not anon_faults:
+                out[0] = i
+                return NEED_SLOW                 # only private anonymous faults are inlined
             if entry == 0:
                 if shift == 21 and thp_pmd_allowed:
                     out[0] = i
@@ -138,6 +146,12 @@ def touch_kernel(start, count, stride, write, levels, root_pfn, vma_flags_ok_wri
                 pool[slot, index] = entry | ACC
             table = np.int64((entry & PFN_MASK) >> np.uint64(12))
             shift -= 9
+        if shift != 12:                          # translated by a huge leaf
+            if faulted:
+                out[1] += 1
+                vm_events[PGFAULT] += 1
+            i += 1
+            continue
         # shift == 12: the PTE itself, at pool[slot, index] of PTE table ``table``.
         slot = slot_of[table]
         index = (vaddr >> 12) & 511
@@ -151,9 +165,9 @@ def touch_kernel(start, count, stride, write, levels, root_pfn, vma_flags_ok_wri
                 vm_events[PGFAULT] += 1
             i += 1
             continue
-        if write and not vma_flags_ok_write:
+        if (write and not vma_flags_ok_write) or not anon_faults:
             out[0] = i
-            return NEED_SLOW                     # SIGSEGV from do_user_addr_fault
+            return NEED_SLOW                     # SIGSEGV, or a fault of another kind of VMA
         if pte == 0:
             if not write:                        # do_anonymous_page: the zero page
                 pool[slot, index] = (np.uint64(zero_pfn) << np.uint64(12)) | page_prot | SPECIAL | ACC
@@ -221,17 +235,17 @@ def touch_reference(k: Kernel, task: Task, start: int, length: int, stride: int,
         k.user_access(task, vaddr, access)
 
 
-def _fast_path_applies(k: Kernel, task: Task, vaddr: int, access: int) -> tuple[bool, int]:
-    """Can the compiled loop run from ``vaddr``? Returns (ok, end of the VMA)."""
+def _fast_path_applies(k: Kernel, task: Task, vaddr: int, access: int) -> tuple[bool, bool]:
+    """Can the compiled loop run from ``vaddr``? Returns (ok, whether it may resolve faults
+    itself: private anonymous memory without mTHP orders enabled)."""
     vma = find_vma(task.mm, vaddr)
-    if vma is None or vma.start > vaddr:
-        return False, 0
-    ok = (vma.is_anonymous() and not vma.flags & VmFlags.SHARED and not k.pti
-          and vma.flags & (VmFlags.READ | VmFlags.WRITE)
-          and k.mmu.mode.is_canonical(vaddr) and access in (0, 1)
-          and not any(huge_memory.order_enabled(k, vma, o) for o in huge_memory.MTHP_ORDERS[:-1])
-          or False)
-    return bool(ok), vma.end
+    if vma is None or vma.start > vaddr or k.pti or access not in (0, 1):
+        return False, False
+    if not vma.flags & (VmFlags.READ | VmFlags.WRITE) or not k.mmu.mode.is_canonical(vaddr):
+        return False, False
+    anon = (vma.is_anonymous() and not vma.flags & VmFlags.SHARED and not any(
+        huge_memory.order_enabled(k, vma, o) for o in huge_memory.MTHP_ORDERS[:-1]))
+    return True, bool(anon)
 
 
 def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: int) -> None:
@@ -242,24 +256,28 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
     k.switch_to(task)
     mm = task.mm
     out = np.zeros(3, dtype=np.int64)
+    zonelist = np.array(k.buddy.zonelist(), dtype=np.int64)
+    flushed = False
     while i < count_total:
         vaddr = start + i * stride
-        ok, vma_end = _fast_path_applies(k, task, vaddr, access)
+        ok, anon_faults = _fast_path_applies(k, task, vaddr, access)
         if not ok:
             k.user_access(task, vaddr, access)
             i += 1
             continue
+        if not flushed:
+            k.flush_tlb_mm(mm)  # the loop does not keep the TLB in step: start it empty
+            flushed = True
         vma = find_vma(mm, vaddr)
         assert vma is not None
-        seg_count = min(count_total, (min(end, vma_end) - start + stride - 1) // stride)
+        seg_count = min(count_total, (min(end, vma.end) - start + stride - 1) // stride)
         thp = huge_memory.thp_vma_allowable_pmd(k, mm, vma)
-        k.flush_tlb_mm(mm)   # the loop does not keep the TLB in step: start it empty
         out[0], out[1], out[2] = i, 0, 0
-        while True:
+        reason = NEED_SLOTS
+        while reason == NEED_SLOTS:
             k.physmem.reserve_slots(64)
-            reason = _run_kernel(k, mm, vma, start, seg_count, stride, access, thp, out)
-            if reason != NEED_SLOTS:
-                break
+            reason = _run_kernel(k, mm, vma, start, seg_count, stride, access, thp,
+                                 anon_faults, out, zonelist)
         task.min_flt += int(out[1])
         if out[2]:
             from pagewalk.mm.memory import anon_vma_prepare
@@ -268,15 +286,15 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
         if reason == NEED_SLOW and i < count_total:
             k.user_access(task, start + i * stride, access)
             i += 1
+            flushed = False
 
 
 def _run_kernel(k: Kernel, mm, vma, start: int, count: int, stride: int, access: int,  # type: ignore[no-untyped-def]
-                thp: bool, out: np.ndarray) -> int:
+                thp: bool, anon_faults: bool, out: np.ndarray, zonelist: np.ndarray) -> int:
     pm, memmap, buddy = k.physmem, k.memmap, k.buddy
-    zonelist = np.array(buddy.zonelist(), dtype=np.int64)
     return int(touch_kernel(
         start, count, stride, access == 1, k.levels, mm.pgd_pfn,
-        bool(vma.flags & VmFlags.WRITE), thp, np.uint64(vma.page_prot), k.zero_pfn,
+        bool(vma.flags & VmFlags.WRITE), thp, anon_faults, np.uint64(vma.page_prot), k.zero_pfn,
         pm.slot_of, pm.pool, pm.free_slots, pm.nr_free_slots,
         memmap.flags, memmap.order, memmap.refcount, memmap.mapcount, memmap.next,
         memmap.prev, buddy.free_head, buddy.nr_free, zonelist,

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import memory, rmap
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
@@ -144,8 +146,7 @@ def copy_huge_pmd(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, vma: Vma, src_p
     head = pt.huge_pfn(pmd, 21)
     rmap.folio_get(k, head)
     rmap.folio_add_pmd_rmap(k, head)
-    for page in range(head, head + 512):
-        k.memmap.flags[page] &= ~PageFlag.ANON_EXCLUSIVE
+    k.memmap.flags[head: head + 512] &= np.uint16(~PageFlag.ANON_EXCLUSIVE & 0xFFFF)
     dst_mm.stat[MmStat.MM_ANONPAGES] += 512
     pmd &= ~pt._PAGE_RW
     pgt.set_entry(src_mm, src_pmd, pmd)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import rmap
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
@@ -217,8 +219,7 @@ def do_huge_pmd_wp_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int,
     head = pt.huge_pfn(pmd, 21)
     flags = k.memmap.flags
     if flags[head] & PageFlag.ANON_EXCLUSIVE or k.memmap.refcount[head] == 1:
-        for page in range(head, head + HPAGE_PMD_NR):
-            flags[page] |= PageFlag.ANON_EXCLUSIVE
+        flags[head: head + HPAGE_PMD_NR] |= np.uint16(PageFlag.ANON_EXCLUSIVE)
         k.pgtables.set_entry(mm, pmd_paddr, pmd | pt._PAGE_RW | pt._PAGE_DIRTY | pt._PAGE_ACCESSED)
         return VmFault.OK
     split_huge_pmd(k, mm, vma, pmd_paddr, vaddr)
@@ -243,13 +244,12 @@ def split_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, vaddr: int
     if is_huge_zero_pmd(k, pmd):
         # __split_huge_zero_page_pmd(): 512 zero-page PTEs.
         zero = pt.mk_pte(k.zero_pfn, vma.page_prot) | pt._PAGE_SPECIAL | pt._PAGE_ACCESSED
-        for i in range(HPAGE_PMD_NR):
-            pgt.physmem.write_u64((table << 12) + i * 8, zero)
+        pgt.fill_table(table, np.full(HPAGE_PMD_NR, zero, dtype=np.uint64))
         k.put_huge_zero_folio(mm)
     else:
-        for i in range(HPAGE_PMD_NR):
-            pgt.physmem.write_u64((table << 12) + i * 8, pt.mk_pte(head + i, base))
-            k.memmap.mapcount[head + i] += 1
+        pfns = np.arange(head, head + HPAGE_PMD_NR, dtype=np.uint64)
+        pgt.fill_table(table, (pfns << np.uint64(12)) | np.uint64(base & ~pt._PAGE_PSE))
+        k.memmap.mapcount[head: head + HPAGE_PMD_NR] += 1
         k.memmap.refcount[head] += HPAGE_PMD_NR - 1
         rmap.folio_remove_pmd_rmap(k, head)
     pgt.set_entry(mm, pmd_paddr, pt.mk_table(table))

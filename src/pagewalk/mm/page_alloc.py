@@ -62,13 +62,14 @@ class MemMap:
         self.order: npt.NDArray[np.int8] = np.zeros(nr_frames, dtype=np.int8)
         self.refcount: npt.NDArray[np.int32] = np.zeros(nr_frames, dtype=np.int32)
         self.mapcount: npt.NDArray[np.int32] = np.zeros(nr_frames, dtype=np.int32)
+        self.head: npt.NDArray[np.int32] = np.full(nr_frames, NO_PAGE, dtype=np.int32)
         self.next: npt.NDArray[np.int32] = np.full(nr_frames, NO_PAGE, dtype=np.int32)
         self.prev: npt.NDArray[np.int32] = np.full(nr_frames, NO_PAGE, dtype=np.int32)
 
     @property
     def host_bytes(self) -> int:
         return int(sum(a.nbytes for a in (self.flags, self.order, self.refcount,
-                                             self.mapcount, self.next, self.prev)))
+                                             self.mapcount, self.head, self.next, self.prev)))
 
 
 # --- free-list primitives (plain functions; compiled again by mm/fastpath.py) -------------
@@ -237,6 +238,7 @@ class BuddyAllocator:
         mm.refcount[pfn:end] = 0
         mm.mapcount[pfn:end] = 0
         mm.order[pfn:end] = 0
+        mm.head[pfn:end] = NO_PAGE
         self.vm_events[VmEvent.PGFREE] += 1 << order
         self._free(self.zone_of(pfn), pfn, order)
 

@@ -12,6 +12,8 @@ PageTables (NR_PAGETABLE) counts every table page including the PGD and P4D.
 
 from __future__ import annotations
 
+import numpy as np
+
 from pagewalk.errors import Signal, SignalError
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.hw.physmem import PhysicalMemory
@@ -100,6 +102,13 @@ class PageTables:
                 if value & pt._PAGE_PRESENT:
                     value |= pt._PAGE_NX
         self.physmem.write_u64(entry_paddr, value)
+
+    def fill_table(self, table_pfn: int, words: "np.ndarray") -> None:
+        """Write all 512 entries of a PTE table that no walk can reach yet (a split fills the
+        withdrawn deposit before pmd_populate() makes it visible)."""
+        self.physmem.write_u64(table_pfn << 12, 0)  # make sure the frame is stored
+        slot = int(self.physmem.slot_of[table_pfn])
+        self.physmem.pool[slot, :] = words
 
     def pgd_entry_paddr(self, mm: MmStruct, vaddr: int) -> int:
         return (mm.pgd_pfn << 12) + ((vaddr >> self.shifts[0]) & 511) * 8

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.vmstat import NodeStat
 
@@ -21,13 +23,9 @@ HPAGE_PMD_NR = 512
 
 
 def folio_head(k: Kernel, pfn: int) -> int:
-    """page_folio(): the head pfn of the folio containing ``pfn``."""
-    flags = k.memmap.flags
-    if not flags[pfn] & PageFlag.TAIL:
-        return pfn
-    head = k.tail_head.get(pfn)
-    assert head is not None, f"tail page {pfn:#x} without a head"
-    return head
+    """page_folio(): the head pfn of the folio containing ``pfn`` (compound_head)."""
+    head = int(k.memmap.head[pfn])
+    return pfn if head < 0 else head
 
 
 def folio_order(k: Kernel, head: int) -> int:
@@ -40,14 +38,13 @@ def folio_alloc(k: Kernel, order: int, anon: bool = True) -> int:
     if pfn < 0:
         return pfn
     mm = k.memmap
+    nr = 1 << order
     if order:
         mm.flags[pfn] |= PageFlag.HEAD
         mm.order[pfn] = order
-        for tail in range(pfn + 1, pfn + (1 << order)):
-            mm.flags[tail] |= PageFlag.TAIL
-            k.tail_head[tail] = pfn
-    for page in range(pfn, pfn + (1 << order)):
-        k.physmem.drop(page)  # __GFP_ZERO: an unstored frame reads as zeros
+        mm.flags[pfn + 1: pfn + nr] |= np.uint16(PageFlag.TAIL)
+        mm.head[pfn + 1: pfn + nr] = pfn
+    k.physmem.drop_range(pfn, nr)  # __GFP_ZERO: an unstored frame reads as zeros
     return pfn
 
 
@@ -65,15 +62,10 @@ def folio_put(k: Kernel, head: int, nr: int = 1) -> None:
 
 
 def free_folio(k: Kernel, head: int) -> None:
-    mm = k.memmap
     order = folio_order(k, head)
-    for page in range(head, head + (1 << order)):
-        k.physmem.drop(page)
-        k.tail_head.pop(page, None)
+    k.physmem.drop_range(head, 1 << order)
     k.entire_mapcount.pop(head, None)
     k.deferred_split.discard(head)
-    if mm.flags[head] & PageFlag.LAZYFREE:
-        pass
     k.buddy.free_pages(head, order)
 
 
@@ -81,17 +73,16 @@ def folio_add_new_anon_rmap(k: Kernel, head: int, nr_pages: int, pmd_mapped: boo
     """folio_add_new_anon_rmap(): a fresh anonymous folio, exclusive to one mm."""
     mm = k.memmap
     order = folio_order(k, head)
-    mm.flags[head] |= PageFlag.ANON | PageFlag.ANON_EXCLUSIVE | PageFlag.DIRTY
-    for page in range(head, head + (1 << order)):
-        mm.flags[page] |= PageFlag.ANON | PageFlag.ANON_EXCLUSIVE
+    nr = 1 << order
+    mm.flags[head: head + nr] |= np.uint16(PageFlag.ANON | PageFlag.ANON_EXCLUSIVE)
+    mm.flags[head] |= PageFlag.DIRTY
     if pmd_mapped:
         k.entire_mapcount[head] = 1
         k.node_stat[NodeStat.NR_ANON_THPS] += HPAGE_PMD_NR
     else:
-        for page in range(head, head + nr_pages):
-            mm.mapcount[page] = 1
-    k.node_stat[NodeStat.NR_ANON_MAPPED] += 1 << order
-    k.node_stat[NodeStat.NR_ACTIVE_ANON] += 1 << order
+        mm.mapcount[head: head + nr_pages] = 1
+    k.node_stat[NodeStat.NR_ANON_MAPPED] += nr
+    k.node_stat[NodeStat.NR_ACTIVE_ANON] += nr
 
 
 def folio_mapped_pages(k: Kernel, head: int) -> int:
@@ -100,7 +91,7 @@ def folio_mapped_pages(k: Kernel, head: int) -> int:
     order = folio_order(k, head)
     if k.entire_mapcount.get(head, 0) > 0:
         return 1 << order
-    return sum(1 for page in range(head, head + (1 << order)) if mm.mapcount[page] > 0)
+    return int(np.count_nonzero(mm.mapcount[head: head + (1 << order)] > 0))
 
 
 def folio_add_pte_rmap(k: Kernel, pfn: int) -> None:
@@ -142,7 +133,7 @@ def folio_remove_pmd_rmap(k: Kernel, head: int) -> None:
         k.node_stat[NodeStat.NR_ANON_THPS] -= HPAGE_PMD_NR
         mm = k.memmap
         order = folio_order(k, head)
-        still = sum(1 for p in range(head, head + (1 << order)) if mm.mapcount[p] > 0)
+        still = int(np.count_nonzero(mm.mapcount[head: head + (1 << order)] > 0))
         k.node_stat[NodeStat.NR_ANON_MAPPED] -= (1 << order) - still
         k.node_stat[NodeStat.NR_ACTIVE_ANON] -= (1 << order) - still
         if still:
