@@ -55,23 +55,27 @@ F_EXCL = np.uint16(PageFlag.ANON_EXCLUSIVE)
 F_TABLE = np.uint16(PageFlag.TABLE)
 F_DIRTY = np.uint16(PageFlag.DIRTY)
 F_LAZY = np.uint16(PageFlag.LAZYFREE)
+F_HEAD = np.uint16(PageFlag.HEAD)
+F_TAIL = np.uint16(PageFlag.TAIL)
+HPAGE_PMD_NR = 512
 
 # Indexes into the small parameter/counter arrays (kept in step with mm/vmstat.py, mm/types.py).
-NR_FREE_PAGES, NR_ANON_MAPPED, NR_PAGETABLE, NR_ACTIVE_ANON = 0, 1, 6, 10
-PGALLOC_BASE, PGFAULT, PGREUSE = 0, 4, 42
+NR_FREE_PAGES, NR_ANON_MAPPED, NR_ANON_THPS, NR_PAGETABLE, NR_ACTIVE_ANON = 0, 1, 5, 6, 10
+PGALLOC_BASE, PGFAULT, THP_FAULT_ALLOC, PGREUSE = 0, 4, 6, 42
+NEED_DRAIN = 3  # the THP record buffer is full
 MM_ANONPAGES, PGTABLES_BYTES = 1, 4
 
 
 @njit(cache=True)
 def _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist, node_stat,
-                vm_events, refcount):
-    """alloc_pages(order 0) over the zonelist; -1 when every zone is empty."""
+                vm_events, refcount, order=0):
+    """alloc_pages(order) over the zonelist; -1 when every zone is empty."""
     for i in range(zonelist.shape[0]):
         zone = zonelist[i]
-        pfn = rmqueue_smallest(flags, order_of, next_, prev, free_head, nr_free, zone, 0)
+        pfn = rmqueue_smallest(flags, order_of, next_, prev, free_head, nr_free, zone, order)
         if pfn >= 0:
-            node_stat[NR_FREE_PAGES] -= 1
-            vm_events[PGALLOC_BASE + zone] += 1
+            node_stat[NR_FREE_PAGES] -= 1 << order
+            vm_events[PGALLOC_BASE + zone] += 1 << order
             refcount[pfn] = 1
             return pfn
     return -1
@@ -89,13 +93,15 @@ def _store_table(slot_of, pool, free_slots, nr_free_slots, pfn):
 
 @njit(cache=True)
 def touch_kernel(start, count, stride, write, levels, root_pfn, vma_flags_ok_write,
-                 thp_pmd_allowed, anon_faults, page_prot, zero_pfn,
+                 thp_pmd_allowed, anon_faults, page_prot, zero_pfn, vma_start, vma_end,
                  slot_of, pool, free_slots, nr_free_slots,
-                 flags, order_of, refcount, mapcount, next_, prev, free_head, nr_free, zonelist,
-                 node_stat, vm_events, mm_stat, out):
+                 flags, order_of, refcount, mapcount, head_of, next_, prev, free_head, nr_free,
+                 zonelist, node_stat, vm_events, mm_stat, out, records):
     """Accesses ``start + i * stride`` for i in [out[0], count). Returns a stop reason;
     out[0] is the index of the next access, out[1] counts faults, out[2] is 1 once a
-    write fault allocated an anonymous page (the VMA needs its anon_vma)."""
+    write fault allocated an anonymous page (the VMA needs its anon_vma); out[3] counts the
+    THPs mapped, each recorded in ``records`` as (PMD entry paddr, deposited table, folio)
+    for Python to enter into Kernel.deposit and Kernel.entire_mapcount."""
     shift0 = 39 if levels == 4 else 48
     i = out[0]
     while i < count:
@@ -124,10 +130,43 @@ def touch_kernel(start, count, stride, write, levels, root_pfn, vma_flags_ok_wri
             if entry == 0 and not anon_faults:
                 out[0] = i
                 return NEED_SLOW                 # only private anonymous faults are inlined
+            if entry == 0 and shift == 21 and thp_pmd_allowed:
+                haddr = vaddr & ~(HPAGE_PMD_NR * 4096 - 1)
+                if haddr >= vma_start and haddr + HPAGE_PMD_NR * 4096 <= vma_end:
+                    if not write or out[3] >= records.shape[0]:
+                        out[0] = i
+                        return NEED_SLOW if not write else NEED_DRAIN  # huge zero page: Python
+                    # do_huge_pmd_anonymous_page -> __do_huge_pmd_anonymous_page
+                    folio = _alloc_page(flags, order_of, next_, prev, free_head, nr_free,
+                                        zonelist, node_stat, vm_events, refcount, 9)
+                    if folio < 0:
+                        out[0] = i
+                        return NEED_SLOW             # fallback / compaction: Python decides
+                    deposit = _alloc_page(flags, order_of, next_, prev, free_head, nr_free,
+                                          zonelist, node_stat, vm_events, refcount, 0)
+                    if deposit < 0:
+                        out[0] = i
+                        return NEED_SLOW
+                    _store_table(slot_of, pool, free_slots, nr_free_slots, deposit)
+                    flags[deposit] |= F_TABLE
+                    node_stat[NR_PAGETABLE] += 1
+                    mm_stat[PGTABLES_BYTES] += 4096
+                    _new_anon_thp(folio, flags, order_of, head_of, slot_of, free_slots,
+                                  nr_free_slots, node_stat, mm_stat)
+                    pool[slot, index] = (np.uint64(folio) << np.uint64(12)) | page_prot | PSE | \
+                        ACC | DIRTY | (RW if vma_flags_ok_write else np.uint64(0))
+                    r = out[3]
+                    records[r, 0] = (np.int64(table) << 12) + index * 8
+                    records[r, 1] = deposit
+                    records[r, 2] = folio
+                    out[3] = r + 1
+                    vm_events[THP_FAULT_ALLOC] += 1
+                    out[1] += 1
+                    out[2] = 1
+                    vm_events[PGFAULT] += 1
+                    faulted = False
+                    break
             if entry == 0:
-                if shift == 21 and thp_pmd_allowed:
-                    out[0] = i
-                    return NEED_SLOW             # do_huge_pmd_anonymous_page decides
                 if not faulted:
                     faulted = True
                 new = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist,
@@ -146,7 +185,7 @@ def touch_kernel(start, count, stride, write, levels, root_pfn, vma_flags_ok_wri
                 pool[slot, index] = entry | ACC
             table = np.int64((entry & PFN_MASK) >> np.uint64(12))
             shift -= 9
-        if shift != 12:                          # translated by a huge leaf
+        if shift != 12:                          # translated by a huge leaf (or a new THP)
             if faulted:
                 out[1] += 1
                 vm_events[PGFAULT] += 1
@@ -228,6 +267,28 @@ def _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots, nod
     mm_stat[MM_ANONPAGES] += 1
 
 
+@njit(cache=True)
+def _new_anon_thp(folio, flags, order_of, head_of, slot_of, free_slots, nr_free_slots,
+                  node_stat, mm_stat):
+    """folio_alloc(order 9) + map_anon_folio_pmd(): flags, counters (not the rmap dicts)."""
+    for page in range(folio, folio + HPAGE_PMD_NR):
+        slot = slot_of[page]
+        if slot >= 0:
+            slot_of[page] = -1
+            free_slots[nr_free_slots[0]] = slot
+            nr_free_slots[0] += 1
+        flags[page] |= F_ANON | F_EXCL
+        if page != folio:
+            flags[page] |= F_TAIL
+            head_of[page] = folio
+    flags[folio] |= F_HEAD | F_DIRTY
+    order_of[folio] = 9
+    node_stat[NR_ANON_THPS] += HPAGE_PMD_NR
+    node_stat[NR_ANON_MAPPED] += HPAGE_PMD_NR
+    node_stat[NR_ACTIVE_ANON] += HPAGE_PMD_NR
+    mm_stat[MM_ANONPAGES] += HPAGE_PMD_NR
+
+
 def touch_reference(k: Kernel, task: Task, start: int, length: int, stride: int,
                     access: int) -> None:
     """One access at every ``stride`` bytes of [start, start + length)."""
@@ -255,7 +316,8 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
     i = 0
     k.switch_to(task)
     mm = task.mm
-    out = np.zeros(3, dtype=np.int64)
+    out = np.zeros(4, dtype=np.int64)
+    records = np.zeros((1024, 3), dtype=np.int64)
     zonelist = np.array(k.buddy.zonelist(), dtype=np.int64)
     flushed = False
     while i < count_total:
@@ -272,12 +334,13 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
         assert vma is not None
         seg_count = min(count_total, (min(end, vma.end) - start + stride - 1) // stride)
         thp = huge_memory.thp_vma_allowable_pmd(k, mm, vma)
-        out[0], out[1], out[2] = i, 0, 0
+        out[:] = (i, 0, 0, 0)
         reason = NEED_SLOTS
-        while reason == NEED_SLOTS:
+        while reason in (NEED_SLOTS, NEED_DRAIN):
             k.physmem.reserve_slots(64)
             reason = _run_kernel(k, mm, vma, start, seg_count, stride, access, thp,
-                                 anon_faults, out, zonelist)
+                                 anon_faults, out, zonelist, records)
+            _drain_thp_records(k, mm, vma, out, records)
         task.min_flt += int(out[1])
         if out[2]:
             from pagewalk.mm.memory import anon_vma_prepare
@@ -289,13 +352,29 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
             flushed = False
 
 
+def _drain_thp_records(k: Kernel, mm, vma, out: np.ndarray, records: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """The rmap side of the THPs the compiled loop mapped (kept in dicts, not arrays)."""
+    count = int(out[3])
+    if not count:
+        return
+    for pmd_paddr, table, folio in records[:count].tolist():
+        k.deposit[pmd_paddr] = table
+        k.entire_mapcount[folio] = 1
+    key = (huge_memory.HPAGE_PMD_ORDER, "anon_fault_alloc")
+    k.mthp_stats[key] = k.mthp_stats.get(key, 0) + count
+    huge_memory.khugepaged_enter_vma(k, mm, vma)
+    out[3] = 0
+
+
 def _run_kernel(k: Kernel, mm, vma, start: int, count: int, stride: int, access: int,  # type: ignore[no-untyped-def]
-                thp: bool, anon_faults: bool, out: np.ndarray, zonelist: np.ndarray) -> int:
+                thp: bool, anon_faults: bool, out: np.ndarray, zonelist: np.ndarray,
+                records: np.ndarray) -> int:
     pm, memmap, buddy = k.physmem, k.memmap, k.buddy
     return int(touch_kernel(
         start, count, stride, access == 1, k.levels, mm.pgd_pfn,
-        bool(vma.flags & VmFlags.WRITE), thp, anon_faults, np.uint64(vma.page_prot), k.zero_pfn,
+        bool(vma.flags & VmFlags.WRITE), thp and anon_faults, anon_faults,
+        np.uint64(vma.page_prot), k.zero_pfn, vma.start, vma.end,
         pm.slot_of, pm.pool, pm.free_slots, pm.nr_free_slots,
-        memmap.flags, memmap.order, memmap.refcount, memmap.mapcount, memmap.next,
+        memmap.flags, memmap.order, memmap.refcount, memmap.mapcount, memmap.head, memmap.next,
         memmap.prev, buddy.free_head, buddy.nr_free, zonelist,
-        k.node_stat, k.vm_events, mm.stat, out))
+        k.node_stat, k.vm_events, mm.stat, out, records))

@@ -53,7 +53,7 @@ def format_status(task: Task) -> str:
     lines = [f"Name:\t{task.comm}", f"Pid:\t{task.pid}",
              f"PPid:\t{task.parent.pid if task.parent else 1}"]
     for key, value in task_mem(task).items():
-        lines.append(f"{key + ':':<12}{value:>8} kB")
+        lines.append(f"{key}:\t{value:>8} kB")  # SEQ_PUT_DEC("VmPeak:\t", ...) + " kB\n"
     lines.append(f"THP_enabled:\t{0 if task.mm.thp_disable else 1}")
     return "\n".join(lines) + "\n"
 
