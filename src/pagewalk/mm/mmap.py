@@ -183,8 +183,7 @@ def free_pgtables(k: Kernel, mm: MmStruct, vmas: list[Vma], floor: int, ceiling:
                     not vmas[j + 1].is_hugetlb():
                 j += 1
         nxt = vmas[j + 1].start if j + 1 < len(vmas) else ceiling
-        k.pgtables.free_pgd_range(mm, addr, vmas[j].end, floor, nxt)
-        floor = vmas[j].end
+        k.pgtables.free_pgd_range(mm, addr, vmas[j].end, floor, nxt)  # floor stays as given
         i = j + 1
     k.flush_tlb_mm(mm)
 

@@ -1,0 +1,270 @@
+"""Public trace replay: validate, pack the model into arrays, pick an engine, report.
+
+``replay_trace`` replays a trace (a file in any format of ``trace.formats``, an array of
+.pwt words, or an iterable of chunks) through a :class:`TraceModel` (TLB geometry of
+hw/tlb.py, page-walk caches of hw/pwc.py, paging levels; the reference model of
+``spec/trace-model.md`` by default) with every page of one size or with a
+:class:`PageSizeMap`, on the compiled engine (``fast``) or the readable one
+(``reference``), and returns :class:`TraceStats` holding the report of the spec.
+The engines keep their state in the same objects and arrays and agree counter for
+counter. :class:`TraceReplayer` is the incremental form (``--record`` streams into it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pagewalk.errors import Location, TraceError
+from pagewalk.hw.pwc import PWC_NAMES, REFERENCE_PWC, PageWalkCaches, PwcGeometry
+from pagewalk.hw.tlb import REFERENCE_TLB, TlbGeometry, TlbHierarchy
+from pagewalk.trace import fast
+from pagewalk.trace.formats import (
+    Chunk, describe_record, iter_chunks, record_error, trace_size,
+)
+from pagewalk.trace.reference import ReferenceReplay
+from pagewalk.units import GiB, KiB, MiB, format_size, parse_size
+
+ENGINES = ("fast", "reference")
+PAGE_SHIFT_OF_SIZE = {4 * KiB: 12, 2 * MiB: 21, 1 * GiB: 30}
+MAPPED_INITIAL_SLOTS = 1 << 16
+Progress = Callable[[int, int], None]      # (bytes done, bytes total or 0 if unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceModel:
+    """What is replayed through: TLB arrays, page-walk caches and the paging depth."""
+
+    name: str = "reference"
+    tlb: TlbGeometry = REFERENCE_TLB
+    pwc: PwcGeometry = REFERENCE_PWC
+    paging_levels: int = 4
+    description: str = "the reference model of spec/trace-model.md"
+
+    @property
+    def va_bits(self) -> int:
+        return 48 if self.paging_levels == 4 else 57
+
+
+REFERENCE_MODEL = TraceModel()
+
+
+@dataclass(frozen=True, slots=True)
+class PageSizeMap:
+    """Page sizes by address: sorted, non-overlapping ranges ``[starts[i], ends[i])``
+    mapped with pages of ``shifts[i]`` (12, 21 or 30); addresses outside: 4 KiB."""
+
+    starts: npt.NDArray[np.int64]
+    ends: npt.NDArray[np.int64]
+    shifts: npt.NDArray[np.int64]
+
+    @classmethod
+    def from_ranges(cls, ranges: Iterable[tuple[int, int, int]]) -> PageSizeMap:
+        """From ``(start, end, page_shift)`` triples; raises ValueError if they overlap,
+        are not aligned to their page size or use another size."""
+        rows = sorted((int(s), int(e), int(p)) for s, e, p in ranges)
+        previous_end = 0
+        for start, end, shift in rows:
+            if shift not in (12, 21, 30):
+                raise ValueError(f"range {start:#x}-{end:#x}: page shift {shift} is not "
+                                 "12, 21 or 30")
+            if not 0 <= start < end <= fast.VA_MASK + 1:
+                raise ValueError(f"range {start:#x}-{end:#x} is empty or out of bounds")
+            if (start | end) & ((1 << shift) - 1):
+                raise ValueError(f"range {start:#x}-{end:#x} is not aligned to its "
+                                 f"{format_size(1 << shift)} pages")
+            if start < previous_end:
+                raise ValueError(f"range {start:#x}-{end:#x} overlaps the one before")
+            previous_end = end
+        columns = np.array(rows, dtype=np.int64).reshape(len(rows), 3)
+        return cls(np.ascontiguousarray(columns[:, 0]), np.ascontiguousarray(columns[:, 1]),
+                   np.ascontiguousarray(columns[:, 2]))
+
+    def shift_at(self, vaddr: int) -> int:
+        index = bisect.bisect_right(self.starts.tolist(), vaddr) - 1   # the reference's lookup
+        if index >= 0 and vaddr < int(self.ends[index]):
+            return int(self.shifts[index])
+        return 12
+
+
+@dataclass(slots=True)
+class TraceStats:
+    """The report of spec/trace-model.md, plus per-structure hits and misses."""
+
+    accesses: int = 0
+    loads: int = 0
+    stores: int = 0
+    ifetches: int = 0
+    l1_hits: int = 0
+    stlb_hits: int = 0
+    walks: int = 0
+    walk_refs: int = 0
+    pwc_hits_pml4e: int = 0
+    pwc_hits_pdpte: int = 0
+    pwc_hits_pde: int = 0
+    faults: int = 0
+    pwc_hits_pml5e: int = 0
+    model: str = "reference"
+    pages: str = "4KiB"
+    tlb: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def l1_miss_rate(self) -> float:
+        return 1.0 - self.l1_hits / self.accesses if self.accesses else 0.0
+
+    @property
+    def stlb_miss_rate(self) -> float:
+        return self.walks / self.accesses if self.accesses else 0.0
+
+    @property
+    def walk_refs_per_walk(self) -> float:
+        return self.walk_refs / self.walks if self.walks else 0.0
+
+    def counters(self) -> dict[str, int]:
+        """The twelve counted report fields, in the spec's order."""
+        names = ("accesses", "loads", "stores", "ifetches", "l1_hits", "stlb_hits", "walks",
+                 "walk_refs", "pwc_hits_pml4e", "pwc_hits_pdpte", "pwc_hits_pde", "faults")
+        return {name: getattr(self, name) for name in names}
+
+    def to_json(self) -> dict[str, Any]:
+        report: dict[str, Any] = self.counters()
+        report.update(l1_miss_rate=self.l1_miss_rate, stlb_miss_rate=self.stlb_miss_rate,
+                      walk_refs_per_walk=self.walk_refs_per_walk)
+        report.update(pwc_hits_pml5e=self.pwc_hits_pml5e, model=self.model, pages=self.pages,
+                      tlb={name: {"hits": h, "misses": m} for name, (h, m) in self.tlb.items()})
+        return report
+
+
+def parse_pages(pages: int | str) -> int:
+    """The page shift of ``4KiB``/``2MiB``/``1GiB`` (or those sizes in bytes)."""
+    try:
+        size = parse_size(pages)
+    except ValueError as err:
+        raise TraceError(str(err), Location(field="pages")) from None
+    if size not in PAGE_SHIFT_OF_SIZE:
+        raise TraceError(f"pages must be 4KiB, 2MiB or 1GiB, got {pages!r}",
+                         Location(field="pages"))
+    return PAGE_SHIFT_OF_SIZE[size]
+
+
+class TraceReplayer:
+    """Replay state that chunks are fed into: the TLBs, the page-walk caches, the set of
+    mapped pages and the counters, driven by one engine."""
+
+    def __init__(self, model: TraceModel = REFERENCE_MODEL, pages: int | str = "4KiB",
+                 page_map: PageSizeMap | None = None, engine: str = "fast",
+                 name: str = "<trace>") -> None:
+        if engine not in ENGINES:
+            raise TraceError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}",
+                             Location(field="engine"))
+        self.model = model
+        self.page_shift = parse_pages(pages)
+        self.page_map = page_map
+        self.engine = engine
+        self.name = name
+        self.tlb = TlbHierarchy(model.tlb)
+        self.pwc = PageWalkCaches(model.pwc, model.paging_levels)
+        self.counters = np.zeros(fast.NR_COUNTERS, dtype=np.int64)
+        self.mapped = np.full(MAPPED_INITIAL_SLOTS, -1, dtype=np.int64)
+        self.reference = ReferenceReplay(self.tlb, self.pwc, self.counters)
+        self._no_map = np.zeros(0, dtype=np.int64)
+
+    def feed(self, chunk: Chunk) -> None:
+        """Replay one chunk; a bad record raises TraceError naming it (the records before
+        it are counted)."""
+        if self.engine == "reference":
+            self._feed_reference(chunk)
+        else:
+            self._feed_fast(chunk)
+
+    def _feed_reference(self, chunk: Chunk) -> None:
+        va_bits = self.model.va_bits
+
+        def check(index: int, word: int) -> None:
+            reason = describe_record(word, va_bits)
+            if reason is not None:
+                raise record_error(self.name, chunk.first_record + index, reason)
+
+        page_map = self.page_map
+        shift_of = page_map.shift_at if page_map is not None else self._fixed_shift
+        self.reference.replay(chunk.words, shift_of, check)
+
+    def _fixed_shift(self, vaddr: int) -> int:
+        return self.page_shift
+
+    def _feed_fast(self, chunk: Chunk) -> None:
+        words = chunk.words.view(np.int64)
+        page_map = self.page_map
+        starts, ends, shifts = ((page_map.starts, page_map.ends, page_map.shifts)
+                                if page_map is not None else (self._no_map,) * 3)
+        tlb, pwc = self.tlb, self.pwc
+        index = 0
+        while True:
+            index, status = fast.replay_records(
+                words, index, self.model.va_bits, self.page_shift, starts, ends, shifts,
+                tlb.layout, tlb.routes, tlb.storage.tags, tlb.storage.stamps,
+                tlb.storage.payload, tlb.storage.clock, tlb.stats, pwc.top_row, pwc.layout,
+                pwc.storage.tags, pwc.storage.stamps, pwc.storage.payload, pwc.storage.clock,
+                pwc.stats, self.mapped, self.counters)
+            if status == fast.DONE:
+                return
+            if status != fast.GROW_MAPPED:
+                reason = describe_record(int(chunk.words[index]), self.model.va_bits)
+                raise record_error(self.name, chunk.first_record + index, reason or "bad record")
+            self._grow_mapped()
+
+    def _grow_mapped(self) -> None:
+        bigger = np.full(self.mapped.shape[0] * 2, -1, dtype=np.int64)
+        fast.mapped_rehash(self.mapped, bigger)
+        self.mapped = bigger
+
+    def stats(self) -> TraceStats:
+        counters = self.counters
+        pwc_hits = {name: int(self.pwc.stats[row, 0]) for row, name in enumerate(PWC_NAMES)}
+        pages = "map" if self.page_map is not None else format_size(1 << self.page_shift)
+        return TraceStats(
+            accesses=int(counters[fast.C_ACCESSES]), loads=int(counters[fast.C_LOADS]),
+            stores=int(counters[fast.C_STORES]), ifetches=int(counters[fast.C_IFETCHES]),
+            l1_hits=int(counters[fast.C_L1_HITS]), stlb_hits=int(counters[fast.C_STLB_HITS]),
+            walks=int(counters[fast.C_WALKS]), walk_refs=int(counters[fast.C_WALK_REFS]),
+            pwc_hits_pml4e=pwc_hits["pml4e"], pwc_hits_pdpte=pwc_hits["pdpte"],
+            pwc_hits_pde=pwc_hits["pde"], faults=int(counters[fast.C_FAULTS]),
+            pwc_hits_pml5e=pwc_hits["pml5e"], model=self.model.name, pages=pages,
+            tlb=self.tlb.counters())
+
+
+def replay_trace(trace: str | os.PathLike[str] | npt.ArrayLike | Iterable[Chunk], *,
+                 pages: int | str = "4KiB", page_map: PageSizeMap | None = None,
+                 model: TraceModel = REFERENCE_MODEL, engine: str = "fast",
+                 fmt: str | None = None, progress: Progress | None = None) -> TraceStats:
+    """Replay ``trace`` and return its report.
+
+    ``trace``: a path (format from ``fmt`` or the extension), an array of .pwt words, or
+    chunks. ``pages``: the one page size (4KiB, 2MiB, 1GiB); ``page_map``, if given,
+    sizes each page instead. ``progress(bytes_done, bytes_total)`` is called per chunk.
+    Bad input raises TraceError naming the line or record."""
+    name = str(trace) if isinstance(trace, (str, os.PathLike)) else "<trace>"
+    replayer = TraceReplayer(model, pages, page_map, engine, name)
+    chunks: Iterable[Chunk]
+    total = 0
+    if isinstance(trace, (str, os.PathLike)):
+        chunks = iter_chunks(trace, fmt, model.va_bits)
+        total = trace_size(trace) if os.path.isfile(trace) else 0
+    elif isinstance(trace, np.ndarray) or isinstance(trace, (list, tuple)) and not (
+            trace and isinstance(trace[0], Chunk)):
+        words = np.ascontiguousarray(trace, dtype=np.uint64)
+        chunks = [Chunk(words, 0, words.nbytes)]
+        total = words.nbytes
+    else:
+        chunks = trace   # type: ignore[assignment]
+    for chunk in chunks:
+        replayer.feed(chunk)
+        if progress is not None:
+            progress(chunk.bytes_done, total)
+    return replayer.stats()
