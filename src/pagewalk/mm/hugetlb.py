@@ -329,6 +329,9 @@ def hugetlb_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, flags: FaultFla
         k.pgtables.set_entry(mm, entry_paddr, entry | pt._PAGE_ACCESSED)
         return VmFault.OK
     index = file.index(vma, haddr)
+    if not vma.flags & VmFlags.SHARED:
+        from pagewalk.mm.memory import anon_vma_prepare
+        anon_vma_prepare(vma)  # hugetlb_no_page: vmf_anon_prepare() for private mappings
     pfn = file.pages.get(index, NO_PAGE) if file.shared else NO_PAGE
     if pfn == NO_PAGE:
         reserved = index in file.resv.reserved
