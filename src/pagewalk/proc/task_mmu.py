@@ -151,8 +151,7 @@ def _leaves_in(k: Kernel, table: int, level: int, shifts: tuple[int, ...], start
         index = first + int(offset)
         entry = int(sub[offset])
         if shift == 12 or entry & pt._PAGE_PSE:
-            if entry & pt._PAGE_PRESENT:
-                yield entry, shift
+            yield entry, shift  # pte_present()/pmd_present(): P or PROT_NONE
             continue
         if level + 1 == len(shifts):
             continue  # a PMD-level walk does not read PTE tables
