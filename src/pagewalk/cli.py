@@ -129,13 +129,29 @@ def examples() -> None:
     Console().print(table)
 
 
+OPTIONAL_COMMANDS = (
+    ("pagewalk.trace.command", "trace_command", "trace"),
+    ("pagewalk.explain.command", "translate_command", "translate"),
+    ("pagewalk.explain.command", "pagetable_cost_command", "pagetable-cost"),
+    ("pagewalk.view.command", "view_command", "view"),
+    ("pagewalk.sweep.command", "sweep_command", "sweep"),
+    ("pagewalk.sweep.command", "plot_command", "plot"),
+    ("pagewalk.live.command", "verify_command", "verify"),
+    ("pagewalk.live.command", "inspect_command", "inspect"),
+)
+
+
 def _register_optional() -> None:
-    """Commands that live in their own modules."""
-    try:
-        from pagewalk.trace.command import trace_command
-    except ImportError:
-        return
-    main.add_command(trace_command, "trace")
+    """Commands that live in their own modules (each subsystem owns its command)."""
+    import importlib
+    for module_name, attribute, name in OPTIONAL_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and module_name.startswith(err.name):
+                continue  # that subsystem is not part of this build
+            raise
+        main.add_command(getattr(module, attribute), name)
 
 
 _register_optional()
