@@ -56,7 +56,34 @@ def _escape(text: str) -> str:
     return text.replace("[", "\\[")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Subsystems own their commands; they are imported only when used (fast start-up)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        names.update(name for name in OPTIONAL_COMMANDS if self._load(name) is not None)
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self._load(cmd_name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        import importlib
+        if name not in OPTIONAL_COMMANDS:
+            return None
+        module_name, attribute = OPTIONAL_COMMANDS[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and module_name.startswith(err.name):
+                return None  # that subsystem is not part of this build
+            raise
+        command: click.Command = getattr(module, attribute)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pagewalk")
 def main() -> None:
     """pagewalk: Linux memory management on x86_64, simulated number for number."""
@@ -129,29 +156,13 @@ def examples() -> None:
     Console().print(table)
 
 
-OPTIONAL_COMMANDS = (
-    ("pagewalk.trace.command", "trace_command", "trace"),
-    ("pagewalk.explain.command", "translate_command", "translate"),
-    ("pagewalk.explain.command", "pagetable_cost_command", "pagetable-cost"),
-    ("pagewalk.view.command", "view_command", "view"),
-    ("pagewalk.sweep.command", "sweep_command", "sweep"),
-    ("pagewalk.sweep.command", "plot_command", "plot"),
-    ("pagewalk.live.command", "verify_command", "verify"),
-    ("pagewalk.live.command", "inspect_command", "inspect"),
-)
-
-
-def _register_optional() -> None:
-    """Commands that live in their own modules (each subsystem owns its command)."""
-    import importlib
-    for module_name, attribute, name in OPTIONAL_COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name and module_name.startswith(err.name):
-                continue  # that subsystem is not part of this build
-            raise
-        main.add_command(getattr(module, attribute), name)
-
-
-_register_optional()
+OPTIONAL_COMMANDS = {
+    "trace": ("pagewalk.trace.command", "trace_command"),
+    "translate": ("pagewalk.explain.command", "translate_command"),
+    "pagetable-cost": ("pagewalk.explain.command", "pagetable_cost_command"),
+    "view": ("pagewalk.view.command", "view_command"),
+    "sweep": ("pagewalk.sweep.command", "sweep_command"),
+    "plot": ("pagewalk.sweep.command", "plot_command"),
+    "verify": ("pagewalk.live.command", "verify_command"),
+    "inspect": ("pagewalk.live.command", "inspect_command"),
+}
