@@ -369,6 +369,12 @@ class Kernel:
         """Forget the contents of ``nr_pages`` frames (they read as zeros again)."""
         self.physmem.drop_range(pfn, nr_pages)
 
+    def physmem_drop_range_many(self, pfns: "np.ndarray") -> None:
+        """Forget the contents of the given frames."""
+        stored = pfns[self.physmem.slot_of[pfns] >= 0]
+        for pfn in stored.tolist():
+            self.physmem.drop(pfn)
+
     # -- overcommit (mm/util.c) ------------------------------------------------------------------
     def vm_commit_limit(self) -> int:
         """vm_commit_limit(): (totalram - hugetlb) * overcommit_ratio / 100 + swap, in pages."""

@@ -106,7 +106,7 @@ def touch_kernel(start, count, stride, write, levels, root_pfn, vma_flags_ok_wri
     i = out[0]
     while i < count:
         vaddr = start + i * stride
-        if nr_free_slots[0] < levels:
+        if nr_free_slots[0] < levels + 1:
             out[0] = i
             return NEED_SLOTS
         # --- the hardware walk (SDM §4.5), allocating on the kernel's fault path -----------
@@ -238,13 +238,37 @@ def touch_kernel(start, count, stride, write, levels, root_pfn, vma_flags_ok_wri
             out[2] = 1
         else:
             pfn = np.int64((pte & PFN_MASK) >> np.uint64(12))
-            if flags[pfn] & F_ANON and flags[pfn] & F_EXCL:    # wp_page_reuse
+            small = not flags[pfn] & (F_HEAD | F_TAIL)
+            if not flags[pfn] & F_ANON or not (small or flags[pfn] & F_EXCL):
+                out[0] = i
+                return NEED_SLOW                 # file pages, large folios: Python decides
+            if flags[pfn] & F_EXCL or refcount[pfn] == 1:   # wp_can_reuse_anon_folio
+                flags[pfn] |= F_EXCL
                 flags[pfn] &= ~F_LAZY
                 pool[slot, index] = pte | RW | DIRTY | ACC
                 vm_events[PGREUSE] += 1
-            else:
-                out[0] = i
-                return NEED_SLOW                 # a real copy-on-write
+            else:                                # wp_page_copy of a shared order-0 page
+                new = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist,
+                                  node_stat, vm_events, refcount)
+                if new < 0:
+                    out[0] = i
+                    return NEED_SLOW
+                _new_anon_page(new, flags, mapcount, slot_of, free_slots, nr_free_slots,
+                               node_stat, mm_stat)
+                mm_stat[MM_ANONPAGES] -= 1       # an anonymous page replaces another
+                old_slot = slot_of[pfn]
+                if old_slot >= 0:                # copy_user_highpage(): the data moves along
+                    _store_table(slot_of, pool, free_slots, nr_free_slots, new)
+                    pool[slot_of[new], :] = pool[old_slot, :]
+                pool[slot, index] = (np.uint64(new) << np.uint64(12)) | page_prot | ACC | DIRTY | RW
+                mapcount[pfn] -= 1               # folio_remove_rmap_pte + folio_put
+                if mapcount[pfn] == 0:
+                    node_stat[NR_ANON_MAPPED] -= 1
+                    node_stat[NR_ACTIVE_ANON] -= 1
+                refcount[pfn] -= 1
+                if refcount[pfn] == 0:
+                    out[0] = i
+                    return NEED_SLOW             # cannot happen for a shared page; be safe
         out[1] += 1
         vm_events[PGFAULT] += 1
         i += 1

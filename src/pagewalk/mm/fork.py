@@ -95,38 +95,43 @@ def copy_page_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, src: Vma, dst
 
 def copy_pte_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, vma: Vma, src_table: int,
                    dst_pmd: int, start: int, end: int) -> None:
+    """copy_pte_range() -> copy_present_ptes() over one PTE table, as one batch of arrays:
+    every mapped page gains a reference and a mapcount, anonymous pages lose
+    PageAnonExclusive, a COW mapping's writable PTEs are write-protected in both mms."""
     pgt = k.pgtables
     dst_table = memory.pte_alloc(k, dst_mm, dst_pmd)
     if dst_table == NO_PAGE:
         raise OutOfMemory(start)
-    cow = is_cow_mapping(vma.flags)
-    flags = k.memmap.flags
-    for va in range(start, end, 4096):
-        offset = ((va >> 12) & 511) * 8
-        pte = pgt.read((src_table << 12) + offset)
-        if pte == 0:
-            continue
-        child_pte = pte
-        pfn = -1 if pte & pt._PAGE_SPECIAL else pt.pte_pfn(pte)
-        if pfn >= 0 and pte & (pt._PAGE_PRESENT | pt._PAGE_PROTNONE):
-            head = rmap.folio_head(k, pfn)
-            rmap.folio_get(k, head)
-            rmap.folio_add_pte_rmap(k, pfn)
-            if flags[pfn] & PageFlag.ANON:
-                flags[pfn] &= ~PageFlag.ANON_EXCLUSIVE   # folio_try_dup_anon_rmap_pte
-                dst_mm.stat[MmStat.MM_ANONPAGES] += 1
-            elif flags[pfn] & PageFlag.SHMEM:
-                dst_mm.stat[MmStat.MM_SHMEMPAGES] += 1
-            else:
-                dst_mm.stat[MmStat.MM_FILEPAGES] += 1
-        if cow and pte & pt._PAGE_RW:
-            pte &= ~pt._PAGE_RW
-            pgt.set_entry(src_mm, (src_table << 12) + offset, pte)   # ptep_set_wrprotect
-            child_pte = pte
-        if vma.flags & VmFlags.SHARED:
-            child_pte &= ~pt._PAGE_DIRTY
-        child_pte &= ~pt._PAGE_ACCESSED                               # pte_mkold
-        pgt.set_entry(dst_mm, (dst_table << 12) + offset, child_pte)
+    first = (start >> 12) & 511
+    last = first + ((end - start) >> 12)
+    src = pgt.table_view(src_table)[first:last]
+    if not src.any():
+        return
+    present = (src & np.uint64(pt._PAGE_PRESENT | pt._PAGE_PROTNONE)) != 0
+    normal = present & ((src & np.uint64(pt._PAGE_SPECIAL)) == 0)     # vm_normal_page()
+    pfns = ((src[normal] & np.uint64(pt.PTE_PFN_MASK)) >> np.uint64(12)).astype(np.int64)
+    memmap = k.memmap
+    heads = np.where(memmap.head[pfns] >= 0, memmap.head[pfns], pfns)
+    np.add.at(memmap.refcount, heads, 1)                          # folio_get
+    np.add.at(memmap.mapcount, pfns, 1)                           # folio_dup_*_rmap_pte
+    page_flags = memmap.flags[pfns]
+    anon = (page_flags & np.uint16(PageFlag.ANON)) != 0
+    shmem = ~anon & ((page_flags & np.uint16(PageFlag.SHMEM)) != 0)
+    memmap.flags[pfns[anon]] &= np.uint16(~PageFlag.ANON_EXCLUSIVE & 0xFFFF)
+    dst_mm.stat[MmStat.MM_ANONPAGES] += int(anon.sum())
+    dst_mm.stat[MmStat.MM_SHMEMPAGES] += int(shmem.sum())
+    dst_mm.stat[MmStat.MM_FILEPAGES] += int((~anon & ~shmem).sum())
+    child = src.copy()
+    if is_cow_mapping(vma.flags):
+        writable = (src & np.uint64(pt._PAGE_RW)) != 0
+        if writable.any():
+            protected = np.where(writable, src & np.uint64(~pt._PAGE_RW & (2**64 - 1)), src)
+            pgt.fill_table(src_table, protected, first)               # ptep_set_wrprotect
+            child = protected.copy()
+    if vma.flags & VmFlags.SHARED:
+        child &= np.uint64(~pt._PAGE_DIRTY & (2**64 - 1))            # pte_mkclean
+    child = np.where(child != 0, child & np.uint64(~pt._PAGE_ACCESSED & (2**64 - 1)), child)
+    pgt.fill_table(dst_table, child, first)                           # pte_mkold + set_ptes
 
 
 def copy_huge_pmd(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, vma: Vma, src_pmd: int,

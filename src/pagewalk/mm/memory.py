@@ -13,6 +13,8 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import huge_memory, rmap
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
@@ -245,20 +247,45 @@ def wp_page_copy(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pte_paddr: int, 
 # --- zapping ------------------------------------------------------------------------------
 
 def zap_pte_range(k: Kernel, mm: MmStruct, vma: Vma, table: int, start: int, end: int) -> None:
-    """zap_pte_range(): clear the PTEs of [start, end) in one PTE table, drop the pages."""
+    """zap_pte_range(): clear the PTEs of [start, end) in one PTE table and drop the pages,
+    as one batch: RSS by type, rmap counts, references; pages whose last reference goes are
+    freed in address order (free_unref_folios). Pages of large folios take the per-page path
+    (their rmap bookkeeping and the deferred split queue live in Python)."""
     pgt = k.pgtables
-    for va in range(start, end, 4096):
-        paddr = (table << 12) + ((va >> 12) & 511) * 8
-        pte = pgt.read(paddr)
-        if pte == 0:
-            continue
-        pgt.set_entry(mm, paddr, 0)
-        if not pte & pt._PAGE_PRESENT:
-            continue
-        pfn = vm_normal_page(k, pte)
-        if pfn < 0:
-            continue
+    first = (start >> 12) & 511
+    last = first + ((end - start) >> 12)
+    words = pgt.table_view(table)[first:last]
+    if not words.any():
+        return
+    pgt.fill_table(table, np.zeros(last - first, dtype=np.uint64), first)   # ptep_get_and_clear
+    present = (words & np.uint64(pt._PAGE_PRESENT | pt._PAGE_PROTNONE)) != 0
+    normal = present & ((words & np.uint64(pt._PAGE_SPECIAL)) == 0)
+    pfns = ((words[normal] & np.uint64(pt.PTE_PFN_MASK)) >> np.uint64(12)).astype(np.int64)
+    if pfns.size == 0:
+        return
+    memmap = k.memmap
+    large = (memmap.flags[pfns] & np.uint16(PageFlag.HEAD | PageFlag.TAIL)) != 0
+    for pfn in pfns[large].tolist():
         zap_present_page(k, mm, pfn)
+    small = pfns[~large]
+    if small.size == 0:
+        return
+    page_flags = memmap.flags[small]
+    anon = (page_flags & np.uint16(PageFlag.ANON)) != 0
+    shmem = ~anon & ((page_flags & np.uint16(PageFlag.SHMEM)) != 0)
+    mm.stat[MmStat.MM_ANONPAGES] -= int(anon.sum())
+    mm.stat[MmStat.MM_SHMEMPAGES] -= int(shmem.sum())
+    mm.stat[MmStat.MM_FILEPAGES] -= int((~anon & ~shmem).sum())
+    memmap.mapcount[small] -= 1                                    # folio_remove_rmap_pte
+    unmapped = memmap.mapcount[small] == 0
+    gone_anon = int((unmapped & anon).sum())
+    k.node_stat[NodeStat.NR_ANON_MAPPED] -= gone_anon
+    k.node_stat[NodeStat.NR_ACTIVE_ANON] -= gone_anon
+    k.node_stat[NodeStat.NR_FILE_MAPPED] -= int((unmapped & ~anon).sum())
+    memmap.refcount[small] -= 1                                    # folio_put
+    freed = small[memmap.refcount[small] == 0]
+    k.physmem_drop_range_many(freed)
+    k.buddy.free_pages_bulk(freed)
 
 
 def zap_present_page(k: Kernel, mm: MmStruct, pfn: int) -> None:

@@ -152,6 +152,21 @@ def free_one_page(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
     list_add(flags, order_of, next_, prev, free_head, nr_free, zone, pfn, order)
 
 
+@njit(cache=True)
+def _free_bulk(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
+               next_: npt.NDArray[np.int32], prev: npt.NDArray[np.int32],
+               free_head: npt.NDArray[np.int32], nr_free: npt.NDArray[np.int64],
+               zone_start: npt.NDArray[np.int64], zone_end: npt.NDArray[np.int64],
+               pfns: npt.NDArray[np.int64]) -> None:
+    for i in range(pfns.shape[0]):
+        pfn = pfns[i]
+        zone = 0
+        while pfn >= zone_end[zone]:
+            zone += 1
+        free_one_page(flags, order_of, next_, prev, free_head, nr_free, zone_start, zone_end,
+                      zone, pfn, 0)
+
+
 class BuddyAllocator:
     """The zones of one node and their free areas; owner of MemMap and NR_FREE_PAGES."""
 
@@ -241,6 +256,21 @@ class BuddyAllocator:
         mm.head[pfn:end] = NO_PAGE
         self.vm_events[VmEvent.PGFREE] += 1 << order
         self._free(self.zone_of(pfn), pfn, order)
+
+    def free_pages_bulk(self, pfns: npt.NDArray[np.int64]) -> None:
+        """free_unref_folios() for many order-0 pages, freed in the given order."""
+        if pfns.size == 0:
+            return
+        mm = self.memmap
+        mm.flags[pfns] = 0
+        mm.refcount[pfns] = 0
+        mm.mapcount[pfns] = 0
+        mm.order[pfns] = 0
+        mm.head[pfns] = NO_PAGE
+        self.vm_events[VmEvent.PGFREE] += pfns.size
+        _free_bulk(mm.flags, mm.order, mm.next, mm.prev, self.free_head, self.nr_free,
+                   self.zone_start, self.zone_end, pfns)
+        self.node_stat[NodeStat.NR_FREE_PAGES] += pfns.size
 
     def _free(self, zone: int, pfn: int, order: int) -> None:
         mm = self.memmap

@@ -103,12 +103,18 @@ class PageTables:
                     value |= pt._PAGE_NX
         self.physmem.write_u64(entry_paddr, value)
 
-    def fill_table(self, table_pfn: int, words: "np.ndarray") -> None:
-        """Write all 512 entries of a PTE table that no walk can reach yet (a split fills the
-        withdrawn deposit before pmd_populate() makes it visible)."""
-        self.physmem.write_u64(table_pfn << 12, 0)  # make sure the frame is stored
+    def fill_table(self, table_pfn: int, words: "np.ndarray", first: int = 0) -> None:
+        """Write entries [first, first + len(words)) of a PTE table at once: a split filling
+        the withdrawn deposit, or fork write-protecting a run of PTEs (the kernel's set_ptes /
+        wrprotect_ptes over a batch). The caller flushes the TLB as the kernel does."""
+        if int(self.physmem.slot_of[table_pfn]) < 0:
+            self.physmem.write_u64(table_pfn << 12, 0)  # make sure the frame is stored
         slot = int(self.physmem.slot_of[table_pfn])
-        self.physmem.pool[slot, :] = words
+        self.physmem.pool[slot, first: first + len(words)] = words
+
+    def table_view(self, table_pfn: int) -> "np.ndarray":
+        """The 512 entries of a table as a read-only array (zeros if never stored)."""
+        return self.physmem.frame_words(table_pfn)
 
     def pgd_entry_paddr(self, mm: MmStruct, vaddr: int) -> int:
         return (mm.pgd_pfn << 12) + ((vaddr >> self.shifts[0]) & 511) * 8

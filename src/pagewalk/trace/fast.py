@@ -2,9 +2,9 @@
 
 Does exactly what ``pagewalk.trace.reference`` does with the TLB and page-walk-cache
 objects (the model of ``spec/trace-model.md``, SDM vol. 3A §4.10), on the very same
-arrays (``LruArrays`` of ``TlbHierarchy.storage`` and ``PageWalkCaches.storage``), in the
-three layers of STYLE rule 12: ``replay.replay_trace`` validates and packs, the driver
-:func:`replay_records` loops over a chunk of records, :func:`replay_access` does one
+arrays (the ``LruArrays`` of ``TlbHierarchy.storage`` and ``PageWalkCaches.storage``), in
+the three layers of STYLE rule 12: ``replay.TraceReplayer`` validates and packs, the
+driver :func:`replay_records` loops over a chunk, :func:`translate_access` does one
 access. No Python object crosses into Numba: every argument is an integer or an array.
 
 Flat-array arguments (the same names everywhere in this module):
@@ -19,19 +19,30 @@ stamps         int64 [E]         LRU stamps (0 invalid)
 payload        uint64 [E]        value stored with each entry (the MMU's leaf entry)
 clock          int64 [1]         the TLB storage's LRU clock
 tlb_stats      int64 [A, 2]      hits, misses per TLB array (per probe)
+top_row        int               1 for 4-level paging, 0 for 5-level
 pwc_layout     int64 [4, 4]      per PWC row (PML5E, PML4E, PDPTE, PDE): offset, nr_entries,
                                  key_shift, key_bits
 pwc_tags ...   as tags ...       the page-walk caches' storage; keys VA[..:shift] | pcid << 48
 pwc_stats      int64 [4, 2]      hits, misses per PWC row
-top_row        int               1 for 4-level paging, 0 for 5-level
 mapped         int64 [2**k]      open-addressing set of mapped pages (-1 empty):
                                  key = vpn << 2 | size code
 counters       int64 [NR]        the report counters, indexed by the C_* constants
 =============  ================  ==========================================================
 
-The per-access entry points other jitted code may call (the scenario MMU's fast path):
-:func:`tlb_lookup`, :func:`tlb_fill`, :func:`pwc_walk` and :func:`replay_access`.
-The hot path is small functions that LLVM inlines; it does no allocation.
+Entry points other jitted code may call (the scenario MMU's fast path): :func:`tlb_lookup`
+and :func:`tlb_fill` (hardware lookups with PCIDs and payloads), :func:`pwc_walk`, and
+the trace model's per-access functions :func:`replay_access` (one access, demand paging
+included) and :func:`translate_access` (the same without the page-fault check).
+
+Why it is fast (measured in benchmarks/bench_trace.py): helpers are inlined into the
+driver (``inline="always"``); table indexes are unsigned so Numba emits no negative-index
+wrap-around; a set or cache is first tested for the tag with a branch-free loop LLVM
+vectorises, and only searched on a hit; and the driver counts page faults in a separate
+pass over the chunk (only a page's first touch faults, and that touch always walks, so
+the count is the same) whose hash probes do not wait behind the TLB work. The drivers
+are compiled without Numba's reference counting (``_nrt=False``): they allocate nothing,
+and the array arguments of inlined helpers otherwise cost atomic increments and
+decrements on every access (3.7x slower, measured).
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-# -- counters (replay.TraceStats reads them back by these indexes) ------------------------
+# -- counters (replay.TraceReplayer reads them back by these indexes) ----------------------
 C_ACCESSES = 0
 C_LOADS = 1          # C_LOADS + kind: loads, stores, instruction fetches
 C_STORES = 2
@@ -63,118 +74,154 @@ VA_MASK = (1 << 57) - 1
 TAG_SIZE_SHIFT = 45
 TAG_PCID_SHIFT = 47
 PWC_PCID_SHIFT = 48
-NR_PWC_ROWS = 4
+LEVEL_L1 = 1
+LEVEL_STLB = 2
+
+Ints = npt.NDArray[np.int64]
+Words = npt.NDArray[np.uint64]
 
 
-@njit(cache=True)
+# -- one LRU table on flat arrays (hw/lru_table.py's rules) ---------------------------------
+@njit(cache=True, inline="always")
+def lru_find(tags: Ints, base: int, nr_ways: int, tag: int) -> int:
+    """Flat index of ``tag`` in ``tags[base:base + nr_ways]``, or -1 (no LRU update)."""
+    first = np.uint64(base)
+    end = first + np.uint64(nr_ways)
+    present = False
+    for i in range(first, end):          # branch-free: vectorised
+        present |= tags[i] == tag
+    if not present:
+        return -1
+    for i in range(first, end):
+        if tags[i] == tag:
+            return np.int64(i)
+    return -1
+
+
+@njit(cache=True, inline="always")
+def lru_touch(stamps: Ints, clock: Ints, index: int) -> None:
+    """Make entry ``index`` the most recently used."""
+    clock[0] += 1
+    stamps[np.uint64(index)] = clock[0]
+
+
+@njit(cache=True, inline="always")
+def lru_victim(stamps: Ints, base: int, nr_ways: int) -> int:
+    """The way a fill replaces: the smallest stamp (invalid = 0), the lowest on a tie."""
+    first = np.uint64(base)
+    end = first + np.uint64(nr_ways)
+    oldest = stamps[first]
+    for i in range(first, end):
+        oldest = min(oldest, stamps[i])
+    for i in range(first, end):
+        if stamps[i] == oldest:
+            return np.int64(i)
+    return base
+
+
+@njit(cache=True, inline="always")
+def lru_insert(tags: Ints, stamps: Ints, payload: Words, clock: Ints, base: int,
+               nr_ways: int, tag: int, value: np.uint64) -> None:
+    """Fill a tag the caller knows is absent (it just missed): replace the victim."""
+    index = np.uint64(lru_victim(stamps, base, nr_ways))
+    clock[0] += 1
+    tags[index] = tag
+    stamps[index] = clock[0]
+    payload[index] = value
+
+
+@njit(cache=True, inline="always")
+def lru_fill(tags: Ints, stamps: Ints, payload: Words, clock: Ints, base: int,
+             nr_ways: int, tag: int, value: np.uint64) -> None:
+    """LruTable.fill: rewrite ``tag`` in place if present, else replace the victim."""
+    index = lru_find(tags, base, nr_ways, tag)
+    if index < 0:
+        lru_insert(tags, stamps, payload, clock, base, nr_ways, tag, value)
+        return
+    lru_touch(stamps, clock, index)
+    payload[np.uint64(index)] = value
+
+
+# -- TLBs -------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
 def size_code(page_shift: int) -> int:
     """4 KiB -> 0, 2 MiB -> 1, 1 GiB -> 2."""
     return (page_shift - 12) // 9
 
 
-@njit(cache=True)
-def set_base(layout: npt.NDArray[np.int64], index: int, number: int) -> int:
-    """Flat index of way 0 of the set ``number`` maps to in array ``index``."""
+@njit(cache=True, inline="always")
+def tlb_tag(vaddr: int, page_shift: int, pcid: int) -> int:
+    return ((vaddr & VA_MASK) >> page_shift) | (size_code(page_shift) << TAG_SIZE_SHIFT) | (
+        pcid << TAG_PCID_SHIFT)
+
+
+@njit(cache=True, inline="always")
+def set_base(layout: Ints, index: int, vaddr: int, page_shift: int) -> int:
+    """Flat index of way 0 of the set the page of ``vaddr`` maps to in array ``index``."""
+    vpn = (vaddr & VA_MASK) >> page_shift
     mask = layout[index, 3]
-    set_index = number & mask if mask >= 0 else number % layout[index, 1]
+    set_index = vpn & mask if mask >= 0 else vpn % layout[index, 1]
     return layout[index, 0] + set_index * layout[index, 2]
 
 
-@njit(cache=True)
-def lru_lookup(tags: npt.NDArray[np.int64], stamps: npt.NDArray[np.int64],
-               clock: npt.NDArray[np.int64], base: int, nr_ways: int, tag: int) -> int:
-    """LruTable.lookup on flat arrays: the flat index of ``tag`` (made MRU) or -1."""
-    for i in range(base, base + nr_ways):
-        if tags[i] == tag:
-            clock[0] += 1
-            stamps[i] = clock[0]
-            return i
-    return -1
-
-
-@njit(cache=True)
-def lru_fill(tags: npt.NDArray[np.int64], stamps: npt.NDArray[np.int64],
-             payload: npt.NDArray[np.uint64], clock: npt.NDArray[np.int64], base: int,
-             nr_ways: int, tag: int, value: np.uint64) -> None:
-    """LruTable.fill on flat arrays: rewrite ``tag`` if present, else replace the way with
-    the smallest stamp (invalid ways have 0), the lowest on a tie."""
-    victim = base
-    for i in range(base, base + nr_ways):
-        if tags[i] == tag:
-            victim = i
-            break
-        if stamps[i] < stamps[victim]:
-            victim = i
-    clock[0] += 1
-    tags[victim] = tag
-    stamps[victim] = clock[0]
-    payload[victim] = value
-
-
-# -- TLBs ------------------------------------------------------------------------------------
-@njit(cache=True)
-def tlb_probe(index: int, vaddr: int, page_shift: int, pcid: int,
-              layout: npt.NDArray[np.int64], tags: npt.NDArray[np.int64],
-              stamps: npt.NDArray[np.int64], clock: npt.NDArray[np.int64],
-              tlb_stats: npt.NDArray[np.int64]) -> int:
-    """Look up array ``index`` (-1: none) for the page of ``page_shift``; flat index or -1."""
+@njit(cache=True, inline="always")
+def tlb_probe(index: int, vaddr: int, page_shift: int, pcid: int, layout: Ints, tags: Ints,
+              stamps: Ints, clock: Ints, tlb_stats: Ints) -> int:
+    """Look up array ``index`` (-1: none) for the page of ``page_shift``: the flat index
+    of the entry (made MRU) or -1; counts the hit or miss."""
     if index < 0:
         return -1
-    vpn = (vaddr & VA_MASK) >> page_shift
-    tag = vpn | (size_code(page_shift) << TAG_SIZE_SHIFT) | (pcid << TAG_PCID_SHIFT)
-    found = lru_lookup(tags, stamps, clock, set_base(layout, index, vpn), layout[index, 2], tag)
-    if found >= 0:
-        tlb_stats[index, 0] += 1
-    else:
+    found = lru_find(tags, set_base(layout, index, vaddr, page_shift), layout[index, 2],
+                     tlb_tag(vaddr, page_shift, pcid))
+    if found < 0:
         tlb_stats[index, 1] += 1
+        return -1
+    tlb_stats[index, 0] += 1
+    lru_touch(stamps, clock, found)
     return found
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def tlb_fill_array(index: int, vaddr: int, page_shift: int, pcid: int, value: np.uint64,
-                   layout: npt.NDArray[np.int64], tags: npt.NDArray[np.int64],
-                   stamps: npt.NDArray[np.int64], payload: npt.NDArray[np.uint64],
-                   clock: npt.NDArray[np.int64]) -> None:
-    if index < 0:
-        return
-    vpn = (vaddr & VA_MASK) >> page_shift
-    tag = vpn | (size_code(page_shift) << TAG_SIZE_SHIFT) | (pcid << TAG_PCID_SHIFT)
-    lru_fill(tags, stamps, payload, clock, set_base(layout, index, vpn), layout[index, 2],
-             tag, value)
+                   layout: Ints, tags: Ints, stamps: Ints, payload: Words,
+                   clock: Ints) -> None:
+    """Enter a translation in array ``index`` (nothing if -1)."""
+    if index >= 0:
+        lru_fill(tags, stamps, payload, clock, set_base(layout, index, vaddr, page_shift),
+                 layout[index, 2], tlb_tag(vaddr, page_shift, pcid), value)
 
 
-@njit(cache=True)
-def tlb_lookup(vaddr: int, kind: int, page_shift: int, pcid: int,
-               layout: npt.NDArray[np.int64], routes: npt.NDArray[np.int64],
-               tags: npt.NDArray[np.int64], stamps: npt.NDArray[np.int64],
-               payload: npt.NDArray[np.uint64], clock: npt.NDArray[np.int64],
-               tlb_stats: npt.NDArray[np.int64]) -> tuple[int, int, np.uint64]:
-    """TlbHierarchy.lookup: ``(level, page_shift, payload)``, level 1 (L1), 2 (STLB) or
-    0 (miss). ``page_shift`` 0 probes every size (the MMU), else only that size."""
-    first, last = (0, 2) if page_shift == 0 else (size_code(page_shift), size_code(page_shift))
+@njit(cache=True, inline="always")
+def tlb_lookup(vaddr: int, kind: int, page_shift: int, pcid: int, layout: Ints,
+               routes: Ints, tags: Ints, stamps: Ints, payload: Words, clock: Ints,
+               tlb_stats: Ints) -> tuple[int, int, np.uint64]:
+    """TlbHierarchy.lookup: ``(level, page_shift, payload)`` with level LEVEL_L1,
+    LEVEL_STLB or 0 (a miss). ``page_shift`` 0 probes every size (the MMU: the hardware
+    does not know the size), else only that size. An STLB hit is copied into the L1."""
+    first = 0 if page_shift == 0 else size_code(page_shift)
+    last = 2 if page_shift == 0 else first
     for code in range(first, last + 1):
         shift = 12 + 9 * code
         found = tlb_probe(routes[0, kind, code], vaddr, shift, pcid, layout, tags, stamps,
                           clock, tlb_stats)
         if found >= 0:
-            return 1, shift, payload[found]
+            return LEVEL_L1, shift, payload[np.uint64(found)]
     for code in range(first, last + 1):
         shift = 12 + 9 * code
         found = tlb_probe(routes[1, kind, code], vaddr, shift, pcid, layout, tags, stamps,
                           clock, tlb_stats)
         if found >= 0:
-            value = payload[found]
+            value = payload[np.uint64(found)]
             tlb_fill_array(routes[0, kind, code], vaddr, shift, pcid, value, layout, tags,
                            stamps, payload, clock)
-            return 2, shift, value
+            return LEVEL_STLB, shift, value
     return 0, 0, np.uint64(0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def tlb_fill(vaddr: int, kind: int, page_shift: int, pcid: int, value: np.uint64,
-             layout: npt.NDArray[np.int64], routes: npt.NDArray[np.int64],
-             tags: npt.NDArray[np.int64], stamps: npt.NDArray[np.int64],
-             payload: npt.NDArray[np.uint64], clock: npt.NDArray[np.int64]) -> None:
+             layout: Ints, routes: Ints, tags: Ints, stamps: Ints, payload: Words,
+             clock: Ints) -> None:
     """TlbHierarchy.fill: after a walk, the STLB then the L1 of ``kind``."""
     code = size_code(page_shift)
     tlb_fill_array(routes[1, kind, code], vaddr, page_shift, pcid, value, layout, tags,
@@ -183,113 +230,130 @@ def tlb_fill(vaddr: int, kind: int, page_shift: int, pcid: int, value: np.uint64
                    stamps, payload, clock)
 
 
-# -- page-walk caches ------------------------------------------------------------------------
-@njit(cache=True)
-def pwc_key(pwc_layout: npt.NDArray[np.int64], row: int, vaddr: int, pcid: int) -> int:
-    shift = pwc_layout[row, 2]
-    return ((vaddr >> shift) & ((1 << pwc_layout[row, 3]) - 1)) | (pcid << PWC_PCID_SHIFT)
+# -- page-walk caches ----------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def pwc_key(pwc_layout: Ints, row: int, vaddr: int, pcid: int) -> int:
+    return ((vaddr >> pwc_layout[row, 2]) & ((1 << pwc_layout[row, 3]) - 1)) | (
+        pcid << PWC_PCID_SHIFT)
 
 
-@njit(cache=True)
-def pwc_walk(vaddr: int, page_shift: int, pcid: int, top_row: int,
-             pwc_layout: npt.NDArray[np.int64], pwc_tags: npt.NDArray[np.int64],
-             pwc_stamps: npt.NDArray[np.int64], pwc_payload: npt.NDArray[np.uint64],
-             pwc_clock: npt.NDArray[np.int64], pwc_stats: npt.NDArray[np.int64]) -> int:
+@njit(cache=True, inline="always")
+def pwc_walk(vaddr: int, page_shift: int, pcid: int, top_row: int, pwc_layout: Ints,
+             pwc_tags: Ints, pwc_stamps: Ints, pwc_payload: Words, pwc_clock: Ints,
+             pwc_stats: Ints) -> int:
     """PageWalkCaches.walk: probe from the level above the leaf upwards, stop at the first
-    hit, fill the upper-level entries read below it; returns the entries read."""
+    hit, cache the upper-level entries read below it; returns the entries read."""
     leaf_row = 4 - size_code(page_shift)
     first_read = top_row
     for row in range(leaf_row - 1, top_row - 1, -1):
         nr_entries = pwc_layout[row, 1]
         if nr_entries == 0:
             continue
-        key = pwc_key(pwc_layout, row, vaddr, pcid)
-        if lru_lookup(pwc_tags, pwc_stamps, pwc_clock, pwc_layout[row, 0], nr_entries,
-                      key) >= 0:
+        found = lru_find(pwc_tags, pwc_layout[row, 0], nr_entries,
+                         pwc_key(pwc_layout, row, vaddr, pcid))
+        if found >= 0:
             pwc_stats[row, 0] += 1
+            lru_touch(pwc_stamps, pwc_clock, found)
             first_read = row + 1
             break
         pwc_stats[row, 1] += 1
     for row in range(first_read, leaf_row):
         nr_entries = pwc_layout[row, 1]
         if nr_entries > 0:
-            lru_fill(pwc_tags, pwc_stamps, pwc_payload, pwc_clock, pwc_layout[row, 0],
-                     nr_entries, pwc_key(pwc_layout, row, vaddr, pcid), np.uint64(0))
+            lru_insert(pwc_tags, pwc_stamps, pwc_payload, pwc_clock, pwc_layout[row, 0],
+                       nr_entries, pwc_key(pwc_layout, row, vaddr, pcid), np.uint64(0))
     return leaf_row - first_read + 1
 
 
 # -- demand paging: the set of mapped pages ------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def page_key(vaddr: int, page_shift: int) -> int:
+    return (((vaddr & VA_MASK) >> page_shift) << 2) | size_code(page_shift)
+
+
+@njit(cache=True, inline="always")
 def mapped_slot(key: int, mask: int) -> int:
-    """Home slot of ``key`` (>= 0, < 2**47): multiplicative mixing without int64 overflow."""
-    h = ((key & 0x7FFFFFFF) * 0x5BD1E995) ^ ((key >> 31) * 0x1B873593)
-    return ((h >> 24) ^ h) & mask
+    """Home slot of ``key`` (0 <= key < 2**47): multiplicative mixing, no int64 overflow."""
+    mixed = ((key & 0x7FFFFFFF) * 0x5BD1E995) ^ ((key >> 31) * 0x1B873593)
+    return ((mixed >> 24) ^ mixed) & mask
 
 
-@njit(cache=True)
-def mapped_insert(mapped: npt.NDArray[np.int64], key: int) -> bool:
+@njit(cache=True, inline="always")
+def mapped_insert(mapped: Ints, key: int) -> bool:
     """Add ``key``; True if it was not there (a page fault). Linear probing; the caller
     keeps the set at most half full."""
     mask = mapped.shape[0] - 1
     slot = mapped_slot(key, mask)
     while True:
-        held = mapped[slot]
+        held = mapped[np.uint64(slot)]
         if held == key:
             return False
         if held == -1:
-            mapped[slot] = key
+            mapped[np.uint64(slot)] = key
             return True
         slot = (slot + 1) & mask
 
 
-@njit(cache=True)
-def mapped_rehash(old: npt.NDArray[np.int64], new: npt.NDArray[np.int64]) -> None:
+@njit(cache=True, _nrt=False)
+def mapped_rehash(old: Ints, new: Ints) -> None:
     for i in range(old.shape[0]):
         if old[i] != -1:
             mapped_insert(new, old[i])
 
 
-# -- one access and the loop -----------------------------------------------------------------
-@njit(cache=True)
-def replay_access(vaddr: int, kind: int, page_shift: int,
-                  layout: npt.NDArray[np.int64], routes: npt.NDArray[np.int64],
-                  tags: npt.NDArray[np.int64], stamps: npt.NDArray[np.int64],
-                  payload: npt.NDArray[np.uint64], clock: npt.NDArray[np.int64],
-                  tlb_stats: npt.NDArray[np.int64], top_row: int,
-                  pwc_layout: npt.NDArray[np.int64], pwc_tags: npt.NDArray[np.int64],
-                  pwc_stamps: npt.NDArray[np.int64], pwc_payload: npt.NDArray[np.uint64],
-                  pwc_clock: npt.NDArray[np.int64], pwc_stats: npt.NDArray[np.int64],
-                  mapped: npt.NDArray[np.int64], counters: npt.NDArray[np.int64]) -> None:
-    """One access of the trace model (PCID 0): L1, STLB, else fault-if-unmapped and walk.
-
-    ``mapped`` must have room for one more key (the driver grows it)."""
+# -- one access ----------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def translate_access(vaddr: int, kind: int, page_shift: int, layout: Ints, routes: Ints,
+                     tags: Ints, stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints,
+                     top_row: int, pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints,
+                     pwc_payload: Words, pwc_clock: Ints, pwc_stats: Ints,
+                     counters: Ints) -> bool:
+    """One access of the trace model (PCID 0) without demand paging: L1, STLB, else a
+    walk through the page-walk caches and fills. Returns True if it walked."""
     counters[C_ACCESSES] += 1
     counters[C_LOADS + kind] += 1
     code = size_code(page_shift)
     l1 = routes[0, kind, code]
     if tlb_probe(l1, vaddr, page_shift, 0, layout, tags, stamps, clock, tlb_stats) >= 0:
         counters[C_L1_HITS] += 1
-        return
+        return False
     l2 = routes[1, kind, code]
     found = tlb_probe(l2, vaddr, page_shift, 0, layout, tags, stamps, clock, tlb_stats)
     if found >= 0:
         counters[C_STLB_HITS] += 1
-        tlb_fill_array(l1, vaddr, page_shift, 0, payload[found], layout, tags, stamps,
-                       payload, clock)
-        return
-    # A page never touched cannot be in a TLB, so only a walk can find it unmapped.
+        if l1 >= 0:                  # it just missed there: absent, insert directly
+            lru_insert(tags, stamps, payload, clock, set_base(layout, l1, vaddr, page_shift),
+                       layout[l1, 2], tlb_tag(vaddr, page_shift, 0), payload[np.uint64(found)])
+        return False
     counters[C_WALKS] += 1
-    if mapped_insert(mapped, (((vaddr & VA_MASK) >> page_shift) << 2) | code):
-        counters[C_FAULTS] += 1
     counters[C_WALK_REFS] += pwc_walk(vaddr, page_shift, 0, top_row, pwc_layout, pwc_tags,
                                       pwc_stamps, pwc_payload, pwc_clock, pwc_stats)
-    tlb_fill_array(l2, vaddr, page_shift, 0, np.uint64(0), layout, tags, stamps, payload, clock)
-    tlb_fill_array(l1, vaddr, page_shift, 0, np.uint64(0), layout, tags, stamps, payload, clock)
+    tag = tlb_tag(vaddr, page_shift, 0)
+    for index in (l2, l1):           # both just missed: insert directly
+        if index >= 0:
+            lru_insert(tags, stamps, payload, clock, set_base(layout, index, vaddr, page_shift),
+                       layout[index, 2], tag, np.uint64(0))
+    return True
 
 
-@njit(cache=True)
-def page_shift_at(vaddr: int, map_starts: npt.NDArray[np.int64],
-                  map_ends: npt.NDArray[np.int64], map_shifts: npt.NDArray[np.int64]) -> int:
+@njit(cache=True, inline="always")
+def replay_access(vaddr: int, kind: int, page_shift: int, layout: Ints, routes: Ints,
+                  tags: Ints, stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints,
+                  top_row: int, pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints,
+                  pwc_payload: Words, pwc_clock: Ints, pwc_stats: Ints, mapped: Ints,
+                  counters: Ints) -> None:
+    """One access of the trace model, as the reference does it: a walk to a page never
+    touched first faults it in. ``mapped`` must have room for one more key."""
+    if translate_access(vaddr, kind, page_shift, layout, routes, tags, stamps, payload, clock,
+                        tlb_stats, top_row, pwc_layout, pwc_tags, pwc_stamps, pwc_payload,
+                        pwc_clock, pwc_stats, counters):
+        if mapped_insert(mapped, page_key(vaddr, page_shift)):
+            counters[C_FAULTS] += 1
+
+
+# -- the driver ------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def page_shift_at(vaddr: int, map_starts: Ints, map_ends: Ints, map_shifts: Ints) -> int:
     """The page size of ``vaddr`` from sorted ranges ``[start, end)``; 4 KiB outside them."""
     lo, hi = 0, map_starts.shape[0]
     while lo < hi:
@@ -303,41 +367,89 @@ def page_shift_at(vaddr: int, map_starts: npt.NDArray[np.int64],
     return 12
 
 
-@njit(cache=True)
-def replay_records(records: npt.NDArray[np.int64], start: int, va_bits: int, page_shift: int,
-                   map_starts: npt.NDArray[np.int64], map_ends: npt.NDArray[np.int64],
-                   map_shifts: npt.NDArray[np.int64],
-                   layout: npt.NDArray[np.int64], routes: npt.NDArray[np.int64],
-                   tags: npt.NDArray[np.int64], stamps: npt.NDArray[np.int64],
-                   payload: npt.NDArray[np.uint64], clock: npt.NDArray[np.int64],
-                   tlb_stats: npt.NDArray[np.int64], top_row: int,
-                   pwc_layout: npt.NDArray[np.int64], pwc_tags: npt.NDArray[np.int64],
-                   pwc_stamps: npt.NDArray[np.int64], pwc_payload: npt.NDArray[np.uint64],
-                   pwc_clock: npt.NDArray[np.int64], pwc_stats: npt.NDArray[np.int64],
-                   mapped: npt.NDArray[np.int64],
-                   counters: npt.NDArray[np.int64]) -> tuple[int, int]:
-    """Replay ``records[start:]`` (.pwt words viewed as int64); returns ``(index, status)``:
-    ``(len, DONE)``, or the record it stopped before and why (GROW_MAPPED, BAD_*,
-    NON_CANONICAL). With ``map_starts`` empty every page has ``page_shift``."""
+@njit(cache=True, inline="always")
+def record_status(record: int, canon_shift: int, canon_ones: int) -> int:
+    """DONE for a valid .pwt word (viewed as int64), else why not."""
+    if (record >> 57) & 0x1F:
+        return BAD_RESERVED
+    if ((record >> 62) & 3) == 3:
+        return BAD_KIND
+    top = (record & VA_MASK) >> canon_shift
+    if top != 0 and top != canon_ones:
+        return NON_CANONICAL
+    return DONE
+
+
+@njit(cache=True, _nrt=False)
+def fault_pass(records: Ints, start: int, va_bits: int, page_shift: int, map_starts: Ints,
+               map_ends: Ints, map_shifts: Ints, mapped: Ints,
+               counters: Ints) -> tuple[int, int]:
+    """Check ``records[start:]`` and add their pages to ``mapped``, counting new ones as
+    faults; stops at the first bad record or when ``mapped`` is half full.
+    Returns ``(stop index, status)``."""
     use_map = map_starts.shape[0] > 0
     canon_shift = va_bits - 1                  # bits canon_shift..56 must all be equal
     canon_ones = (1 << (58 - va_bits)) - 1
     room = mapped.shape[0] // 2
+    last_key = -1
     for i in range(start, records.shape[0]):
         record = records[i]
-        if (record >> 57) & 0x1F:
-            return i, BAD_RESERVED
-        kind = (record >> 62) & 3
-        if kind == 3:
-            return i, BAD_KIND
+        status = record_status(record, canon_shift, canon_ones)
+        if status != DONE:
+            return i, status
         vaddr = record & VA_MASK
-        top = vaddr >> canon_shift
-        if top != 0 and top != canon_ones:
-            return i, NON_CANONICAL
+        shift = page_shift_at(vaddr, map_starts, map_ends, map_shifts) if use_map else page_shift
+        key = page_key(vaddr, shift)
+        if key == last_key:                    # runs of accesses to one page: common
+            continue
         if counters[C_FAULTS] >= room:
             return i, GROW_MAPPED
-        shift = page_shift_at(vaddr, map_starts, map_ends, map_shifts) if use_map else page_shift
-        replay_access(vaddr, kind, shift, layout, routes, tags, stamps, payload, clock,
-                      tlb_stats, top_row, pwc_layout, pwc_tags, pwc_stamps, pwc_payload,
-                      pwc_clock, pwc_stats, mapped, counters)
+        last_key = key
+        if mapped_insert(mapped, key):
+            counters[C_FAULTS] += 1
     return records.shape[0], DONE
+
+
+@njit(cache=True, _nrt=False)
+def replay_records(records: Ints, start: int, va_bits: int, page_shift: int, map_starts: Ints,
+                   map_ends: Ints, map_shifts: Ints, layout: Ints, routes: Ints, tags: Ints,
+                   stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints, top_row: int,
+                   pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints, pwc_payload: Words,
+                   pwc_clock: Ints, pwc_stats: Ints, mapped: Ints,
+                   counters: Ints) -> tuple[int, int]:
+    """Replay ``records[start:]`` (.pwt words viewed as int64) with every page of
+    ``page_shift``, or sized by the map when ``map_starts`` is not empty. Returns
+    ``(index, status)``: ``(len, DONE)``, or the record it stopped before and why
+    (GROW_MAPPED, BAD_RESERVED, BAD_KIND, NON_CANONICAL); the records before it are done."""
+    stop, status = fault_pass(records, start, va_bits, page_shift, map_starts, map_ends,
+                              map_shifts, mapped, counters)
+    use_map = map_starts.shape[0] > 0
+    for i in range(start, stop):
+        vaddr = records[i] & VA_MASK
+        kind = (records[i] >> 62) & 3
+        shift = page_shift_at(vaddr, map_starts, map_ends, map_shifts) if use_map else page_shift
+        translate_access(vaddr, kind, shift, layout, routes, tags, stamps, payload, clock,
+                         tlb_stats, top_row, pwc_layout, pwc_tags, pwc_stamps, pwc_payload,
+                         pwc_clock, pwc_stats, counters)
+    return stop, status
+
+
+@njit(cache=True, _nrt=False)
+def replay_records_per_access(records: Ints, va_bits: int, page_shift: int, layout: Ints,
+                              routes: Ints, tags: Ints, stamps: Ints, payload: Words,
+                              clock: Ints, tlb_stats: Ints, top_row: int, pwc_layout: Ints,
+                              pwc_tags: Ints, pwc_stamps: Ints, pwc_payload: Words,
+                              pwc_clock: Ints, pwc_stats: Ints, mapped: Ints,
+                              counters: Ints) -> int:
+    """All of ``records`` through :func:`replay_access`, one access at a time (tests use
+    it to check that the per-access entry point agrees with the driver). ``mapped`` must
+    hold every page; returns the index of a bad record or ``len(records)``."""
+    canon_shift = va_bits - 1
+    canon_ones = (1 << (58 - va_bits)) - 1
+    for i in range(records.shape[0]):
+        if record_status(records[i], canon_shift, canon_ones) != DONE:
+            return i
+        replay_access(records[i] & VA_MASK, (records[i] >> 62) & 3, page_shift, layout, routes,
+                      tags, stamps, payload, clock, tlb_stats, top_row, pwc_layout, pwc_tags,
+                      pwc_stamps, pwc_payload, pwc_clock, pwc_stats, mapped, counters)
+    return records.shape[0]

@@ -1,0 +1,13 @@
+"""Sweeps (issue 8, docs/sweeps.md): many scenario runs or trace replays at once, on Dask.
+
+``spec`` reads the sweep file, ``runs`` expands it into checked run configurations,
+``execute`` runs them on a local or remote Dask cluster and collects one table,
+``plot`` draws it with Matplotlib, ``command`` holds ``pagewalk sweep`` and
+``pagewalk plot``. Dask, pandas, PyArrow and Matplotlib are imported only when used.
+"""
+
+from pagewalk.sweep.runs import RunConfig, ScenarioConfig, TraceConfig, expand_runs
+from pagewalk.sweep.spec import PlotSpec, Sweep, load_sweep, parse_sweep
+
+__all__ = ["PlotSpec", "RunConfig", "ScenarioConfig", "Sweep", "TraceConfig", "expand_runs",
+           "load_sweep", "parse_sweep"]

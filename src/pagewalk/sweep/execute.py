@@ -1,0 +1,280 @@
+"""Run a sweep's runs on Dask and collect their reports into one table.
+
+Each run is one Dask task, :func:`execute_run`, on a worker process: it runs the
+scenario (``run_scenario(...).to_json()``, the report of ``pagewalk run --json``) or
+replays the trace (``replay_trace(...).to_json()``, the report of ``pagewalk trace
+--json``) and flattens the report into rows. A run that fails -- the kernel refuses a
+step, a trace record is malformed, even a bug or a worker that dies -- becomes one row
+whose ``error`` column holds the one-line message ``pagewalk`` would print; the sweep
+goes on.
+
+Rows: a scenario run gives one row per (measurement label, process), with that process's
+figures and the measurement's system figures side by side; a trace run gives one row.
+Columns, in order: ``run``, the run's identity (``scenario``; or ``trace``, ``pages``,
+``tlb``, ``engine``), the sweep's parameters as written, ``label``/``step``/``process``,
+the report's figures (a nested figure such as a trace's per-array TLB counters becomes
+``tlb.ARRAY.hits``), ``error`` (null when the run succeeded) and ``seconds`` (the run's
+wall time on its worker). Rows are ordered by run, then as the report lists them.
+
+The cluster: :func:`dask_client` starts a LocalCluster of worker processes (one thread
+each, one per core by default) listening on 127.0.0.1 only, with no dashboard and its
+logs silenced, and closes it on the way out; or connects to a running scheduler, which
+it leaves running. Nothing is set as Dask's default client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pagewalk.errors import PagewalkError, ScenarioError
+from pagewalk.sweep.runs import RunConfig, ScenarioConfig, TraceConfig, trace_model
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from distributed import Client
+    from rich.console import Console
+
+Row = dict[str, Any]
+TABLE_SUFFIXES = (".parquet", ".csv")
+SCENARIO_IDENTITY = ("scenario",)
+TRACE_IDENTITY = ("trace", "pages", "tlb", "engine")
+MEASURE_COLUMNS = ("label", "step", "process")
+TAIL_COLUMNS = ("error", "seconds")
+CONNECT_TIMEOUT = "10s"
+
+
+# -- one run, on a worker ----------------------------------------------------------------
+
+def execute_run(run: RunConfig) -> list[Row]:
+    """The rows of one run; never raises (a failure is an error row)."""
+    start = time.perf_counter()
+    try:
+        rows = report_rows(run, run_report(run))
+    except PagewalkError as err:
+        rows = [error_row(run, str(err))]
+    except Exception as err:  # a bug must not end the sweep: it is reported in its row
+        rows = [error_row(run, f"internal error: {type(err).__name__}: {err}")]
+    seconds = time.perf_counter() - start
+    for row in rows:
+        row["seconds"] = seconds
+    return rows
+
+
+def run_report(run: RunConfig) -> dict[str, Any]:
+    """The JSON report of ``pagewalk run --json`` or ``pagewalk trace --json`` for a run."""
+    if isinstance(run, ScenarioConfig):
+        from pagewalk.scenario.runner import run_scenario
+        return run_scenario(run.scenario).to_json()
+    from pagewalk.trace.replay import replay_trace
+    stats = replay_trace(run.path, pages=run.pages, model=trace_model(run.tlb),
+                         engine=run.engine, fmt=run.format)
+    return stats.to_json()
+
+
+def identity(run: RunConfig) -> Row:
+    """The columns that say which run a row belongs to."""
+    if isinstance(run, ScenarioConfig):
+        return {"run": run.index, "scenario": run.scenario.name}
+    return {"run": run.index, "trace": run.trace, "pages": run.pages, "tlb": run.tlb,
+            "engine": run.engine}
+
+
+def report_rows(run: RunConfig, report: dict[str, Any]) -> list[Row]:
+    """Flatten a run's report: one row per (measurement, process), or one per trace.
+    Identity columns win over a report field or parameter of the same name."""
+    head = identity(run)
+    if isinstance(run, TraceConfig):
+        return [{**run.params, **_flatten(report), **head, "error": None}]
+    rows = []
+    for measurement in report["measurements"]:
+        for process, figures in measurement["processes"].items():
+            rows.append({**run.params, "label": measurement["label"],
+                         "step": measurement["step"], "process": process, **figures,
+                         **measurement["system"], **head, "error": None})
+    return rows or [{**run.params, **head, "error": None}]
+
+
+def _flatten(report: dict[str, Any], prefix: str = "") -> Row:
+    """Nested maps become dotted columns (``tlb.STLB 4K+2M.hits``)."""
+    flat: Row = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def error_row(run: RunConfig, message: str) -> Row:
+    return {**run.params, **identity(run), "error": message}
+
+
+# -- the table ---------------------------------------------------------------------------
+
+def results_table(runs: Sequence[RunConfig], rows: Sequence[Row]) -> pd.DataFrame:
+    """The rows as a DataFrame with the columns in the documented order; a column of
+    whole numbers with gaps (error rows) is a nullable Int64, a column mixing numbers
+    and strings (parameters written as ``4096`` and ``2MiB``) is strings."""
+    import pandas as pd
+    first = identity(runs[0]) if runs else {"run": 0}
+    params = list(dict.fromkeys(k for run in runs for k in run.params))
+    leading = list(first) + [p for p in params if p not in first]
+    seen = list(dict.fromkeys(k for row in rows for k in row))
+    middle = [c for c in MEASURE_COLUMNS if c in seen]
+    rest = [c for c in seen if c not in leading and c not in middle and c not in TAIL_COLUMNS]
+    columns = leading + middle + rest + list(TAIL_COLUMNS)
+    table = pd.DataFrame.from_records(list(rows), columns=columns)
+    for column in columns:
+        table[column] = _normalised(table[column])
+    return table
+
+
+def _normalised(column: pd.Series) -> pd.Series:
+    import pandas as pd
+    values = [v for v in column.tolist() if v is not None and not _is_nan(v)]
+    if column.name == "error":
+        return column.astype(object).where(column.notna(), None)
+    if not values:
+        return column.astype(object).where(column.notna(), None)
+    if all(isinstance(v, bool) for v in values):
+        return column.astype("boolean")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return column.astype("Int64")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return column.astype("float64")
+    if all(isinstance(v, str) for v in values):
+        return column.astype(object).where(column.notna(), None)
+    return pd.Series([None if v is None or _is_nan(v) else str(v) for v in column.tolist()],
+                     name=column.name, dtype=object)
+
+
+def _is_nan(value: object) -> bool:
+    return isinstance(value, float) and value != value
+
+
+def write_table(table: pd.DataFrame, path: str | Path) -> None:
+    """Parquet or CSV, by the file's suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        table.to_parquet(path, index=False)
+    elif suffix == ".csv":
+        table.to_csv(path, index=False)
+    else:
+        raise ScenarioError(f"a results file ends in {' or '.join(TABLE_SUFFIXES)}, "
+                            f"got {str(path)!r}")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A table written by :func:`write_table` (or any Parquet/CSV file)."""
+    import pandas as pd
+    suffix = Path(path).suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise ScenarioError(f"a results file ends in {' or '.join(TABLE_SUFFIXES)}, "
+                            f"got {str(path)!r}")
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (OSError, ValueError) as err:
+        raise ScenarioError(f"cannot read the results: {err}", None) from None
+
+
+# -- Dask --------------------------------------------------------------------------------
+
+@contextmanager
+def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Client]:
+    """A client of a new local cluster (``workers`` processes, default one per core), or of
+    the scheduler at ``scheduler`` (``tcp://HOST:PORT``); closed on exit."""
+    from distributed import Client
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as err:
+            raise PagewalkError(f"cannot reach the Dask scheduler at {scheduler}: {err}") \
+                from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    with _local_cluster(workers) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@contextmanager
+def _local_cluster(workers: int | None) -> Iterator[Any]:
+    from distributed import LocalCluster
+    if workers is not None and workers < 1:
+        raise ScenarioError(f"--workers must be at least 1, got {workers}")
+    cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                           processes=True, host="127.0.0.1", dashboard_address=None,
+                           silence_logs=logging.ERROR)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def run_sweep(runs: Sequence[RunConfig], client: Client, console: Console | None = None,
+              title: str = "sweep") -> pd.DataFrame:
+    """Every run on ``client``'s workers; a Rich progress bar on ``console`` if it is a
+    terminal. Returns :func:`results_table` of all rows."""
+    from distributed import as_completed
+    token = uuid.uuid4().hex[:8]
+    futures = {client.submit(execute_run, run, key=f"pagewalk-{title}-{token}-{run.index}",
+                             pure=False): run for run in runs}
+    by_run: dict[int, list[Row]] = {}
+    with _progress(console, title, len(runs)) as advance:
+        for future in as_completed(futures):
+            run = futures[future]
+            by_run[run.index] = _future_rows(future, run)
+            advance(by_run[run.index][0].get("error") is not None)
+    rows = [row for run in runs for row in by_run[run.index]]
+    return results_table(runs, rows)
+
+
+def _future_rows(future: Any, run: RunConfig) -> list[Row]:
+    """The rows a task returned, or an error row if the task itself failed (a worker
+    died, the run was cancelled)."""
+    try:
+        rows: list[Row] = future.result()
+    except Exception as err:
+        return [{**error_row(run, f"the run's worker failed: {type(err).__name__}: {err}"),
+                 "seconds": None}]
+    return rows
+
+
+@contextmanager
+def _progress(console: Console | None, title: str, total: int) -> Iterator[Any]:
+    """``advance(failed)`` for each finished run, drawn only on a terminal."""
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    enabled = console is not None and console.is_terminal
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                        disable=not enabled, transient=False)
+    failed = 0
+    with progress:
+        task = progress.add_task(title, total=total, failed=0)
+
+        def advance(run_failed: bool) -> None:
+            nonlocal failed
+            failed += run_failed
+            progress.update(task, advance=1, failed=failed)
+
+        yield advance
+
+
+__all__ = ["dask_client", "error_row", "execute_run", "identity", "read_table",
+           "report_rows", "results_table", "run_report", "run_sweep", "write_table"]

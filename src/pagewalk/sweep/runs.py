@@ -1,0 +1,287 @@
+"""Expand a sweep into its runs: every grid combination (crossed with every list entry),
+each applied to the base and checked before anything runs.
+
+A scenario run is the base scenario's YAML document with each parameter written into it
+(``system.ram``, a knob under ``system.sysfs``, ``steps[0].mmap.length`` ...), then read
+by the scenario schema exactly as ``pagewalk run`` reads a file, so a value the schema
+refuses is refused here, naming the sweep file, the parameter's field and the run. A
+trace run is the base's trace, page size, TLB preset, engine and format with the
+parameters put in; page sizes, engines, formats, presets and that the trace file exists
+are checked here too. What can only fail while running (a system call the kernel
+refuses, a malformed record deep in a trace) fails that run alone (execute.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pagewalk.errors import ConfigError, Location, PagewalkError, ScenarioError
+from pagewalk.scenario.schema import (
+    _STEP_PARSERS, Scenario, _load_yaml, _scenario, _show, _Where,
+)
+from pagewalk.sweep.spec import (
+    Knob, Parameter, ScenarioBase, ScenarioFile, StepField, Sweep, SystemField, TraceBase,
+    TraceOption, resolve_scenario_source,
+)
+from pagewalk.trace.formats import FORMATS
+from pagewalk.trace.replay import ENGINES, REFERENCE_MODEL, TraceModel, parse_pages
+from pagewalk.units import format_size
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioConfig:
+    """Run ``index`` of a sweep: a checked scenario; ``params`` column -> value as written."""
+
+    index: int
+    params: dict[str, Any] = field(hash=False)
+    scenario: Scenario
+
+
+@dataclass(frozen=True, slots=True)
+class TraceConfig:
+    """Run ``index`` of a sweep: one replay. ``trace`` as written, ``path`` the file."""
+
+    index: int
+    params: dict[str, Any] = field(hash=False)
+    trace: str
+    path: str
+    pages: str                             # normalised: 4KiB, 2MiB or 1GiB
+    tlb: str                               # a TLB preset name
+    engine: str
+    format: str | None
+
+
+RunConfig = ScenarioConfig | TraceConfig
+
+
+# -- combinations ------------------------------------------------------------------------
+
+def combinations(sweep: Sweep) -> list[dict[str, Any]]:
+    """Column -> value for every run: list entries (outer) x the grid, the grid's first
+    column varying slowest, in the order written."""
+    columns = list(sweep.grid)
+    grid = [dict(zip(columns, values))
+            for values in itertools.product(*(sweep.grid[c] for c in columns))]
+    entries = sweep.entries or ({},)
+    return [{**entry, **point} for entry in entries for point in grid]
+
+
+def expand_runs(sweep: Sweep) -> list[RunConfig]:
+    """Every run of ``sweep``, checked; raises ScenarioError naming the sweep file and the
+    field of the parameter (or base field) whose value is refused."""
+    if isinstance(sweep.base, ScenarioBase):
+        return _ScenarioRuns(sweep).expand()
+    return _TraceRuns(sweep).expand()
+
+
+def _refusal(sweep: Sweep, at_field: str, index: int, params: dict[str, Any],
+             reason: str) -> ScenarioError:
+    shown = ", ".join(f"{k}={_show(v)}" for k, v in params.items())
+    return ScenarioError(f"run {index} ({shown}): {reason}", Location(sweep.file, None, at_field))
+
+
+# -- scenario runs -----------------------------------------------------------------------
+
+class _ScenarioRuns:
+    """Scenario documents by source (read once), and the parameters written into them."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        assert isinstance(sweep.base, ScenarioBase)
+        self.sweep = sweep
+        self.base = sweep.base
+        self.documents: dict[Path, object] = {}
+
+    def expand(self) -> list[RunConfig]:
+        return [self.config(index, params)
+                for index, params in enumerate(combinations(self.sweep))]
+
+    def config(self, index: int, params: dict[str, Any]) -> ScenarioConfig:
+        path = self.base.path
+        at_field = "base.scenario"
+        scenario_params = [p for p in self._parameters(params)
+                           if isinstance(p.target, ScenarioFile)]
+        for parameter in scenario_params:
+            at_field = parameter.field
+            path = self._scenario_path(params[parameter.column], index, params, parameter)
+        document = copy.deepcopy(self._document(path))
+        for parameter in self._parameters(params):
+            if isinstance(parameter.target, ScenarioFile):
+                continue
+            at_field = parameter.field
+            try:
+                document = apply_to_scenario(document, parameter.target,
+                                             params[parameter.column])
+            except ValueError as err:
+                raise _refusal(self.sweep, at_field, index, params, str(err)) from None
+        try:
+            scenario = _scenario(document, str(path))
+        except ScenarioError as err:
+            raise _refusal(self.sweep, at_field, index, params, str(err)) from None
+        return ScenarioConfig(index, params, scenario)
+
+    def _parameters(self, params: dict[str, Any]) -> list[Parameter]:
+        return [self.sweep.parameters[column] for column in params]
+
+    def _scenario_path(self, value: object, index: int, params: dict[str, Any],
+                       parameter: Parameter) -> Path:
+        if not isinstance(value, str):
+            raise _refusal(self.sweep, parameter.field, index, params,
+                           f"a scenario is a file or example name, got {_show(value)}")
+        return resolve_scenario_source(value, self.sweep.directory,
+                                       _Where(self.sweep.file, None, parameter.field))
+
+    def _document(self, path: Path) -> object:
+        if path not in self.documents:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise ScenarioError(f"cannot read the scenario: {err}",
+                                    Location(str(path))) from None
+            self.documents[path] = _load_yaml(text, str(path))
+        return self.documents[path]
+
+
+def apply_to_scenario(document: object, target: SystemField | Knob | StepField | TraceOption
+                      | ScenarioFile, value: Any) -> object:
+    """Write ``value`` at ``target`` in a scenario's YAML document (changed in place and
+    returned); raises ValueError if the document has no such place."""
+    if not isinstance(document, dict):
+        raise ValueError("the scenario is not a map of fields")
+    if isinstance(target, SystemField):
+        _system(document)[target.name] = value
+    elif isinstance(target, Knob):
+        system = _system(document)
+        sysfs = system.get("sysfs")
+        if sysfs is None:
+            sysfs = system["sysfs"] = {}
+        if not isinstance(sysfs, dict):
+            raise ValueError("system.sysfs of the scenario is not a map")
+        sysfs[target.path] = value
+    elif isinstance(target, StepField):
+        _apply_to_step(document, target, value)
+    else:
+        raise ValueError(f"{type(target).__name__} is not a scenario parameter")
+    return document
+
+
+def _system(document: dict[str, Any]) -> dict[str, Any]:
+    system = document.get("system")
+    if system is None:
+        system = document["system"] = {}
+    if not isinstance(system, dict):
+        raise ValueError("the scenario's system is not a map")
+    return system
+
+
+def _apply_to_step(document: dict[str, Any], target: StepField, value: Any) -> None:
+    steps = document.get("steps")
+    if not isinstance(steps, list) or not 0 <= target.index < len(steps):
+        count = len(steps) if isinstance(steps, list) else 0
+        raise ValueError(f"the scenario has no step {target.index} (it has {count} steps)")
+    item = steps[target.index]
+    if not isinstance(item, dict) or len(item) != 1:
+        raise ValueError(f"step {target.index} is not a one-key map")
+    ((kind, body),) = item.items()
+    if target.first is None:
+        steps[target.index] = value
+        return
+    if target.first in _STEP_PARSERS:
+        if target.first != kind:
+            raise ValueError(f"step {target.index} is a {kind} step, not {target.first}")
+        if target.rest is None:
+            item[kind] = value
+            return
+        key = target.rest
+    else:
+        key = target.first if target.rest is None else f"{target.first}.{target.rest}"
+    if body is None:
+        body = item[kind] = {}
+    if not isinstance(body, dict):
+        raise ValueError(f"step {target.index} ({kind}: {_show(body)}) has no fields; "
+                         f"set steps[{target.index}].{kind} itself")
+    body[key] = value
+
+
+# -- trace runs --------------------------------------------------------------------------
+
+class _TraceRuns:
+    def __init__(self, sweep: Sweep) -> None:
+        assert isinstance(sweep.base, TraceBase)
+        self.sweep = sweep
+        self.base = sweep.base
+
+    def expand(self) -> list[RunConfig]:
+        return [self.config(index, params)
+                for index, params in enumerate(combinations(self.sweep))]
+
+    def config(self, index: int, params: dict[str, Any]) -> TraceConfig:
+        options: dict[str, Any] = {"trace": self.base.trace, "pages": self.base.pages,
+                                   "tlb": self.base.tlb, "engine": self.base.engine,
+                                   "format": self.base.format}
+        fields = {name: f"base.{name}" for name in options}
+        for column, value in params.items():
+            target = self.sweep.parameters[column].target
+            assert isinstance(target, TraceOption)
+            options[target.name] = value
+            fields[target.name] = self.sweep.parameters[column].field
+        checked: dict[str, Any] = {}
+        for name, value in options.items():
+            try:
+                checked[name] = self._check(name, value)
+            except (ValueError, PagewalkError) as err:
+                reason = err.message if isinstance(err, PagewalkError) else str(err)
+                raise _refusal(self.sweep, fields[name], index, params, reason) from None
+        return TraceConfig(index, params, trace=str(options["trace"]), path=checked["trace"],
+                           pages=checked["pages"], tlb=checked["tlb"],
+                           engine=checked["engine"], format=checked["format"])
+
+    def _check(self, name: str, value: Any) -> Any:
+        if name == "trace":
+            return self._trace_path(value)
+        if name == "pages":
+            return format_size(1 << parse_pages(value))
+        if name == "tlb":
+            if not isinstance(value, str):
+                raise ValueError(f"a TLB preset is a name, got {_show(value)}")
+            trace_model(value)
+            return value
+        if name == "engine":
+            if value not in ENGINES:
+                raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {_show(value)}")
+            return value
+        if value is not None and value not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {_show(value)}")
+        return value
+
+    def _trace_path(self, value: Any) -> str:
+        if value is None:
+            raise ValueError("no trace: give base.trace or vary 'trace'")
+        if not isinstance(value, str):
+            raise ValueError(f"a trace is a file name, got {_show(value)}")
+        path = self.sweep.directory / value
+        if not path.is_file():
+            raise ValueError(f"no such trace file: {str(path)!r}")
+        return str(path)
+
+
+def trace_model(name: str) -> TraceModel:
+    """The TraceModel of a TLB preset name; ``reference`` is spec/trace-model.md's."""
+    if name == REFERENCE_MODEL.name:
+        return REFERENCE_MODEL
+    try:
+        from pagewalk.trace import presets
+    except ImportError:
+        presets = None
+    load = getattr(presets, "load_preset", None)
+    if load is None:
+        raise ConfigError(f"unknown TLB preset {name!r}; this build has only 'reference'")
+    model: TraceModel = load(name)
+    return model
+
+
+__all__ = ["RunConfig", "ScenarioConfig", "TraceConfig", "apply_to_scenario", "combinations",
+           "expand_runs", "trace_model"]
