@@ -22,6 +22,7 @@ int main(int argc, char **argv)
 		for (size_t off = 0; off < len; off += 4096) p[off] = 2;
 		struct rusage ru; getrusage(RUSAGE_SELF, &ru);
 		printf("%ld\n", ru.ru_minflt);
+		fflush(stdout);
 		_exit(0);
 	}
 	int status; waitpid(pid, &status, 0);
