@@ -149,6 +149,11 @@ class HugetlbState:
         """alloc_buddy_hugetlb_folio() / alloc_gigantic_folio()."""
         k = self.k
         pfn = k.buddy.alloc_pages(h.order) if h.order <= MAX_PAGE_ORDER else self._alloc_contig(h)
+        if pfn == NO_PAGE and h.order <= MAX_PAGE_ORDER:
+            # __GFP_RETRY_MAYFAIL allows direct compaction (alloc_buddy_hugetlb_folio).
+            from pagewalk.mm import compaction
+            if compaction.try_to_compact_pages(k, h.order):
+                pfn = k.buddy.alloc_pages(h.order)
         if pfn == NO_PAGE:
             k.vm_events[VmEvent.HTLB_BUDDY_ALLOC_FAIL] += 1
             return NO_PAGE
