@@ -102,7 +102,7 @@ def scan_pmd(k: Kernel, mm: MmStruct, vma: Vma, haddr: int, is_khugepaged: bool)
             referenced += 1
     if is_khugepaged and not referenced:
         return Scan.LACK_REFERENCED_PAGE
-    return collapse_huge_page(k, mm, vma, haddr, pmd_paddr, table)
+    return collapse_huge_page(k, mm, vma, haddr, pmd_paddr, table, is_khugepaged)
 
 
 def _maybe_mapped_shared(k: Kernel, head: int) -> bool:
@@ -114,9 +114,14 @@ def _maybe_mapped_shared(k: Kernel, head: int) -> bool:
 
 
 def collapse_huge_page(k: Kernel, mm: MmStruct, vma: Vma, haddr: int, pmd_paddr: int,
-                       table: int) -> Scan:
+                       table: int, is_khugepaged: bool = False) -> Scan:
     """collapse_huge_page(): a new THP with the range's contents replaces the PTE table."""
     folio = rmap.folio_alloc(k, huge_memory.HPAGE_PMD_ORDER)
+    if folio == NO_PAGE and (not is_khugepaged or k.knobs.get(f"{KHUGEPAGED}/defrag") == "1"):
+        # alloc_charge_folio(): GFP_TRANSHUGE may compact directly
+        from pagewalk.mm import compaction
+        if compaction.try_to_compact_pages(k, huge_memory.HPAGE_PMD_ORDER):
+            folio = rmap.folio_alloc(k, huge_memory.HPAGE_PMD_ORDER)
     if folio == NO_PAGE:
         k.vm_events[VmEvent.THP_COLLAPSE_ALLOC_FAILED] += 1
         return Scan.ALLOC_HUGE_PAGE_FAIL
