@@ -97,11 +97,8 @@ class LruTable:
 
     def find(self, set_index: int, tag: int) -> int:
         """The way holding ``tag`` in ``set_index``, or -1; does not touch LRU order."""
-        ways = self.tags[set_index]
-        for way in range(self.nr_ways):
-            if ways[way] == tag:
-                return way
-        return -1
+        ways = self.tags[set_index].tolist()
+        return ways.index(tag) if tag in ways else -1
 
     def lookup(self, set_index: int, tag: int) -> int:
         """The way holding ``tag`` (made most recently used), or -1 on a miss."""
@@ -112,12 +109,8 @@ class LruTable:
 
     def victim(self, set_index: int) -> int:
         """The way a fill replaces: the smallest stamp (invalid ways have 0), lowest first."""
-        stamps = self.stamps[set_index]
-        best = 0
-        for way in range(1, self.nr_ways):
-            if stamps[way] < stamps[best]:
-                best = way
-        return best
+        stamps = self.stamps[set_index].tolist()
+        return stamps.index(min(stamps))
 
     def fill(self, set_index: int, tag: int, payload: int = 0) -> int:
         """Insert ``tag`` as most recently used; returns the evicted valid tag or -1.

@@ -19,7 +19,7 @@ from pagewalk.live.errors import LiveError
 _KB_LINE = re.compile(r"^(\w+):\s+(\d+)(?: kB)?\s*$")
 
 
-def _read(path: str) -> str:
+def read_text(path: str) -> str:
     try:
         return Path(path).read_text()
     except FileNotFoundError:
@@ -34,7 +34,7 @@ def _read(path: str) -> str:
 def read_kb_fields(path: str) -> dict[str, int]:
     """Every ``Name:  N kB`` (or ``Name: N``) line of a /proc file as ``{Name: N}``."""
     fields: dict[str, int] = {}
-    for line in _read(path).splitlines():
+    for line in read_text(path).splitlines():
         match = _KB_LINE.match(line)
         if match:
             fields[match.group(1)] = int(match.group(2))
@@ -47,7 +47,7 @@ def read_status(pid: int) -> dict[str, int]:
 
 
 def read_comm(pid: int) -> str:
-    return _read(f"/proc/{pid}/comm").strip()
+    return read_text(f"/proc/{pid}/comm").strip()
 
 
 def read_anon_huge_pages(pid: int) -> int:
@@ -57,7 +57,7 @@ def read_anon_huge_pages(pid: int) -> int:
 
 def read_faults(pid: int) -> tuple[int, int]:
     """(minflt, majflt) of /proc/PID/stat (fields 10 and 12; fs/proc/array.c do_task_stat)."""
-    text = _read(f"/proc/{pid}/stat")
+    text = read_text(f"/proc/{pid}/stat")
     fields = text[text.rindex(")") + 2:].split()
     return int(fields[7]), int(fields[9])
 
@@ -69,7 +69,7 @@ def read_meminfo() -> dict[str, int]:
 def read_vmstat() -> dict[str, int]:
     """/proc/vmstat as ``{name: value}``."""
     counters: dict[str, int] = {}
-    for line in _read("/proc/vmstat").splitlines():
+    for line in read_text("/proc/vmstat").splitlines():
         name, _, value = line.partition(" ")
         if value.strip().isdigit():
             counters[name] = int(value)
@@ -94,7 +94,7 @@ def process_gone(pid: int) -> bool:
 def read_maps(pid: int) -> list[tuple[int, int, str, str]]:
     """/proc/PID/maps as (start, end, perms, name)."""
     rows = []
-    for line in _read(f"/proc/{pid}/maps").splitlines():
+    for line in read_text(f"/proc/{pid}/maps").splitlines():
         parts = line.split(None, 5)
         start, _, end = parts[0].partition("-")
         rows.append((int(start, 16), int(end, 16), parts[1], parts[5] if len(parts) > 5 else ""))
@@ -105,6 +105,6 @@ def kernel_release() -> str:
     return os.uname().release
 
 
-__all__ = ["kernel_release", "own_faults", "process_gone", "read_anon_huge_pages",
+__all__ = ["kernel_release", "own_faults", "process_gone", "read_anon_huge_pages", "read_text",
            "read_comm", "read_faults", "read_kb_fields", "read_maps", "read_meminfo",
            "read_status", "read_vmstat"]

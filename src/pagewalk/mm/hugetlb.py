@@ -41,7 +41,6 @@ class Hstate:
     surplus_huge_pages: int = 0
     nr_overcommit_huge_pages: int = 0
     free_list: list[int] = field(default_factory=list)
-    surplus_pfns: set[int] = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -195,11 +194,11 @@ class HugetlbState:
             k.buddy.free_pages(block, MAX_PAGE_ORDER)
 
     def set_max_huge_pages(self, h: Hstate, count: int) -> None:
-        """set_max_huge_pages(): grow from the buddy allocator until ``count`` or failure;
-        shrink by freeing free pages, never below what is reserved or in use."""
+        """set_max_huge_pages(): surplus pages become persistent first, then the pool grows
+        from the buddy allocator until ``count`` or failure; shrinking frees free pages (never
+        below what is reserved or in use) and turns the in-use excess into surplus pages."""
         while h.surplus_huge_pages and count > h.nr_huge_pages - h.surplus_huge_pages:
-            h.surplus_huge_pages -= 1  # adjust_pool_surplus(): a surplus page becomes persistent
-            h.surplus_pfns.pop()
+            h.surplus_huge_pages -= 1  # adjust_pool_surplus(-1)
         while count > h.nr_huge_pages - h.surplus_huge_pages:
             pfn = self.alloc_buddy_page(h)
             if pfn == NO_PAGE:
@@ -207,15 +206,14 @@ class HugetlbState:
             h.free_list.append(pfn)
             h.nr_huge_pages += 1
             h.free_huge_pages += 1
-        min_count = h.resv_huge_pages + h.nr_huge_pages - h.free_huge_pages
-        count = max(count, min_count)
-        while h.nr_huge_pages - h.surplus_huge_pages > count and h.free_list:
+        min_count = max(count, h.resv_huge_pages + h.nr_huge_pages - h.free_huge_pages)
+        while min_count < h.nr_huge_pages - h.surplus_huge_pages and h.free_list:
             pfn = h.free_list.pop()
             h.nr_huge_pages -= 1
             h.free_huge_pages -= 1
             self.free_buddy_page(h, pfn)
-        while h.nr_huge_pages - h.surplus_huge_pages > count:
-            h.surplus_huge_pages += 1  # in-use pages beyond the new size become surplus
+        while count < h.nr_huge_pages - h.surplus_huge_pages:
+            h.surplus_huge_pages += 1  # adjust_pool_surplus(+1): in-use pages become surplus
 
     def acct_memory(self, h: Hstate, delta: int) -> None:
         """hugetlb_acct_memory(): reserve (gather_surplus_pages) or release reservations."""
@@ -234,7 +232,6 @@ class HugetlbState:
                     allocated.append(pfn)
                 for pfn in allocated:
                     h.free_list.append(pfn)
-                    h.surplus_pfns.add(pfn)
                     h.nr_huge_pages += 1
                     h.free_huge_pages += 1
                     h.surplus_huge_pages += 1
@@ -252,10 +249,7 @@ class HugetlbState:
 
     def return_unused_surplus_pages(self, h: Hstate) -> None:
         while h.surplus_huge_pages and h.free_huge_pages > h.resv_huge_pages:
-            victims = [p for p in h.free_list if p in h.surplus_pfns] or h.free_list[-1:]
-            pfn = victims[0]
-            h.free_list.remove(pfn)
-            h.surplus_pfns.discard(pfn)
+            pfn = h.free_list.pop()
             h.nr_huge_pages -= 1
             h.free_huge_pages -= 1
             h.surplus_huge_pages -= 1
@@ -276,7 +270,6 @@ class HugetlbState:
         pfn = self.alloc_buddy_page(h)
         if pfn == NO_PAGE:
             return NO_PAGE
-        h.surplus_pfns.add(pfn)
         h.nr_huge_pages += 1
         h.surplus_huge_pages += 1
         return pfn
@@ -289,8 +282,7 @@ class HugetlbState:
         if k.memmap.refcount[pfn] > 0:
             return
         k.physmem_drop_range(pfn, h.pages_per_huge_page)
-        if pfn in h.surplus_pfns:
-            h.surplus_pfns.discard(pfn)
+        if h.surplus_huge_pages:   # free_huge_folio(): while surplus, a freed page leaves
             h.nr_huge_pages -= 1
             h.surplus_huge_pages -= 1
             self.free_buddy_page(h, pfn)

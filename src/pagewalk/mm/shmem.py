@@ -141,7 +141,7 @@ def do_read_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int) -> VmFault:
     table = pte_alloc(k, mm, pmd_paddr)
     if table == NO_PAGE:
         return VmFault.OOM
-    base = vaddr - ((pte_off) << 12)
+    base = (vaddr & ~4095) - (pte_off << 12)
     mapped_self = False
     for off in range(from_pte, to_pte + 1):
         va = base + (off << 12)

@@ -53,17 +53,19 @@ TRACE_SUMMARY = ("accesses", "faults", "l1_miss_rate", "stlb_miss_rate", "walk_r
 def sweep_command(spec_file: str, output: str | None, as_json: bool, workers: int | None,
                   scheduler: str | None, plot_dir: str | None, no_plots: bool,
                   dry_run: bool) -> None:
-    """Run every combination of SPEC.yaml's parameters and collect the reports in a table."""
+    """Run every combination of SPEC.yaml's parameters and collect the reports in a table.
+
+    SPEC.yaml is a sweep file (docs/sweeps.md) or the name of an example sweep."""
     from pagewalk.sweep.execute import TABLE_SUFFIXES, dask_client, run_sweep, write_table
     from pagewalk.sweep.plot import write_plots
     from pagewalk.sweep.runs import expand_runs
-    from pagewalk.sweep.spec import load_sweep
+    from pagewalk.sweep.spec import load_sweep, resolve_sweep
     if workers is not None and scheduler is not None:
         raise ScenarioError("--workers is for the local cluster; a --scheduler has its own")
     if output is not None and Path(output).suffix.lower() not in TABLE_SUFFIXES:
         raise ScenarioError(f"-o: a results file ends in {' or '.join(TABLE_SUFFIXES)}, "
                             f"got {output!r}")
-    sweep = load_sweep(spec_file)
+    sweep = load_sweep(resolve_sweep(spec_file))
     runs = expand_runs(sweep)
     if dry_run:
         _print_runs(sweep, runs)
@@ -110,10 +112,12 @@ def _json_value(value: Any) -> Any:
 
 def _print_runs(sweep: Sweep, runs: list[RunConfig]) -> None:
     columns = list(sweep.parameters)
-    table = Table("run", *columns, title=f"sweep {sweep.name}: {len(runs)} runs")
+    table = Table("run", *columns)
     for run in runs:
         table.add_row(str(run.index), *(str(run.params.get(c, "")) for c in columns))
-    Console().print(table)
+    console = Console(highlight=False)
+    console.print(f"[bold]sweep[/] {sweep.name}: {len(runs)} runs")
+    console.print(table)
 
 
 def _print_summary(sweep: Sweep, table: pd.DataFrame, seconds: float, nr_workers: int,

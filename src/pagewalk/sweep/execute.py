@@ -59,7 +59,7 @@ def execute_run(run: RunConfig) -> list[Row]:
         rows = report_rows(run, run_report(run))
     except PagewalkError as err:
         rows = [error_row(run, str(err))]
-    except Exception as err:  # a bug must not end the sweep: it is reported in its row
+    except Exception as err:  # noqa: BLE001 -- a bug must not end the sweep: it is a row
         rows = [error_row(run, f"internal error: {type(err).__name__}: {err}")]
     seconds = time.perf_counter() - start
     for row in rows:
@@ -130,45 +130,40 @@ def results_table(runs: Sequence[RunConfig], rows: Sequence[Row]) -> pd.DataFram
     middle = [c for c in MEASURE_COLUMNS if c in seen]
     rest = [c for c in seen if c not in leading and c not in middle and c not in TAIL_COLUMNS]
     columns = leading + middle + rest + list(TAIL_COLUMNS)
-    table = pd.DataFrame.from_records(list(rows), columns=columns)
-    for column in columns:
-        table[column] = _normalised(table[column])
-    return table
+    return pd.DataFrame({column: _column([row.get(column) for row in rows], column)
+                         for column in columns}, index=pd.RangeIndex(len(rows)))
 
 
-def _normalised(column: pd.Series) -> pd.Series:
+def _column(values: list[Any], name: str) -> pd.Series:
+    """One column from the rows' raw values (None where a row has none)."""
     import pandas as pd
-    values = [v for v in column.tolist() if v is not None and not _is_nan(v)]
-    if column.name == "error":
-        return column.astype(object).where(column.notna(), None)
-    if not values:
-        return column.astype(object).where(column.notna(), None)
-    if all(isinstance(v, bool) for v in values):
-        return column.astype("boolean")
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return column.astype("Int64")
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return column.astype("float64")
-    if all(isinstance(v, str) for v in values):
-        return column.astype(object).where(column.notna(), None)
-    return pd.Series([None if v is None or _is_nan(v) else str(v) for v in column.tolist()],
-                     name=column.name, dtype=object)
-
-
-def _is_nan(value: object) -> bool:
-    return isinstance(value, float) and value != value
+    present = [v for v in values if v is not None]
+    if name != "error" and present and all(isinstance(v, bool) for v in present):
+        return pd.Series(values, dtype="boolean")
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pd.Series(values, dtype="Int64")
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       for v in present):
+        return pd.Series([float("nan") if v is None else v for v in values], dtype="float64")
+    if all(isinstance(v, str) for v in present):
+        return pd.Series(values, dtype=object)
+    return pd.Series([None if v is None else str(v) for v in values], dtype=object)
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> None:
     """Parquet or CSV, by the file's suffix."""
     suffix = Path(path).suffix.lower()
-    if suffix == ".parquet":
-        table.to_parquet(path, index=False)
-    elif suffix == ".csv":
-        table.to_csv(path, index=False)
-    else:
+    if suffix not in TABLE_SUFFIXES:
         raise ScenarioError(f"a results file ends in {' or '.join(TABLE_SUFFIXES)}, "
                             f"got {str(path)!r}")
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".parquet":
+            table.to_parquet(path, index=False)
+        else:
+            table.to_csv(path, index=False)
+    except OSError as err:
+        raise PagewalkError(f"cannot write the results to {str(path)!r}: {err}") from None
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -195,17 +190,18 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     from distributed import Client
     if scheduler is not None:
         try:
-            client = Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT,  # type: ignore[no-untyped-call]
+                            set_as_default=False)
         except (OSError, TimeoutError, ValueError) as err:
             raise PagewalkError(f"cannot reach the Dask scheduler at {scheduler}: {err}") \
                 from None
         try:
             yield client
         finally:
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]
         return
     with _local_cluster(workers) as cluster, \
-            Client(cluster, set_as_default=False) as client:
+            Client(cluster, set_as_default=False) as client:  # type: ignore[no-untyped-call]
         yield client
 
 
@@ -214,9 +210,12 @@ def _local_cluster(workers: int | None) -> Iterator[Any]:
     from distributed import LocalCluster
     if workers is not None and workers < 1:
         raise ScenarioError(f"--workers must be at least 1, got {workers}")
-    cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                           processes=True, host="127.0.0.1", dashboard_address=None,
-                           silence_logs=logging.ERROR)
+    # No dashboard; the scheduler's HTTP server (health and metrics routes, always
+    # started) on a free port of 127.0.0.1 rather than 8787, which another cluster may hold.
+    cluster = LocalCluster(  # type: ignore[no-untyped-call]
+        n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+        host="127.0.0.1", dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR)
     try:
         yield cluster
     finally:
@@ -233,7 +232,7 @@ def run_sweep(runs: Sequence[RunConfig], client: Client, console: Console | None
                              pure=False): run for run in runs}
     by_run: dict[int, list[Row]] = {}
     with _progress(console, title, len(runs)) as advance:
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):  # type: ignore[no-untyped-call]
             run = futures[future]
             by_run[run.index] = _future_rows(future, run)
             advance(by_run[run.index][0].get("error") is not None)
@@ -246,7 +245,7 @@ def _future_rows(future: Any, run: RunConfig) -> list[Row]:
     died, the run was cancelled)."""
     try:
         rows: list[Row] = future.result()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 -- KilledWorker, CancelledError, lost comms
         return [{**error_row(run, f"the run's worker failed: {type(err).__name__}: {err}"),
                  "seconds": None}]
     return rows
@@ -256,7 +255,11 @@ def _future_rows(future: Any, run: RunConfig) -> list[Row]:
 def _progress(console: Console | None, title: str, total: int) -> Iterator[Any]:
     """``advance(failed)`` for each finished run, drawn only on a terminal."""
     from rich.progress import (
-        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
         TimeRemainingColumn,
     )
     enabled = console is not None and console.is_terminal

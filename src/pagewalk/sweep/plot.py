@@ -8,10 +8,10 @@ anything else in the order of the table. Bars for categories, lines for numbers,
 ``kind`` says otherwise. PNG, SVG or PDF, by the file's suffix.
 
 :func:`standard_plots` are the figures a sweep draws when its file names none: for
-trace sweeps the STLB and L1 miss rates and the references per walk, by page size if
+trace sweeps the STLB and L1 miss rates (log scale) and the references per walk, by page size if
 the sweep varies it (else the first parameter), one series per next parameter (per
 trace, say); for scenario sweeps VmPTE, VmRSS, AnonHugePages and minflt of ``main`` at
-the last measurement, by the first parameter, per the second.
+the last measurement, by the parameter with the most values, per the next one.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ FIGURE_INCHES = (8.0, 5.0)
 FIGURE_DPI = 100
 TRACE_FIGURES = ("stlb_miss_rate", "l1_miss_rate", "walk_refs_per_walk")
 SCENARIO_FIGURES = ("VmPTE", "VmRSS", "AnonHugePages", "minflt")
+LOG_FIGURES = ("stlb_miss_rate", "l1_miss_rate")      # they span orders of magnitude
 
 
 # -- choosing rows and points ------------------------------------------------------------
@@ -58,8 +59,9 @@ def reading_order(values: Sequence[Any]) -> list[Any]:
     they come."""
     distinct = list(dict.fromkeys(values))
     sizes = [_size_or_none(v) for v in distinct]
-    if distinct and all(s is not None for s in sizes):
-        return [v for _, v in sorted(zip(sizes, distinct), key=lambda pair: pair[0])]
+    known = [size for size in sizes if size is not None]
+    if distinct and len(known) == len(distinct):
+        return [v for _, v in sorted(zip(known, distinct), key=lambda pair: pair[0])]
     return distinct
 
 
@@ -176,7 +178,8 @@ def standard_plots(sweep: Sweep, table: pd.DataFrame) -> list[PlotSpec]:
     x = "pages" if "pages" in varied else varied[0]
     hues = [column for column in varied if column != x]
     hue = hues[0] if hues else None
-    return [PlotSpec(file=f"{sweep.name}-{y}.png", x=x, y=y, hue=hue) for y in TRACE_FIGURES]
+    return [PlotSpec(file=f"{sweep.name}-{y}.png", x=x, y=y, hue=hue, logy=y in LOG_FIGURES)
+            for y in TRACE_FIGURES]
 
 
 def _scenario_plots(sweep: Sweep, table: pd.DataFrame, varied: list[str]) -> list[PlotSpec]:
@@ -188,8 +191,10 @@ def _scenario_plots(sweep: Sweep, table: pd.DataFrame, varied: list[str]) -> lis
     if "label" in ok.columns and ok["label"].notna().any():
         first_run = ok["run"].iloc[0]
         where["label"] = ok[ok["run"] == first_run]["label"].iloc[-1]
-    hue = varied[1] if len(varied) > 1 else None
-    return [PlotSpec(file=f"{sweep.name}-{y}.png", x=varied[0], y=y, hue=hue, where=where)
+    x = max(varied, key=lambda column: table[column].nunique(dropna=True))
+    hues = [column for column in varied if column != x]
+    hue = hues[0] if hues else None
+    return [PlotSpec(file=f"{sweep.name}-{y}.png", x=x, y=y, hue=hue, where=where)
             for y in SCENARIO_FIGURES if y in table.columns]
 
 

@@ -21,11 +21,24 @@ from typing import Any
 
 from pagewalk.errors import ConfigError, Location, PagewalkError, ScenarioError
 from pagewalk.scenario.schema import (
-    _STEP_PARSERS, Scenario, _load_yaml, _scenario, _show, _Where,
+    _STEP_PARSERS,
+    Scenario,
+    _load_yaml,
+    _scenario,
+    _show,
+    _Where,
 )
 from pagewalk.sweep.spec import (
-    Knob, Parameter, ScenarioBase, ScenarioFile, StepField, Sweep, SystemField, TraceBase,
-    TraceOption, resolve_scenario_source,
+    Knob,
+    Parameter,
+    ScenarioBase,
+    ScenarioFile,
+    StepField,
+    Sweep,
+    SystemField,
+    TraceBase,
+    TraceOption,
+    resolve_scenario_source,
 )
 from pagewalk.trace.formats import FORMATS
 from pagewalk.trace.replay import ENGINES, REFERENCE_MODEL, TraceModel, parse_pages
@@ -56,6 +69,11 @@ class TraceConfig:
 
 
 RunConfig = ScenarioConfig | TraceConfig
+
+
+class Unapplicable(Exception):
+    """A parameter's value has no place in the base (a missing step, a bad page size);
+    becomes a ScenarioError naming the sweep file, the field and the run."""
 
 
 # -- combinations ------------------------------------------------------------------------
@@ -115,7 +133,7 @@ class _ScenarioRuns:
             try:
                 document = apply_to_scenario(document, parameter.target,
                                              params[parameter.column])
-            except ValueError as err:
+            except Unapplicable as err:
                 raise _refusal(self.sweep, at_field, index, params, str(err)) from None
         try:
             scenario = _scenario(document, str(path))
@@ -148,9 +166,9 @@ class _ScenarioRuns:
 def apply_to_scenario(document: object, target: SystemField | Knob | StepField | TraceOption
                       | ScenarioFile, value: Any) -> object:
     """Write ``value`` at ``target`` in a scenario's YAML document (changed in place and
-    returned); raises ValueError if the document has no such place."""
+    returned); raises Unapplicable if the document has no such place."""
     if not isinstance(document, dict):
-        raise ValueError("the scenario is not a map of fields")
+        raise Unapplicable("the scenario is not a map of fields")
     if isinstance(target, SystemField):
         _system(document)[target.name] = value
     elif isinstance(target, Knob):
@@ -159,12 +177,12 @@ def apply_to_scenario(document: object, target: SystemField | Knob | StepField |
         if sysfs is None:
             sysfs = system["sysfs"] = {}
         if not isinstance(sysfs, dict):
-            raise ValueError("system.sysfs of the scenario is not a map")
+            raise Unapplicable("system.sysfs of the scenario is not a map")
         sysfs[target.path] = value
     elif isinstance(target, StepField):
         _apply_to_step(document, target, value)
     else:
-        raise ValueError(f"{type(target).__name__} is not a scenario parameter")
+        raise Unapplicable(f"{type(target).__name__} is not a scenario parameter")
     return document
 
 
@@ -173,7 +191,7 @@ def _system(document: dict[str, Any]) -> dict[str, Any]:
     if system is None:
         system = document["system"] = {}
     if not isinstance(system, dict):
-        raise ValueError("the scenario's system is not a map")
+        raise Unapplicable("the scenario's system is not a map")
     return system
 
 
@@ -181,17 +199,17 @@ def _apply_to_step(document: dict[str, Any], target: StepField, value: Any) -> N
     steps = document.get("steps")
     if not isinstance(steps, list) or not 0 <= target.index < len(steps):
         count = len(steps) if isinstance(steps, list) else 0
-        raise ValueError(f"the scenario has no step {target.index} (it has {count} steps)")
+        raise Unapplicable(f"the scenario has no step {target.index} (it has {count} steps)")
     item = steps[target.index]
     if not isinstance(item, dict) or len(item) != 1:
-        raise ValueError(f"step {target.index} is not a one-key map")
+        raise Unapplicable(f"step {target.index} is not a one-key map")
     ((kind, body),) = item.items()
     if target.first is None:
         steps[target.index] = value
         return
     if target.first in _STEP_PARSERS:
         if target.first != kind:
-            raise ValueError(f"step {target.index} is a {kind} step, not {target.first}")
+            raise Unapplicable(f"step {target.index} is a {kind} step, not {target.first}")
         if target.rest is None:
             item[kind] = value
             return
@@ -201,7 +219,7 @@ def _apply_to_step(document: dict[str, Any], target: StepField, value: Any) -> N
     if body is None:
         body = item[kind] = {}
     if not isinstance(body, dict):
-        raise ValueError(f"step {target.index} ({kind}: {_show(body)}) has no fields; "
+        raise Unapplicable(f"step {target.index} ({kind}: {_show(body)}) has no fields; "
                          f"set steps[{target.index}].{kind} itself")
     body[key] = value
 
@@ -232,7 +250,7 @@ class _TraceRuns:
         for name, value in options.items():
             try:
                 checked[name] = self._check(name, value)
-            except (ValueError, PagewalkError) as err:
+            except (Unapplicable, PagewalkError) as err:
                 reason = err.message if isinstance(err, PagewalkError) else str(err)
                 raise _refusal(self.sweep, fields[name], index, params, reason) from None
         return TraceConfig(index, params, trace=str(options["trace"]), path=checked["trace"],
@@ -246,25 +264,25 @@ class _TraceRuns:
             return format_size(1 << parse_pages(value))
         if name == "tlb":
             if not isinstance(value, str):
-                raise ValueError(f"a TLB preset is a name, got {_show(value)}")
+                raise Unapplicable(f"a TLB preset is a name, got {_show(value)}")
             trace_model(value)
             return value
         if name == "engine":
             if value not in ENGINES:
-                raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {_show(value)}")
+                raise Unapplicable(f"engine must be one of {', '.join(ENGINES)}, got {_show(value)}")
             return value
         if value is not None and value not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {_show(value)}")
+            raise Unapplicable(f"format must be one of {', '.join(FORMATS)}, got {_show(value)}")
         return value
 
     def _trace_path(self, value: Any) -> str:
         if value is None:
-            raise ValueError("no trace: give base.trace or vary 'trace'")
+            raise Unapplicable("no trace: give base.trace or vary 'trace'")
         if not isinstance(value, str):
-            raise ValueError(f"a trace is a file name, got {_show(value)}")
+            raise Unapplicable(f"a trace is a file name, got {_show(value)}")
         path = self.sweep.directory / value
         if not path.is_file():
-            raise ValueError(f"no such trace file: {str(path)!r}")
+            raise Unapplicable(f"no such trace file: {str(path)!r}")
         return str(path)
 
 
@@ -275,8 +293,9 @@ def trace_model(name: str) -> TraceModel:
     try:
         from pagewalk.trace import presets
     except ImportError:
-        presets = None
-    load = getattr(presets, "load_preset", None)
+        load = None
+    else:
+        load = getattr(presets, "load_preset", None)
     if load is None:
         raise ConfigError(f"unknown TLB preset {name!r}; this build has only 'reference'")
     model: TraceModel = load(name)

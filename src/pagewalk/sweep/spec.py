@@ -417,6 +417,25 @@ def parse_sweep(text: str, file: str) -> Sweep:
     return _sweep(_load_yaml(text, file), file)
 
 
+def example_sweeps() -> list[Path]:
+    """The sweep files shipped in src/pagewalk/examples/sweeps."""
+    from importlib import resources
+    directory = Path(str(resources.files("pagewalk") / "examples" / "sweeps"))
+    return sorted(directory.glob("*.yaml"))
+
+
+def resolve_sweep(name_or_path: str) -> Path:
+    """A sweep file, or the name of a shipped example sweep."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    for example in example_sweeps():
+        if example.stem == name_or_path:
+            return example
+    names = ", ".join(example.stem for example in example_sweeps())
+    raise ScenarioError(f"no such file or example sweep: {name_or_path!r} (examples: {names})")
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check the sweep file at ``path``."""
     file = str(path)
@@ -429,6 +448,6 @@ def load_sweep(path: str | Path) -> Sweep:
 
 __all__ = [
     "Knob", "Parameter", "PlotSpec", "ScenarioBase", "ScenarioFile", "StepField", "Sweep",
-    "SystemField", "Target", "TraceBase", "TraceOption", "load_sweep", "parse_sweep",
-    "parse_target", "resolve_scenario_source",
+    "SystemField", "Target", "TraceBase", "TraceOption", "example_sweeps", "load_sweep",
+    "parse_sweep", "parse_target", "resolve_scenario_source", "resolve_sweep",
 ]

@@ -36,8 +36,8 @@ included) and :func:`translate_access` (the same without the page-fault check).
 
 Why it is fast (measured in benchmarks/bench_trace.py): helpers are inlined into the
 driver (``inline="always"``); table indexes are unsigned so Numba emits no negative-index
-wrap-around; a set or cache is first tested for the tag with a branch-free loop LLVM
-vectorises, and only searched on a hit; and the driver counts page faults in a separate
+wrap-around; searching a set for a tag or a victim is a branch-free minimum LLVM
+vectorises (no mispredicted loop exits); and the driver counts page faults in a separate
 pass over the chunk (only a page's first touch faults, and that touch always walks, so
 the count is the same) whose hash probes do not wait behind the TLB work. The drivers
 are compiled without Numba's reference counting (``_nrt=False``): they allocate nothing,
@@ -84,18 +84,16 @@ Words = npt.NDArray[np.uint64]
 # -- one LRU table on flat arrays (hw/lru_table.py's rules) ---------------------------------
 @njit(cache=True, inline="always")
 def lru_find(tags: Ints, base: int, nr_ways: int, tag: int) -> int:
-    """Flat index of ``tag`` in ``tags[base:base + nr_ways]``, or -1 (no LRU update)."""
+    """Flat index of ``tag`` in ``tags[base:base + nr_ways]``, or -1 (no LRU update).
+
+    A branch-free minimum over the ways (tags are unique in a set), which LLVM vectorises:
+    no mispredicted loop exit."""
     first = np.uint64(base)
     end = first + np.uint64(nr_ways)
-    present = False
-    for i in range(first, end):          # branch-free: vectorised
-        present |= tags[i] == tag
-    if not present:
-        return -1
+    found = end
     for i in range(first, end):
-        if tags[i] == tag:
-            return np.int64(i)
-    return -1
+        found = min(found, i if tags[i] == tag else end)
+    return np.int64(found) if found < end else -1
 
 
 @njit(cache=True, inline="always")
@@ -107,16 +105,18 @@ def lru_touch(stamps: Ints, clock: Ints, index: int) -> None:
 
 @njit(cache=True, inline="always")
 def lru_victim(stamps: Ints, base: int, nr_ways: int) -> int:
-    """The way a fill replaces: the smallest stamp (invalid = 0), the lowest on a tie."""
+    """The way a fill replaces: the smallest stamp (invalid = 0), the lowest on a tie.
+
+    Branch-free: the oldest stamp, then the lowest index holding it (both vectorised)."""
     first = np.uint64(base)
     end = first + np.uint64(nr_ways)
     oldest = stamps[first]
     for i in range(first, end):
         oldest = min(oldest, stamps[i])
+    victim = end
     for i in range(first, end):
-        if stamps[i] == oldest:
-            return np.int64(i)
-    return base
+        victim = min(victim, i if stamps[i] == oldest else end)
+    return np.int64(victim)
 
 
 @njit(cache=True, inline="always")

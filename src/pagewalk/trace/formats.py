@@ -89,10 +89,20 @@ def iter_chunks(path: str | os.PathLike[str], fmt: str | None = None, va_bits: i
         with open(path, "rb") as stream:
             yield from iter_lackey(stream, name, va_bits, chunk_bytes)
         return
-    words = open_binary(path) if fmt == "pwt" else open_npy(path)
-    for first in range(0, words.shape[0], chunk_records):
-        part = words[first:first + chunk_records]
-        yield Chunk(part, first, (first + part.shape[0]) * RECORD_BYTES)
+    offset, nr_records = binary_extent(path) if fmt == "pwt" else npy_extent(path)
+    yield from iter_binary(path, offset, nr_records, chunk_records)
+
+
+def iter_binary(path: str | os.PathLike[str], offset: int, nr_records: int,
+                chunk_records: int = CHUNK_RECORDS) -> Iterator[Chunk]:
+    """Little-endian uint64 records at byte ``offset``, one read-only memory map per chunk
+    (dropped when the next chunk is made, so resident memory stays one chunk)."""
+    for first in range(0, nr_records, chunk_records):
+        count = min(chunk_records, nr_records - first)
+        words = np.memmap(path, dtype="<u8", mode="r", offset=offset + first * RECORD_BYTES,
+                          shape=(count,))
+        yield Chunk(words, first, offset + (first + count) * RECORD_BYTES)
+        del words
 
 
 def trace_size(path: str | os.PathLike[str]) -> int:
@@ -108,29 +118,37 @@ def load(path: str | os.PathLike[str], fmt: str | None = None,
 
 
 # -- binary ------------------------------------------------------------------------------
-def open_binary(path: str | os.PathLike[str]) -> npt.NDArray[np.uint64]:
-    """A .pwt file as a read-only memory map of little-endian uint64."""
+def binary_extent(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(data offset, number of records)`` of a .pwt file; a size that is not a whole
+    number of records is a truncated file."""
     size = os.path.getsize(path)
     if size % RECORD_BYTES:
         raise TraceError(f"truncated trace: {size} bytes is not a whole number of 8-byte "
                          f"records (record {size // RECORD_BYTES}, at byte "
                          f"{size - size % RECORD_BYTES}, is incomplete)", Location(file=str(path)))
-    if size == 0:
-        return np.zeros(0, dtype=np.uint64)
-    return np.memmap(path, dtype="<u8", mode="r")
+    return 0, size // RECORD_BYTES
 
 
-def open_npy(path: str | os.PathLike[str]) -> npt.NDArray[np.uint64]:
-    """A .npy file of one-dimensional ``<u8`` as a read-only memory map."""
+def npy_extent(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(data offset, number of records)`` of a .npy file of one-dimensional ``<u8``."""
+    name = str(path)
     try:
-        words = np.load(path, mmap_mode="r", allow_pickle=False)
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise TraceError(f"not a readable .npy trace ({err})", Location(file=str(path))) from None
-    if words.dtype != np.dtype("<u8") or words.ndim != 1:
+        raise TraceError(f"not a readable .npy trace ({err})", Location(file=name)) from None
+    dtype, shape = mapped.dtype, mapped.shape
+    offset = int(getattr(mapped, "offset", 0))
+    del mapped
+    if dtype != np.dtype("<u8") or len(shape) != 1:
         raise TraceError(f".npy trace must be one-dimensional little-endian uint64 ('<u8'), "
-                         f"got dtype {words.dtype.str} with shape {words.shape}",
-                         Location(file=str(path)))
-    return words
+                         f"got dtype {dtype.str} with shape {shape}", Location(file=name))
+    nr_records = int(shape[0])
+    available = (os.path.getsize(path) - offset) // RECORD_BYTES
+    if available < nr_records:
+        raise TraceError(f"truncated trace: the header promises {nr_records} records but "
+                         f"the file holds {available} (record {available} is incomplete)",
+                         Location(file=name))
+    return offset, nr_records
 
 
 def describe_record(word: int, va_bits: int) -> str | None:

@@ -23,6 +23,7 @@ from pagewalk.trace.fast import (
 )
 
 TRACE_PCID = 0      # a trace is one address space: one PCID
+REFERENCE_BATCH = 1 << 16
 
 
 class ReferenceReplay:
@@ -70,7 +71,9 @@ class ReferenceReplay:
                check: Callable[[int, int], None]) -> None:
         """Replay .pwt ``words`` in order; ``check(index, word)`` raises on a bad record,
         ``page_shift_of(vaddr)`` gives each page's size."""
-        for index, word in enumerate(words.tolist()):
-            check(index, word)
-            vaddr = word & VA_FIELD_MASK
-            self.access(vaddr, word >> 62, page_shift_of(vaddr))
+        for first in range(0, words.shape[0], REFERENCE_BATCH):
+            batch = words[first:first + REFERENCE_BATCH].tolist()   # Python ints, a batch at a time
+            for offset, word in enumerate(batch):
+                check(first + offset, word)
+                vaddr = word & VA_FIELD_MASK
+                self.access(vaddr, word >> 62, page_shift_of(vaddr))

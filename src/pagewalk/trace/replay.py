@@ -12,7 +12,6 @@ counter. :class:`TraceReplayer` is the incremental form (``--record`` streams in
 
 from __future__ import annotations
 
-import bisect
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -87,7 +86,8 @@ class PageSizeMap:
                    np.ascontiguousarray(columns[:, 2]))
 
     def shift_at(self, vaddr: int) -> int:
-        index = bisect.bisect_right(self.starts.tolist(), vaddr) - 1   # the reference's lookup
+        """The page shift of ``vaddr`` (the reference's lookup; the fast path has its own)."""
+        index = int(np.searchsorted(self.starts, vaddr, side="right")) - 1
         if index >= 0 and vaddr < int(self.ends[index]):
             return int(self.shifts[index])
         return 12

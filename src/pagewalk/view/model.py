@@ -213,7 +213,9 @@ class TreeBuilder:
     def pte_runs(self, table_pfn: int, words: npt.NDArray[np.uint64],
                  indexes: npt.NDArray[np.intp], base: int) -> list[dict[str, Any]]:
         """The leaves of one PTE table as runs: consecutive indexes, equal flags, frames
-        consecutive (or the same zero page), one kind, the same sharing."""
+        consecutive (or the same zero page), one kind, the same sharing; a frame shared
+        with another process at ``va`` means entry ``k`` of the run is at ``va + k * 4096``
+        there."""
         if not indexes.size:
             return []
         k = self.k
@@ -234,6 +236,8 @@ class TreeBuilder:
             step_ok = (np.diff(pfns) == 1) | (zero[1:] & zero[:-1])
             breaks[1:] = ((np.diff(indexes) != 1) | (flags[1:] != flags[:-1]) | ~step_ok
                           | (kinds[1:] != kinds[:-1]) | (shared_mask[1:] != shared_mask[:-1]))
+            for where in found.values():   # in a run, the other process's vaddrs are linear too
+                breaks[1:] |= (where[1:] >= 0) & (np.diff(where) != 4096)
         starts = np.flatnonzero(breaks)
         ends = np.append(starts[1:], indexes.size)
         runs = []

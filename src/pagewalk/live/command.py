@@ -1,0 +1,266 @@
+"""``pagewalk verify`` and ``pagewalk inspect`` (loaded lazily by pagewalk.cli).
+
+Exit status of both: 0 done (verify: every figure agrees), 1 verify found differences
+or a side failed the scenario, 2 bad input, 3 this machine cannot do it (no root for a
+knob, a simulator-only step, a hugetlb pool the kernel would not fill, no gcc ...).
+Notes (knobs not written, the probe's layout ...) go to standard error; with
+``--json`` standard output holds one JSON object and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pagewalk.cli import EXIT_RUN_FAILED, fail, reports_errors, resolve_scenario
+from pagewalk.errors import KernelError, PagewalkError
+from pagewalk.live.compare import AGREE, DIFFER, Comparison, compare_reports
+from pagewalk.live.errors import EXIT_UNAVAILABLE, LiveError
+from pagewalk.units import format_size
+
+
+def _note(text: str) -> None:
+    Console(stderr=True, highlight=False).print(f"[yellow]note:[/] {_escape(text)}",
+                                                soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+# -- verify ------------------------------------------------------------------------------------
+
+@click.command("verify")
+@click.argument("scenario")
+@click.option("--repeat", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Run it N times on the kernel: each figure takes its most common value "
+                   "(system-wide event counters: the minimum); the noise of every run is shown.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: the kernel's report, the simulator's, the "
+                   "differences and the noise.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write the kernel's report (the schema of `pagewalk run --json`).")
+@reports_errors
+def verify_command(scenario: str, repeat: int, as_json: bool, output: str | None) -> None:
+    """Run SCENARIO on this machine's live kernel and compare it with the simulator.
+
+    The scenario (a YAML file or a built-in example name) runs in probe processes
+    started as the spec's static program with ASLR off; figures are read from /proc from
+    outside them. Root is needed for knobs and hugetlb pools (every knob changed is
+    restored, also on failure or interruption); without root, scenarios that set no
+    knob run when this machine's knobs are the simulator's defaults. The comparison
+    follows the kernel oracle: exact figures, pgfault within 2 (or within the noise the
+    run measured), mapping lengths, alignment classes and adjacency.
+    """
+    from pagewalk.live.verify import run_live
+    from pagewalk.scenario.runner import run_scenario
+    from pagewalk.scenario.schema import load_scenario
+    scen = load_scenario(resolve_scenario(scenario))
+    try:
+        live = run_live(scen, repeat, notify=_note)
+    except LiveError as err:
+        fail(_escape(str(err)), EXIT_UNAVAILABLE)
+        return
+    except KernelError as err:
+        fail(_escape(f"the live kernel failed the scenario: {err}; the simulator: "
+                     f"{_simulator_outcome(scen)}"), EXIT_RUN_FAILED)
+        return
+    if output:
+        with open(output, "w") as file:
+            file.write(json.dumps(live.report, indent=2) + "\n")
+    try:
+        simulated = run_scenario(scen).to_json()
+    except KernelError as err:
+        fail(_escape(f"the simulator failed the scenario: {err}; the live kernel ran it"),
+             EXIT_RUN_FAILED)
+        return
+    comparison = compare_reports(live.report, simulated, live.pgfault_bounds(),
+                                 live.background())
+    if as_json:
+        click.echo(json.dumps(_verify_json(live, simulated, comparison), indent=2))
+    else:
+        print_verify(live, simulated, comparison)
+    sys.exit(0 if comparison.agrees else EXIT_RUN_FAILED)
+
+
+def _simulator_outcome(scen: Any) -> str:
+    from pagewalk.scenario.runner import run_scenario
+    try:
+        run_scenario(scen)
+    except PagewalkError as err:
+        return f"{err}"
+    return "ran it without error"
+
+
+def _verify_json(live: Any, simulated: dict[str, Any], comparison: Comparison) -> dict[str, Any]:
+    from pagewalk.live.procfs import kernel_release
+    return {
+        "scenario": live.scenario, "kernel_release": kernel_release(), "runs": len(live.runs),
+        "kernel": live.report, "simulator": simulated,
+        "agree": comparison.agrees,
+        "counts": {"agree": comparison.count(AGREE), "differ": comparison.count(DIFFER),
+                   "noise": comparison.count("noise")},
+        "differences": [c.to_json() for c in comparison.checks if c.verdict != AGREE],
+        "noise": live.noise_json(), "varied": live.varied_json(), "notes": live.notes,
+    }
+
+
+def _cell(check: Any) -> str:
+    if check.verdict == AGREE:
+        return str(check.kernel)
+    style = "red" if check.verdict == DIFFER else "yellow"
+    return f"[{style}]{check.kernel} ≠ sim {check.simulator}[/]"
+
+
+def print_verify(live: Any, simulated: dict[str, Any], comparison: Comparison) -> None:
+    from pagewalk.live.procfs import kernel_release
+    console = Console(highlight=False)
+    runs = len(live.runs)
+    console.print(f"[bold]scenario[/] {live.scenario} on Linux {kernel_release()} "
+                  f"({runs} run{'s' if runs > 1 else ''}); cells: kernel value, "
+                  "[red]kernel ≠ simulator[/]")
+    checks = {(c.label, c.process, c.field): c for c in comparison.checks}
+    for m in live.report["measurements"]:
+        console.rule(f"measure [bold]{m['label']}[/] (step {m['step']})")
+        procs = list(m["processes"])
+        if procs:
+            table = Table("figure", *procs, title="processes (changes since scenario start)")
+            for name in m["processes"][procs[0]]:
+                table.add_row(name, *(_cell(checks[(m["label"], p, name)]) for p in procs))
+            console.print(table)
+        system = Table("figure", "system")
+        for name in m["system"]:
+            system.add_row(name, _cell(checks[(m["label"], "system", name)]))
+        console.print(system)
+    _print_mappings(console, live.report, simulated, checks)
+    _print_noise(console, live)
+    for check in comparison.checks:
+        if check.verdict != AGREE:
+            style = "red" if check.verdict == DIFFER else "yellow"
+            console.print(f"[{style}]{check.verdict}[/] {_escape(check.line())}")
+    style = "green" if comparison.agrees else "red"
+    console.print(f"[bold {style}]{comparison.summary()}[/]")
+
+
+def _print_mappings(console: Console, kernel: dict[str, Any], simulated: dict[str, Any],
+                    checks: dict[tuple[str, str, str], Any]) -> None:
+    table = Table("process", "mapping", "kernel start", "simulator start", "length",
+                  title="mappings (compared: length, alignment class, adjacency)")
+    for proc, maps in kernel["mappings"].items():
+        for name, mapping in maps.items():
+            theirs = simulated.get("mappings", {}).get(proc, {}).get(name, {})
+            ok = all(c.verdict == AGREE for key, c in checks.items()
+                     if key[0] == "mappings" and key[1] == proc
+                     and key[2].startswith(f"mapping:{name}"))
+            start = theirs.get("start", "missing")
+            table.add_row(proc, name, mapping["start"], start if ok else f"[red]{start}[/]",
+                          f"{mapping['length']:,}")
+    console.print(table)
+
+
+def _print_noise(console: Console, live: Any) -> None:
+    """What the runs measured besides the scenario: one line, or a table per run."""
+    from pagewalk.live.runner import IDLE_PINGS, QUIET_SECONDS
+    rows = []
+    for index, run in enumerate(live.runs, 1):
+        other = max((n.other for n in run.noise), default=0)
+        own = max((n.controller_faults for n in run.noise), default=0)
+        idle = ", ".join(f"{k} {v}" for k, v in run.background.items() if v) or "none"
+        rows.append((str(index), str(own), str(other), str(run.probe_command_faults), idle))
+    if len(rows) == 1:
+        _, own, other, probe, idle = rows[0]
+        console.print(f"noise: the measuring process faulted {own} times (taken out of "
+                      f"pgfault); other processes added {other} faults to pgfault; the "
+                      f"probe took {probe} faults answering {IDLE_PINGS} idle commands; "
+                      f"events of others in a {QUIET_SECONDS} s idle window: {idle}")
+        return
+    table = Table("run", "measuring process faults (subtracted)",
+                  "other processes' faults in pgfault", "probe faults, idle commands",
+                  f"others' events, {QUIET_SECONDS} s idle", title="noise")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for key, values in live.varied.items():
+        console.print(f"varied over the runs: {' '.join(key)}: {values}")
+    if not live.varied:
+        console.print(f"no figure varied over the {len(rows)} runs")
+
+
+# -- inspect -------------------------------------------------------------------------------------
+
+@click.command("inspect")
+@click.argument("pid", type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--replay", is_flag=True,
+              help="Print the page-size map of the present pages (JSON list of "
+                   "{start, end, page_shift}) for trace replay.")
+@reports_errors
+def inspect_command(pid: int, as_json: bool, replay: bool) -> None:
+    """Show a running process's mappings: per VMA its RSS, what THP and hugetlb back, the
+    page-table pages its entries need at each level, and the cost with 2 MiB pages.
+
+    Reads /proc/PID/smaps, status and pagemap (PAGEMAP_SCAN); root, or the owner of
+    the process, may read them.
+    """
+    from pagewalk.live.inspect import inspect_process
+    try:
+        result = inspect_process(pid)
+    except LiveError as err:
+        fail(_escape(str(err)), EXIT_UNAVAILABLE)
+        return
+    if not result.page_sizes_known:
+        _note("this kernel has no PAGEMAP_SCAN: THPs are counted as 4 KiB pages")
+    if replay:
+        ranges = [json.dumps(entry) for entry in result.page_size_map()]
+        click.echo("[\n " + ",\n ".join(ranges) + "\n]" if ranges else "[]")
+    elif as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        print_inspection(result)
+
+
+def _size(size: int) -> str:
+    return format_size(size) if size else "0"
+
+
+def print_inspection(result: Any) -> None:
+    plain = Console(highlight=False)
+    console = plain if plain.is_terminal else Console(highlight=False, width=160)
+    console.print(f"[bold]process[/] {result.pid} ({_escape(result.comm)})")
+    table = Table("vma", "size", "perms", "name", "rss", "thp", "hugetlb",
+                  "tables pte/pmd/pud", "table bytes", "2MiB: tables", "2MiB: resident",
+                  title="VMAs (tables: the page-table pages its entries use; +Nd: PTE tables "
+                        "deposited under huge PMDs)")
+    for vma in result.vmas:
+        doc = vma.to_json()
+        now, est = vma.now.tables.count(), vma.with_2mib.tables.count()
+        pte = f"{now.pte}+{now.deposited}d" if now.deposited else str(now.pte)
+        name = os.path.basename(vma.name) if vma.name.startswith("/") else vma.name
+        table.add_row(f"{vma.start:#x}", _size(vma.end - vma.start), vma.perms,
+                      _escape(name[:24]), _size(doc["rss_bytes"]), _size(doc["thp_bytes"]),
+                      _size(doc["hugetlb_bytes"]), f"{pte}/{now.pmd}/{now.pud}",
+                      _size(now.linux_size), _size(est.linux_size),
+                      _size(vma.with_2mib.resident))
+    console.print(table)
+    total = result.now.tables.count()
+    est = result.with_2mib.tables.count()
+    console.print(
+        f"page tables (each counted once): {total.pte} PTE + {total.deposited} deposited, "
+        f"{total.pmd} PMD, {total.pud} PUD = {_size(total.linux_size)} "
+        f"({_size(total.size)} walked); VmPTE {_size(result.vm_pte)}"
+        + (f", {_size(result.vm_pte - total.linux_size)} held beyond what the present "
+           "pages need" if result.vm_pte != total.linux_size else ", exactly that"))
+    console.print(
+        f"resident {_size(result.now.resident)} in {result.now.pages} pages; with 2 MiB "
+        f"pages: {_size(result.with_2mib.resident)} in {result.with_2mib.pages} pages, "
+        f"tables {_size(est.linux_size)} ({est.pte} PTE + {est.deposited} deposited, "
+        f"{est.pmd} PMD, {est.pud} PUD; {_size(est.size)} walked)")
+
+
+__all__ = ["inspect_command", "print_inspection", "print_verify", "verify_command"]

@@ -1,0 +1,213 @@
+"""Field-by-field comparison of the live kernel's report with the simulator's.
+
+The kernel's report is the expectation: every field it has is checked, with the
+oracle's rules (shared/oracle/compare.py, whose evidence is repeated kernel runs):
+
+* every process figure, ``HugePages_*``, the ``thp_*`` counters and ``step``: exact;
+* ``pgfault`` is system-wide, so other processes can only add to it: within 2. When
+  the run measured noise (:class:`pagewalk.live.runner.MeasureNoise`), a simulator
+  figure between the scenario processes' own fault count and the measured figure
+  (each widened by 2) is consistent with the kernel: verdict ``noise``, not ``differ``;
+* the ``thp_*`` counters are system-wide too, with no per-process count to bound them:
+  a kernel figure above the simulator's is ``noise`` when the run's idle window saw
+  other processes move that counter, else ``differ``;
+* mappings: the length exactly, the alignment class of the start (an expected 1 GiB
+  start must be 1 GiB-aligned, 2 MiB at least 2 MiB-aligned, 4 KiB not 2 MiB-aligned),
+  and every pair of mappings adjacent in the kernel's layout adjacent in the same order;
+  never the absolute address.
+
+Figures the simulator has and the kernel's report has not (the ``tlb_*`` figures,
+extra vmstat events) are not compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagewalk.units import GiB, MiB
+
+PGFAULT_TOLERANCE = 2
+AGREE, DIFFER, NOISE = "agree", "differ", "noise"
+MISSING = "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldCheck:
+    """One checked field. ``label`` is a measure label or ``mappings``; ``process`` a
+    process name, ``system`` or ``-``."""
+
+    label: str
+    process: str
+    field: str
+    kernel: Any
+    simulator: Any
+    verdict: str               # AGREE, DIFFER or NOISE
+    note: str = ""
+
+    def line(self) -> str:
+        """The oracle's one-line form: ``LABEL PROCESS FIELD: kernel K, simulator S``."""
+        text = f"{self.label} {self.process} {self.field}: kernel {self.kernel}, " \
+               f"simulator {self.simulator}"
+        return f"{text} ({self.note})" if self.note else text
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "process": self.process, "field": self.field,
+                "kernel": self.kernel, "simulator": self.simulator, "verdict": self.verdict,
+                "note": self.note}
+
+
+@dataclass(slots=True)
+class Comparison:
+    checks: list[FieldCheck] = field(default_factory=list)
+
+    def count(self, verdict: str) -> int:
+        return sum(1 for check in self.checks if check.verdict == verdict)
+
+    @property
+    def differences(self) -> list[FieldCheck]:
+        return [check for check in self.checks if check.verdict == DIFFER]
+
+    @property
+    def agrees(self) -> bool:
+        return not self.differences
+
+    def add(self, label: str, process: str, name: str, kernel: Any, simulator: Any,
+            verdict: str | None = None, note: str = "") -> None:
+        if verdict is None:
+            verdict = AGREE if kernel == simulator else DIFFER
+        self.checks.append(FieldCheck(label, process, name, kernel, simulator, verdict, note))
+
+    def summary(self) -> str:
+        text = f"{self.count(AGREE)} agree, {self.count(DIFFER)} differ"
+        noisy = self.count(NOISE)
+        return text + (f", {noisy} within measured noise" if noisy else "")
+
+
+def align_class(addr: int) -> str:
+    if addr % GiB == 0:
+        return "1GiB"
+    if addr % (2 * MiB) == 0:
+        return "2MiB"
+    return "4KiB"
+
+
+def align_ok(expected_class: str, addr: int) -> bool:
+    if expected_class == "1GiB":
+        return addr % GiB == 0
+    if expected_class == "2MiB":
+        return addr % (2 * MiB) == 0
+    return addr % (2 * MiB) != 0
+
+
+def compare_reports(kernel: dict[str, Any], simulator: dict[str, Any],
+                    pgfault_bounds: dict[str, tuple[int, int]] | None = None,
+                    background: dict[str, int] | None = None) -> Comparison:
+    """Check every field of the kernel's report against the simulator's.
+
+    ``pgfault_bounds`` maps a measure label to (faults the scenario processes counted,
+    pgfault measured); ``background`` holds the vmstat events other processes made
+    while the runs stood idle. Both come from the live run (verify.LiveResult).
+    """
+    result = Comparison()
+    result.add("-", "-", "scenario", kernel.get("scenario"), simulator.get("scenario"))
+    _compare_measurements(kernel.get("measurements", []), simulator.get("measurements", []),
+                          pgfault_bounds or {}, background or {}, result)
+    _compare_mappings(kernel.get("mappings", {}), simulator.get("mappings", {}), result)
+    return result
+
+
+def _compare_measurements(kernel: list[dict[str, Any]], simulator: list[dict[str, Any]],
+                          bounds: dict[str, tuple[int, int]], background: dict[str, int],
+                          result: Comparison) -> None:
+    by_label = {m.get("label"): m for m in simulator}
+    for m in kernel:
+        label = m["label"]
+        other = by_label.pop(label, None)
+        if other is None:
+            result.add(label, "-", "measurement", "present", MISSING)
+            continue
+        result.add(label, "-", "step", m.get("step"), other.get("step", MISSING))
+        for proc, figures in m.get("processes", {}).items():
+            theirs = other.get("processes", {}).get(proc)
+            if theirs is None:
+                result.add(label, proc, "process", "alive", MISSING)
+                continue
+            for name, value in figures.items():
+                result.add(label, proc, name, value, theirs.get(name, MISSING))
+        for proc in other.get("processes", {}):
+            if proc not in m.get("processes", {}):
+                result.add(label, proc, "process", "not alive", "alive")
+        for name, value in m.get("system", {}).items():
+            theirs = other.get("system", {}).get(name, MISSING)
+            if name == "pgfault":
+                _check_pgfault(label, value, theirs, bounds.get(label), result)
+            elif name.startswith("thp_") and isinstance(theirs, int) and value > theirs \
+                    and background.get(name, 0) > 0:
+                result.add(label, "system", name, value, theirs, NOISE,
+                           f"other processes made {background[name]} {name} events "
+                           "while the run stood idle")
+            else:
+                result.add(label, "system", name, value, theirs)
+    for label in by_label:
+        result.add(label, "-", "measurement", "absent", "present")
+
+
+def _check_pgfault(label: str, kernel: int, simulator: Any, bounds: tuple[int, int] | None,
+                   result: Comparison) -> None:
+    if not isinstance(simulator, int):
+        result.add(label, "system", "pgfault", kernel, simulator, DIFFER)
+        return
+    if abs(simulator - kernel) <= PGFAULT_TOLERANCE:
+        result.add(label, "system", "pgfault", kernel, simulator, AGREE)
+        return
+    if bounds is not None:
+        accounted, measured = bounds
+        if accounted - PGFAULT_TOLERANCE <= simulator <= measured + PGFAULT_TOLERANCE:
+            note = (f"other processes added up to {measured - accounted} faults; the "
+                    f"scenario's processes counted {accounted}")
+            result.add(label, "system", "pgfault", kernel, simulator, NOISE, note)
+            return
+    result.add(label, "system", "pgfault", kernel, simulator, DIFFER,
+               f"allowed: within {PGFAULT_TOLERANCE}")
+
+
+def _compare_mappings(kernel: dict[str, Any], simulator: dict[str, Any],
+                      result: Comparison) -> None:
+    for proc, maps in kernel.items():
+        theirs = simulator.get(proc, {})
+        placed: dict[str, tuple[int, int, int, int]] = {}
+        for name, mapping in maps.items():
+            where = f"mapping:{name}"
+            other = theirs.get(name)
+            if other is None:
+                result.add("mappings", proc, where, "present", MISSING)
+                continue
+            result.add("mappings", proc, where + ".length", mapping["length"], other["length"])
+            start, their_start = int(mapping["start"], 0), int(other["start"], 0)
+            cls = align_class(start)
+            result.add("mappings", proc, where + ".alignment", f"{cls}-aligned",
+                       f"{align_class(their_start)}-aligned",
+                       AGREE if align_ok(cls, their_start) else DIFFER)
+            placed[name] = (start, mapping["length"], their_start, other["length"])
+        for name in theirs:
+            if name not in maps:
+                result.add("mappings", proc, f"mapping:{name}", "absent", "present")
+        _compare_adjacency(proc, placed, result)
+
+
+def _compare_adjacency(proc: str, placed: dict[str, tuple[int, int, int, int]],
+                       result: Comparison) -> None:
+    """Every pair adjacent in the kernel's layout must be adjacent, same order, in the
+    simulator's."""
+    for first, (start, length, their_start, their_length) in sorted(placed.items()):
+        for second, (start2, _, their_start2, _) in sorted(placed.items()):
+            if first == second or start + length != start2:
+                continue
+            ok = their_start + their_length == their_start2
+            result.add("mappings", proc, f"adjacency:{first}->{second}", "adjacent",
+                       "adjacent" if ok else "not adjacent")
+
+
+__all__ = ["AGREE", "DIFFER", "NOISE", "PGFAULT_TOLERANCE", "Comparison", "FieldCheck",
+           "align_class", "compare_reports"]

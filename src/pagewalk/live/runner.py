@@ -1,0 +1,396 @@
+"""Run a scenario on the live kernel of this machine; report in the schema of scenario.md.
+
+The live twin of ``pagewalk.scenario.runner``, and the same method as the kernel
+oracle (shared/oracle/run_on_kernel.py) that made the reference reports:
+
+* every scenario process is a probe process (probe.py) started with ASLR off, so
+  ``main`` begins with the spec's start image; steps are sent to it as commands;
+* a ``measure`` reads /proc/PID/{status,smaps_rollup,stat}, /proc/meminfo and
+  /proc/vmstat from here, so measuring adds no fault to a measured process;
+* process sizes are changes from main's values at scenario start, fault counters
+  count from the process's start (a child: from its fork); ``HugePages_*`` are
+  absolute, the vmstat events changes since the start;
+* after a fork both probes re-touch their own pages (COW-breaking them, as the
+  simulator's runner models in ``_warm_image``); those faults are taken out of the
+  processes' counters and of ``pgfault``, and so are the measuring process's own
+  faults (getrusage), since ``pgfault`` is system-wide.
+
+Noise: per measure, :class:`MeasureNoise` keeps what the measuring process faulted
+(subtracted) and ``accounted``, the sum of the scenario processes' own fault counters
+(exited ones included). The kernel's ``pgfault`` lies between ``accounted`` (it may
+be a little higher: a fault answered with SIGBUS counts in vmstat only) and the figure
+measured (other processes on the machine only add to it). The THP counters have no
+per-process twin, so before its baseline a run also samples them over an idle window
+(``background``): what other processes' THP work adds to them here (NumPy, for one,
+asks for THP on its large arrays).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pagewalk.errors import (
+    Errno, ExpectationFailed, Location, ScenarioError, Signal, SignalError, SyscallError,
+)
+from pagewalk.live import probe as probe_mod
+from pagewalk.live import procfs
+from pagewalk.live.errors import LiveError, ProbeError
+from pagewalk.live.knobs import THP_ENABLED, Decoy, KnobGuard, read_knob
+from pagewalk.scenario import schema as s
+from pagewalk.scenario.runner import EVENT_FIELDS, PROCESS_FIELDS, SIZE_FIELDS
+
+MEMINFO_FIELDS = ("HugePages_Total", "HugePages_Free", "HugePages_Rsvd", "HugePages_Surp")
+VMSTAT_FIELDS = tuple(EVENT_FIELDS)        # thp_fault_alloc ... pgfault
+CHUNK = 4096                               # bytes per probe write/read command
+IDLE_PINGS = 3                             # commands sent to check the probe adds no fault
+QUIET_SECONDS = 0.2                        # idle window that samples other processes' events
+EXIT_WAIT = 10.0                           # seconds for an exited process to be gone
+
+
+@dataclass(slots=True)
+class LiveProcess:
+    """A scenario process, played by a probe process."""
+
+    name: str
+    pid: int
+    channel: probe_mod.Channel
+    fault_base: tuple[int, int] = (0, 0)         # (minflt, majflt) not scenario work
+    maps: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (start, length)
+    alive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureNoise:
+    """What one measure saw besides the scenario (see the module docstring)."""
+
+    label: str
+    controller_faults: int     # the measuring process's own faults since the start
+    pgfault: int               # the figure reported
+    accounted: int             # sum of the scenario processes' fault counters
+
+    @property
+    def other(self) -> int:
+        """Faults in ``pgfault`` that no scenario process counted (other processes)."""
+        return self.pgfault - self.accounted
+
+
+@dataclass(slots=True)
+class LiveRunResult:
+    """One run: the report (scenario.md schema) and what was measured about noise."""
+
+    report: dict[str, Any]
+    noise: list[MeasureNoise]
+    probe_command_faults: int          # faults the probe took answering idle commands
+    layout_differences: list[str]      # main's start image vs the simulator's
+    background: dict[str, int]         # vmstat events of others in QUIET_SECONDS, idle
+
+
+class LiveRun:
+    """The state of one run on the live kernel: probes, names and baselines."""
+
+    def __init__(self, scenario: s.Scenario, exe: Path, guard: KnobGuard,
+                 decoy: Decoy | None) -> None:
+        self.scenario = scenario
+        self.exe = exe
+        self.guard = guard
+        self.decoy = decoy
+        self.procs: dict[str, LiveProcess] = collections.OrderedDict()
+        self.popen: Any = None
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="pagewalk-live-"))
+        self.pgfault_adjust = 0        # warm-up faults of forks (not scenario work)
+        self.exited_faults = 0         # faults of processes that exited
+        self.base_sizes: dict[str, int] = {}
+        self.base_system: dict[str, int] = {}
+        self.own_base = 0
+        self.noise: list[MeasureNoise] = []
+        self.measurements: list[dict[str, Any]] = []
+        self.idle_faults = 0
+        self.layout: list[str] = []
+        self.background: dict[str, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.popen, channel = probe_mod.spawn(self.exe, "main")
+        main = LiveProcess("main", self.popen.pid, channel)
+        self.procs["main"] = main
+        self.layout = probe_mod.start_layout_differences(main.pid)
+        self.idle_faults = self._idle_faults(main)
+        self.background = self._quiet_window()
+        main.fault_base = procfs.read_faults(main.pid)
+        self.base_sizes = self._sizes(main.pid)
+        self.base_system = self._system()
+        self.own_base = procfs.own_faults()
+
+    @staticmethod
+    def _idle_faults(proc: LiveProcess) -> int:
+        """Faults the probe takes for commands that touch no scenario memory (expected: 0)."""
+        before = sum(procfs.read_faults(proc.pid))
+        for _ in range(IDLE_PINGS):
+            proc.channel.ask("ping")
+        return sum(procfs.read_faults(proc.pid)) - before
+
+    def _quiet_window(self) -> dict[str, int]:
+        """The vmstat events of a window in which nothing of the run moves: what other
+        processes on the machine add to the system-wide counters."""
+        before = self._system()
+        time.sleep(QUIET_SECONDS)
+        after = self._system()
+        return {key: after[key] - before[key] for key in VMSTAT_FIELDS}
+
+    def run(self) -> LiveRunResult:
+        self.start()
+        for step in self.scenario.steps:
+            self.run_step(step)
+        mappings = {
+            p.name: {name: {"start": f"{start:#x}", "length": length}
+                     for name, (start, length) in p.maps.items()}
+            for p in self.procs.values() if p.alive
+        }
+        report = {"scenario": self.scenario.name, "measurements": self.measurements,
+                  "mappings": mappings}
+        return LiveRunResult(report, self.noise, self.idle_faults, self.layout,
+                             self.background)
+
+    def cleanup(self) -> None:
+        """Kill every probe and wait until they are gone (hugetlb pages back in the pool)."""
+        for proc in self.procs.values():
+            if proc.alive and not procfs.process_gone(proc.pid):
+                try:
+                    os.kill(proc.pid, 9)
+                except ProcessLookupError:
+                    pass
+            if proc.name != "main":
+                proc.channel.close()
+        if self.popen is not None:
+            probe_mod.stop(self.popen)
+        deadline = time.monotonic() + EXIT_WAIT
+        for proc in self.procs.values():
+            while not procfs.process_gone(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    # -- figures ---------------------------------------------------------------------------
+    @staticmethod
+    def _sizes(pid: int) -> dict[str, int]:
+        status = procfs.read_status(pid)
+        sizes = {key: status.get(key, 0) for key in SIZE_FIELDS if key != "AnonHugePages"}
+        sizes["AnonHugePages"] = procfs.read_anon_huge_pages(pid)
+        return sizes
+
+    @staticmethod
+    def _system() -> dict[str, int]:
+        meminfo, vmstat = procfs.read_meminfo(), procfs.read_vmstat()
+        system = {key: meminfo.get(key, 0) for key in MEMINFO_FIELDS}
+        system.update({key: vmstat.get(key, 0) for key in VMSTAT_FIELDS})
+        return system
+
+    def measure(self, step: s.MeasureStep) -> None:
+        processes = {}
+        accounted = self.exited_faults
+        for proc in self.procs.values():
+            if not proc.alive:
+                continue
+            sizes = self._sizes(proc.pid)
+            minflt, majflt = procfs.read_faults(proc.pid)
+            figures = {"minflt": minflt - proc.fault_base[0],
+                       "majflt": majflt - proc.fault_base[1]}
+            figures.update({key: sizes[key] - self.base_sizes[key] for key in SIZE_FIELDS})
+            processes[proc.name] = {key: figures[key] for key in PROCESS_FIELDS}
+            accounted += figures["minflt"] + figures["majflt"]
+        own = procfs.own_faults() - self.own_base
+        now = self._system()
+        system = {key: now[key] for key in MEMINFO_FIELDS}
+        system.update({key: now[key] - self.base_system[key] for key in VMSTAT_FIELDS})
+        system["pgfault"] -= self.pgfault_adjust + own
+        self.measurements.append({"label": step.label, "step": step.index,
+                                  "processes": processes, "system": system})
+        self.noise.append(MeasureNoise(step.label, own, system["pgfault"], accounted))
+
+    # -- steps ------------------------------------------------------------------------------
+    def location(self, step: s.Step, fieldname: str | None = None) -> Location:
+        return Location(self.scenario.file, step.index, fieldname)
+
+    def proc(self, step: s.Step) -> LiveProcess:
+        proc = self.procs.get(step.process)
+        if proc is None or not proc.alive:
+            raise ScenarioError(f"process {step.process!r} is not running",
+                                self.location(step, "process"))
+        return proc
+
+    def region(self, step: s.Step, rng: s.Range) -> tuple[int, int]:
+        """(address, length) of a range, resolved as the simulator's runner does."""
+        maps = self.proc(step).maps
+        if rng.region not in maps:
+            raise ScenarioError(f"{rng.region!r} is not a mapping of process {step.process!r} "
+                                "(its mmap failed, or munmap removed it)",
+                                self.location(step, "region"))
+        start, length = maps[rng.region]
+        return start + rng.offset, rng.length if rng.length is not None else \
+            max(length - rng.offset, 0)
+
+    def run_step(self, step: s.Step) -> None:
+        handler = getattr(self, "do_" + type(step).__name__.removesuffix("Step").lower())
+        handler(step)
+
+    def outcome(self, reply: str, step: s.Step) -> bool:
+        """Check a probe reply against expect_error/expect_signal; True if the step
+        succeeded, False if it failed as expected; raise if it failed otherwise."""
+        parts = reply.split()
+        expected = step.expect_error or step.expect_signal
+        if parts[0] == "ok":
+            if expected is not None:
+                raise ExpectationFailed(f"expected {expected.name}, but the step succeeded",
+                                        self.location(step))
+            return True
+        err: SyscallError | SignalError
+        if parts[0] == "err" and parts[1] in Errno.__members__:
+            if step.expect_error is not None and step.expect_error.name == parts[1]:
+                return False
+            err, got = SyscallError(Errno[parts[1]]), parts[1]
+        elif parts[0] == "sig" and parts[1] in Signal.__members__:
+            if step.expect_signal is not None and step.expect_signal.name == parts[1]:
+                return False
+            err = SignalError(Signal[parts[1]], int(parts[2], 16))
+            got = f"{parts[1]} at {parts[2]}"
+        else:
+            raise ProbeError(f"the probe answered {reply!r}", self.location(step))
+        if expected is not None:
+            err.message += f" (expected {expected.name}, got {got})"
+        raise err.at(self.location(step))
+
+    def do_mmap(self, step: s.MmapStep) -> None:
+        proc = self.proc(step)
+        flags = sorted(step.flags - {"anonymous"})
+        if not {"private", "shared"} & step.flags:
+            flags.append("notype")           # the kernel answers EINVAL, as it should
+        huge = 4096
+        if "hugetlb" in step.flags:
+            huge = step.page_size or 2 << 20
+            if step.page_size is not None:
+                flags.append("huge1g" if step.page_size == 1 << 30 else "huge2m")
+        reply = proc.channel.ask(f"mmap {step.length} {_prot_letters(step.prot)} "
+                                 f"{','.join(flags) or '-'} {step.addr or 0}")
+        if self.outcome(reply, step):
+            proc.maps[step.name] = (int(reply.split()[1], 16), -(-step.length // huge) * huge)
+
+    def do_munmap(self, step: s.MunmapStep) -> None:
+        proc = self.proc(step)
+        addr, length = self.region(step, step.range)
+        if self.outcome(proc.channel.ask(f"munmap {addr:#x} {length}"), step):
+            for name, (start, size) in list(proc.maps.items()):
+                if addr <= start and start + size <= addr + length:
+                    del proc.maps[name]
+
+    def do_mprotect(self, step: s.MprotectStep) -> None:
+        addr, length = self.region(step, step.range)
+        self.outcome(self.proc(step).channel.ask(
+            f"mprotect {addr:#x} {length} {_prot_letters(step.prot)}"), step)
+
+    def do_madvise(self, step: s.MadviseStep) -> None:
+        addr, length = self.region(step, step.range)
+        self.outcome(self.proc(step).channel.ask(
+            f"madvise {addr:#x} {length} {step.advice}"), step)
+
+    def do_touch(self, step: s.TouchStep) -> None:
+        addr, length = self.region(step, step.range)
+        mode = "r" if step.access == "read" else "w"
+        self.outcome(self.proc(step).channel.ask(
+            f"touch {addr:#x} {length} {step.stride} {mode}"), step)
+
+    def do_write(self, step: s.WriteStep) -> None:
+        proc = self.proc(step)
+        addr, _ = self.region(step, s.Range(step.region, step.offset))
+        for pos in range(0, max(len(step.data), 1), CHUNK):   # the probe's lines are bounded
+            reply = proc.channel.ask(f"write {addr + pos:#x} {step.data[pos:pos + CHUNK].hex()}")
+            if not self.outcome(reply, step):
+                return
+
+    def do_read(self, step: s.ReadStep) -> None:
+        proc = self.proc(step)
+        addr, _ = self.region(step, s.Range(step.region, step.offset))
+        got = b""
+        for pos in range(0, step.length, CHUNK):
+            reply = proc.channel.ask(f"read {addr + pos:#x} {min(CHUNK, step.length - pos)}")
+            if not self.outcome(reply, step):
+                return
+            got += bytes.fromhex(reply.split()[1]) if len(reply.split()) > 1 else b""
+        if step.expect is not None and got != step.expect:
+            raise ExpectationFailed(f"read {got!r}, expected {step.expect!r}",
+                                    self.location(step, "expect"))
+
+    def do_fork(self, step: s.ForkStep) -> None:
+        parent = self.proc(step)
+        cmd_fifo, resp_fifo = self.tmpdir / f"{step.index}.cmd", self.tmpdir / f"{step.index}.resp"
+        os.mkfifo(cmd_fifo)
+        os.mkfifo(resp_fifo)
+        read_fd = os.open(resp_fifo, os.O_RDONLY | os.O_NONBLOCK)
+        write_fd = os.open(cmd_fifo, os.O_RDWR)
+        before = procfs.read_faults(parent.pid)
+        reply = parent.channel.ask(f"fork {cmd_fifo} {resp_fifo}")
+        if not self.outcome(reply, step):
+            os.close(read_fd)
+            os.close(write_fd)
+            return
+        after = procfs.read_faults(parent.pid)
+        # the parent's post-fork warm-up (COW of the probe's own pages) is not scenario work
+        warm = (after[0] - before[0], after[1] - before[1])
+        parent.fault_base = (parent.fault_base[0] + warm[0], parent.fault_base[1] + warm[1])
+        channel = probe_mod.Channel(step.name, int(reply.split()[1]), write_fd, read_fd)
+        child = LiveProcess(step.name, channel.pid, channel, maps=dict(parent.maps))
+        self.procs[step.name] = child
+        channel.expect_ready()
+        child.fault_base = procfs.read_faults(child.pid)
+        self.pgfault_adjust += sum(warm) + sum(child.fault_base)
+
+    def do_exit(self, step: s.ExitStep) -> None:
+        proc = self.proc(step)
+        minflt, majflt = procfs.read_faults(proc.pid)
+        self.exited_faults += minflt + majflt - sum(proc.fault_base)
+        proc.channel.send("exit")
+        if proc.channel.recv() is not None:
+            raise ProbeError(f"process {proc.name} did not exit", self.location(step))
+        if proc.name == "main":
+            self.popen.wait()
+        deadline = time.monotonic() + EXIT_WAIT
+        while not procfs.process_gone(proc.pid):
+            if time.monotonic() > deadline:
+                raise ProbeError(f"process {proc.name} is still there after exit",
+                                 self.location(step))
+            time.sleep(0.002)
+        proc.alive = False
+
+    def do_set(self, step: s.SetStep) -> None:
+        for path, value in step.knobs.items():
+            if (self.guard.write and self.decoy is not None and path == THP_ENABLED
+                    and value != "never" and read_knob(path) == "never"):
+                # THP turned on again starts khugepaged with an immediate pass, as on any
+                # system (start_stop_khugepaged): let that pass reach the scenario's mms.
+                self.decoy.stop()
+            try:
+                self.guard.set(path, value)
+            except LiveError as err:
+                raise err.at(self.location(step, path))
+
+    def do_measure(self, step: s.MeasureStep) -> None:
+        self.measure(step)
+
+    def do_khugepaged(self, step: s.KhugepagedStep) -> None:
+        raise LiveError("the khugepaged step is simulator-only: it cannot be replayed on a "
+                        "live kernel", self.location(step, "khugepaged"))
+
+
+def _prot_letters(prot: int) -> str:
+    letters = "".join(letter for letter, bit in (("r", s.PROT_READ), ("w", s.PROT_WRITE),
+                                                 ("x", s.PROT_EXEC)) if prot & bit)
+    return letters or "none"
+
+
+__all__ = ["MEMINFO_FIELDS", "VMSTAT_FIELDS", "LiveProcess", "LiveRun", "LiveRunResult",
+           "MeasureNoise"]

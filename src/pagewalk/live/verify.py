@@ -1,0 +1,214 @@
+"""Run a scenario on the live kernel N times and combine the runs into one report.
+
+:func:`run_live` checks that the scenario can be replayed here (:func:`refusal`),
+builds the probe, takes the knob guard (knobs.py: lock, saved originals, restore on
+any exit) and runs the scenario ``repeat`` times, each from the same starting state.
+The combined report holds, per field, the most common value over the runs (ties: the
+first run's), except the system-wide vmstat events, which take the minimum (other
+processes only add to them) -- the rules of ``run_on_kernel.py --repeat``.
+
+Without root nothing is written: a scenario that sets knobs (``system.sysfs``, a
+``set`` step) is refused, and so is any scenario while a live knob differs from the
+value the simulator boots with (the comparison would not be fair); khugepaged cannot
+be held still, which is said in a note.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pagewalk.errors import Location
+from pagewalk.live import knobs as live_knobs
+from pagewalk.live.errors import LiveError
+from pagewalk.live.probe import build_probe
+from pagewalk.live.runner import VMSTAT_FIELDS, LiveRun, LiveRunResult
+from pagewalk.scenario import schema as s
+
+Notify = Callable[[str], None]
+FieldKey = tuple[str, str, str]          # (measure label, process or "system", field)
+
+
+@dataclass(slots=True)
+class LiveResult:
+    """A scenario's runs on the live kernel and the report combined from them."""
+
+    scenario: str
+    report: dict[str, Any]                       # scenario.md schema
+    runs: list[LiveRunResult]
+    varied: dict[FieldKey, list[int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def pgfault_bounds(self) -> dict[str, tuple[int, int]]:
+        """label -> (faults the scenario processes counted, pgfault reported)."""
+        bounds = {}
+        for m in self.report["measurements"]:
+            label = m["label"]
+            accounted = _mode([n.accounted for run in self.runs for n in run.noise
+                               if n.label == label])
+            bounds[label] = (accounted, m["system"]["pgfault"])
+        return bounds
+
+    def background(self) -> dict[str, int]:
+        """Events other processes made in the runs' idle windows, summed."""
+        total: dict[str, int] = collections.Counter()
+        for run in self.runs:
+            total.update(run.background)
+        return dict(total)
+
+    def noise_json(self) -> list[dict[str, Any]]:
+        return [{"run": index + 1, "probe_command_faults": run.probe_command_faults,
+                 "idle_window_events": run.background,
+                 "measures": [{"label": n.label, "controller_faults": n.controller_faults,
+                               "pgfault": n.pgfault, "accounted": n.accounted,
+                               "other_processes": n.other} for n in run.noise]}
+                for index, run in enumerate(self.runs)]
+
+    def varied_json(self) -> list[dict[str, Any]]:
+        return [{"label": label, "process": proc, "field": name, "values": values}
+                for (label, proc, name), values in self.varied.items()]
+
+
+def machine_paging_levels() -> int:
+    """5 if the CPU has LA57 (and so the kernel may use 5-level tables), else 4."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return 5 if " la57" in line else 4
+    except OSError:
+        pass
+    return 4
+
+
+def needs_knobs(scenario: s.Scenario) -> bool:
+    return bool(scenario.system.sysfs) or any(isinstance(st, s.SetStep) for st in scenario.steps)
+
+
+def refusal(scenario: s.Scenario, root: bool) -> LiveError | None:
+    """Why this scenario cannot be replayed on this machine, or None."""
+    for step in scenario.steps:
+        if isinstance(step, s.KhugepagedStep):
+            return LiveError("the khugepaged step is simulator-only: it cannot be replayed "
+                             "on a live kernel (khugepaged's timing is not deterministic)",
+                             Location(scenario.file, step.index, "khugepaged"))
+    if scenario.system.paging == 5 and machine_paging_levels() == 4:
+        return LiveError("system.paging 5: this machine has no 5-level paging (no LA57)",
+                         Location(scenario.file, None, "system.paging"))
+    if root:
+        return None
+    if needs_knobs(scenario):
+        return LiveError("this scenario sets knobs (system.sysfs or a set step): run "
+                         "`pagewalk verify` as root, so that it can set and restore them",
+                         Location(scenario.file))
+    differing = live_knobs.differing_from_simulator()
+    if differing:
+        shown = "; ".join(f"{path} is {live} (the simulator boots with {boot})"
+                          for path, (live, boot) in list(differing.items())[:3])
+        return LiveError(f"this machine's knobs differ from the simulator's: {shown}; run "
+                         "as root so that verify sets them for the run",
+                         Location(scenario.file))
+    return None
+
+
+def _notes(scenario: s.Scenario, root: bool) -> list[str]:
+    notes = []
+    system = scenario.system
+    if system.ram != s.SystemConfig().ram:
+        notes.append(f"system.ram is not replayed: the live run uses this machine's memory "
+                     f"({os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') >> 20} MiB)")
+    if not root:
+        notes.append("not root: khugepaged cannot be kept from scanning during the run")
+    return notes
+
+
+def run_live(scenario: s.Scenario, repeat: int = 1, notify: Notify | None = None,
+             exe: Path | None = None) -> LiveResult:
+    """Run ``scenario`` ``repeat`` times on this machine's kernel and combine the runs.
+
+    Raises LiveError if it cannot run here (see :func:`refusal`), and the simulator's
+    error classes (SyscallError, SignalError, ExpectationFailed) if the kernel fails a
+    step the scenario did not expect to fail.
+    """
+    notes: list[str] = []
+
+    def note(text: str) -> None:
+        if text not in notes:
+            notes.append(text)
+            if notify is not None:
+                notify(text)
+
+    root = os.geteuid() == 0
+    refused = refusal(scenario, root)
+    if refused is not None:
+        raise refused
+    for text in _notes(scenario, root):
+        note(text)
+    exe = exe or build_probe()
+    runs: list[LiveRunResult] = []
+    with live_knobs.KnobGuard(note, write=root) as guard, live_knobs.thp_disabled_here():
+        for _ in range(max(1, repeat)):
+            runs.append(_run_once(scenario, exe, guard, root))
+    for difference in runs[0].layout_differences:
+        note(f"the probe's start layout differs from the simulator's start image: "
+             f"{difference}")
+    report, varied = combine([run.report for run in runs])
+    return LiveResult(scenario.name, report, runs, varied, notes)
+
+
+def _run_once(scenario: s.Scenario, exe: Path, guard: live_knobs.KnobGuard,
+              root: bool) -> LiveRunResult:
+    decoy = live_knobs.Decoy(exe)
+    run = LiveRun(scenario, exe, guard, decoy)
+    try:
+        if root:
+            guard.prepare(dict(scenario.system.sysfs), decoy)
+        else:
+            decoy.start()
+        return run.run()
+    finally:
+        run.cleanup()
+        decoy.stop()
+
+
+def _flatten(report: dict[str, Any]) -> dict[FieldKey, int]:
+    flat = {}
+    for m in report["measurements"]:
+        for proc, figures in m["processes"].items():
+            for name, value in figures.items():
+                flat[(m["label"], proc, name)] = value
+        for name, value in m["system"].items():
+            flat[(m["label"], "system", name)] = value
+    return flat
+
+
+def _mode(values: list[int]) -> int:
+    counts = collections.Counter(values)
+    top = max(counts.values())
+    return next(v for v in values if counts[v] == top)
+
+
+def combine(reports: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[FieldKey, list[int]]]:
+    """One report from several runs, and the fields whose value varied (all values)."""
+    combined = copy.deepcopy(reports[0])
+    flats = [_flatten(report) for report in reports]
+    varied: dict[FieldKey, list[int]] = {}
+    for key in flats[0]:
+        values = [flat[key] for flat in flats if key in flat]
+        if len(set(values)) > 1:
+            varied[key] = values
+        label, proc, name = key
+        value = min(values) if proc == "system" and name in VMSTAT_FIELDS else _mode(values)
+        for m in combined["measurements"]:
+            if m["label"] == label:
+                (m["system"] if proc == "system" else m["processes"][proc])[name] = value
+    return combined, varied
+
+
+__all__ = ["LiveResult", "combine", "machine_paging_levels", "needs_knobs", "refusal",
+           "run_live"]

@@ -1,0 +1,220 @@
+"""``pagewalk trace``: replay a memory trace through a TLB model and report (issue 6).
+
+::
+
+    pagewalk trace TRACE [--pages 4KiB|2MiB|1GiB] [--format lackey|pwt|npy] [--json]
+                         [--engine fast|reference] [--tlb NAME|FILE.yaml]
+    pagewalk trace --record [OPTIONS] -- PROGRAM [ARGS]...
+
+The report and the JSON object are those of spec/trace-model.md. ``--record`` runs
+PROGRAM under ``valgrind --tool=lackey --trace-mem=yes`` and replays its trace as it
+streams from a pipe (valgrind's own ``--PID--`` notes are skipped). A long trace shows a
+Rich progress bar on standard error when that is a terminal, never with ``--json``,
+which prints one JSON object on standard output and nothing else there (a recorded
+program's standard output goes to standard error then). Bad input is one red line on
+standard error and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from pagewalk.errors import ConfigError, PagewalkError, TraceError
+from pagewalk.trace.formats import FORMATS, iter_chunks, iter_lackey, trace_size
+from pagewalk.trace.replay import ENGINES, TraceModel, TraceReplayer, TraceStats
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+EXIT_INTERNAL = 70
+PROGRESS_MIN_BYTES = 32 << 20        # smaller traces replay in well under a second
+RECORD_CHUNK_BYTES = 4 << 20
+
+
+def _fail(message: str, status: int) -> None:
+    from rich.console import Console
+    Console(stderr=True, highlight=False).print(
+        f"[bold red]error:[/] {message.replace('[', chr(92) + '[')}", soft_wrap=True)
+    sys.exit(status)
+
+
+def _reports_errors(func: F) -> F:
+    """pagewalk's error tree -> one red line and an exit status (as cli.reports_errors)."""
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (TraceError, ConfigError) as err:
+            _fail(str(err), EXIT_BAD_INPUT)
+        except PagewalkError as err:
+            _fail(str(err), EXIT_RUN_FAILED)
+        except (KeyboardInterrupt, BrokenPipeError):
+            sys.exit(130)
+        except Exception as err:  # an internal bug: still one line unless debugging
+            if os.environ.get("PAGEWALK_DEBUG"):
+                raise
+            _fail(f"internal error: {type(err).__name__}: {err} "
+                  "(set PAGEWALK_DEBUG=1 for a traceback)", EXIT_INTERNAL)
+    return wrapper  # type: ignore[return-value]
+
+
+class _OneLineErrors(click.Command):
+    """Usage errors (unknown option, bad choice) as one red line and exit status 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            _fail(f"{err.format_message()} (see `pagewalk trace --help`)", EXIT_BAD_INPUT)
+            raise  # unreachable: _fail exits
+
+
+@click.command("trace", cls=_OneLineErrors,
+               context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="TRACE | -- PROGRAM [ARGS]...")
+@click.option("--pages", default="4KiB", show_default=True, metavar="4KiB|2MiB|1GiB",
+              help="The size of every page.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="Trace format (default: from the extension; .pwt, .npy, else lackey text).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as one JSON object on standard output, nothing else.")
+@click.option("--engine", type=click.Choice(ENGINES), default="fast", show_default=True,
+              help="fast (compiled) or reference (readable Python, slow); same numbers.")
+@click.option("--tlb", "tlb_model", default="reference", show_default=True,
+              metavar="NAME|FILE.yaml",
+              help="TLB model: a preset (reference, skylake, haswell, zen) or a model file.")
+@click.option("--record", is_flag=True,
+              help="Run PROGRAM under valgrind lackey and replay its trace as it streams.")
+@_reports_errors
+def trace_command(args: tuple[str, ...], pages: str, fmt: str | None, as_json: bool,
+                  engine: str, tlb_model: str, record: bool) -> None:
+    """Replay a memory trace (valgrind lackey text, .pwt or .npy) through the TLBs and
+    page-walk caches of a model (the reference model of spec/trace-model.md by default),
+    with demand paging, and report hits, walks, walk references and faults."""
+    from pagewalk.trace.presets import load_model
+    model = load_model(tlb_model)
+    if record:
+        if not args:
+            raise TraceError("--record needs a program: pagewalk trace --record -- PROGRAM "
+                             "[ARGS]...")
+        stats = _record(list(args), model, pages, engine, as_json)
+    else:
+        if len(args) != 1:
+            raise TraceError("give one TRACE file (or --record -- PROGRAM [ARGS]...)"
+                             if not args else f"one TRACE file expected, got {len(args)} "
+                             "arguments (use --record -- PROGRAM ARGS to run a program)")
+        stats = _replay_file(args[0], model, pages, fmt, engine, as_json)
+    if as_json:
+        click.echo(json.dumps(stats.to_json(), indent=1))
+    else:
+        _print_report(stats, args[0] if not record else " ".join(args))
+
+
+def _replay_file(path: str, model: TraceModel, pages: str, fmt: str | None, engine: str,
+                 as_json: bool) -> TraceStats:
+    replayer = TraceReplayer(model, pages, engine=engine, name=path)
+    if not Path(path).is_file():
+        raise TraceError(f"no such trace file: {path}")
+    total = trace_size(path)
+    _skip_scipy_blas_probe()
+    with _progress(not as_json and total >= PROGRESS_MIN_BYTES, total) as advance:
+        for chunk in iter_chunks(path, fmt, model.va_bits):
+            replayer.feed(chunk)
+            advance(chunk.bytes_done)
+    return replayer.stats()
+
+
+def _record(program: list[str], model: TraceModel, pages: str, engine: str,
+            as_json: bool) -> TraceStats:
+    """Run ``program`` under valgrind lackey, replaying its trace from a pipe."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise TraceError("--record needs valgrind, which is not installed (not on PATH)")
+    if shutil.which(program[0]) is None:
+        raise TraceError(f"no such program: {program[0]!r}")
+    replayer = TraceReplayer(model, pages, engine=engine, name=f"valgrind lackey {program[0]}")
+    _skip_scipy_blas_probe()
+    read_fd, write_fd = os.pipe()
+    command = [valgrind, "--tool=lackey", "--trace-mem=yes", f"--log-fd={write_fd}", *program]
+    process = subprocess.Popen(command, pass_fds=(write_fd,),
+                               stdout=sys.stderr.fileno() if as_json else None)
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd, "rb") as stream, _progress(not as_json, 0) as advance:
+            for chunk in iter_lackey(stream, replayer.name, model.va_bits, RECORD_CHUNK_BYTES,
+                                     skip_valgrind_notes=True):
+                replayer.feed(chunk)
+                advance(chunk.bytes_done)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    status = process.wait()
+    if status != 0:
+        click.echo(f"warning: {' '.join(program)} exited with status {status}", err=True)
+    return replayer.stats()
+
+
+def _skip_scipy_blas_probe() -> None:
+    """Numba's first compiled-code load imports ``numba.np.arraymath``, whose BLAS probe
+    imports SciPy's linear algebra when SciPy is installed (a quarter of a second, a third
+    of this command's start-up). The replay kernels use no BLAS; in this command's own
+    process the probe is let to fail fast."""
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    sys.modules["scipy.linalg"] = None  # type: ignore[assignment]  # its import now fails
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        del sys.modules["scipy.linalg"]
+
+
+@contextmanager
+def _progress(wanted: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """A Rich progress bar on standard error if ``wanted`` and it is a terminal; yields
+    ``advance(bytes_done)``. ``total`` 0: an open-ended count (recording)."""
+    if not (wanted and sys.stderr.isatty()):
+        yield lambda done: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+        TimeRemainingColumn, TransferSpeedColumn,
+    )
+    columns = ([TextColumn("replaying"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                TimeRemainingColumn()] if total else
+               [SpinnerColumn(), TextColumn("replaying lackey output"), DownloadColumn(),
+                TimeElapsedColumn()])
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("trace", total=total or None)
+        yield lambda done: progress.update(task, completed=done)
+
+
+def _print_report(stats: TraceStats, source: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    report = stats.to_json()
+    table = Table("field", "value", title=f"{source}: {stats.model} model, {stats.pages} pages")
+    for key, value in report.items():
+        if key in ("tlb", "model", "pages"):
+            continue
+        if key == "pwc_hits_pml5e" and not value:
+            continue
+        table.add_row(key, f"{value:.6f}" if isinstance(value, float) else f"{value:,}")
+    arrays = Table("TLB array", "hits", "misses", title="per array (probes)")
+    for name, (hits, misses) in stats.tlb.items():
+        arrays.add_row(name, f"{hits:,}", f"{misses:,}")
+    console = Console()
+    console.print(table)
+    console.print(arrays)
