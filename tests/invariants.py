@@ -416,7 +416,6 @@ def check_hugetlb(k: Kernel, walks: list[MmWalk]) -> None:
         assert len(in_use) + h.free_huge_pages == h.nr_huge_pages, (
             f"{name}: {len(in_use)} pages in use + {h.free_huge_pages} free != "
             f"{h.nr_huge_pages} total")
-        assert h.surplus_pfns <= in_use | set(h.free_list), f"{name}: unknown surplus pages"
         for pfn in in_use:
             refs = mapped[pfn] + (pfn in cached)
             assert k.memmap.refcount[pfn] == refs, (
@@ -454,21 +453,17 @@ class Baseline:
                    k.committed_pages)
 
 
-def check_nr_pagetable(k: Kernel, walks: list[MmWalk], baseline: Baseline,
-                       orphan_tables_ok: bool = False) -> int:
+def check_nr_pagetable(k: Kernel, walks: list[MmWalk], baseline: Baseline) -> None:
     """NR_PAGETABLE = boot tables + every PG_table frame, and every PG_table frame is a PGD,
-    a table reachable from one, or a deposit. Returns the orphans: table frames that no
-    PGD reaches (allowed only with ``orphan_tables_ok``, for a known leak)."""
+    a table reachable from one, or a deposit (a table no PGD reaches has leaked)."""
     kept = int(k.node_stat[NodeStat.NR_PAGETABLE])
     table_frames = int(np.count_nonzero(k.memmap.flags & np.uint16(PageFlag.TABLE)))
     assert kept == baseline.pagetable_pages + table_frames, (
         f"NR_PAGETABLE {kept}, boot {baseline.pagetable_pages} + {table_frames} PG_table frames")
     in_use = len(k.deposit) + sum((1 << walk.mm.pgd_order) + len(walk.tables) for walk in walks)
-    orphans = table_frames - in_use
-    assert orphans >= 0, f"{in_use} tables in use but only {table_frames} PG_table frames"
-    assert orphan_tables_ok or not orphans, (
-        f"NR_PAGETABLE {kept}: {orphans} table pages are reachable from no PGD (leaked)")
-    return orphans
+    assert table_frames == in_use, (
+        f"{table_frames} PG_table frames, {in_use} reachable from a PGD or deposited: "
+        f"{table_frames - in_use} leaked")
 
 
 def check_deposits(k: Kernel, walks: list[MmWalk]) -> None:
@@ -481,18 +476,15 @@ def check_deposits(k: Kernel, walks: list[MmWalk]) -> None:
     assert not stale, f"deposits under PMDs that are no longer huge: {sorted(stale)[:4]}"
 
 
-def check_machine(k: Kernel, baseline: Baseline, orphan_tables_ok: bool = False) -> list[MmWalk]:
-    """Every invariant of this module; returns the walks for further checks.
-
-    ``orphan_tables_ok`` tolerates page-table pages that no PGD reaches any more (a
-    known simulator leak, see test_state_machine.py); everything else stays exact."""
+def check_machine(k: Kernel, baseline: Baseline) -> list[MmWalk]:
+    """Every invariant of this module; returns the walks for further checks."""
     walks = walk_all(k)
     for walk in walks:
         check_pgd(k, walk)
         check_rss(k, walk)
         check_vmpte(k, walk)
     check_deposits(k, walks)
-    check_nr_pagetable(k, walks, baseline, orphan_tables_ok)
+    check_nr_pagetable(k, walks, baseline)
     free = free_frames(k)
     check_frames(k, walks, free)
     check_rmap(k, walks)
@@ -510,20 +502,18 @@ def cached_by_design(k: Kernel) -> int:
     return pages
 
 
-def check_all_freed(k: Kernel, baseline: Baseline, orphan_tables_ok: bool = False) -> None:
+def check_all_freed(k: Kernel, baseline: Baseline) -> None:
     """With every task gone: free pages are back to boot minus what is cached by design,
     page tables and anonymous pages back to their boot values, nothing deposited or
-    committed. ``orphan_tables_ok``: leaked page-table pages are counted, not failed."""
+    committed."""
     assert not k.tasks, f"tasks still alive: {sorted(k.tasks)}"
-    walks = check_machine(k, baseline, orphan_tables_ok)
-    orphans = check_nr_pagetable(k, walks, baseline, orphan_tables_ok)
+    check_machine(k, baseline)
     node = k.node_stat
-    expected_free = baseline.free_pages - cached_by_design(k) - orphans
+    expected_free = baseline.free_pages - cached_by_design(k)
     assert int(node[NodeStat.NR_FREE_PAGES]) == expected_free, (
         f"NR_FREE_PAGES {node[NodeStat.NR_FREE_PAGES]} after every exit, expected "
         f"{expected_free}: {expected_free - int(node[NodeStat.NR_FREE_PAGES])} pages leaked")
-    assert int(node[NodeStat.NR_PAGETABLE]) == baseline.pagetable_pages + orphans, (
-        "page tables leaked")
+    assert int(node[NodeStat.NR_PAGETABLE]) == baseline.pagetable_pages, "page tables leaked"
     assert int(node[NodeStat.NR_ANON_MAPPED]) == baseline.anon_mapped, "anon pages still mapped"
     assert int(node[NodeStat.NR_ANON_THPS]) == 0, "THPs still mapped"
     assert int(node[NodeStat.NR_KERNEL_STACK_KB]) == baseline.kernel_stack_kb, "stacks leaked"

@@ -65,14 +65,10 @@ PROT = (0, 1, 2, 3, 3, 3)         # none, r, w (x86: rw), rw
 STRIDES = (1, 64, PAGE, 3 * PAGE, 64 << 10, HPAGE)
 COLLAPSE_ERRNOS = frozenset({Errno.EINVAL, Errno.ENOMEM, Errno.EAGAIN, Errno.EBUSY})
 
-# Known leak (test_exit_frees_every_page_table): free_pgtables() moves `floor` to the end
-# of each run of VMAs, so the PMD and PUD tables between two runs are never freed and
-# every exit orphans page-table pages. The machines count orphans instead of failing.
-ORPHAN_TABLES_LEAK = True
-# Known bug (test_freeing_a_page_after_its_surplus_was_returned_keeps_the_pool): hugetlb
-# tracks surplus pages by pfn, Linux only by count; HugePages_Surp can go negative. Until
-# fixed, HugetlbPools keeps nr_overcommit_hugepages at 0 (no surplus pages).
-SURPLUS_BY_PFN_BUG = True
+# Known bug (tests/mm/test_fastpath.py, the strict xfail tests on read-only VMAs): the
+# compiled touch mishandles a write to a VMA without VM_WRITE (it maps a THP, or allocates
+# page tables, before the SIGSEGV). Until fixed, write touches stop short of such a VMA.
+FASTPATH_READ_ONLY_WRITE_BUG = True
 
 picks = st.integers(0, 1 << 16)
 
@@ -164,6 +160,15 @@ class Contents:
             del stored[a]
         unknown = self.unknown.get(task.comm, set())
         unknown -= {p for p in unknown if start <= p < end}
+
+    def by_page(self) -> list[tuple[object, int, dict[int, int]]]:
+        """Every written byte, grouped: (owner, page address, {offset in page: byte})."""
+        pages: dict[tuple[int, int], tuple[object, int, dict[int, int]]] = {}
+        for owner, stored in self.bytes.items():
+            for addr, byte in stored.items():
+                key = (id(owner), addr & ~(PAGE - 1))
+                pages.setdefault(key, (owner, key[1], {}))[2][addr & (PAGE - 1)] = byte
+        return list(pages.values())
 
     def written_pages(self, task: Task) -> list[int]:
         """The pages of ``task``'s mappings that hold written bytes, by virtual address."""
@@ -262,13 +267,40 @@ class KernelMachine(RuleBasedStateMachine):
     # -- invariants and teardown ----------------------------------------------------------------
     @invariant()
     def kernel_state_adds_up(self) -> None:
-        inv.check_machine(self.k, self.baseline, orphan_tables_ok=ORPHAN_TABLES_LEAK)
+        inv.check_machine(self.k, self.baseline)
+
+    @invariant()
+    def memory_holds_what_was_written(self) -> None:
+        """Without swap, every written byte stays in memory: a private one behind its
+        process's page tables, a shared one in its inode's page cache."""
+        for owner, page, written in self.contents.by_page():
+            paddr = self.frame_of(owner, page)
+            if paddr is None:
+                continue
+            data = self.k.physmem.read_bytes(paddr, PAGE)
+            wrong = {off: (data[off], byte) for off, byte in written.items() if data[off] != byte}
+            assert not wrong, f"{owner}: page {page:#x} lost written bytes {wrong}"
+
+    def frame_of(self, owner: object, page: int) -> int | None:
+        """Where ``owner``'s page lives now (None: a shared inode nobody maps any more)."""
+        if isinstance(owner, str):
+            mm = self.k.tasks[owner].mm
+            _, entry, shift = self.k.pgtables.lookup(mm, page)
+            assert entry & inv.MAPS_A_PAGE, f"{owner}: written page {page:#x} is not mapped"
+            leaf = inv.Leaf(page & ~((1 << shift) - 1), shift, 0, entry)
+            return (leaf.pfn << 12) + (page - leaf.vaddr)
+        if not any(v.file is owner for t in self.tasks() for v in t.mm.vmas):
+            return None
+        unit = getattr(owner, "huge_size", PAGE)
+        pfn = owner.pages.get(page // unit)  # type: ignore[attr-defined]
+        assert pfn is not None, f"{owner}: written page {page:#x} left the page cache"
+        return (pfn << 12) + page % unit
 
     def teardown(self) -> None:
         for task in list(self.k.tasks.values()):
             syscalls.sys_exit(self.k, task)
         self.release_pools()
-        inv.check_all_freed(self.k, self.baseline, orphan_tables_ok=ORPHAN_TABLES_LEAK)
+        inv.check_all_freed(self.k, self.baseline)
 
     def release_pools(self) -> None:
         """Nothing to give back unless the machine filled hugetlb pools."""
@@ -414,6 +446,10 @@ class KernelMachine(RuleBasedStateMachine):
         pages it reached unspecified."""
         length = min(length, stride * MAX_ACCESSES)
         denied = first_denied_access(task.mm, start, length, stride, write)
+        refused_by = vma_lookup(task.mm, denied) if denied is not None else None
+        if FASTPATH_READ_ONLY_WRITE_BUG and refused_by is not None and \
+                refused_by.flags & VmFlags.READ:
+            length, denied = denied - start, None        # stop short of the read-only VMA
         reached = start + length
         try:
             fastpath.touch(self.k, task, start, length, stride, 1 if write else 0)
@@ -642,8 +678,17 @@ class HugetlbPools(KernelMachine):
     @initialize(pool=st.integers(0, 8))
     def start(self, pool: int) -> None:
         self.k.set_knob(POOL, str(pool))
+        self.pool_target = pool
         self.task = self.k.spawn("main")
         self.h = self.k.hugetlb.default
+
+    @invariant()
+    def persistent_pool_is_what_was_written(self) -> None:
+        """set_max_huge_pages(): the persistent pool (nr - surplus) is the size last
+        written; pages in use beyond it are surplus and leave the pool when freed."""
+        persistent = self.h.nr_huge_pages - self.h.surplus_huge_pages
+        assert persistent == self.pool_target, (
+            f"persistent pool {persistent} pages, nr_hugepages was set to {self.pool_target}")
 
     def has_vmas(self) -> bool:
         return bool(user_vmas(self.task.mm))
@@ -658,8 +703,8 @@ class HugetlbPools(KernelMachine):
     @rule(pages=st.integers(0, 10))
     def resize_pool(self, pages: int) -> None:
         self.k.set_knob(POOL, str(pages))
+        self.pool_target = pages
 
-    @precondition(lambda self: not SURPLUS_BY_PFN_BUG)
     @rule(pages=st.integers(0, 3))
     def set_overcommit(self, pages: int) -> None:
         self.k.set_knob(OVERCOMMIT, str(pages))

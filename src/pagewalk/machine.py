@@ -31,7 +31,7 @@ def _make_tlb(paging: PagingMode):  # type: ignore[no-untyped-def]
         from pagewalk.hw.tlb import TlbHierarchy
     except ImportError:
         return None, None
-    return TlbHierarchy(), PageWalkCaches()
+    return TlbHierarchy(), PageWalkCaches(paging_levels=paging.levels)
 
 
 class Machine:

@@ -169,15 +169,22 @@ def pagetable_cost_command(address_space: str | None, page_size: str, levels: in
     run = load_state(scenario_file, label)
     tasks = [find_process(run, process)] if process else list(run.kernel.tasks.values())
     costs = [c.process_cost(run.kernel, task) for task in tasks]
+    counted, page_tables = c.page_tables_total(run.kernel)
     if as_json:
-        click.echo(json.dumps({"scenario": run.scenario.name, "at": label,
-                               "processes": [pc.to_json() for pc in costs]}, indent=2))
+        click.echo(json.dumps({
+            "scenario": run.scenario.name, "at": label,
+            "processes": [pc.to_json() for pc in costs],
+            "system": {"tables_of_all_processes_bytes": counted, "PageTables_bytes": page_tables,
+                       "agrees_with_PageTables": counted == page_tables}}, indent=2))
         return
     console = Console(highlight=False)
     console.print(f"[bold]page tables[/] of {run.scenario.name}"
                   + (f" at {label}" if label else ""))
     for pc in costs:
         print_process_cost(console, pc)
+    status = "[green]agrees[/]" if counted == page_tables else "[bold red]DIFFERS[/]"
+    console.print(f"every process's tables, PGDs included: {counted >> 10} kB; "
+                  f"/proc/meminfo PageTables {page_tables >> 10} kB: {status}")
 
 
 def _bytes(size: int) -> str:

@@ -231,35 +231,43 @@ def process_cost(k: Kernel, task: Task) -> ProcessCost:
     return out
 
 
+def page_tables_total(k: Kernel) -> tuple[int, int]:
+    """(bytes of every table of every live process, found by walking; NR_PAGETABLE in
+    bytes, the kernel's /proc/meminfo PageTables). The walk counts PGD pages and P4D
+    tables too, which NR_PAGETABLE also counts (pagetable_*_ctor for every level)."""
+    from pagewalk.mm.vmstat import NodeStat
+    counted = sum(sum(process_cost(k, task).tables.values()) for task in k.tasks.values())
+    return counted * TABLE_BYTES, int(k.node_stat[NodeStat.NR_PAGETABLE]) * TABLE_BYTES
+
+
 def _alternative(starts: dict[int, npt.NDArray[np.int64]], page_shift: int) -> Alternative:
     """Map every present leaf's range with pages of ``page_shift``: the distinct pages
     needed, then the distinct tables above them (PTE per 2 MiB, PMD per 1 GiB, PUD per
     512 GiB of address space touched)."""
-    pages = _covering(starts, page_shift)
+    if page_shift == 12:      # leaves never overlap: every 4 KiB page is counted once
+        nr_pages = sum(int(arr.size) << (shift - 12) for shift, arr in starts.items())
+    else:
+        nr_pages = int(_regions(starts, page_shift).size)
     tables = {}
     for name, table_shift in (("pud", 39), ("pmd", 30), ("pte", 21)):
-        if table_shift <= page_shift:
-            tables[name] = 0
-            continue
-        tables[name] = int(np.unique(pages >> (table_shift - page_shift)).size)
+        tables[name] = int(_regions(starts, table_shift).size) if table_shift > page_shift else 0
     vmpte = TABLE_BYTES * sum(tables.values())
-    thp = vmpte + TABLE_BYTES * int(pages.size) if page_shift == 21 else None
-    return Alternative(1 << page_shift, int(pages.size), int(pages.size) << page_shift,
-                       tables, vmpte, thp)
+    thp = vmpte + TABLE_BYTES * nr_pages if page_shift == 21 else None
+    return Alternative(1 << page_shift, nr_pages, nr_pages << page_shift, tables, vmpte, thp)
 
 
-def _covering(starts: dict[int, npt.NDArray[np.int64]], page_shift: int) -> npt.NDArray[np.int64]:
-    """The page numbers (at ``page_shift``) of the pages covering every leaf."""
+def _regions(starts: dict[int, npt.NDArray[np.int64]], shift: int) -> npt.NDArray[np.int64]:
+    """The distinct ``1 << shift``-aligned regions of the address space the leaves touch."""
     parts = []
     for leaf_shift, arr in starts.items():
         if not arr.size:
             continue
-        if leaf_shift >= page_shift:   # a larger leaf splits into several smaller pages
-            count = 1 << (leaf_shift - page_shift)
-            first = arr >> page_shift
-            parts.append((first[:, None] + np.arange(count, dtype=np.int64)[None, :]).ravel())
+        first = arr >> shift
+        if leaf_shift > shift:    # a larger leaf spans several regions
+            span = np.arange(1 << (leaf_shift - shift), dtype=np.int64)
+            parts.append((first[:, None] + span[None, :]).ravel())
         else:
-            parts.append(arr >> page_shift)
+            parts.append(first)
     if not parts:
         return np.zeros(0, dtype=np.int64)
     return np.unique(np.concatenate(parts))

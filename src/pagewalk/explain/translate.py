@@ -227,9 +227,7 @@ def tlb_entry_allows(leaf: int, access: int, user: bool) -> bool:
         return False
     if access == ACCESS_WRITE:
         return bool(leaf & pt._PAGE_RW) and bool(leaf & pt._PAGE_DIRTY)
-    if access == ACCESS_IFETCH and leaf & pt._PAGE_NX:
-        return False
-    return True
+    return not (access == ACCESS_IFETCH and leaf & pt._PAGE_NX)
 
 
 def probe_pwc(mmu: Mmu, vaddr: int, pcid: int) -> tuple[list[CacheProbe], int, int]:
@@ -268,8 +266,8 @@ def explain_translation(k: Kernel, task: Task, vaddr: int, access: str = "read")
     if not out.canonical:
         out.outcome = "general protection"
         out.mmu_source = "none"
-        out.kernel = ("#GP, not #PF: bits 63..{} differ; no walk, no TLB lookup; "
-                      "the kernel sends SIGSEGV").format(mode.va_bits - 1)
+        out.kernel = (f"#GP, not #PF: bits 63..{mode.va_bits - 1} differ; no walk, "
+                      "no TLB lookup; the kernel sends SIGSEGV")
         return out
     out.cr3, out.pcid, tlb_usable = user_cr3(k, task)
     root_pfn = (out.cr3 & pt.PTE_PFN_MASK) >> 12
@@ -328,7 +326,7 @@ def _mmu_path(out: Explanation, k: Kernel, vaddr: int, kind: int, tlb_usable: bo
     else:
         out.tlb, hit = probe_tlb(mmu, vaddr, kind, out.pcid)
         if hit is not None:
-            level, shift, payload = hit
+            level, _, payload = hit
             if tlb_entry_allows(payload, kind, True):
                 out.tlb_hit = level
                 out.mmu_source = level

@@ -109,7 +109,7 @@ class LruTable:
 
     def victim(self, set_index: int) -> int:
         """The way a fill replaces: the smallest stamp (invalid ways have 0), lowest first."""
-        stamps = self.stamps[set_index].tolist()
+        stamps: list[int] = self.stamps[set_index].tolist()
         return stamps.index(min(stamps))
 
     def fill(self, set_index: int, tag: int, payload: int = 0) -> int:

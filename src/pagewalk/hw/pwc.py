@@ -91,6 +91,7 @@ class PageWalkCaches:
             LruTable(1, int(count), self.storage, int(offset)) if count else None
             for offset, count, _, _ in self.layout]
         self.stats = np.zeros((len(PWC_NAMES), 2), dtype=np.int64)   # (hits, misses) per row
+        self._key_fields = [(int(shift), int(bits)) for _, _, shift, bits in self.layout]
 
     # -- the trace model's walk (spec/trace-model.md "Page-walk caches") -------------------
     def walk(self, vaddr: int, pcid: int, leaf_shift: int) -> int:
@@ -172,5 +173,5 @@ class PageWalkCaches:
             table.fill(0, self._key(row, vaddr, pcid), payload)
 
     def _key(self, row: int, vaddr: int, pcid: int) -> int:
-        _, _, shift, bits = self.layout[row]
-        return pwc_key(vaddr, int(shift), int(bits), pcid)
+        shift, bits = self._key_fields[row]
+        return pwc_key(vaddr, shift, bits, pcid)

@@ -172,6 +172,7 @@ class TlbHierarchy:
                        for array, row in zip(geometry.arrays, self.layout)]
         # stats[i] = (hits, misses) of array i, per probe
         self.stats = np.zeros((len(geometry.arrays), 2), dtype=np.int64)
+        self._routes: list[list[list[int]]] = self.routes.tolist()
 
     # -- lookups ----------------------------------------------------------------------------
     def lookup(self, vaddr: int, kind: int, pcid: int = 0,
@@ -228,7 +229,7 @@ class TlbHierarchy:
 
     # -- helpers ----------------------------------------------------------------------------
     def _array_for(self, level: int, kind: int, page_shift: int) -> int:
-        return int(self.routes[level - 1, kind, SIZE_CODE[page_shift]])
+        return self._routes[level - 1][kind][SIZE_CODE[page_shift]]
 
     def _set(self, index: int, vaddr: int, page_shift: int) -> int:
         return self.tables[index].set_of((vaddr & VA_FIELD_MASK) >> page_shift)

@@ -12,17 +12,23 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from pagewalk.cli import EXIT_RUN_FAILED, fail, reports_errors, resolve_scenario
-from pagewalk.errors import KernelError, PagewalkError
-from pagewalk.live.compare import AGREE, DIFFER, Comparison, compare_reports
+from pagewalk.errors import KernelError, NotImplementedStep, PagewalkError
+from pagewalk.live.compare import AGREE, DIFFER, NOISE, Comparison, compare_reports
 from pagewalk.live.errors import EXIT_UNAVAILABLE, LiveError
 from pagewalk.units import format_size
+
+if TYPE_CHECKING:
+    from pagewalk.live.compare import FieldCheck
+    from pagewalk.live.inspect import ProcessInspection
+    from pagewalk.live.verify import LiveResult
+    from pagewalk.scenario.schema import Scenario
 
 
 def _note(text: str) -> None:
@@ -76,7 +82,7 @@ def verify_command(scenario: str, repeat: int, as_json: bool, output: str | None
             file.write(json.dumps(live.report, indent=2) + "\n")
     try:
         simulated = run_scenario(scen).to_json()
-    except KernelError as err:
+    except (KernelError, NotImplementedStep) as err:
         fail(_escape(f"the simulator failed the scenario: {err}; the live kernel ran it"),
              EXIT_RUN_FAILED)
         return
@@ -89,7 +95,7 @@ def verify_command(scenario: str, repeat: int, as_json: bool, output: str | None
     sys.exit(0 if comparison.agrees else EXIT_RUN_FAILED)
 
 
-def _simulator_outcome(scen: Any) -> str:
+def _simulator_outcome(scen: Scenario) -> str:
     from pagewalk.scenario.runner import run_scenario
     try:
         run_scenario(scen)
@@ -98,27 +104,27 @@ def _simulator_outcome(scen: Any) -> str:
     return "ran it without error"
 
 
-def _verify_json(live: Any, simulated: dict[str, Any], comparison: Comparison) -> dict[str, Any]:
+def _verify_json(live: LiveResult, simulated: dict[str, Any], comparison: Comparison) -> dict[str, Any]:
     from pagewalk.live.procfs import kernel_release
     return {
         "scenario": live.scenario, "kernel_release": kernel_release(), "runs": len(live.runs),
         "kernel": live.report, "simulator": simulated,
         "agree": comparison.agrees,
         "counts": {"agree": comparison.count(AGREE), "differ": comparison.count(DIFFER),
-                   "noise": comparison.count("noise")},
+                   "noise": comparison.count(NOISE)},
         "differences": [c.to_json() for c in comparison.checks if c.verdict != AGREE],
         "noise": live.noise_json(), "varied": live.varied_json(), "notes": live.notes,
     }
 
 
-def _cell(check: Any) -> str:
+def _cell(check: FieldCheck) -> str:
     if check.verdict == AGREE:
         return str(check.kernel)
     style = "red" if check.verdict == DIFFER else "yellow"
     return f"[{style}]{check.kernel} ≠ sim {check.simulator}[/]"
 
 
-def print_verify(live: Any, simulated: dict[str, Any], comparison: Comparison) -> None:
+def print_verify(live: LiveResult, simulated: dict[str, Any], comparison: Comparison) -> None:
     from pagewalk.live.procfs import kernel_release
     console = Console(highlight=False)
     runs = len(live.runs)
@@ -149,7 +155,7 @@ def print_verify(live: Any, simulated: dict[str, Any], comparison: Comparison) -
 
 
 def _print_mappings(console: Console, kernel: dict[str, Any], simulated: dict[str, Any],
-                    checks: dict[tuple[str, str, str], Any]) -> None:
+                    checks: dict[tuple[str, str, str], FieldCheck]) -> None:
     table = Table("process", "mapping", "kernel start", "simulator start", "length",
                   title="mappings (compared: length, alignment class, adjacency)")
     for proc, maps in kernel["mappings"].items():
@@ -164,25 +170,26 @@ def _print_mappings(console: Console, kernel: dict[str, Any], simulated: dict[st
     console.print(table)
 
 
-def _print_noise(console: Console, live: Any) -> None:
+def _print_noise(console: Console, live: LiveResult) -> None:
     """What the runs measured besides the scenario: one line, or a table per run."""
-    from pagewalk.live.runner import IDLE_PINGS, QUIET_SECONDS
+    from pagewalk.live.runner import IDLE_PINGS
     rows = []
     for index, run in enumerate(live.runs, 1):
         other = max((n.other for n in run.noise), default=0)
         own = max((n.controller_faults for n in run.noise), default=0)
         idle = ", ".join(f"{k} {v}" for k, v in run.background.items() if v) or "none"
-        rows.append((str(index), str(own), str(other), str(run.probe_command_faults), idle))
+        rows.append((str(index), str(own), str(other), str(run.probe_command_faults),
+                     f"{idle} ({run.idle_seconds:.1f} s)"))
     if len(rows) == 1:
-        _, own, other, probe, idle = rows[0]
-        console.print(f"noise: the measuring process faulted {own} times (taken out of "
-                      f"pgfault); other processes added {other} faults to pgfault; the "
-                      f"probe took {probe} faults answering {IDLE_PINGS} idle commands; "
-                      f"events of others in a {QUIET_SECONDS} s idle window: {idle}")
+        cells = rows[0]
+        console.print(f"noise: the measuring process faulted {cells[1]} times (taken out of "
+                      f"pgfault); other processes added {cells[2]} faults to pgfault; the "
+                      f"probe took {cells[3]} faults answering {IDLE_PINGS} idle commands; "
+                      f"events of others while the run stood idle: {cells[4]}")
         return
     table = Table("run", "measuring process faults (subtracted)",
                   "other processes' faults in pgfault", "probe faults, idle commands",
-                  f"others' events, {QUIET_SECONDS} s idle", title="noise")
+                  "others' events, run idle", title="noise")
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -229,7 +236,7 @@ def _size(size: int) -> str:
     return format_size(size) if size else "0"
 
 
-def print_inspection(result: Any) -> None:
+def print_inspection(result: ProcessInspection) -> None:
     plain = Console(highlight=False)
     console = plain if plain.is_terminal else Console(highlight=False, width=160)
     console.print(f"[bold]process[/] {result.pid} ({_escape(result.comm)})")

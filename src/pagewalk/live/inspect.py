@@ -47,7 +47,7 @@ from pagewalk.live import procfs
 from pagewalk.live.errors import LiveError
 from pagewalk.live.pagemap import PageRun, read_runs
 from pagewalk.live.probe import TASK_SIZE
-from pagewalk.units import KiB, PMD_SHIFT, PUD_SHIFT
+from pagewalk.units import PMD_SHIFT, PUD_SHIFT, KiB
 
 TABLE_SIZE = 4 * KiB
 PUD_TABLE_SHIFT = 39               # one PUD table maps 512 GiB
@@ -328,7 +328,8 @@ def load_page_size_map(text: str) -> list[tuple[int, int, int]]:
     except ValueError as err:
         raise ValueError(f"not JSON: {err}") from None
     if not isinstance(document, list):
-        raise ValueError("a page-size map is a JSON list of {start, end, page_shift}")
+        raise ValueError(  # noqa: TRY004 (one exception type for every malformed file)
+            "a page-size map is a JSON list of {start, end, page_shift}")
     triples = []
     for index, entry in enumerate(document):
         if not isinstance(entry, dict) or set(entry) != {"start", "end", "page_shift"}:

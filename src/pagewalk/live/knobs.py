@@ -35,8 +35,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
+from pagewalk.errors import ConfigError
 from pagewalk.kernel import knobs as knob_registry
 from pagewalk.live import probe as probe_mod
 from pagewalk.live.errors import LiveError
@@ -103,7 +104,7 @@ class KnobGuard:
         self._handlers: dict[int, Any] = {}
 
     # -- entering: lock, leftovers, originals, handlers ------------------------------------
-    def __enter__(self) -> KnobGuard:
+    def __enter__(self) -> Self:
         self._take_lock()
         try:
             if self.write:
@@ -129,10 +130,10 @@ class KnobGuard:
         if self.write:
             self._check_system_dir()
             SYSTEM_DIR.mkdir(mode=0o755, exist_ok=True)
-            self._lock = open(LOCK_FILE, "a")
+            self._lock = open(LOCK_FILE, "a")  # noqa: SIM115 (held until __exit__)
         elif LOCK_FILE.exists():
             try:
-                self._lock = open(LOCK_FILE)
+                self._lock = open(LOCK_FILE)  # noqa: SIM115 (held until __exit__)
             except OSError:
                 return
         else:
@@ -175,7 +176,9 @@ class KnobGuard:
             self.restore()
 
     def _save_originals(self) -> None:
+        unrestored = self.original          # leftovers that could not be put back
         self.original = {path: read_knob(path) for path in canonical_knobs()}
+        self.original.update(unrestored)
         tmp = STATE_FILE.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(self.original))
         os.replace(tmp, STATE_FILE)
@@ -229,7 +232,7 @@ class KnobGuard:
     def _resolve(self, path: str) -> str:
         try:
             return knob_registry.resolve(path)
-        except Exception:
+        except ConfigError:
             return path
 
     def _write(self, path: str, value: str) -> None:
@@ -261,6 +264,12 @@ class KnobGuard:
                             file.write(value)
                 except OSError as err:
                     failures.append(f"{path}: {err.strerror}")
+                    continue
+                if is_pool(path) and read_knob(path) != value:
+                    # the pages are back in the buddy allocator; another allocation may
+                    # have split them meanwhile
+                    failures.append(f"{path}: the kernel gave {read_knob(path)} of {value} "
+                                    "pages")
             if failures:
                 self.notify("WARNING: could not restore " + "; ".join(failures)
                             + f" (originals kept in {STATE_FILE})")

@@ -24,6 +24,8 @@ import fcntl
 import os
 import struct
 from dataclasses import dataclass
+from itertools import pairwise
+from typing import Self
 
 from pagewalk.live.errors import LiveError
 
@@ -84,7 +86,7 @@ class PagemapReader:
         del self._vec_buffer
         os.close(self.fd)
 
-    def __enter__(self) -> PagemapReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -136,9 +138,9 @@ class PagemapReader:
                              np.where(entries & np.uint64(PM_SWAP), 1, 0)).astype(np.int8)
             edges = np.flatnonzero(np.diff(kinds)) + 1
             bounds = np.concatenate(([0], edges, [len(kinds)]))
-            for lo, hi in zip(bounds[:-1], bounds[1:]):
+            for lo, hi in pairwise(bounds.tolist()):
                 if kinds[lo]:
-                    runs.append(PageRun(chunk + (int(lo) << 12), chunk + (int(hi) << 12),
+                    runs.append(PageRun(chunk + (lo << 12), chunk + (hi << 12),
                                         12, bool(kinds[lo] == 2)))
         return _merge(runs) if shift == 12 else _widen(_merge(runs), shift)
 

@@ -105,6 +105,17 @@ def kernel_release() -> str:
     return os.uname().release
 
 
-__all__ = ["kernel_release", "own_faults", "process_gone", "read_anon_huge_pages", "read_text",
-           "read_comm", "read_faults", "read_kb_fields", "read_maps", "read_meminfo",
-           "read_status", "read_vmstat"]
+__all__ = [
+    "kernel_release",
+    "own_faults",
+    "process_gone",
+    "read_anon_huge_pages",
+    "read_comm",
+    "read_faults",
+    "read_kb_fields",
+    "read_maps",
+    "read_meminfo",
+    "read_status",
+    "read_text",
+    "read_vmstat",
+]

@@ -20,9 +20,10 @@ Noise: per measure, :class:`MeasureNoise` keeps what the measuring process fault
 (exited ones included). The kernel's ``pgfault`` lies between ``accounted`` (it may
 be a little higher: a fault answered with SIGBUS counts in vmstat only) and the figure
 measured (other processes on the machine only add to it). The THP counters have no
-per-process twin, so before its baseline a run also samples them over an idle window
-(``background``): what other processes' THP work adds to them here (NumPy, for one,
-asks for THP on its large arrays).
+per-process twin, so a run also samples the counters while its probes stand idle, for
+QUIET_SECONDS before its baseline and, after its last step, for as long as the steps
+took (at most QUIET_MAX_SECONDS): ``background``, what other processes' work adds to
+them here (NumPy, for one, asks for THP on its large arrays).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,7 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from pagewalk.errors import (
-    Errno, ExpectationFailed, Location, ScenarioError, Signal, SignalError, SyscallError,
+    Errno,
+    ExpectationFailed,
+    Location,
+    ScenarioError,
+    Signal,
+    SignalError,
+    SyscallError,
 )
 from pagewalk.live import probe as probe_mod
 from pagewalk.live import procfs
@@ -51,6 +59,7 @@ VMSTAT_FIELDS = tuple(EVENT_FIELDS)        # thp_fault_alloc ... pgfault
 CHUNK = 4096                               # bytes per probe write/read command
 IDLE_PINGS = 3                             # commands sent to check the probe adds no fault
 QUIET_SECONDS = 0.2                        # idle window that samples other processes' events
+QUIET_MAX_SECONDS = 2.0                    # longest idle window after the steps
 EXIT_WAIT = 10.0                           # seconds for an exited process to be gone
 
 
@@ -89,7 +98,8 @@ class LiveRunResult:
     noise: list[MeasureNoise]
     probe_command_faults: int          # faults the probe took answering idle commands
     layout_differences: list[str]      # main's start image vs the simulator's
-    background: dict[str, int]         # vmstat events of others in QUIET_SECONDS, idle
+    background: dict[str, int]         # vmstat events of others in the idle windows
+    idle_seconds: float                # how long the idle windows were
 
 
 class LiveRun:
@@ -114,6 +124,8 @@ class LiveRun:
         self.idle_faults = 0
         self.layout: list[str] = []
         self.background: dict[str, int] = {}
+        self.idle_seconds = 0.0
+        self.started = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -122,11 +134,12 @@ class LiveRun:
         self.procs["main"] = main
         self.layout = probe_mod.start_layout_differences(main.pid)
         self.idle_faults = self._idle_faults(main)
-        self.background = self._quiet_window()
+        self._quiet_window(QUIET_SECONDS)
         main.fault_base = procfs.read_faults(main.pid)
         self.base_sizes = self._sizes(main.pid)
         self.base_system = self._system()
         self.own_base = procfs.own_faults()
+        self.started = time.monotonic()
 
     @staticmethod
     def _idle_faults(proc: LiveProcess) -> int:
@@ -136,18 +149,22 @@ class LiveRun:
             proc.channel.ask("ping")
         return sum(procfs.read_faults(proc.pid)) - before
 
-    def _quiet_window(self) -> dict[str, int]:
-        """The vmstat events of a window in which nothing of the run moves: what other
-        processes on the machine add to the system-wide counters."""
+    def _quiet_window(self, seconds: float) -> None:
+        """Add the vmstat events of a window in which nothing of the run moves (what
+        other processes on the machine add to the system-wide counters) to background."""
         before = self._system()
-        time.sleep(QUIET_SECONDS)
+        time.sleep(seconds)
         after = self._system()
-        return {key: after[key] - before[key] for key in VMSTAT_FIELDS}
+        for key in VMSTAT_FIELDS:
+            self.background[key] = self.background.get(key, 0) + after[key] - before[key]
+        self.idle_seconds += seconds
 
     def run(self) -> LiveRunResult:
         self.start()
         for step in self.scenario.steps:
             self.run_step(step)
+        busy = time.monotonic() - self.started
+        self._quiet_window(min(max(busy, QUIET_SECONDS), QUIET_MAX_SECONDS))
         mappings = {
             p.name: {name: {"start": f"{start:#x}", "length": length}
                      for name, (start, length) in p.maps.items()}
@@ -156,14 +173,14 @@ class LiveRun:
         report = {"scenario": self.scenario.name, "measurements": self.measurements,
                   "mappings": mappings}
         return LiveRunResult(report, self.noise, self.idle_faults, self.layout,
-                             self.background)
+                             self.background, self.idle_seconds)
 
     def cleanup(self) -> None:
         """Kill every probe and wait until they are gone (hugetlb pages back in the pool)."""
         for proc in self.procs.values():
             if proc.alive and not procfs.process_gone(proc.pid):
                 try:
-                    os.kill(proc.pid, 9)
+                    os.kill(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
             if proc.name != "main":

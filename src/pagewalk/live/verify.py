@@ -63,6 +63,7 @@ class LiveResult:
 
     def noise_json(self) -> list[dict[str, Any]]:
         return [{"run": index + 1, "probe_command_faults": run.probe_command_faults,
+                 "idle_seconds": round(run.idle_seconds, 3),
                  "idle_window_events": run.background,
                  "measures": [{"label": n.label, "controller_faults": n.controller_faults,
                                "pgfault": n.pgfault, "accounted": n.accounted,
@@ -84,6 +85,10 @@ def machine_paging_levels() -> int:
     except OSError:
         pass
     return 4
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
 
 
 def needs_knobs(scenario: s.Scenario) -> bool:
@@ -143,7 +148,7 @@ def run_live(scenario: s.Scenario, repeat: int = 1, notify: Notify | None = None
             if notify is not None:
                 notify(text)
 
-    root = os.geteuid() == 0
+    root = is_root()
     refused = refusal(scenario, root)
     if refused is not None:
         raise refused
@@ -210,5 +215,5 @@ def combine(reports: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[FieldKe
     return combined, varied
 
 
-__all__ = ["LiveResult", "combine", "machine_paging_levels", "needs_knobs", "refusal",
+__all__ = ["LiveResult", "combine", "is_root", "machine_paging_levels", "needs_knobs", "refusal",
            "run_live"]

@@ -116,7 +116,7 @@ def _print_runs(sweep: Sweep, runs: list[RunConfig]) -> None:
     for run in runs:
         table.add_row(str(run.index), *(str(run.params.get(c, "")) for c in columns))
     console = Console(highlight=False)
-    console.print(f"[bold]sweep[/] {sweep.name}: {len(runs)} runs")
+    console.print(f"[bold]sweep[/] {sweep.name}: {_count(len(runs), 'run')}")
     console.print(table)
 
 
@@ -125,8 +125,9 @@ def _print_summary(sweep: Sweep, table: pd.DataFrame, seconds: float, nr_workers
     console = Console(highlight=False)
     failed = table[table["error"].notna()]
     nr_runs = table["run"].nunique()
-    console.print(f"[bold]sweep[/] {sweep.name}: {nr_runs} runs, {failed['run'].nunique()} "
-                  f"failed, {seconds:.1f} s on {nr_workers} workers")
+    console.print(f"[bold]sweep[/] {sweep.name}: {_count(nr_runs, 'run')}, "
+                  f"{failed['run'].nunique()} failed, {seconds:.1f} s on "
+                  f"{_count(nr_workers, 'worker')}")
     figures = SCENARIO_SUMMARY if isinstance(sweep.base, ScenarioBase) else TRACE_SUMMARY
     identity = ("label", "process") if isinstance(sweep.base, ScenarioBase) else ()
     shown = ["run", *sweep.parameters, *identity, *figures]
@@ -143,6 +144,10 @@ def _print_summary(sweep: Sweep, table: pd.DataFrame, seconds: float, nr_workers
         console.print("write the whole table with -o FILE.parquet or -o FILE.csv")
     for path in plots:
         console.print(f"plot: {path}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _cell(value: Any) -> str:

@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 
 Row = dict[str, Any]
 TABLE_SUFFIXES = (".parquet", ".csv")
-SCENARIO_IDENTITY = ("scenario",)
-TRACE_IDENTITY = ("trace", "pages", "tlb", "engine")
 MEASURE_COLUMNS = ("label", "step", "process")
 TAIL_COLUMNS = ("error", "seconds")
 CONNECT_TIMEOUT = "10s"
@@ -73,7 +71,7 @@ def run_report(run: RunConfig) -> dict[str, Any]:
         from pagewalk.scenario.runner import run_scenario
         return run_scenario(run.scenario).to_json()
     from pagewalk.trace.replay import replay_trace
-    stats = replay_trace(run.path, pages=run.pages, model=trace_model(run.tlb),
+    stats = replay_trace(run.path, pages=run.pages, model=trace_model(run.model),
                          engine=run.engine, fmt=run.format)
     return stats.to_json()
 
@@ -215,7 +213,7 @@ def _local_cluster(workers: int | None) -> Iterator[Any]:
     cluster = LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
         host="127.0.0.1", dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR)
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.CRITICAL)
     try:
         yield cluster
     finally:

@@ -6,8 +6,9 @@ A scenario run is the base scenario's YAML document with each parameter written 
 by the scenario schema exactly as ``pagewalk run`` reads a file, so a value the schema
 refuses is refused here, naming the sweep file, the parameter's field and the run. A
 trace run is the base's trace, page size, TLB preset, engine and format with the
-parameters put in; page sizes, engines, formats, presets and that the trace file exists
-are checked here too. What can only fail while running (a system call the kernel
+parameters put in; page sizes, engines, formats, TLB models and that the trace file
+exists are checked here too (a trace or model file is looked for beside the sweep file,
+then in the current directory). What can only fail while running (a system call the kernel
 refuses, a malformed record deep in a trace) fails that run alone (execute.py).
 """
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pagewalk.errors import ConfigError, Location, PagewalkError, ScenarioError
+from pagewalk.errors import Location, PagewalkError, ScenarioError
 from pagewalk.scenario.schema import (
     _STEP_PARSERS,
     Scenario,
@@ -41,7 +42,7 @@ from pagewalk.sweep.spec import (
     resolve_scenario_source,
 )
 from pagewalk.trace.formats import FORMATS
-from pagewalk.trace.replay import ENGINES, REFERENCE_MODEL, TraceModel, parse_pages
+from pagewalk.trace.replay import ENGINES, TraceModel, parse_pages
 from pagewalk.units import format_size
 
 
@@ -63,7 +64,8 @@ class TraceConfig:
     trace: str
     path: str
     pages: str                             # normalised: 4KiB, 2MiB or 1GiB
-    tlb: str                               # a TLB preset name
+    tlb: str                               # a TLB preset name or model file, as written
+    model: str                             # the preset name, or the model file's path
     engine: str
     format: str | None
 
@@ -138,7 +140,9 @@ class _ScenarioRuns:
         try:
             scenario = _scenario(document, str(path))
         except ScenarioError as err:
-            raise _refusal(self.sweep, at_field, index, params, str(err)) from None
+            culprit = _culprit(err, self._parameters(params))
+            raise _refusal(self.sweep, culprit.field if culprit else at_field, index, params,
+                           str(err)) from None
         return ScenarioConfig(index, params, scenario)
 
     def _parameters(self, params: dict[str, Any]) -> list[Parameter]:
@@ -161,6 +165,35 @@ class _ScenarioRuns:
                                     Location(str(path))) from None
             self.documents[path] = _load_yaml(text, str(path))
         return self.documents[path]
+
+
+def _culprit(err: ScenarioError, parameters: list[Parameter]) -> Parameter | None:
+    """The parameter that wrote the value the schema refused: the one whose path holds
+    the error's field (``system.ram``), or else one that set a field of the error's step."""
+    field_path = err.location.field if err.location and err.location.field else ""
+    step = err.location.step if err.location else None
+    for parameter in parameters:
+        path = _document_path(parameter)
+        if path and (field_path == path or field_path.startswith((path + ".", path + "["))
+                     or path.startswith(field_path + ".") and field_path):
+            return parameter
+    for parameter in parameters:
+        if isinstance(parameter.target, StepField) and parameter.target.index == step:
+            return parameter
+    return None
+
+
+def _document_path(parameter: Parameter) -> str | None:
+    """Where the scenario schema would name the value a parameter writes."""
+    target = parameter.target
+    if isinstance(target, SystemField):
+        return f"system.{target.name}"
+    if isinstance(target, Knob):
+        return f"system.sysfs.{target.path}"
+    if isinstance(target, StepField):
+        parts = [f"steps[{target.index}]", target.first, target.rest]
+        return ".".join(part for part in parts if part)
+    return None
 
 
 def apply_to_scenario(document: object, target: SystemField | Knob | StepField | TraceOption
@@ -231,6 +264,7 @@ class _TraceRuns:
         assert isinstance(sweep.base, TraceBase)
         self.sweep = sweep
         self.base = sweep.base
+        self.models: set[str] = set()             # model specs already checked
 
     def expand(self) -> list[RunConfig]:
         return [self.config(index, params)
@@ -254,8 +288,9 @@ class _TraceRuns:
                 reason = err.message if isinstance(err, PagewalkError) else str(err)
                 raise _refusal(self.sweep, fields[name], index, params, reason) from None
         return TraceConfig(index, params, trace=str(options["trace"]), path=checked["trace"],
-                           pages=checked["pages"], tlb=checked["tlb"],
-                           engine=checked["engine"], format=checked["format"])
+                           pages=checked["pages"], tlb=str(options["tlb"]),
+                           model=checked["tlb"], engine=checked["engine"],
+                           format=checked["format"])
 
     def _check(self, name: str, value: Any) -> Any:
         if name == "trace":
@@ -263,17 +298,28 @@ class _TraceRuns:
         if name == "pages":
             return format_size(1 << parse_pages(value))
         if name == "tlb":
-            if not isinstance(value, str):
-                raise Unapplicable(f"a TLB preset is a name, got {_show(value)}")
-            trace_model(value)
-            return value
+            return self._model(value)
         if name == "engine":
             if value not in ENGINES:
-                raise Unapplicable(f"engine must be one of {', '.join(ENGINES)}, got {_show(value)}")
+                raise Unapplicable(f"engine must be one of {', '.join(ENGINES)}, "
+                                   f"got {_show(value)}")
             return value
         if value is not None and value not in FORMATS:
-            raise Unapplicable(f"format must be one of {', '.join(FORMATS)}, got {_show(value)}")
+            raise Unapplicable(f"format must be one of {', '.join(FORMATS)}, "
+                               f"got {_show(value)}")
         return value
+
+    def _model(self, value: Any) -> str:
+        """A preset name as it is; a model file relative to the sweep file. Loaded once
+        here to check it (each worker loads it again)."""
+        if not isinstance(value, str) or not value:
+            raise Unapplicable(f"a TLB model is a preset name or a file, got {_show(value)}")
+        path = self.sweep.directory / value
+        spec = str(path) if Path(value).suffix and path.is_file() else value   # else: cwd
+        if spec not in self.models:
+            trace_model(spec)
+            self.models.add(spec)
+        return spec
 
     def _trace_path(self, value: Any) -> str:
         if value is None:
@@ -281,25 +327,19 @@ class _TraceRuns:
         if not isinstance(value, str):
             raise Unapplicable(f"a trace is a file name, got {_show(value)}")
         path = self.sweep.directory / value
-        if not path.is_file():
-            raise Unapplicable(f"no such trace file: {str(path)!r}")
-        return str(path)
+        if path.is_file():
+            return str(path)
+        if Path(value).is_file():           # relative to the current directory
+            return str(Path(value).absolute())
+        raise Unapplicable(f"no such trace file: {str(path)!r} (nor {value!r} in the "
+                           "current directory)")
 
 
-def trace_model(name: str) -> TraceModel:
-    """The TraceModel of a TLB preset name; ``reference`` is spec/trace-model.md's."""
-    if name == REFERENCE_MODEL.name:
-        return REFERENCE_MODEL
-    try:
-        from pagewalk.trace import presets
-    except ImportError:
-        load = None
-    else:
-        load = getattr(presets, "load_preset", None)
-    if load is None:
-        raise ConfigError(f"unknown TLB preset {name!r}; this build has only 'reference'")
-    model: TraceModel = load(name)
-    return model
+def trace_model(spec: str) -> TraceModel:
+    """The TraceModel of a TLB preset name (``reference``, ``skylake`` ...) or of a model
+    file (trace/presets.py), as ``pagewalk trace --tlb`` loads it."""
+    from pagewalk.trace.presets import load_model
+    return load_model(spec)
 
 
 __all__ = ["RunConfig", "ScenarioConfig", "TraceConfig", "apply_to_scenario", "combinations",

@@ -5,7 +5,12 @@ is the readable engine, ``fast`` the compiled one, ``presets`` the named models.
 """
 
 from pagewalk.trace.replay import (
-    REFERENCE_MODEL, PageSizeMap, TraceModel, TraceReplayer, TraceStats, replay_trace,
+    REFERENCE_MODEL,
+    PageSizeMap,
+    TraceModel,
+    TraceReplayer,
+    TraceStats,
+    replay_trace,
 )
 
 __all__ = ["REFERENCE_MODEL", "PageSizeMap", "TraceModel", "TraceReplayer", "TraceStats",

@@ -148,7 +148,7 @@ def _record(program: list[str], model: TraceModel, pages: str, engine: str,
     read_fd, write_fd = os.pipe()
     command = [valgrind, "--tool=lackey", "--trace-mem=yes", f"--log-fd={write_fd}", *program]
     process = subprocess.Popen(command, pass_fds=(write_fd,),
-                               stdout=sys.stderr.fileno() if as_json else None)
+                               stdout=_stderr_fd() if as_json else None)
     os.close(write_fd)
     try:
         with os.fdopen(read_fd, "rb") as stream, _progress(not as_json, 0) as advance:
@@ -164,6 +164,15 @@ def _record(program: list[str], model: TraceModel, pages: str, engine: str,
     if status != 0:
         click.echo(f"warning: {' '.join(program)} exited with status {status}", err=True)
     return replayer.stats()
+
+
+def _stderr_fd() -> int:
+    """Where a recorded program's standard output goes with --json (standard output holds
+    the JSON only): our standard error, or nowhere if that is not a file."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):   # io.UnsupportedOperation is both
+        return subprocess.DEVNULL
 
 
 def _skip_scipy_blas_probe() -> None:
@@ -189,8 +198,14 @@ def _progress(wanted: bool, total: int) -> Iterator[Callable[[int], None]]:
         return
     from rich.console import Console
     from rich.progress import (
-        BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-        TimeRemainingColumn, TransferSpeedColumn,
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
     )
     columns = ([TextColumn("replaying"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                 TimeRemainingColumn()] if total else
@@ -205,7 +220,8 @@ def _print_report(stats: TraceStats, source: str) -> None:
     from rich.console import Console
     from rich.table import Table
     report = stats.to_json()
-    table = Table("field", "value", title=f"{source}: {stats.model} model, {stats.pages} pages")
+    table = Table("field", "value", title=f"{stats.model} model, {stats.pages} pages",
+                  caption=source)
     for key, value in report.items():
         if key in ("tlb", "model", "pages"):
             continue

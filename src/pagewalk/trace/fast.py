@@ -40,12 +40,15 @@ wrap-around; searching a set for a tag or a victim is a branch-free minimum LLVM
 vectorises (no mispredicted loop exits); and the driver counts page faults in a separate
 pass over the chunk (only a page's first touch faults, and that touch always walks, so
 the count is the same) whose hash probes do not wait behind the TLB work. The drivers
-are compiled without Numba's reference counting (``_nrt=False``): they allocate nothing,
-and the array arguments of inlined helpers otherwise cost atomic increments and
-decrements on every access (3.7x slower, measured).
+are compiled without Numba's reference counting (:func:`compiled_loop`): with it, the
+array arguments of the inlined helpers cost atomic increments and decrements on every
+access (3.7x slower, measured).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -79,11 +82,21 @@ LEVEL_STLB = 2
 
 Ints = npt.NDArray[np.int64]
 Words = npt.NDArray[np.uint64]
+Int = int | np.integer[Any]       # compiled code mixes Python ints and NumPy scalars
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def compiled_loop(func: _F) -> _F:
+    """``njit(cache=True)`` without Numba's reference counting (``_nrt=False``), for the
+    drivers: they allocate nothing, and the array arguments of the helpers inlined into
+    them otherwise cost atomic increments and decrements on every access."""
+    options: dict[str, Any] = {"cache": True, "_nrt": False}
+    return cast(_F, njit(**options)(func))
 
 
 # -- one LRU table on flat arrays (hw/lru_table.py's rules) ---------------------------------
 @njit(cache=True, inline="always")
-def lru_find(tags: Ints, base: int, nr_ways: int, tag: int) -> int:
+def lru_find(tags: Ints, base: Int, nr_ways: Int, tag: Int) -> Int:
     """Flat index of ``tag`` in ``tags[base:base + nr_ways]``, or -1 (no LRU update).
 
     A branch-free minimum over the ways (tags are unique in a set), which LLVM vectorises:
@@ -92,19 +105,19 @@ def lru_find(tags: Ints, base: int, nr_ways: int, tag: int) -> int:
     end = first + np.uint64(nr_ways)
     found = end
     for i in range(first, end):
-        found = min(found, i if tags[i] == tag else end)
+        found = min(found, np.uint64(i) if tags[i] == tag else end)
     return np.int64(found) if found < end else -1
 
 
 @njit(cache=True, inline="always")
-def lru_touch(stamps: Ints, clock: Ints, index: int) -> None:
+def lru_touch(stamps: Ints, clock: Ints, index: Int) -> None:
     """Make entry ``index`` the most recently used."""
     clock[0] += 1
     stamps[np.uint64(index)] = clock[0]
 
 
 @njit(cache=True, inline="always")
-def lru_victim(stamps: Ints, base: int, nr_ways: int) -> int:
+def lru_victim(stamps: Ints, base: Int, nr_ways: Int) -> Int:
     """The way a fill replaces: the smallest stamp (invalid = 0), the lowest on a tie.
 
     Branch-free: the oldest stamp, then the lowest index holding it (both vectorised)."""
@@ -115,13 +128,13 @@ def lru_victim(stamps: Ints, base: int, nr_ways: int) -> int:
         oldest = min(oldest, stamps[i])
     victim = end
     for i in range(first, end):
-        victim = min(victim, i if stamps[i] == oldest else end)
+        victim = min(victim, np.uint64(i) if stamps[i] == oldest else end)
     return np.int64(victim)
 
 
 @njit(cache=True, inline="always")
-def lru_insert(tags: Ints, stamps: Ints, payload: Words, clock: Ints, base: int,
-               nr_ways: int, tag: int, value: np.uint64) -> None:
+def lru_insert(tags: Ints, stamps: Ints, payload: Words, clock: Ints, base: Int,
+               nr_ways: Int, tag: Int, value: np.uint64) -> None:
     """Fill a tag the caller knows is absent (it just missed): replace the victim."""
     index = np.uint64(lru_victim(stamps, base, nr_ways))
     clock[0] += 1
@@ -131,8 +144,8 @@ def lru_insert(tags: Ints, stamps: Ints, payload: Words, clock: Ints, base: int,
 
 
 @njit(cache=True, inline="always")
-def lru_fill(tags: Ints, stamps: Ints, payload: Words, clock: Ints, base: int,
-             nr_ways: int, tag: int, value: np.uint64) -> None:
+def lru_fill(tags: Ints, stamps: Ints, payload: Words, clock: Ints, base: Int,
+             nr_ways: Int, tag: Int, value: np.uint64) -> None:
     """LruTable.fill: rewrite ``tag`` in place if present, else replace the victim."""
     index = lru_find(tags, base, nr_ways, tag)
     if index < 0:
@@ -144,29 +157,30 @@ def lru_fill(tags: Ints, stamps: Ints, payload: Words, clock: Ints, base: int,
 
 # -- TLBs -------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def size_code(page_shift: int) -> int:
+def size_code(page_shift: Int) -> Int:
     """4 KiB -> 0, 2 MiB -> 1, 1 GiB -> 2."""
     return (page_shift - 12) // 9
 
 
 @njit(cache=True, inline="always")
-def tlb_tag(vaddr: int, page_shift: int, pcid: int) -> int:
+def tlb_tag(vaddr: Int, page_shift: Int, pcid: Int) -> Int:
     return ((vaddr & VA_MASK) >> page_shift) | (size_code(page_shift) << TAG_SIZE_SHIFT) | (
         pcid << TAG_PCID_SHIFT)
 
 
 @njit(cache=True, inline="always")
-def set_base(layout: Ints, index: int, vaddr: int, page_shift: int) -> int:
+def set_base(layout: Ints, index: Int, vaddr: Int, page_shift: Int) -> Int:
     """Flat index of way 0 of the set the page of ``vaddr`` maps to in array ``index``."""
     vpn = (vaddr & VA_MASK) >> page_shift
     mask = layout[index, 3]
     set_index = vpn & mask if mask >= 0 else vpn % layout[index, 1]
-    return layout[index, 0] + set_index * layout[index, 2]
+    first: Int = layout[index, 0] + set_index * layout[index, 2]
+    return first
 
 
 @njit(cache=True, inline="always")
-def tlb_probe(index: int, vaddr: int, page_shift: int, pcid: int, layout: Ints, tags: Ints,
-              stamps: Ints, clock: Ints, tlb_stats: Ints) -> int:
+def tlb_probe(index: Int, vaddr: Int, page_shift: Int, pcid: Int, layout: Ints, tags: Ints,
+              stamps: Ints, clock: Ints, tlb_stats: Ints) -> Int:
     """Look up array ``index`` (-1: none) for the page of ``page_shift``: the flat index
     of the entry (made MRU) or -1; counts the hit or miss."""
     if index < 0:
@@ -182,7 +196,7 @@ def tlb_probe(index: int, vaddr: int, page_shift: int, pcid: int, layout: Ints, 
 
 
 @njit(cache=True, inline="always")
-def tlb_fill_array(index: int, vaddr: int, page_shift: int, pcid: int, value: np.uint64,
+def tlb_fill_array(index: Int, vaddr: Int, page_shift: Int, pcid: Int, value: np.uint64,
                    layout: Ints, tags: Ints, stamps: Ints, payload: Words,
                    clock: Ints) -> None:
     """Enter a translation in array ``index`` (nothing if -1)."""
@@ -192,9 +206,9 @@ def tlb_fill_array(index: int, vaddr: int, page_shift: int, pcid: int, value: np
 
 
 @njit(cache=True, inline="always")
-def tlb_lookup(vaddr: int, kind: int, page_shift: int, pcid: int, layout: Ints,
+def tlb_lookup(vaddr: Int, kind: Int, page_shift: Int, pcid: Int, layout: Ints,
                routes: Ints, tags: Ints, stamps: Ints, payload: Words, clock: Ints,
-               tlb_stats: Ints) -> tuple[int, int, np.uint64]:
+               tlb_stats: Ints) -> tuple[Int, Int, np.uint64]:
     """TlbHierarchy.lookup: ``(level, page_shift, payload)`` with level LEVEL_L1,
     LEVEL_STLB or 0 (a miss). ``page_shift`` 0 probes every size (the MMU: the hardware
     does not know the size), else only that size. An STLB hit is copied into the L1."""
@@ -219,7 +233,7 @@ def tlb_lookup(vaddr: int, kind: int, page_shift: int, pcid: int, layout: Ints,
 
 
 @njit(cache=True, inline="always")
-def tlb_fill(vaddr: int, kind: int, page_shift: int, pcid: int, value: np.uint64,
+def tlb_fill(vaddr: Int, kind: Int, page_shift: Int, pcid: Int, value: np.uint64,
              layout: Ints, routes: Ints, tags: Ints, stamps: Ints, payload: Words,
              clock: Ints) -> None:
     """TlbHierarchy.fill: after a walk, the STLB then the L1 of ``kind``."""
@@ -232,15 +246,16 @@ def tlb_fill(vaddr: int, kind: int, page_shift: int, pcid: int, value: np.uint64
 
 # -- page-walk caches ----------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def pwc_key(pwc_layout: Ints, row: int, vaddr: int, pcid: int) -> int:
-    return ((vaddr >> pwc_layout[row, 2]) & ((1 << pwc_layout[row, 3]) - 1)) | (
+def pwc_key(pwc_layout: Ints, row: Int, vaddr: Int, pcid: Int) -> Int:
+    key: Int = ((vaddr >> pwc_layout[row, 2]) & ((1 << pwc_layout[row, 3]) - 1)) | (
         pcid << PWC_PCID_SHIFT)
+    return key
 
 
 @njit(cache=True, inline="always")
-def pwc_walk(vaddr: int, page_shift: int, pcid: int, top_row: int, pwc_layout: Ints,
+def pwc_walk(vaddr: Int, page_shift: Int, pcid: Int, top_row: Int, pwc_layout: Ints,
              pwc_tags: Ints, pwc_stamps: Ints, pwc_payload: Words, pwc_clock: Ints,
-             pwc_stats: Ints) -> int:
+             pwc_stats: Ints) -> Int:
     """PageWalkCaches.walk: probe from the level above the leaf upwards, stop at the first
     hit, cache the upper-level entries read below it; returns the entries read."""
     leaf_row = 4 - size_code(page_shift)
@@ -267,19 +282,19 @@ def pwc_walk(vaddr: int, page_shift: int, pcid: int, top_row: int, pwc_layout: I
 
 # -- demand paging: the set of mapped pages ------------------------------------------------
 @njit(cache=True, inline="always")
-def page_key(vaddr: int, page_shift: int) -> int:
+def page_key(vaddr: Int, page_shift: Int) -> Int:
     return (((vaddr & VA_MASK) >> page_shift) << 2) | size_code(page_shift)
 
 
 @njit(cache=True, inline="always")
-def mapped_slot(key: int, mask: int) -> int:
+def mapped_slot(key: Int, mask: Int) -> Int:
     """Home slot of ``key`` (0 <= key < 2**47): multiplicative mixing, no int64 overflow."""
     mixed = ((key & 0x7FFFFFFF) * 0x5BD1E995) ^ ((key >> 31) * 0x1B873593)
     return ((mixed >> 24) ^ mixed) & mask
 
 
 @njit(cache=True, inline="always")
-def mapped_insert(mapped: Ints, key: int) -> bool:
+def mapped_insert(mapped: Ints, key: Int) -> bool:
     """Add ``key``; True if it was not there (a page fault). Linear probing; the caller
     keeps the set at most half full."""
     mask = mapped.shape[0] - 1
@@ -294,7 +309,7 @@ def mapped_insert(mapped: Ints, key: int) -> bool:
         slot = (slot + 1) & mask
 
 
-@njit(cache=True, _nrt=False)
+@compiled_loop
 def mapped_rehash(old: Ints, new: Ints) -> None:
     for i in range(old.shape[0]):
         if old[i] != -1:
@@ -303,9 +318,9 @@ def mapped_rehash(old: Ints, new: Ints) -> None:
 
 # -- one access ----------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def translate_access(vaddr: int, kind: int, page_shift: int, layout: Ints, routes: Ints,
+def translate_access(vaddr: Int, kind: Int, page_shift: Int, layout: Ints, routes: Ints,
                      tags: Ints, stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints,
-                     top_row: int, pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints,
+                     top_row: Int, pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints,
                      pwc_payload: Words, pwc_clock: Ints, pwc_stats: Ints,
                      counters: Ints) -> bool:
     """One access of the trace model (PCID 0) without demand paging: L1, STLB, else a
@@ -337,23 +352,23 @@ def translate_access(vaddr: int, kind: int, page_shift: int, layout: Ints, route
 
 
 @njit(cache=True, inline="always")
-def replay_access(vaddr: int, kind: int, page_shift: int, layout: Ints, routes: Ints,
+def replay_access(vaddr: Int, kind: Int, page_shift: Int, layout: Ints, routes: Ints,
                   tags: Ints, stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints,
-                  top_row: int, pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints,
+                  top_row: Int, pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints,
                   pwc_payload: Words, pwc_clock: Ints, pwc_stats: Ints, mapped: Ints,
                   counters: Ints) -> None:
     """One access of the trace model, as the reference does it: a walk to a page never
     touched first faults it in. ``mapped`` must have room for one more key."""
-    if translate_access(vaddr, kind, page_shift, layout, routes, tags, stamps, payload, clock,
-                        tlb_stats, top_row, pwc_layout, pwc_tags, pwc_stamps, pwc_payload,
-                        pwc_clock, pwc_stats, counters):
-        if mapped_insert(mapped, page_key(vaddr, page_shift)):
-            counters[C_FAULTS] += 1
+    walked = translate_access(vaddr, kind, page_shift, layout, routes, tags, stamps, payload,
+                              clock, tlb_stats, top_row, pwc_layout, pwc_tags, pwc_stamps,
+                              pwc_payload, pwc_clock, pwc_stats, counters)
+    if walked and mapped_insert(mapped, page_key(vaddr, page_shift)):
+        counters[C_FAULTS] += 1
 
 
 # -- the driver ------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def page_shift_at(vaddr: int, map_starts: Ints, map_ends: Ints, map_shifts: Ints) -> int:
+def page_shift_at(vaddr: Int, map_starts: Ints, map_ends: Ints, map_shifts: Ints) -> Int:
     """The page size of ``vaddr`` from sorted ranges ``[start, end)``; 4 KiB outside them."""
     lo, hi = 0, map_starts.shape[0]
     while lo < hi:
@@ -363,12 +378,13 @@ def page_shift_at(vaddr: int, map_starts: Ints, map_ends: Ints, map_shifts: Ints
         else:
             hi = mid
     if lo > 0 and vaddr < map_ends[lo - 1]:
-        return map_shifts[lo - 1]
+        shift: Int = map_shifts[lo - 1]
+        return shift
     return 12
 
 
 @njit(cache=True, inline="always")
-def record_status(record: int, canon_shift: int, canon_ones: int) -> int:
+def record_status(record: Int, canon_shift: Int, canon_ones: Int) -> Int:
     """DONE for a valid .pwt word (viewed as int64), else why not."""
     if (record >> 57) & 0x1F:
         return BAD_RESERVED
@@ -380,10 +396,10 @@ def record_status(record: int, canon_shift: int, canon_ones: int) -> int:
     return DONE
 
 
-@njit(cache=True, _nrt=False)
-def fault_pass(records: Ints, start: int, va_bits: int, page_shift: int, map_starts: Ints,
+@compiled_loop
+def fault_pass(records: Ints, start: Int, va_bits: Int, page_shift: Int, map_starts: Ints,
                map_ends: Ints, map_shifts: Ints, mapped: Ints,
-               counters: Ints) -> tuple[int, int]:
+               counters: Ints) -> tuple[Int, Int]:
     """Check ``records[start:]`` and add their pages to ``mapped``, counting new ones as
     faults; stops at the first bad record or when ``mapped`` is half full.
     Returns ``(stop index, status)``."""
@@ -391,7 +407,7 @@ def fault_pass(records: Ints, start: int, va_bits: int, page_shift: int, map_sta
     canon_shift = va_bits - 1                  # bits canon_shift..56 must all be equal
     canon_ones = (1 << (58 - va_bits)) - 1
     room = mapped.shape[0] // 2
-    last_key = -1
+    last_key: Int = -1
     for i in range(start, records.shape[0]):
         record = records[i]
         status = record_status(record, canon_shift, canon_ones)
@@ -410,13 +426,13 @@ def fault_pass(records: Ints, start: int, va_bits: int, page_shift: int, map_sta
     return records.shape[0], DONE
 
 
-@njit(cache=True, _nrt=False)
-def replay_records(records: Ints, start: int, va_bits: int, page_shift: int, map_starts: Ints,
+@compiled_loop
+def replay_records(records: Ints, start: Int, va_bits: Int, page_shift: Int, map_starts: Ints,
                    map_ends: Ints, map_shifts: Ints, layout: Ints, routes: Ints, tags: Ints,
-                   stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints, top_row: int,
+                   stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints, top_row: Int,
                    pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints, pwc_payload: Words,
                    pwc_clock: Ints, pwc_stats: Ints, mapped: Ints,
-                   counters: Ints) -> tuple[int, int]:
+                   counters: Ints) -> tuple[Int, Int]:
     """Replay ``records[start:]`` (.pwt words viewed as int64) with every page of
     ``page_shift``, or sized by the map when ``map_starts`` is not empty. Returns
     ``(index, status)``: ``(len, DONE)``, or the record it stopped before and why
@@ -434,13 +450,13 @@ def replay_records(records: Ints, start: int, va_bits: int, page_shift: int, map
     return stop, status
 
 
-@njit(cache=True, _nrt=False)
-def replay_records_per_access(records: Ints, va_bits: int, page_shift: int, layout: Ints,
+@compiled_loop
+def replay_records_per_access(records: Ints, va_bits: Int, page_shift: Int, layout: Ints,
                               routes: Ints, tags: Ints, stamps: Ints, payload: Words,
-                              clock: Ints, tlb_stats: Ints, top_row: int, pwc_layout: Ints,
+                              clock: Ints, tlb_stats: Ints, top_row: Int, pwc_layout: Ints,
                               pwc_tags: Ints, pwc_stamps: Ints, pwc_payload: Words,
                               pwc_clock: Ints, pwc_stats: Ints, mapped: Ints,
-                              counters: Ints) -> int:
+                              counters: Ints) -> Int:
     """All of ``records`` through :func:`replay_access`, one access at a time (tests use
     it to check that the per-access entry point agrees with the driver). ``mapped`` must
     hold every page; returns the index of a bad record or ``len(records)``."""
@@ -452,4 +468,5 @@ def replay_records_per_access(records: Ints, va_bits: int, page_shift: int, layo
         replay_access(records[i] & VA_MASK, (records[i] >> 62) & 3, page_shift, layout, routes,
                       tags, stamps, payload, clock, tlb_stats, top_row, pwc_layout, pwc_tags,
                       pwc_stamps, pwc_payload, pwc_clock, pwc_stats, mapped, counters)
-    return records.shape[0]
+    done: Int = records.shape[0]
+    return done

@@ -19,7 +19,13 @@ import numpy.typing as npt
 from pagewalk.hw.pwc import PageWalkCaches
 from pagewalk.hw.tlb import SIZE_CODE, VA_FIELD_MASK, TlbHierarchy
 from pagewalk.trace.fast import (
-    C_ACCESSES, C_FAULTS, C_L1_HITS, C_LOADS, C_STLB_HITS, C_WALK_REFS, C_WALKS,
+    C_ACCESSES,
+    C_FAULTS,
+    C_L1_HITS,
+    C_LOADS,
+    C_STLB_HITS,
+    C_WALK_REFS,
+    C_WALKS,
 )
 
 TRACE_PCID = 0      # a trace is one address space: one PCID

@@ -25,7 +25,11 @@ from pagewalk.hw.pwc import PWC_NAMES, REFERENCE_PWC, PageWalkCaches, PwcGeometr
 from pagewalk.hw.tlb import REFERENCE_TLB, TlbGeometry, TlbHierarchy
 from pagewalk.trace import fast
 from pagewalk.trace.formats import (
-    Chunk, describe_record, iter_chunks, record_error, trace_size,
+    Chunk,
+    describe_record,
+    iter_chunks,
+    record_error,
+    trace_size,
 )
 from pagewalk.trace.reference import ReferenceReplay
 from pagewalk.units import GiB, KiB, MiB, format_size, parse_size
@@ -204,7 +208,7 @@ class TraceReplayer:
         starts, ends, shifts = ((page_map.starts, page_map.ends, page_map.shifts)
                                 if page_map is not None else (self._no_map,) * 3)
         tlb, pwc = self.tlb, self.pwc
-        index = 0
+        index: fast.Int = 0
         while True:
             index, status = fast.replay_records(
                 words, index, self.model.va_bits, self.page_shift, starts, ends, shifts,
@@ -216,7 +220,8 @@ class TraceReplayer:
                 return
             if status != fast.GROW_MAPPED:
                 reason = describe_record(int(chunk.words[index]), self.model.va_bits)
-                raise record_error(self.name, chunk.first_record + index, reason or "bad record")
+                raise record_error(self.name, chunk.first_record + int(index),
+                                   reason or "bad record")
             self._grow_mapped()
 
     def _grow_mapped(self) -> None:

@@ -50,6 +50,7 @@ EVENT_SERIES = {"pgfault": VmEvent.PGFAULT, "thp_fault_alloc": VmEvent.THP_FAULT
                 "thp_collapse_alloc": VmEvent.THP_COLLAPSE_ALLOC}
 SYSTEM_VIEWS = ("/proc/meminfo", "/proc/vmstat", "/proc/buddyinfo", "sar")
 PROCESS_VIEWS = ("status", "maps", "smaps", "smaps_rollup")
+SMAPS_MAX_PTES = 1 << 18      # 1 GiB of 4 KiB pages
 PFN_BITS = pt.PTE_PFN_MASK
 
 
@@ -298,15 +299,24 @@ def state(run: ScenarioRun, after: int, label: str | None, views: bool) -> dict[
                                    for region, (start, length) in run.maps.get(name, {}).items()}
     doc: dict[str, Any] = {"after": after, "label": label, "processes": processes}
     if views:
-        doc["views"] = render_views(run)
+        doc["views"] = render_views(run, {name: proc["cost"]["leaves"]["4KiB"]
+                                          for name, proc in processes.items()})
     return doc
 
 
-def render_views(run: ScenarioRun) -> dict[str, str]:
-    paths = list(SYSTEM_VIEWS)
+def render_views(run: ScenarioRun, pte_leaves: dict[str, int]) -> dict[str, str]:
+    """The /proc views of a measure. smaps and smaps_rollup visit every leaf in Python
+    (proc/task_mmu.py), so above SMAPS_MAX_PTES 4 KiB leaves they are left out, saying so."""
+    views = {path: run.render(path) for path in SYSTEM_VIEWS}
     for name in run.kernel.tasks:
-        paths += [f"/proc/{name}/{view}" for view in PROCESS_VIEWS]
-    return {path: run.render(path) for path in paths}
+        for view in PROCESS_VIEWS:
+            path = f"/proc/{name}/{view}"
+            if view.startswith("smaps") and pte_leaves.get(name, 0) > SMAPS_MAX_PTES:
+                views[path] = (f"({pte_leaves[name]:,} pages mapped by PTEs: too many to render "
+                               f"here; `pagewalk run FILE --show {path}` prints it)\n")
+                continue
+            views[path] = run.render(path)
+    return views
 
 
 # -- steps and series ---------------------------------------------------------------------------

@@ -42,24 +42,30 @@ Site = dict[str, tuple[str, bytes]]     # file name -> (content type, bytes)
 def plotly_files() -> Site:
     """plotly.min.js and its licence, read from the installed ``plotly`` package."""
     try:
-        import plotly
-        from plotly.offline import get_plotlyjs
+        import plotly  # type: ignore[import-untyped]
+        from plotly.offline import get_plotlyjs  # type: ignore[import-untyped]
     except ImportError:
         raise ConfigError("the web view draws its charts with Plotly: "
                           "pip install 'plotly>=5.15'") from None
-    license_text = "MIT License (see https://github.com/plotly/plotly.js/blob/master/LICENSE)"
-    try:
-        from importlib.metadata import distribution
-        files = distribution("plotly").files or []
-        for file in files:
-            if file.name.upper().startswith("LICENSE"):
-                license_text = file.read_text()
-                break
-    except Exception:   # the notice falls back to the licence's name
-        pass
-    notice = PLOTLY_NOTICE.format(version=plotly.__version__, license=license_text)
+    notice = PLOTLY_NOTICE.format(version=plotly.__version__, license=_plotly_license())
     return {"plotly.min.js": ("text/javascript; charset=utf-8", get_plotlyjs().encode()),
             "THIRD-PARTY-LICENSES.txt": ("text/plain; charset=utf-8", notice.encode())}
+
+
+def _plotly_license() -> str:
+    """The licence file the plotly distribution ships, or the licence's name."""
+    from importlib.metadata import PackageNotFoundError, distribution
+    try:
+        files = distribution("plotly").files or []
+    except PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.name.upper().startswith("LICENSE"):
+            try:
+                return file.read_text()
+            except OSError:
+                break
+    return "The MIT License (plotly.js: github.com/plotly/plotly.js, LICENSE)"
 
 
 def build_site(document: dict[str, Any]) -> Site:

@@ -337,7 +337,21 @@
     const target = found.tagName === "DETAILS" ? found.querySelector(":scope > summary") : found;
     target.classList.add("highlight");
     target.scrollIntoView({ block: "center" });
+    const mapped = found.classList.contains("leaf");
+    $("#goto-result").textContent = mapped ? "" : "not mapped: the walk stops at the highlighted entry";
     return target;
+  }
+
+  function gotoAddress(ev) {
+    ev.preventDefault();
+    const text = $("#goto").value.trim();
+    let va;
+    try { va = BigInt(text); } catch (err) { va = null; }
+    if (va === null || va < 0n || va >= (1n << 64n)) {
+      $("#goto-result").textContent = "not an address: " + text;
+      return;
+    }
+    reveal(ui.process, "0x" + va.toString(16));
   }
 
   /* Open (or close) every table node; runs of pages stay closed. */
@@ -408,6 +422,7 @@
     timeline();
     $("#expand-all").addEventListener("click", () => setAll(true));
     $("#collapse-all").addEventListener("click", () => setAll(false));
+    $("#goto-form").addEventListener("submit", gotoAddress);
     select(RUN.states.length - 1);
     document.body.dataset.ready = "1";
   });
