@@ -251,6 +251,11 @@ class Kernel:
             self.asids[asid] = id(mm)
             self.mm_asid[id(mm)] = asid
             flush = True
+        if self.pti:  # switch_mm() runs in the kernel: its CR3 first, the user CR3 at exit
+            from pagewalk.hw.mmu import X86_CR3_PCID_NOFLUSH
+            kpcid = asid + 1 if self.mmu.pcid_enabled else 0
+            keep = X86_CR3_PCID_NOFLUSH if self.mmu.pcid_enabled and not flush else 0
+            self.mmu.load_cr3((mm.pgd_pfn << 12) | kpcid | keep)
         self._load_user_cr3(mm, asid, flush)
 
     def _load_user_cr3(self, mm: MmStruct, asid: int, flush: bool) -> None:
