@@ -73,24 +73,15 @@ def copy_page_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, src: Vma, dst
         copy_hugetlb_page_range(k, src_mm, dst_mm, src)
         return
     pgt = k.pgtables
-    addr = src.start
-    while addr < src.end:
-        nxt = min((addr + (1 << 21)) & ~((1 << 21) - 1), src.end)
-        pmd_paddr, shift = pgt.walk(src_mm, addr, 21, alloc=False)
-        if shift != 21:
-            size = 1 << shift
-            addr = min((addr + size) & ~(size - 1), src.end)
-            continue
+    for addr, nxt, pmd_paddr in pgt.pmd_ranges(src_mm, src.start, src.end):
         pmd = pgt.read(pmd_paddr)
         if pmd == 0:
-            addr = nxt
             continue
         dst_pmd, _ = pgt.walk(dst_mm, addr, 21, alloc=True)
         if pmd & pt._PAGE_PSE:
             copy_huge_pmd(k, src_mm, dst_mm, src, pmd_paddr, dst_pmd)
         else:
             copy_pte_range(k, src_mm, dst_mm, src, pt.pte_pfn(pmd), dst_pmd, addr, nxt)
-        addr = nxt
 
 
 def copy_pte_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, vma: Vma, src_table: int,

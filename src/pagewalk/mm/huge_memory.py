@@ -256,6 +256,17 @@ def split_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, vaddr: int
     k.flush_tlb_range(mm, haddr, haddr + HPAGE_PMD_SIZE)
 
 
+def huge_pmd_covered(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, addr: int,
+                     nxt: int) -> bool:
+    """For an operation on [addr, nxt) over a huge PMD: True when it covers the whole 2 MiB
+    (the caller acts on the PMD itself); otherwise the PMD is split first (__split_huge_pmd
+    in zap_pmd_range, change_pmd_range, madvise_free_huge_pmd) and False is returned."""
+    if addr & (HPAGE_PMD_SIZE - 1) == 0 and nxt - addr == HPAGE_PMD_SIZE:
+        return True
+    split_huge_pmd(k, mm, vma, pmd_paddr, addr)
+    return False
+
+
 def zap_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, pmd: int) -> None:
     """zap_huge_pmd(): clear a PMD mapping whole, free its deposited table."""
     k.pgtables.set_entry(mm, pmd_paddr, 0)

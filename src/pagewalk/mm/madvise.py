@@ -105,41 +105,29 @@ def madvise_free_single_vma(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: 
     a THP only partly covered is split first. RSS does not change."""
     pgt = k.pgtables
     flags = k.memmap.flags
-    addr = start
-    while addr < end:
-        nxt = min((addr + (1 << 21)) & ~((1 << 21) - 1), end)
-        pmd_paddr, shift = pgt.walk(mm, addr, 21, alloc=False)
-        if shift != 21:
-            size = 1 << shift
-            addr = min((addr + size) & ~(size - 1), end)
-            continue
+    for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
         pmd = pgt.read(pmd_paddr)
         if pmd & pt._PAGE_PSE:
             if huge_memory.is_huge_zero_pmd(k, pmd):
-                addr = nxt
                 continue
-            if not (addr & ((1 << 21) - 1) == 0 and nxt - addr == 1 << 21):
-                huge_memory.split_huge_pmd(k, mm, vma, pmd_paddr, addr)
-            else:
-                head = pt.huge_pfn(pmd, 21)
-                pgt.set_entry(mm, pmd_paddr, pmd & ~pt._PAGE_DIRTY)
-                _mark_lazyfree(k, head, 512)
-                addr = nxt
+            if huge_memory.huge_pmd_covered(k, mm, vma, pmd_paddr, addr, nxt):
+                pgt.set_entry(mm, pmd_paddr, pmd & ~pt._PAGE_DIRTY)   # madvise_free_huge_pmd
+                _mark_lazyfree(k, pt.huge_pfn(pmd, 21), 512)
                 continue
             pmd = pgt.read(pmd_paddr)
-        if pmd:
-            table = pt.pte_pfn(pmd)
-            for va in range(addr, nxt, 4096):
-                paddr = (table << 12) + ((va >> 12) & 511) * 8
-                pte = pgt.read(paddr)
-                if not pte & pt._PAGE_PRESENT or pte & pt._PAGE_SPECIAL:
-                    continue
-                pfn = pt.pte_pfn(pte)
-                if not flags[pfn] & PageFlag.ANON or k.memmap.mapcount[pfn] != 1:
-                    continue
-                pgt.set_entry(mm, paddr, pte & ~pt._PAGE_DIRTY & ~pt._PAGE_ACCESSED)
-                _mark_lazyfree(k, pfn, 1)
-        addr = nxt
+        if not pmd:
+            continue
+        table = pt.pte_pfn(pmd)
+        for va in range(addr, nxt, 4096):
+            paddr = (table << 12) + ((va >> 12) & 511) * 8
+            pte = pgt.read(paddr)
+            if not pte & pt._PAGE_PRESENT or pte & pt._PAGE_SPECIAL:
+                continue
+            pfn = pt.pte_pfn(pte)
+            if not flags[pfn] & PageFlag.ANON or k.memmap.mapcount[pfn] != 1:
+                continue
+            pgt.set_entry(mm, paddr, pte & ~pt._PAGE_DIRTY & ~pt._PAGE_ACCESSED)
+            _mark_lazyfree(k, pfn, 1)
     k.flush_tlb_range(mm, start, end)
 
 

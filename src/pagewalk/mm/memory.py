@@ -311,22 +311,12 @@ def unmap_page_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
         return
     pgt = k.pgtables
     mm.update_hiwater_rss()
-    addr = start
-    while addr < end:
-        nxt = min((addr + (1 << 21)) & ~((1 << 21) - 1), end)
-        pmd_paddr, shift = pgt.walk(mm, addr, 21, alloc=False)
-        if shift != 21:
-            # No PMD table here: skip to the end of the missing level's range.
-            size = 1 << shift
-            addr = min((addr + size) & ~(size - 1), end) if (addr + size) & ~(size - 1) else end
-            continue
+    for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
         pmd = pgt.read(pmd_paddr)
         if pmd & pt._PAGE_PSE:
-            if addr & ((1 << 21) - 1) == 0 and nxt - addr == 1 << 21:
+            if huge_memory.huge_pmd_covered(k, mm, vma, pmd_paddr, addr, nxt):
                 huge_memory.zap_huge_pmd(k, mm, vma, pmd_paddr, pmd)
-                addr = nxt
                 continue
-            huge_memory.split_huge_pmd(k, mm, vma, pmd_paddr, addr)
             pmd = pgt.read(pmd_paddr)
         if pmd != 0:
             zap_pte_range(k, mm, vma, pt.pte_pfn(pmd), addr, nxt)
@@ -334,7 +324,6 @@ def unmap_page_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
             # (zap_pte_range: reclaim_pt_is_enabled() needs end - start >= PMD_SIZE).
             if reclaim_pt and nxt - addr == 1 << 21:
                 pgt.free_table_if_empty(mm, pmd_paddr)
-        addr = nxt
     k.flush_tlb_range(mm, start, end)
 
 

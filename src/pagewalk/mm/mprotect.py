@@ -94,25 +94,15 @@ def change_protection(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
         from pagewalk.mm import hugetlb
         hugetlb.hugetlb_change_protection(k, mm, vma, start, end, newprot)
         return
-    addr = start
-    while addr < end:
-        nxt = min((addr + (1 << 21)) & ~((1 << 21) - 1), end)
-        pmd_paddr, shift = pgt.walk(mm, addr, 21, alloc=False)
-        if shift != 21:
-            size = 1 << shift
-            addr = min((addr + size) & ~(size - 1), end)
-            continue
+    for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
         pmd = pgt.read(pmd_paddr)
         if pmd & pt._PAGE_PSE:
-            if addr & ((1 << 21) - 1) == 0 and nxt - addr == 1 << 21:
+            if huge_memory.huge_pmd_covered(k, mm, vma, pmd_paddr, addr, nxt):
                 huge_memory.change_huge_pmd(k, mm, vma, pmd_paddr, newprot)
-                addr = nxt
                 continue
-            huge_memory.split_huge_pmd(k, mm, vma, pmd_paddr, addr)
             pmd = pgt.read(pmd_paddr)
         if pmd:
             change_pte_range(k, mm, vma, pt.pte_pfn(pmd), addr, nxt, newprot, try_writable)
-        addr = nxt
     k.flush_tlb_range(mm, start, end)
 
 

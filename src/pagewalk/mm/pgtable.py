@@ -12,6 +12,8 @@ PageTables (NR_PAGETABLE) counts every table page including the PGD and P4D.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from pagewalk.errors import Signal, SignalError
@@ -147,6 +149,20 @@ class PageTables:
             next_shift = self.shifts[level + 1]
             paddr = (pt.pte_pfn(entry) << 12) + ((vaddr >> next_shift) & 511) * 8
         raise AssertionError("target level below PTE")
+
+    def pmd_ranges(self, mm: MmStruct, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+        """The PMD-sized pieces [addr, next) of [start, end) that have a PMD table, with the
+        physical address of their PMD entry (pmd_addr_end over walk_pmd_range); ranges whose
+        upper tables are missing are skipped whole."""
+        addr = start
+        while addr < end:
+            pmd_paddr, shift = self.walk(mm, addr, 21, alloc=False)
+            size = 1 << shift
+            boundary = (addr + size) & ~(size - 1)
+            nxt = min(boundary, end) if boundary else end
+            if shift == 21:
+                yield addr, nxt, pmd_paddr
+            addr = nxt
 
     def lookup(self, mm: MmStruct, vaddr: int) -> tuple[int, int, int]:
         """The lowest present entry mapping ``vaddr``: (entry_paddr, entry, shift).

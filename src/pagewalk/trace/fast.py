@@ -4,8 +4,8 @@ Does exactly what ``pagewalk.trace.reference`` does with the TLB and page-walk-c
 objects (the model of ``spec/trace-model.md``, SDM vol. 3A §4.10), on the very same
 arrays (the ``LruArrays`` of ``TlbHierarchy.storage`` and ``PageWalkCaches.storage``), in
 the three layers of STYLE rule 12: ``replay.TraceReplayer`` validates and packs, the
-driver :func:`replay_records` loops over a chunk, :func:`translate_access` does one
-access. No Python object crosses into Numba: every argument is an integer or an array.
+drivers :func:`tlb_pass` and :func:`fault_pass` loop over a chunk (in two threads),
+:func:`translate_access` does one access. No Python object crosses into Numba: every argument is an integer or an array.
 
 Flat-array arguments (the same names everywhere in this module):
 
@@ -37,9 +37,10 @@ included) and :func:`translate_access` (the same without the page-fault check).
 Why it is fast (measured in benchmarks/bench_trace.py): helpers are inlined into the
 driver (``inline="always"``); table indexes are unsigned so Numba emits no negative-index
 wrap-around; searching a set for a tag or a victim is a branch-free minimum LLVM
-vectorises (no mispredicted loop exits); and the driver counts page faults in a separate
-pass over the chunk (only a page's first touch faults, and that touch always walks, so
-the count is the same) whose hash probes do not wait behind the TLB work. The drivers
+vectorises (no mispredicted loop exits); and page faults are counted by a separate pass
+over the chunk (only a page's first touch faults, and that touch always walks, so the
+count is the same), whose hash probes do not wait behind the TLB work and which runs in
+a second thread beside the TLB pass. The drivers
 are compiled without Numba's reference counting (:func:`compiled_loop`): with it, the
 array arguments of the inlined helpers cost atomic increments and decrements on every
 access (3.7x slower, measured).
@@ -79,6 +80,8 @@ TAG_PCID_SHIFT = 47
 PWC_PCID_SHIFT = 48
 LEVEL_L1 = 1
 LEVEL_STLB = 2
+OUTCOME_L1 = 0       # translate_access: an L1 hit; OUTCOME_STLB an STLB hit; > 0 a walk
+OUTCOME_STLB = -1
 
 Ints = npt.NDArray[np.int64]
 Words = npt.NDArray[np.uint64]
@@ -87,10 +90,11 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def compiled_loop(func: _F) -> _F:
-    """``njit(cache=True)`` without Numba's reference counting (``_nrt=False``), for the
-    drivers: they allocate nothing, and the array arguments of the helpers inlined into
-    them otherwise cost atomic increments and decrements on every access."""
-    options: dict[str, Any] = {"cache": True, "_nrt": False}
+    """``njit(cache=True, nogil=True)`` without Numba's reference counting (``_nrt=False``),
+    for the drivers: they allocate nothing, and the array arguments of the helpers inlined
+    into them otherwise cost atomic increments and decrements on every access. Without
+    the GIL, :func:`fault_pass` and :func:`tlb_pass` can run in two threads."""
+    options: dict[str, Any] = {"cache": True, "_nrt": False, "nogil": True}
     return cast(_F, njit(**options)(func))
 
 
@@ -321,34 +325,44 @@ def mapped_rehash(old: Ints, new: Ints) -> None:
 def translate_access(vaddr: Int, kind: Int, page_shift: Int, layout: Ints, routes: Ints,
                      tags: Ints, stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints,
                      top_row: Int, pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints,
-                     pwc_payload: Words, pwc_clock: Ints, pwc_stats: Ints,
-                     counters: Ints) -> bool:
+                     pwc_payload: Words, pwc_clock: Ints, pwc_stats: Ints) -> Int:
     """One access of the trace model (PCID 0) without demand paging: L1, STLB, else a
-    walk through the page-walk caches and fills. Returns True if it walked."""
-    counters[C_ACCESSES] += 1
-    counters[C_LOADS + kind] += 1
+    walk through the page-walk caches and fills. Returns OUTCOME_L1 (0), OUTCOME_STLB
+    (-1), or for a walk the number of entries it read (> 0); :func:`count_access` turns
+    that into the report's counters (the driver keeps them in registers)."""
     code = size_code(page_shift)
     l1 = routes[0, kind, code]
     if tlb_probe(l1, vaddr, page_shift, 0, layout, tags, stamps, clock, tlb_stats) >= 0:
-        counters[C_L1_HITS] += 1
-        return False
+        return OUTCOME_L1
     l2 = routes[1, kind, code]
     found = tlb_probe(l2, vaddr, page_shift, 0, layout, tags, stamps, clock, tlb_stats)
     if found >= 0:
-        counters[C_STLB_HITS] += 1
         if l1 >= 0:                  # it just missed there: absent, insert directly
             lru_insert(tags, stamps, payload, clock, set_base(layout, l1, vaddr, page_shift),
                        layout[l1, 2], tlb_tag(vaddr, page_shift, 0), payload[np.uint64(found)])
-        return False
-    counters[C_WALKS] += 1
-    counters[C_WALK_REFS] += pwc_walk(vaddr, page_shift, 0, top_row, pwc_layout, pwc_tags,
-                                      pwc_stamps, pwc_payload, pwc_clock, pwc_stats)
+        return OUTCOME_STLB
+    walk_refs = pwc_walk(vaddr, page_shift, 0, top_row, pwc_layout, pwc_tags, pwc_stamps,
+                         pwc_payload, pwc_clock, pwc_stats)
     tag = tlb_tag(vaddr, page_shift, 0)
     for index in (l2, l1):           # both just missed: insert directly
         if index >= 0:
             lru_insert(tags, stamps, payload, clock, set_base(layout, index, vaddr, page_shift),
                        layout[index, 2], tag, np.uint64(0))
-    return True
+    return walk_refs
+
+
+@njit(cache=True, inline="always")
+def count_access(counters: Ints, kind: Int, outcome: Int) -> None:
+    """Add one access with ``outcome`` (of :func:`translate_access`) to ``counters``."""
+    counters[C_ACCESSES] += 1
+    counters[C_LOADS + kind] += 1
+    if outcome == OUTCOME_L1:
+        counters[C_L1_HITS] += 1
+    elif outcome == OUTCOME_STLB:
+        counters[C_STLB_HITS] += 1
+    else:
+        counters[C_WALKS] += 1
+        counters[C_WALK_REFS] += outcome
 
 
 @njit(cache=True, inline="always")
@@ -357,16 +371,18 @@ def replay_access(vaddr: Int, kind: Int, page_shift: Int, layout: Ints, routes: 
                   top_row: Int, pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints,
                   pwc_payload: Words, pwc_clock: Ints, pwc_stats: Ints, mapped: Ints,
                   counters: Ints) -> None:
-    """One access of the trace model, as the reference does it: a walk to a page never
-    touched first faults it in. ``mapped`` must have room for one more key."""
-    walked = translate_access(vaddr, kind, page_shift, layout, routes, tags, stamps, payload,
-                              clock, tlb_stats, top_row, pwc_layout, pwc_tags, pwc_stamps,
-                              pwc_payload, pwc_clock, pwc_stats, counters)
-    if walked and mapped_insert(mapped, page_key(vaddr, page_shift)):
+    """One access of the trace model, as the reference does it, counted into ``counters``:
+    a walk to a page never touched first faults it in. ``mapped`` must have room for one
+    more key."""
+    outcome = translate_access(vaddr, kind, page_shift, layout, routes, tags, stamps, payload,
+                               clock, tlb_stats, top_row, pwc_layout, pwc_tags, pwc_stamps,
+                               pwc_payload, pwc_clock, pwc_stats)
+    count_access(counters, kind, outcome)
+    if outcome > 0 and mapped_insert(mapped, page_key(vaddr, page_shift)):
         counters[C_FAULTS] += 1
 
 
-# -- the driver ------------------------------------------------------------------------------
+# -- the drivers -----------------------------------------------------------------------------
 @njit(cache=True, inline="always")
 def page_shift_at(vaddr: Int, map_starts: Ints, map_ends: Ints, map_shifts: Ints) -> Int:
     """The page size of ``vaddr`` from sorted ranges ``[start, end)``; 4 KiB outside them."""
@@ -399,10 +415,11 @@ def record_status(record: Int, canon_shift: Int, canon_ones: Int) -> Int:
 @compiled_loop
 def fault_pass(records: Ints, start: Int, va_bits: Int, page_shift: Int, map_starts: Ints,
                map_ends: Ints, map_shifts: Ints, mapped: Ints,
-               counters: Ints) -> tuple[Int, Int]:
-    """Check ``records[start:]`` and add their pages to ``mapped``, counting new ones as
-    faults; stops at the first bad record or when ``mapped`` is half full.
-    Returns ``(stop index, status)``."""
+               faults: Ints) -> tuple[Int, Int]:
+    """Demand paging for ``records[start:]``: add every page to ``mapped``, counting the
+    new ones in ``faults[0]``. Stops at the first bad record or when ``mapped`` is half
+    full; returns ``(stop index, status)``. Touches nothing :func:`tlb_pass` touches, so
+    the two may run at the same time on one chunk."""
     use_map = map_starts.shape[0] > 0
     canon_shift = va_bits - 1                  # bits canon_shift..56 must all be equal
     canon_ones = (1 << (58 - va_bits)) - 1
@@ -418,36 +435,61 @@ def fault_pass(records: Ints, start: Int, va_bits: Int, page_shift: Int, map_sta
         key = page_key(vaddr, shift)
         if key == last_key:                    # runs of accesses to one page: common
             continue
-        if counters[C_FAULTS] >= room:
+        if faults[0] >= room:
             return i, GROW_MAPPED
         last_key = key
         if mapped_insert(mapped, key):
-            counters[C_FAULTS] += 1
+            faults[0] += 1
     return records.shape[0], DONE
 
 
 @compiled_loop
-def replay_records(records: Ints, start: Int, va_bits: Int, page_shift: Int, map_starts: Ints,
-                   map_ends: Ints, map_shifts: Ints, layout: Ints, routes: Ints, tags: Ints,
-                   stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints, top_row: Int,
-                   pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints, pwc_payload: Words,
-                   pwc_clock: Ints, pwc_stats: Ints, mapped: Ints,
-                   counters: Ints) -> tuple[Int, Int]:
-    """Replay ``records[start:]`` (.pwt words viewed as int64) with every page of
-    ``page_shift``, or sized by the map when ``map_starts`` is not empty. Returns
-    ``(index, status)``: ``(len, DONE)``, or the record it stopped before and why
-    (GROW_MAPPED, BAD_RESERVED, BAD_KIND, NON_CANONICAL); the records before it are done."""
-    stop, status = fault_pass(records, start, va_bits, page_shift, map_starts, map_ends,
-                              map_shifts, mapped, counters)
+def tlb_pass(records: Ints, start: Int, stop: Int, va_bits: Int, page_shift: Int,
+             map_starts: Ints, map_ends: Ints, map_shifts: Ints, layout: Ints, routes: Ints,
+             tags: Ints, stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints,
+             top_row: Int, pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints,
+             pwc_payload: Words, pwc_clock: Ints, pwc_stats: Ints,
+             counters: Ints) -> tuple[Int, Int]:
+    """Translate ``records[start:stop]`` (.pwt words viewed as int64) with every page of
+    ``page_shift``, or sized by the map when ``map_starts`` is not empty; stops before the
+    first bad record. Returns ``(index, status)``."""
     use_map = map_starts.shape[0] > 0
+    canon_shift = va_bits - 1
+    canon_ones = (1 << (58 - va_bits)) - 1
+    # the counters live in registers during the loop (stores to the tables could alias them)
+    loads = stores = l1_hits = stlb_hits = walks = walk_refs = 0
+    status: Int = DONE
+    end = stop
     for i in range(start, stop):
-        vaddr = records[i] & VA_MASK
-        kind = (records[i] >> 62) & 3
+        record = records[i]
+        status = record_status(record, canon_shift, canon_ones)
+        if status != DONE:
+            end = i
+            break
+        vaddr = record & VA_MASK
+        kind = (record >> 62) & 3
         shift = page_shift_at(vaddr, map_starts, map_ends, map_shifts) if use_map else page_shift
-        translate_access(vaddr, kind, shift, layout, routes, tags, stamps, payload, clock,
-                         tlb_stats, top_row, pwc_layout, pwc_tags, pwc_stamps, pwc_payload,
-                         pwc_clock, pwc_stats, counters)
-    return stop, status
+        outcome = translate_access(vaddr, kind, shift, layout, routes, tags, stamps, payload,
+                                   clock, tlb_stats, top_row, pwc_layout, pwc_tags, pwc_stamps,
+                                   pwc_payload, pwc_clock, pwc_stats)
+        loads += kind == 0
+        stores += kind == 1
+        if outcome == OUTCOME_L1:
+            l1_hits += 1
+        elif outcome == OUTCOME_STLB:
+            stlb_hits += 1
+        else:
+            walks += 1
+            walk_refs += outcome
+    counters[C_ACCESSES] += end - start
+    counters[C_LOADS] += loads
+    counters[C_STORES] += stores
+    counters[C_IFETCHES] += end - start - loads - stores
+    counters[C_L1_HITS] += l1_hits
+    counters[C_STLB_HITS] += stlb_hits
+    counters[C_WALKS] += walks
+    counters[C_WALK_REFS] += walk_refs
+    return end, status
 
 
 @compiled_loop

@@ -13,6 +13,7 @@ counter. :class:`TraceReplayer` is the incremental form (``--record`` streams in
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from pagewalk.units import GiB, KiB, MiB, format_size, parse_size
 ENGINES = ("fast", "reference")
 PAGE_SHIFT_OF_SIZE = {4 * KiB: 12, 2 * MiB: 21, 1 * GiB: 30}
 MAPPED_INITIAL_SLOTS = 1 << 16
+PARALLEL_MIN_RECORDS = 1 << 16     # smaller chunks are not worth a second thread
 Progress = Callable[[int, int], None]      # (bytes done, bytes total or 0 if unknown)
 
 
@@ -176,6 +178,7 @@ class TraceReplayer:
         self.pwc = PageWalkCaches(model.pwc, model.paging_levels)
         self.counters = np.zeros(fast.NR_COUNTERS, dtype=np.int64)
         self.mapped = np.full(MAPPED_INITIAL_SLOTS, -1, dtype=np.int64)
+        self._faults = np.zeros(1, dtype=np.int64)        # the fault pass's own counter
         self.reference = ReferenceReplay(self.tlb, self.pwc, self.counters)
         self._no_map = np.zeros(0, dtype=np.int64)
 
@@ -203,25 +206,46 @@ class TraceReplayer:
         return self.page_shift
 
     def _feed_fast(self, chunk: Chunk) -> None:
+        """The TLB pass in this thread, demand paging in another (fast.py): both stop at
+        the first bad record, having replayed every record before it."""
         words = chunk.words.view(np.int64)
+        if words.shape[0] < PARALLEL_MIN_RECORDS:
+            faulted = self._fault_pass(words)
+        else:
+            result: list[tuple[int, int]] = []
+            helper = threading.Thread(target=lambda: result.append(self._fault_pass(words)),
+                                      name="pagewalk-fault-pass")
+            helper.start()
         page_map = self.page_map
         starts, ends, shifts = ((page_map.starts, page_map.ends, page_map.shifts)
                                 if page_map is not None else (self._no_map,) * 3)
         tlb, pwc = self.tlb, self.pwc
+        stop, status = fast.tlb_pass(
+            words, 0, words.shape[0], self.model.va_bits, self.page_shift, starts, ends, shifts,
+            tlb.layout, tlb.routes, tlb.storage.tags, tlb.storage.stamps, tlb.storage.payload,
+            tlb.storage.clock, tlb.stats, pwc.top_row, pwc.layout, pwc.storage.tags,
+            pwc.storage.stamps, pwc.storage.payload, pwc.storage.clock, pwc.stats,
+            self.counters)
+        if words.shape[0] >= PARALLEL_MIN_RECORDS:
+            helper.join()
+            faulted = result[0]
+        self.counters[fast.C_FAULTS] = self._faults[0]
+        assert faulted[0] == stop, "both passes stop at the same record"
+        if status != fast.DONE:
+            reason = describe_record(int(chunk.words[stop]), self.model.va_bits)
+            raise record_error(self.name, chunk.first_record + int(stop), reason or "bad record")
+
+    def _fault_pass(self, words: npt.NDArray[np.int64]) -> tuple[int, int]:
+        """fast.fault_pass over a chunk, growing the set of mapped pages when it asks."""
+        page_map = self.page_map
+        starts, ends, shifts = ((page_map.starts, page_map.ends, page_map.shifts)
+                                if page_map is not None else (self._no_map,) * 3)
         index: fast.Int = 0
         while True:
-            index, status = fast.replay_records(
-                words, index, self.model.va_bits, self.page_shift, starts, ends, shifts,
-                tlb.layout, tlb.routes, tlb.storage.tags, tlb.storage.stamps,
-                tlb.storage.payload, tlb.storage.clock, tlb.stats, pwc.top_row, pwc.layout,
-                pwc.storage.tags, pwc.storage.stamps, pwc.storage.payload, pwc.storage.clock,
-                pwc.stats, self.mapped, self.counters)
-            if status == fast.DONE:
-                return
+            index, status = fast.fault_pass(words, index, self.model.va_bits, self.page_shift,
+                                            starts, ends, shifts, self.mapped, self._faults)
             if status != fast.GROW_MAPPED:
-                reason = describe_record(int(chunk.words[index]), self.model.va_bits)
-                raise record_error(self.name, chunk.first_record + int(index),
-                                   reason or "bad record")
+                return int(index), int(status)
             self._grow_mapped()
 
     def _grow_mapped(self) -> None:
