@@ -170,19 +170,6 @@ class Contents:
                 pages.setdefault(key, (owner, key[1], {}))[2][addr & (PAGE - 1)] = byte
         return list(pages.values())
 
-    def written_pages(self, task: Task) -> list[int]:
-        """The pages of ``task``'s mappings that hold written bytes, by virtual address."""
-        pages = set()
-        for vma in user_vmas(task.mm):
-            if vma.flags & VmFlags.SHARED:
-                base = vma.pgoff << 12
-                pages |= {vma.start + ((off - base) & ~(PAGE - 1))
-                          for off in self.bytes.get(vma.file, {}) if 0 <= off - base < vma.length}
-            else:
-                pages |= {a & ~(PAGE - 1) for a in self.bytes.get(task.comm, {})
-                          if vma.start <= a < vma.end}
-        return sorted(pages)
-
     def fork(self, parent: Task, child: Task) -> None:
         self.bytes[child.comm] = dict(self.bytes.get(parent.comm, {}))
         self.unknown[child.comm] = set(self.unknown.get(parent.comm, set()))
@@ -400,6 +387,14 @@ class KernelMachine(RuleBasedStateMachine):
                 for vaddr in range(lo, hi, PAGE):
                     self.contents.mark_unknown(task, vaddr)
 
+    def seed(self, task: Task, length: int, flags: set[str], data: bytes) -> None:
+        """A read-write mapping with ``data`` written at its start, at +2 MiB + 123 and in
+        its last page, so the rules that follow meet written pages from the first step."""
+        start = self.mmap(task, 0, length, 3, flags)
+        assert start is not None
+        for vaddr in (start, start + (HPAGE + 123) % length, start + length - PAGE):
+            self.write_bytes(task, vaddr, data)
+
     # -- user accesses --------------------------------------------------------------------------
     def check_signal(self, task: Task, err: SignalError, denied: int | None) -> None:
         """A signal is right only where do_user_addr_fault() refuses the access."""
@@ -436,11 +431,6 @@ class KernelMachine(RuleBasedStateMachine):
             f"{task.comm}: byte at {vaddr + wrong[0]:#x} reads {got[wrong[0]]:#04x}, "
             f"expected {expected[wrong[0]]:#04x} ({len(wrong)} bytes differ)")
 
-    def read_back(self, task: Task) -> None:
-        """Read whole pages that hold written bytes (at most 16)."""
-        for page in self.contents.written_pages(task)[:16]:
-            self.read_bytes(task, page, PAGE)
-
     def touch(self, task: Task, start: int, length: int, stride: int, write: bool) -> None:
         """fastpath.touch; SIGSEGV exactly at the first refused access; a write makes the
         pages it reached unspecified."""
@@ -474,10 +464,12 @@ class SingleProcess(KernelMachine):
         | MAP_FIXED arena  |      ...      hint-less mmaps grow down <-- | [vvar] ...
     """
 
-    @initialize(thp=st.sampled_from(["always", "madvise", "never"]))
-    def start(self, thp: str) -> None:
+    @initialize(thp=st.sampled_from(["always", "madvise", "never"]),
+                data=st.binary(min_size=1, max_size=16))
+    def start(self, thp: str, data: bytes) -> None:
         self.k.set_knob(f"{THP}/enabled", thp)
         self.task = self.k.spawn("main")
+        self.seed(self.task, 4 * HPAGE, {"private", "anonymous"}, data)
 
     def has_vmas(self) -> bool:
         return bool(user_vmas(self.task.mm))
@@ -549,10 +541,6 @@ class SingleProcess(KernelMachine):
         assert vaddr is not None
         self.read_bytes(self.task, vaddr, length)
 
-    @rule()
-    def read_back_written_pages(self) -> None:
-        self.read_back(self.task)
-
     @rule(setting=st.sampled_from(["always", "madvise", "never"]))
     def set_thp(self, setting: str) -> None:
         self.k.set_knob(f"{THP}/enabled", setting)
@@ -572,10 +560,13 @@ class ManyProcesses(KernelMachine):
     """Processes p0..p3 sharing memory by fork (copy-on-write) and by shared anonymous
     mappings, exiting in any order."""
 
-    @initialize(thp=st.sampled_from(["always", "madvise", "never"]))
-    def start(self, thp: str) -> None:
+    @initialize(thp=st.sampled_from(["always", "madvise", "never"]),
+                data=st.binary(min_size=1, max_size=16))
+    def start(self, thp: str, data: bytes) -> None:
         self.k.set_knob(f"{THP}/enabled", thp)
-        self.k.spawn("p0")
+        task = self.k.spawn("p0")
+        self.seed(task, 2 * HPAGE, {"private", "anonymous"}, data)
+        self.seed(task, HPAGE, {"shared", "anonymous"}, data)
 
     def alive(self) -> bool:
         return bool(self.k.tasks)
@@ -586,17 +577,13 @@ class ManyProcesses(KernelMachine):
     @precondition(lambda self: len(self.k.tasks) < len(NAMES) and memory_to_spare(self))
     @rule(parent=picks)
     def fork(self, parent: int) -> None:
-        """fork(2): the child sees the parent's bytes; later writes stay private. With no
-        process left, a new one starts from the start image."""
-        if not self.k.tasks:
-            self.k.spawn(self.free_name())
-            return
+        """fork(2): the child sees the parent's bytes; later writes stay private."""
         task = self.pick_task(parent)
         child = syscalls.sys_fork(self.k, task, self.free_name())
         self.contents.fork(task, child)
         assert child.min_flt == 0
 
-    @precondition(alive)
+    @precondition(lambda self: len(self.k.tasks) > 1)     # the last one exits at teardown
     @rule(who=picks)
     def exit(self, who: int) -> None:
         task = self.pick_task(who)
@@ -659,11 +646,6 @@ class ManyProcesses(KernelMachine):
         vaddr = self.place_of(task, where, length)
         if vaddr is not None:
             self.read_bytes(task, vaddr, length)
-
-    @precondition(alive)
-    @rule(who=picks)
-    def read_back_written_pages(self, who: int) -> None:
-        self.read_back(self.pick_task(who))
 
     @rule(setting=st.sampled_from(["always", "madvise", "never"]))
     def set_thp(self, setting: str) -> None:
@@ -757,10 +739,6 @@ class HugetlbPools(KernelMachine):
         vaddr = self.place_of(self.task, where, length)
         assert vaddr is not None
         self.read_bytes(self.task, vaddr, length)
-
-    @rule()
-    def read_back_written_pages(self) -> None:
-        self.read_back(self.task)
 
     def check_signal(self, task: Task, err: SignalError, denied: int | None) -> None:
         """SIGBUS only for a MAP_NORESERVE page the pool cannot supply: no free page beyond

@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.hw.fastmmu import flush_pcid, mmu_translate, tlb_invlpg
+from pagewalk.hw.fastmmu import ACC, DIRTY, P, PFN_MASK, PSE, RW, flush_pcid, mmu_translate, tlb_invlpg
 from pagewalk.mm.page_alloc import rmqueue_smallest
 from pagewalk.mm.page_alloc import PageFlag
 
@@ -28,15 +28,8 @@ DONE = 0
 NEED_SLOW = 1   # this access needs the Python path
 NEED_SLOTS = 2  # the physmem row pool must grow first
 
-P = np.uint64(pt._PAGE_PRESENT)
-RW = np.uint64(pt._PAGE_RW)
-US = np.uint64(pt._PAGE_USER)
-ACC = np.uint64(pt._PAGE_ACCESSED)
-DIRTY = np.uint64(pt._PAGE_DIRTY)
-PSE = np.uint64(pt._PAGE_PSE)
 SPECIAL = np.uint64(pt._PAGE_SPECIAL)
 TABLE = np.uint64(pt._PAGE_TABLE)
-PFN_MASK = np.uint64(pt.PTE_PFN_MASK)
 F_ANON = np.uint16(PageFlag.ANON)
 F_EXCL = np.uint16(PageFlag.ANON_EXCLUSIVE)
 F_TABLE = np.uint16(PageFlag.TABLE)
