@@ -40,6 +40,7 @@ from hypothesis.stateful import (
 
 from pagewalk.errors import Errno, Signal, SignalError, SyscallError
 from pagewalk.kernel import syscalls
+from pagewalk.kernel.kernel import Kernel
 from pagewalk.kernel.task import Task
 from pagewalk.machine import Machine, MachineConfig
 from pagewalk.mm import fastpath
@@ -65,10 +66,10 @@ PROT = (0, 1, 2, 3, 3, 3)         # none, r, w (x86: rw), rw
 STRIDES = (1, 64, PAGE, 3 * PAGE, 64 << 10, HPAGE)
 COLLAPSE_ERRNOS = frozenset({Errno.EINVAL, Errno.ENOMEM, Errno.EAGAIN, Errno.EBUSY})
 
-# Known bug (tests/mm/test_fastpath.py, the strict xfail tests on read-only VMAs): the
-# compiled touch mishandles a write to a VMA without VM_WRITE (it maps a THP, or allocates
-# page tables, before the SIGSEGV). Until fixed, write touches stop short of such a VMA.
-FASTPATH_READ_ONLY_WRITE_BUG = True
+# Known bug (test_splitting_a_prot_none_thp_keeps_its_pages_mapped): splitting a PROT_NONE
+# huge PMD drops _PAGE_PROTNONE, leaving 511 pages mapped by entries nothing sees. Until
+# fixed, no mprotect(PROT_NONE) over a range that a huge PMD maps.
+SPLIT_PROT_NONE_THP_BUG = True
 
 picks = st.integers(0, 1 << 16)
 
@@ -204,6 +205,15 @@ def covered(mm: MmStruct, start: int, end: int) -> bool:
     """[start, end) is mapped without a hole."""
     return sum(min(v.end, end) - max(v.start, start) for v in vmas_in_range(mm, start, end)) \
         == end - start
+
+
+def maps_huge_pmd(k: Kernel, mm: MmStruct, start: int, end: int) -> bool:
+    """Some 2 MiB leaf maps part of [start, end)."""
+    for haddr in range(start & ~(HPAGE - 1), end, HPAGE):
+        _, entry, shift = k.pgtables.lookup(mm, haddr)
+        if shift == 21 and entry:
+            return True
+    return False
 
 
 def access_denied(vma: Vma | None, write: bool) -> bool:
@@ -351,6 +361,9 @@ class KernelMachine(RuleBasedStateMachine):
 
     def mprotect(self, task: Task, start: int, length: int, prot: int) -> None:
         """ENOMEM exactly when the range has a hole; the VMAs before the hole changed."""
+        if SPLIT_PROT_NONE_THP_BUG and prot == 0 and \
+                maps_huge_pmd(self.k, task.mm, start, start + length):
+            return
         hole = not covered(task.mm, start, start + length)
         self.syscall(lambda: syscalls.sys_mprotect(self.k, task, start, length, prot),
                      Errno.ENOMEM if hole else None, partial_ok={Errno.ENOMEM})
@@ -436,10 +449,6 @@ class KernelMachine(RuleBasedStateMachine):
         pages it reached unspecified."""
         length = min(length, stride * MAX_ACCESSES)
         denied = first_denied_access(task.mm, start, length, stride, write)
-        refused_by = vma_lookup(task.mm, denied) if denied is not None else None
-        if FASTPATH_READ_ONLY_WRITE_BUG and refused_by is not None and \
-                refused_by.flags & VmFlags.READ:
-            length, denied = denied - start, None        # stop short of the read-only VMA
         reached = start + length
         try:
             fastpath.touch(self.k, task, start, length, stride, 1 if write else 0)
@@ -766,3 +775,30 @@ TestManyProcesses = ManyProcesses.TestCase
 TestManyProcesses.settings = settings(max_examples=30, stateful_step_count=30, **_SETTINGS)
 TestHugetlbPools = HugetlbPools.TestCase
 TestHugetlbPools.settings = settings(max_examples=40, stateful_step_count=25, **_SETTINGS)
+
+
+# --- known simulator bugs, pinned ------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="split_huge_pmd() drops _PAGE_PROTNONE: the PTEs of a "
+                   "PROT_NONE THP come out neither present nor PROT_NONE and its pages leak")
+def test_splitting_a_prot_none_thp_keeps_its_pages_mapped() -> None:
+    """__split_huge_pmd_locked() builds the PTEs from the VMA's PAGE_NONE protection: all
+    512 stay mapped (PROT_NONE entries are pte_present()), so munmap frees the THP.
+
+    ::
+
+        a          a+4K                                  a+2M
+        |  r--     |  ---  (511 PROT_NONE PTEs)          |
+    """
+    k = Machine(MachineConfig(ram=RAM, sysfs={f"{THP}/enabled": "always"})).kernel
+    baseline = inv.Baseline.capture(k)
+    task = k.spawn("main")
+    a = syscalls.sys_mmap(k, task, 0, HPAGE, 3, frozenset({"private", "anonymous"}))
+    k.user_access(task, a, 1)                               # one THP
+    syscalls.sys_mprotect(k, task, a, HPAGE, 0)             # change_huge_pmd(): PROT_NONE
+    syscalls.sys_mprotect(k, task, a, PAGE, 1)              # the VMA split splits the PMD
+    _, pte, _ = k.pgtables.lookup(task.mm, a + PAGE)
+    assert pte & inv.MAPS_A_PAGE, f"PTE {pte:#x} maps a page but is neither P nor PROT_NONE"
+    syscalls.sys_munmap(k, task, a, HPAGE)
+    syscalls.sys_exit(k, task)
+    inv.check_all_freed(k, baseline)

@@ -30,7 +30,6 @@ RECORD_BYTES = 8
 VA_BITS_FIELD = 57
 VA_MASK = (1 << VA_BITS_FIELD) - 1
 KIND_SHIFT = 62
-KIND_NAMES = ("load", "store", "ifetch")
 CHUNK_RECORDS = 1 << 22          # 32 MiB of binary records per chunk
 CHUNK_TEXT_BYTES = 1 << 24       # 16 MiB of lackey text per chunk
 
