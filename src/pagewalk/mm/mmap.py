@@ -281,6 +281,15 @@ def insert_or_merge(k: Kernel, mm: MmStruct, vma: Vma) -> Vma:
 
 # --- mmap --------------------------------------------------------------------------------
 
+def round_hint_to_min(hint: int) -> int:
+    """round_hint_to_min(): a hint below mmap_min_addr is raised to it, unless it rounds
+    down to page 0, which means no hint at all."""
+    hint &= ~(PAGE_SIZE - 1)
+    if hint and hint < MMAP_MIN_ADDR:
+        return MMAP_MIN_ADDR
+    return hint
+
+
 def accountable_mapping(flags: VmFlags) -> bool:
     """accountable_mapping(): private writable memory is charged to Committed_AS."""
     return flags & (VmFlags.NORESERVE | VmFlags.SHARED | VmFlags.WRITE | VmFlags.HUGETLB) \
@@ -303,8 +312,8 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
         length = (length + hstate.size - 1) & ~(hstate.size - 1)  # ksys_mmap_pgoff: ALIGN
     if not length:
         raise SyscallError(Errno.EINVAL, "length 0")
-    if not fixed and addr:
-        addr = max(addr, MMAP_MIN_ADDR)  # round_hint_to_min()
+    if not fixed:
+        addr = round_hint_to_min(addr)
     aligned_len = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
     if aligned_len < length or aligned_len >= 1 << 64:
         raise SyscallError(Errno.ENOMEM, "length overflows")
