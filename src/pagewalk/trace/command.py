@@ -4,7 +4,13 @@
 
     pagewalk trace TRACE [--pages 4KiB|2MiB|1GiB] [--format lackey|pwt|npy] [--json]
                          [--engine fast|reference] [--tlb NAME|FILE.yaml]
+                         [--scenario FILE [--process NAME] [--at LABEL] | --page-map FILE.json]
     pagewalk trace --record [OPTIONS] -- PROGRAM [ARGS]...
+
+``--scenario`` replaces the one page size of ``--pages`` with a mix: each page is the size
+the simulated kernel mapped it with in the scenario's final state (or at a measure),
+so a scenario's THP coverage shows in the TLB misses; ``--page-map`` takes the mix of a
+real process from ``pagewalk inspect PID --replay`` (trace/page_map.py).
 
 The report and the JSON object are those of spec/trace-model.md. ``--record`` runs
 PROGRAM under ``valgrind --tool=lackey --trace-mem=yes`` and replays its trace as it
@@ -30,9 +36,9 @@ from typing import Any, TypeVar
 
 import click
 
-from pagewalk.errors import ConfigError, PagewalkError, TraceError
+from pagewalk.errors import ConfigError, PagewalkError, ScenarioError, TraceError
 from pagewalk.trace.formats import FORMATS, iter_chunks, iter_lackey, trace_size
-from pagewalk.trace.replay import ENGINES, TraceModel, TraceReplayer, TraceStats
+from pagewalk.trace.replay import ENGINES, PageSizeMap, TraceModel, TraceReplayer, TraceStats
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_BAD_INPUT = 2
@@ -55,7 +61,7 @@ def _reports_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (TraceError, ConfigError) as err:
+        except (TraceError, ConfigError, ScenarioError) as err:
             _fail(str(err), EXIT_BAD_INPUT)
         except PagewalkError as err:
             _fail(str(err), EXIT_RUN_FAILED)
@@ -83,8 +89,17 @@ class _OneLineErrors(click.Command):
 @click.command("trace", cls=_OneLineErrors,
                context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="TRACE | -- PROGRAM [ARGS]...")
-@click.option("--pages", default="4KiB", show_default=True, metavar="4KiB|2MiB|1GiB",
-              help="The size of every page.")
+@click.option("--pages", default=None, metavar="4KiB|2MiB|1GiB",
+              help="The size of every page (default 4KiB).")
+@click.option("--scenario", "scenario_file", default=None, metavar="FILE|NAME",
+              help="Page sizes from a scenario: each page the size the simulated kernel "
+                   "mapped it with (addresses it did not map: 4 KiB).")
+@click.option("--process", default="main", show_default=True,
+              help="With --scenario: whose pages.")
+@click.option("--at", "label", default=None, metavar="LABEL",
+              help="With --scenario: the state at this measure (default: the end).")
+@click.option("--page-map", "page_map_file", default=None, metavar="FILE.json",
+              help="Page sizes from `pagewalk inspect PID --replay` (a real process).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Trace format (default: from the extension; .pwt, .npy, else lackey text).")
 @click.option("--json", "as_json", is_flag=True,
@@ -97,33 +112,54 @@ class _OneLineErrors(click.Command):
 @click.option("--record", is_flag=True,
               help="Run PROGRAM under valgrind lackey and replay its trace as it streams.")
 @_reports_errors
-def trace_command(args: tuple[str, ...], pages: str, fmt: str | None, as_json: bool,
-                  engine: str, tlb_model: str, record: bool) -> None:
+def trace_command(args: tuple[str, ...], pages: str | None, scenario_file: str | None,
+                  process: str, label: str | None, page_map_file: str | None,
+                  fmt: str | None, as_json: bool, engine: str, tlb_model: str,
+                  record: bool) -> None:
     """Replay a memory trace (valgrind lackey text, .pwt or .npy) through the TLBs and
     page-walk caches of a model (the reference model of spec/trace-model.md by default),
     with demand paging, and report hits, walks, walk references and faults."""
     from pagewalk.trace.presets import load_model
     model = load_model(tlb_model)
+    page_map = _page_map(pages, scenario_file, process, label, page_map_file)
+    pages = pages or "4KiB"
     if record:
         if not args:
             raise TraceError("--record needs a program: pagewalk trace --record -- PROGRAM "
                              "[ARGS]...")
-        stats = _record(list(args), model, pages, engine, as_json)
+        stats = _record(list(args), model, pages, page_map, engine, as_json)
     else:
         if len(args) != 1:
             raise TraceError("give one TRACE file (or --record -- PROGRAM [ARGS]...)"
                              if not args else f"one TRACE file expected, got {len(args)} "
                              "arguments (use --record -- PROGRAM ARGS to run a program)")
-        stats = _replay_file(args[0], model, pages, fmt, engine, as_json)
+        stats = _replay_file(args[0], model, pages, page_map, fmt, engine, as_json)
     if as_json:
         click.echo(json.dumps(stats.to_json(), indent=1))
     else:
         _print_report(stats, args[0] if not record else " ".join(args))
 
 
-def _replay_file(path: str, model: TraceModel, pages: str, fmt: str | None, engine: str,
-                 as_json: bool) -> TraceStats:
-    replayer = TraceReplayer(model, pages, engine=engine, name=path)
+def _page_map(pages: str | None, scenario_file: str | None, process: str,
+              label: str | None, page_map_file: str | None) -> PageSizeMap | None:
+    """The page-size map of --scenario or --page-map (None: every page of --pages)."""
+    chosen = [name for name, value in (("--pages", pages), ("--scenario", scenario_file),
+                                       ("--page-map", page_map_file)) if value is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} both choose the page sizes: give one")
+    if scenario_file is None and (label is not None or process != "main"):
+        raise ConfigError("--process and --at need --scenario")
+    from pagewalk.trace.page_map import file_page_map, scenario_page_map
+    if scenario_file is not None:
+        return scenario_page_map(scenario_file, process, label)
+    if page_map_file is not None:
+        return file_page_map(page_map_file)
+    return None
+
+
+def _replay_file(path: str, model: TraceModel, pages: str, page_map: PageSizeMap | None,
+                 fmt: str | None, engine: str, as_json: bool) -> TraceStats:
+    replayer = TraceReplayer(model, pages, page_map=page_map, engine=engine, name=path)
     if not Path(path).is_file():
         raise TraceError(f"no such trace file: {path}")
     total = trace_size(path)
@@ -135,15 +171,16 @@ def _replay_file(path: str, model: TraceModel, pages: str, fmt: str | None, engi
     return replayer.stats()
 
 
-def _record(program: list[str], model: TraceModel, pages: str, engine: str,
-            as_json: bool) -> TraceStats:
+def _record(program: list[str], model: TraceModel, pages: str, page_map: PageSizeMap | None,
+            engine: str, as_json: bool) -> TraceStats:
     """Run ``program`` under valgrind lackey, replaying its trace from a pipe."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise TraceError("--record needs valgrind, which is not installed (not on PATH)")
     if shutil.which(program[0]) is None:
         raise TraceError(f"no such program: {program[0]!r}")
-    replayer = TraceReplayer(model, pages, engine=engine, name=f"valgrind lackey {program[0]}")
+    replayer = TraceReplayer(model, pages, page_map=page_map, engine=engine,
+                             name=f"valgrind lackey {program[0]}")
     _skip_scipy_blas_probe()
     read_fd, write_fd = os.pipe()
     command = [valgrind, "--tool=lackey", "--trace-mem=yes", f"--log-fd={write_fd}", *program]

@@ -4,8 +4,8 @@ Does exactly what ``pagewalk.trace.reference`` does with the TLB and page-walk-c
 objects (the model of ``spec/trace-model.md``, SDM vol. 3A §4.10), on the very same
 arrays (the ``LruArrays`` of ``TlbHierarchy.storage`` and ``PageWalkCaches.storage``), in
 the three layers of STYLE rule 12: ``replay.TraceReplayer`` validates and packs, the
-drivers :func:`tlb_pass` and :func:`fault_pass` loop over a chunk (in two threads),
-:func:`translate_access` does one access. No Python object crosses into Numba: every argument is an integer or an array.
+drivers :func:`tlb_stage` and :func:`walk_stage` loop over a slice of a chunk (in two
+threads, as a pipeline), :func:`translate_access` does one access. No Python object crosses into Numba: every argument is an integer or an array.
 
 Flat-array arguments (the same names everywhere in this module):
 
@@ -37,10 +37,14 @@ included) and :func:`translate_access` (the same without the page-fault check).
 Why it is fast (measured in benchmarks/bench_trace.py): helpers are inlined into the
 driver (``inline="always"``); table indexes are unsigned so Numba emits no negative-index
 wrap-around; searching a set for a tag or a victim is a branch-free minimum LLVM
-vectorises (no mispredicted loop exits); and page faults are counted by a separate pass
-over the chunk (only a page's first touch faults, and that touch always walks, so the
-count is the same), whose hash probes do not wait behind the TLB work and which runs in
-a second thread beside the TLB pass. The drivers
+vectorises (no mispredicted loop exits); and an access is replayed in two stages that
+depend on each other one way only: the TLBs' state follows from the sequence of
+accesses alone (a miss fills the same entries whatever the walk finds), the page-walk
+caches' and the mapped pages' from the sequence of walks alone. So stage one
+(:func:`tlb_stage`) runs over a slice of the chunk writing its walks to a buffer while
+stage two (:func:`walk_stage`: the page-walk caches) runs over the previous
+slice's walks in a second thread, while this one counts the slice's faults
+(:func:`fault_stage`). The drivers
 are compiled without Numba's reference counting (:func:`compiled_loop`): with it, the
 array arguments of the inlined helpers cost atomic increments and decrements on every
 access (3.7x slower, measured).
@@ -93,7 +97,7 @@ def compiled_loop(func: _F) -> _F:
     """``njit(cache=True, nogil=True)`` without Numba's reference counting (``_nrt=False``),
     for the drivers: they allocate nothing, and the array arguments of the helpers inlined
     into them otherwise cost atomic increments and decrements on every access. Without
-    the GIL, :func:`fault_pass` and :func:`tlb_pass` can run in two threads."""
+    the GIL, :func:`walk_stage` can run in a second thread."""
     options: dict[str, Any] = {"cache": True, "_nrt": False, "nogil": True}
     return cast(_F, njit(**options)(func))
 
@@ -124,15 +128,17 @@ def lru_touch(stamps: Ints, clock: Ints, index: Int) -> None:
 def lru_victim(stamps: Ints, base: Int, nr_ways: Int) -> Int:
     """The way a fill replaces: the smallest stamp (invalid = 0), the lowest on a tie.
 
-    Branch-free: the oldest stamp, then the lowest index holding it (both vectorised)."""
+    A plain scalar loop: the vectorised minimum reads the stamps just written by the
+    previous access's scalar store, which the store buffer cannot forward to a vector
+    load (measured 25-30% slower on the page-walk caches' 32-entry scans)."""
     first = np.uint64(base)
-    end = first + np.uint64(nr_ways)
+    victim = first
     oldest = stamps[first]
-    for i in range(first, end):
-        oldest = min(oldest, stamps[i])
-    victim = end
-    for i in range(first, end):
-        victim = min(victim, np.uint64(i) if stamps[i] == oldest else end)
+    for i in range(first + np.uint64(1), first + np.uint64(nr_ways)):
+        stamp = stamps[i]
+        if stamp < oldest:
+            oldest = stamp
+            victim = i
     return np.int64(victim)
 
 
@@ -413,51 +419,22 @@ def record_status(record: Int, canon_shift: Int, canon_ones: Int) -> Int:
 
 
 @compiled_loop
-def fault_pass(records: Ints, start: Int, va_bits: Int, page_shift: Int, map_starts: Ints,
-               map_ends: Ints, map_shifts: Ints, mapped: Ints,
-               faults: Ints) -> tuple[Int, Int]:
-    """Demand paging for ``records[start:]``: add every page to ``mapped``, counting the
-    new ones in ``faults[0]``. Stops at the first bad record or when ``mapped`` is half
-    full; returns ``(stop index, status)``. Touches nothing :func:`tlb_pass` touches, so
-    the two may run at the same time on one chunk."""
+def tlb_stage(records: Ints, start: Int, stop: Int, va_bits: Int, page_shift: Int,
+              map_starts: Ints, map_ends: Ints, map_shifts: Ints, layout: Ints, routes: Ints,
+              tags: Ints, stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints,
+              walks_out: Ints, counters: Ints) -> tuple[Int, Int, Int]:
+    """Stage one of a chunk: the TLBs for ``records[start:stop]`` (.pwt words viewed as
+    int64), every page of ``page_shift`` or sized by the map when ``map_starts`` is not
+    empty. Each access that misses every TLB is filled into the STLB and the L1 (as after
+    its walk: the walk's outcome does not change the fill) and written to ``walks_out``
+    as ``vaddr | size code << 57`` for :func:`walk_stage`. Stops before the first bad
+    record; returns ``(index, status, number of walks)``."""
     use_map = map_starts.shape[0] > 0
     canon_shift = va_bits - 1                  # bits canon_shift..56 must all be equal
     canon_ones = (1 << (58 - va_bits)) - 1
-    room = mapped.shape[0] // 2
-    last_key: Int = -1
-    for i in range(start, records.shape[0]):
-        record = records[i]
-        status = record_status(record, canon_shift, canon_ones)
-        if status != DONE:
-            return i, status
-        vaddr = record & VA_MASK
-        shift = page_shift_at(vaddr, map_starts, map_ends, map_shifts) if use_map else page_shift
-        key = page_key(vaddr, shift)
-        if key == last_key:                    # runs of accesses to one page: common
-            continue
-        if faults[0] >= room:
-            return i, GROW_MAPPED
-        last_key = key
-        if mapped_insert(mapped, key):
-            faults[0] += 1
-    return records.shape[0], DONE
-
-
-@compiled_loop
-def tlb_pass(records: Ints, start: Int, stop: Int, va_bits: Int, page_shift: Int,
-             map_starts: Ints, map_ends: Ints, map_shifts: Ints, layout: Ints, routes: Ints,
-             tags: Ints, stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints,
-             top_row: Int, pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints,
-             pwc_payload: Words, pwc_clock: Ints, pwc_stats: Ints,
-             counters: Ints) -> tuple[Int, Int]:
-    """Translate ``records[start:stop]`` (.pwt words viewed as int64) with every page of
-    ``page_shift``, or sized by the map when ``map_starts`` is not empty; stops before the
-    first bad record. Returns ``(index, status)``."""
-    use_map = map_starts.shape[0] > 0
-    canon_shift = va_bits - 1
-    canon_ones = (1 << (58 - va_bits)) - 1
     # the counters live in registers during the loop (stores to the tables could alias them)
-    loads = stores = l1_hits = stlb_hits = walks = walk_refs = 0
+    loads = stores = l1_hits = stlb_hits = 0
+    nr_walks: Int = 0
     status: Int = DONE
     end = stop
     for i in range(start, stop):
@@ -469,27 +446,74 @@ def tlb_pass(records: Ints, start: Int, stop: Int, va_bits: Int, page_shift: Int
         vaddr = record & VA_MASK
         kind = (record >> 62) & 3
         shift = page_shift_at(vaddr, map_starts, map_ends, map_shifts) if use_map else page_shift
-        outcome = translate_access(vaddr, kind, shift, layout, routes, tags, stamps, payload,
-                                   clock, tlb_stats, top_row, pwc_layout, pwc_tags, pwc_stamps,
-                                   pwc_payload, pwc_clock, pwc_stats)
         loads += kind == 0
         stores += kind == 1
-        if outcome == OUTCOME_L1:
+        code = size_code(shift)
+        l1 = routes[0, kind, code]
+        if tlb_probe(l1, vaddr, shift, 0, layout, tags, stamps, clock, tlb_stats) >= 0:
             l1_hits += 1
-        elif outcome == OUTCOME_STLB:
+            continue
+        l2 = routes[1, kind, code]
+        found = tlb_probe(l2, vaddr, shift, 0, layout, tags, stamps, clock, tlb_stats)
+        if found >= 0:
             stlb_hits += 1
-        else:
-            walks += 1
-            walk_refs += outcome
+            if l1 >= 0:              # it just missed there: absent, insert directly
+                lru_insert(tags, stamps, payload, clock, set_base(layout, l1, vaddr, shift),
+                           layout[l1, 2], tlb_tag(vaddr, shift, 0), payload[np.uint64(found)])
+            continue
+        tag = tlb_tag(vaddr, shift, 0)
+        for index in (l2, l1):       # both just missed: insert directly
+            if index >= 0:
+                lru_insert(tags, stamps, payload, clock, set_base(layout, index, vaddr, shift),
+                           layout[index, 2], tag, np.uint64(0))
+        walks_out[np.uint64(nr_walks)] = vaddr | (code << 57)
+        nr_walks += 1
     counters[C_ACCESSES] += end - start
     counters[C_LOADS] += loads
     counters[C_STORES] += stores
     counters[C_IFETCHES] += end - start - loads - stores
     counters[C_L1_HITS] += l1_hits
     counters[C_STLB_HITS] += stlb_hits
-    counters[C_WALKS] += walks
-    counters[C_WALK_REFS] += walk_refs
-    return end, status
+    counters[C_WALKS] += nr_walks
+    return end, status, nr_walks
+
+
+@compiled_loop
+def fault_stage(walks: Ints, start: Int, stop: Int, mapped: Ints,
+                walk_counters: Ints) -> tuple[Int, Int]:
+    """Demand paging over the walks :func:`tlb_stage` wrote: a walk to a page never
+    touched first faults it in (a page's first touch always walks: it cannot be in a
+    TLB). Counts faults into ``walk_counters[1]``; stops when ``mapped`` is half full
+    and returns ``(index, status)``. A loop of its own: its hash probes do not wait on
+    each other and overlap their cache misses."""
+    room = mapped.shape[0] // 2
+    faults = walk_counters[1]
+    for i in range(start, stop):
+        if faults >= room:
+            walk_counters[1] = faults
+            return i, GROW_MAPPED
+        walk = walks[i]
+        if mapped_insert(mapped, page_key(walk & VA_MASK, 12 + 9 * (walk >> 57))):
+            faults += 1
+    walk_counters[1] = faults
+    done: Int = stop
+    return done, DONE
+
+
+@compiled_loop
+def walk_stage(walks: Ints, stop: Int, top_row: Int, pwc_layout: Ints, pwc_tags: Ints,
+               pwc_stamps: Ints, pwc_payload: Words, pwc_clock: Ints, pwc_stats: Ints,
+               walk_counters: Ints) -> None:
+    """The walks :func:`tlb_stage` wrote, in order, through the page-walk caches; counts
+    the entries read into ``walk_counters[0]``. Touches nothing :func:`tlb_stage` and
+    :func:`fault_stage` touch, so it runs over one slice of a chunk beside them on the
+    next."""
+    walk_refs: Int = 0
+    for i in range(stop):
+        walk = walks[i]
+        walk_refs += pwc_walk(walk & VA_MASK, 12 + 9 * (walk >> 57), 0, top_row, pwc_layout,
+                              pwc_tags, pwc_stamps, pwc_payload, pwc_clock, pwc_stats)
+    walk_counters[0] += walk_refs
 
 
 @compiled_loop

@@ -39,6 +39,7 @@ ENGINES = ("fast", "reference")
 PAGE_SHIFT_OF_SIZE = {4 * KiB: 12, 2 * MiB: 21, 1 * GiB: 30}
 MAPPED_INITIAL_SLOTS = 1 << 16
 PARALLEL_MIN_RECORDS = 1 << 16     # smaller chunks are not worth a second thread
+SLICE_RECORDS = 1 << 18            # the pipeline's step: 2 MiB of walk buffer per slice
 Progress = Callable[[int, int], None]      # (bytes done, bytes total or 0 if unknown)
 
 
@@ -178,7 +179,10 @@ class TraceReplayer:
         self.pwc = PageWalkCaches(model.pwc, model.paging_levels)
         self.counters = np.zeros(fast.NR_COUNTERS, dtype=np.int64)
         self.mapped = np.full(MAPPED_INITIAL_SLOTS, -1, dtype=np.int64)
-        self._faults = np.zeros(1, dtype=np.int64)        # the fault pass's own counter
+        # stage two's counters (walk references, faults), apart from stage one's
+        self._walk_counters = np.zeros(2, dtype=np.int64)
+        self._walk_buffers = (np.empty(SLICE_RECORDS, dtype=np.int64),
+                              np.empty(SLICE_RECORDS, dtype=np.int64))
         self.reference = ReferenceReplay(self.tlb, self.pwc, self.counters)
         self._no_map = np.zeros(0, dtype=np.int64)
 
@@ -206,47 +210,60 @@ class TraceReplayer:
         return self.page_shift
 
     def _feed_fast(self, chunk: Chunk) -> None:
-        """The TLB pass in this thread, demand paging in another (fast.py): both stop at
-        the first bad record, having replayed every record before it."""
-        words = chunk.words.view(np.int64)
-        if words.shape[0] < PARALLEL_MIN_RECORDS:
-            faulted = self._fault_pass(words)
-        else:
-            result: list[tuple[int, int]] = []
-            helper = threading.Thread(target=lambda: result.append(self._fault_pass(words)),
-                                      name="pagewalk-fault-pass")
-            helper.start()
+        """The stages of fast.py over the chunk, as a pipeline of slices: the TLBs and the
+        faults of slice j in this thread while the page-walk caches take the walks of
+        slice j - 1 in another. Stops at the first bad record, having replayed every
+        record before it."""
+        words = np.ascontiguousarray(chunk.words, dtype=np.uint64).view(np.int64)
+        nr_records = words.shape[0]
         page_map = self.page_map
         starts, ends, shifts = ((page_map.starts, page_map.ends, page_map.shifts)
                                 if page_map is not None else (self._no_map,) * 3)
-        tlb, pwc = self.tlb, self.pwc
-        stop, status = fast.tlb_pass(
-            words, 0, words.shape[0], self.model.va_bits, self.page_shift, starts, ends, shifts,
-            tlb.layout, tlb.routes, tlb.storage.tags, tlb.storage.stamps, tlb.storage.payload,
-            tlb.storage.clock, tlb.stats, pwc.top_row, pwc.layout, pwc.storage.tags,
-            pwc.storage.stamps, pwc.storage.payload, pwc.storage.clock, pwc.stats,
-            self.counters)
-        if words.shape[0] >= PARALLEL_MIN_RECORDS:
-            helper.join()
-            faulted = result[0]
-        self.counters[fast.C_FAULTS] = self._faults[0]
-        assert faulted[0] == stop, "both passes stop at the same record"
+        tlb = self.tlb
+        parallel = nr_records >= PARALLEL_MIN_RECORDS
+        pending: _Background | None = None
+        stop, status = nr_records, fast.DONE
+        try:
+            for slice_no, low in enumerate(range(0, nr_records, SLICE_RECORDS)):
+                high = min(nr_records, low + SLICE_RECORDS)
+                walks = self._walk_buffers[slice_no & 1]
+                stop, status, nr_walks = fast.tlb_stage(
+                    words, low, high, self.model.va_bits, self.page_shift, starts, ends,
+                    shifts, tlb.layout, tlb.routes, tlb.storage.tags, tlb.storage.stamps,
+                    tlb.storage.payload, tlb.storage.clock, tlb.stats, walks, self.counters)
+                self._fault_stage(walks, int(nr_walks))
+                if pending is not None:
+                    pending.result()             # frees the other buffer for the next slice
+                    pending = None
+                if parallel:
+                    pending = _Background(self._walk_stage, walks, int(nr_walks))
+                else:
+                    self._walk_stage(walks, int(nr_walks))
+                if status != fast.DONE:
+                    break
+        finally:
+            if pending is not None:
+                pending.result()
         if status != fast.DONE:
-            reason = describe_record(int(chunk.words[stop]), self.model.va_bits)
+            reason = describe_record(int(words[stop]) & ((1 << 64) - 1), self.model.va_bits)
             raise record_error(self.name, chunk.first_record + int(stop), reason or "bad record")
 
-    def _fault_pass(self, words: npt.NDArray[np.int64]) -> tuple[int, int]:
-        """fast.fault_pass over a chunk, growing the set of mapped pages when it asks."""
-        page_map = self.page_map
-        starts, ends, shifts = ((page_map.starts, page_map.ends, page_map.shifts)
-                                if page_map is not None else (self._no_map,) * 3)
+    def _fault_stage(self, walks: npt.NDArray[np.int64], nr_walks: int) -> None:
+        """fast.fault_stage over a slice's walks, growing the set of mapped pages when it
+        asks."""
         index: fast.Int = 0
         while True:
-            index, status = fast.fault_pass(words, index, self.model.va_bits, self.page_shift,
-                                            starts, ends, shifts, self.mapped, self._faults)
+            index, status = fast.fault_stage(walks, index, nr_walks, self.mapped,
+                                             self._walk_counters)
             if status != fast.GROW_MAPPED:
-                return int(index), int(status)
+                return
             self._grow_mapped()
+
+    def _walk_stage(self, walks: npt.NDArray[np.int64], nr_walks: int) -> None:
+        pwc = self.pwc
+        fast.walk_stage(walks, nr_walks, pwc.top_row, pwc.layout, pwc.storage.tags,
+                        pwc.storage.stamps, pwc.storage.payload, pwc.storage.clock, pwc.stats,
+                        self._walk_counters)
 
     def _grow_mapped(self) -> None:
         bigger = np.full(self.mapped.shape[0] * 2, -1, dtype=np.int64)
@@ -255,17 +272,44 @@ class TraceReplayer:
 
     def stats(self) -> TraceStats:
         counters = self.counters
+        # the reference engine counts these in ``counters``, the fast one's stage two apart
+        walk_refs = int(counters[fast.C_WALK_REFS] + self._walk_counters[0])
+        faults = int(counters[fast.C_FAULTS] + self._walk_counters[1])
         pwc_hits = {name: int(self.pwc.stats[row, 0]) for row, name in enumerate(PWC_NAMES)}
-        pages = "map" if self.page_map is not None else format_size(1 << self.page_shift)
+        pages = "mix" if self.page_map is not None else format_size(1 << self.page_shift)
         return TraceStats(
             accesses=int(counters[fast.C_ACCESSES]), loads=int(counters[fast.C_LOADS]),
             stores=int(counters[fast.C_STORES]), ifetches=int(counters[fast.C_IFETCHES]),
             l1_hits=int(counters[fast.C_L1_HITS]), stlb_hits=int(counters[fast.C_STLB_HITS]),
-            walks=int(counters[fast.C_WALKS]), walk_refs=int(counters[fast.C_WALK_REFS]),
+            walks=int(counters[fast.C_WALKS]), walk_refs=walk_refs,
             pwc_hits_pml4e=pwc_hits["pml4e"], pwc_hits_pdpte=pwc_hits["pdpte"],
-            pwc_hits_pde=pwc_hits["pde"], faults=int(counters[fast.C_FAULTS]),
+            pwc_hits_pde=pwc_hits["pde"], faults=faults,
             pwc_hits_pml5e=pwc_hits["pml5e"], model=self.model.name, pages=pages,
             tlb=self.tlb.counters())
+
+
+class _Background:
+    """Run ``func(*args)`` in a thread; ``result()`` joins it and returns its value or
+    raises its exception (the compiled stages release the GIL while they run)."""
+
+    def __init__(self, func: Callable[..., Any], *args: Any) -> None:
+        self._outcome: list[Any] = []
+        self._error: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, args=(func, args),
+                                        name="pagewalk-fault-pass", daemon=True)
+        self._thread.start()
+
+    def _run(self, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._outcome.append(func(*args))
+        except BaseException as err:  # noqa: BLE001 (handed to the caller by result())
+            self._error.append(err)
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error:
+            raise self._error[0]
+        return self._outcome[0]
 
 
 def replay_trace(trace: str | os.PathLike[str] | npt.ArrayLike | Iterable[Chunk], *,
