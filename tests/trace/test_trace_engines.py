@@ -202,3 +202,22 @@ def test_the_fast_path_runs_as_plain_python_too() -> None:
     out = json.loads(result.stdout)
     assert out["fast"] == out["reference"]
     assert out["fast"]["accesses"] == 300
+
+
+@pytest.mark.parametrize("bad_at", [None, 9_000, 20_000])
+def test_the_pipeline_over_many_slices_agrees_with_the_reference(
+        monkeypatch: pytest.MonkeyPatch, bad_at: int | None) -> None:
+    """Small slices and a second thread from the first record: slices pipelined across
+    threads (and a bad record in a late slice) give the reference's counts and state."""
+    from pagewalk.trace import replay
+    monkeypatch.setattr(replay, "SLICE_RECORDS", 1 << 11)
+    monkeypatch.setattr(replay, "PARALLEL_MIN_RECORDS", 1)
+    rng = np.random.default_rng(11)
+    vaddrs = np.where(rng.random(24_000) < 0.6, BASE + rng.integers(0, 4 * MiB, 24_000),
+                      BASE + rng.integers(0, 2 * GiB, 24_000))
+    words = pack_records(vaddrs, rng.integers(0, 3, 24_000))
+    if bad_at is not None:
+        words[bad_at] = np.uint64(3 << 62)
+    fast_run, reference_run = replay_both(words)
+    assert_same(fast_run, reference_run)
+    assert fast_run.stats().accesses == (bad_at if bad_at is not None else 24_000)
