@@ -22,7 +22,7 @@ page-table words), except where Linux documents partial work: mprotect or madvis
 hole (ENOMEM after the VMAs before it were changed) and MADV_COLLAPSE failing midway.
 When every task has exited, everything but what is cached by design is free again.
 
-Known simulator bugs are pinned by the strict xfail tests at the end of this file.
+Regressions the machines found are kept as plain tests at the end of this file.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TypeVar
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -777,10 +776,8 @@ TestHugetlbPools = HugetlbPools.TestCase
 TestHugetlbPools.settings = settings(max_examples=40, stateful_step_count=25, **_SETTINGS)
 
 
-# --- known simulator bugs, pinned ------------------------------------------------------------
+# --- regressions found by the machines above ------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="split_huge_pmd() drops _PAGE_PROTNONE: the PTEs of a "
-                   "PROT_NONE THP come out neither present nor PROT_NONE and its pages leak")
 def test_splitting_a_prot_none_thp_keeps_its_pages_mapped() -> None:
     """__split_huge_pmd_locked() builds the PTEs from the VMA's PAGE_NONE protection: all
     512 stay mapped (PROT_NONE entries are pte_present()), so munmap frees the THP.

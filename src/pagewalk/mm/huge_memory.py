@@ -239,8 +239,11 @@ def split_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, vaddr: int
     table = k.deposit.pop(pmd_paddr)
     k.vm_events[VmEvent.THP_SPLIT_PMD] += 1
     head = pt.huge_pfn(pmd, 21)
-    base = pmd & (pt._PAGE_RW | pt._PAGE_USER | pt._PAGE_NX | pt._PAGE_ACCESSED |
-                  pt._PAGE_DIRTY | pt._PAGE_PRESENT | pt._PAGE_SPECIAL)
+    # The PTEs take the VMA's protection (PROT_NONE included), the PMD's write, young,
+    # dirty and soft-dirty bits: entry = mk_pte(page, vma->vm_page_prot), then
+    # pte_mkwrite / pte_wrprotect, pte_mkold, pte_mkdirty, pte_mksoft_dirty.
+    base = vma.page_prot & ~pt._PAGE_ACCESSED
+    base |= pmd & (pt._PAGE_RW | pt._PAGE_ACCESSED | pt._PAGE_DIRTY | pt._PAGE_SOFT_DIRTY)
     if is_huge_zero_pmd(k, pmd):
         # __split_huge_zero_page_pmd(): 512 zero-page PTEs.
         zero = pt.mk_pte(k.zero_pfn, vma.page_prot) | pt._PAGE_SPECIAL | pt._PAGE_ACCESSED
@@ -248,7 +251,7 @@ def split_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, vaddr: int
         k.put_huge_zero_folio(mm)
     else:
         pfns = np.arange(head, head + HPAGE_PMD_NR, dtype=np.uint64)
-        pgt.fill_table(table, (pfns << np.uint64(12)) | np.uint64(base & ~pt._PAGE_PSE))
+        pgt.fill_table(table, (pfns << np.uint64(12)) | np.uint64(base))
         k.memmap.mapcount[head: head + HPAGE_PMD_NR] += 1
         k.memmap.refcount[head] += HPAGE_PMD_NR - 1
         rmap.folio_remove_pmd_rmap(k, head)
