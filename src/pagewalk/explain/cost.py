@@ -29,6 +29,7 @@ import numpy.typing as npt
 from pagewalk.errors import ConfigError
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.hw.paging import LEVEL_NAMES, LINUX_LEVEL_NAMES
+from pagewalk.mm.pagewalk import walk_user_tables
 from pagewalk.mm.types import MmStat
 from pagewalk.units import GiB, KiB, MiB, format_size
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from pagewalk.kernel.task import Task
 
 TABLE_BYTES = 4096
-USER_PGD_ENTRIES = 256
 X86_LEAF_NAMES = ("PT", "PD", "PDPT", "PML4", "PML5")     # bottom up
 X86_LEAF_LEVEL = {4 * KiB: 0, 2 * MiB: 1, 1 * GiB: 2}     # which level holds the leaves
 
@@ -195,36 +195,14 @@ class ProcessCost:
 def process_cost(k: Kernel, task: Task) -> ProcessCost:
     """Count ``task``'s page tables from its PGD and price its footprint with larger pages."""
     names = LINUX_LEVEL_NAMES[k.levels]
-    shifts = k.pgtables.shifts
     out = ProcessCost(task.comm, task.pid, k.levels)
     out.tables = {name: 0 for name in names}
     out.tables["pgd"] = 1 << task.mm.pgd_order      # the PTI pair is two pages
-    out.tables["deposited"] = 0
-    leaf_starts: dict[int, list[npt.NDArray[np.int64]]] = {12: [], 21: [], 30: []}
-
-    def visit(table_pfn: int, level: int, base: int) -> None:
-        shift = shifts[level]
-        words = k.physmem.frame_words(table_pfn)
-        if level == 0:
-            words = words[:USER_PGD_ENTRIES]
-        indexes = np.flatnonzero(words)
-        if shift == 12:
-            leaf_starts[12].append(base + (indexes.astype(np.int64) << 12))
-            return
-        for index in indexes:
-            entry = int(words[index])
-            vaddr = base | (int(index) << shift)
-            if entry & pt._PAGE_PSE:
-                leaf_starts[shift].append(np.array([vaddr], dtype=np.int64))
-                if shift == 21 and (table_pfn << 12) + int(index) * 8 in k.deposit:
-                    out.tables["deposited"] += 1
-                continue
-            out.tables[names[level + 1]] += 1
-            visit(pt.pte_pfn(entry), level + 1, vaddr)
-
-    visit(task.mm.pgd_pfn, 0, 0)
-    starts = {shift: (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
-              for shift, parts in leaf_starts.items()}
+    walk = walk_user_tables(k, task.mm)
+    for level, count in enumerate(walk.tables):
+        out.tables[names[level + 1]] = count
+    out.tables["deposited"] = walk.deposited
+    starts = walk.leaf_starts
     out.leaves = {shift: int(arr.size) for shift, arr in starts.items()}
     out.vmpte_kernel = int(task.mm.stat[MmStat.PGTABLES_BYTES])
     out.alternatives = [_alternative(starts, shift) for shift in (12, 21, 30)]

@@ -19,45 +19,18 @@ import numpy as np
 import numpy.typing as npt
 
 from pagewalk.errors import ConfigError, Location, ScenarioError
-from pagewalk.hw import pgtable_types as pt
+from pagewalk.mm.pagewalk import walk_user_tables
 from pagewalk.trace.replay import PageSizeMap
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
     from pagewalk.kernel.task import Task
 
-USER_PGD_ENTRIES = 256      # the lower half of the PGD; the upper half is the kernel's
-_PRESENT = np.uint64(pt._PAGE_PRESENT | pt._PAGE_PROTNONE)  # pte_present()
-
-
 def task_page_ranges(k: Kernel, task: Task) -> list[tuple[int, int, int]]:
     """``(start, end, page_shift)`` runs of ``task``'s present pages, sorted, merged
     where pages of one size are contiguous."""
-    shifts = k.pgtables.shifts
-    leaf_starts: dict[int, list[npt.NDArray[np.int64]]] = {12: [], 21: [], 30: []}
-
-    def visit(table_pfn: int, level: int, base: int) -> None:
-        shift = shifts[level]
-        words = k.physmem.frame_words(table_pfn)
-        if level == 0:
-            words = words[:USER_PGD_ENTRIES]
-        present = np.flatnonzero(words & _PRESENT)
-        if shift == 12:
-            leaf_starts[12].append(base + (present.astype(np.int64) << 12))
-            return
-        for index in present:
-            entry = int(words[index])
-            vaddr = base | (int(index) << shift)
-            if entry & pt._PAGE_PSE:
-                leaf_starts[shift].append(np.array([vaddr], dtype=np.int64))
-            else:
-                visit(pt.pte_pfn(entry), level + 1, vaddr)
-
-    visit(task.mm.pgd_pfn, 0, 0)
-    ranges: list[tuple[int, int, int]] = []
-    for shift, parts in leaf_starts.items():
-        if parts:
-            ranges.extend(_runs(np.sort(np.concatenate(parts)), shift))
+    walk = walk_user_tables(k, task.mm)
+    ranges = [run for shift, starts in walk.leaf_starts.items() for run in _runs(starts, shift)]
     ranges.sort()
     return ranges
 

@@ -27,7 +27,8 @@ import numpy as np
 import numpy.typing as npt
 
 from pagewalk.errors import PagewalkError
-from pagewalk.explain.cost import TABLE_BYTES, USER_PGD_ENTRIES, process_cost
+from pagewalk.explain.cost import TABLE_BYTES, process_cost
+from pagewalk.mm.pgtable import USER_PGD_ENTRIES
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.hw.paging import LEVEL_NAMES, LINUX_LEVEL_NAMES
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
