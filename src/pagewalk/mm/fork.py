@@ -59,12 +59,11 @@ def dup_mmap(k: Kernel, old: MmStruct, new: MmStruct) -> None:
 
 
 def _child_hugetlb_file(file, resv):  # type: ignore[no-untyped-def]
-    """A private hugetlb mapping in the child has no reservations (reset_vma_resv_huge_pages)
-    but the same hstate and inode."""
+    """A private hugetlb mapping in the child has no reservations and owns no reservation
+    map (reset_vma_resv_huge_pages) but has the same hstate and inode."""
     from pagewalk.mm.hugetlb import HugetlbFile
-    child = HugetlbFile.__new__(HugetlbFile)
-    child.hstate, child.huge_size, child.length = file.hstate, file.huge_size, file.length
-    child.shared, child.resv, child.pages = False, resv, file.pages
+    child = HugetlbFile(file.hstate, file.length, False, resv, owner=False)
+    child.pages = file.pages
     return child
 
 

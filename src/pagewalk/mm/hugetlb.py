@@ -50,6 +50,12 @@ class Hstate:
     def pages_per_huge_page(self) -> int:
         return self.size >> 12
 
+    @property
+    def resv_huge_pages_shown(self) -> int:
+        """resv_huge_pages as /proc and /sys print it: an unsigned long, which the kernel
+        lets wrap below zero (see unmap_hugepage_range)."""
+        return self.resv_huge_pages & ((1 << 64) - 1)
+
 
 @dataclass(slots=True, eq=False)
 class ResvMap:
@@ -63,12 +69,16 @@ class HugetlbFile:
 
     kind = "hugetlb"
 
-    def __init__(self, hstate: Hstate, length: int, shared: bool, resv: ResvMap) -> None:
+    def __init__(self, hstate: Hstate, length: int, shared: bool, resv: ResvMap,
+                 owner: bool = False) -> None:
         self.hstate = hstate
         self.huge_size = hstate.size
         self.length = length
         self.shared = shared
         self.resv = resv                  # inode map (shared) or the owner VMA's (private)
+        # A private mapping with a reservation map of its own (HPAGE_RESV_OWNER): the
+        # process that made it without MAP_NORESERVE; never a child after fork.
+        self.owner = owner
         self.pages: dict[int, int] = {}   # page cache of a shared mapping: index -> pfn
 
     @property
@@ -282,6 +292,9 @@ class HugetlbState:
         if k.memmap.refcount[pfn] > 0:
             return
         k.physmem_drop_range(pfn, h.pages_per_huge_page)
+        if k.memmap.flags[pfn] & PageFlag.RESTORE_RESERVE:   # free_huge_folio()
+            k.memmap.flags[pfn] &= ~PageFlag.RESTORE_RESERVE
+            h.resv_huge_pages += 1
         if h.surplus_huge_pages:   # free_huge_folio(): while surplus, a freed page leaves
             h.nr_huge_pages -= 1
             h.surplus_huge_pages -= 1
@@ -307,7 +320,7 @@ def hugetlb_file_setup(k: Kernel, h: Hstate, length: int, vm_flags: VmFlags,
         k.hugetlb.check_reservation(h, chg)
         k.hugetlb.acct_memory(h, chg)
     resv = ResvMap(set(range(chg)))
-    return HugetlbFile(h, length, shared, resv)
+    return HugetlbFile(h, length, shared, resv, owner=not shared and bool(chg))
 
 
 def hugetlb_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, flags: FaultFlags) -> VmFault:
@@ -379,7 +392,15 @@ def hugetlb_wp(k: Kernel, mm: MmStruct, vma: Vma, haddr: int, entry_paddr: int,
 
 
 def unmap_hugepage_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> None:
-    """__unmap_hugepage_range(): clear the leaves, drop the pages (back to the pool)."""
+    """__unmap_hugepage_range(): clear the leaves, drop the pages (back to the pool).
+
+    A page of a private mapping zapped in the process that owns its reservation map, while
+    no surplus page exists, gets its reservation back: the index is reserved again in the
+    map (vma_add_reservation) and the folio is marked to raise resv_huge_pages when it is
+    freed (hugetlb_restore_reserve). A page still mapped by a child is freed later, after
+    hugetlb_vm_op_close may already have released the index's reservation: the kernel's
+    HugePages_Rsvd then goes below zero (wraps) until the child lets the page go, and so
+    does pagewalk's (measured: tests/data/measured/hugetlb-restore-reserve*.yaml)."""
     file: HugetlbFile = vma.file
     h = file.hstate
     shift = 21 if h.size == 2 << 20 else 30
@@ -390,9 +411,16 @@ def unmap_hugepage_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int
         entry = k.pgtables.read(entry_paddr)
         if not entry & pt._PAGE_PRESENT:
             continue
+        pfn = pt.huge_pfn(entry, shift)
+        # __vma_private_lock() and folio_test_anon(): a private MAP_HUGETLB mapping maps
+        # anonymous folios only (no page cache behind it)
+        restore = file.owner and not h.surplus_huge_pages
         k.pgtables.set_entry(mm, entry_paddr, 0)
         mm.stat[MmStat.HUGETLB_USAGE] -= h.pages_per_huge_page
-        k.hugetlb.put_page(h, pt.huge_pfn(entry, shift))
+        if restore:
+            k.memmap.flags[pfn] |= PageFlag.RESTORE_RESERVE
+            file.resv.reserved.add(file.index(vma, haddr))
+        k.hugetlb.put_page(h, pfn)
     k.flush_tlb_range(mm, start, end)
 
 

@@ -152,7 +152,7 @@ def hugetlb_meminfo(k: Kernel) -> dict[str, int]:
     return {
         "HugePages_Total": h.nr_huge_pages,
         "HugePages_Free": h.free_huge_pages,
-        "HugePages_Rsvd": h.resv_huge_pages,
+        "HugePages_Rsvd": h.resv_huge_pages_shown,
         "HugePages_Surp": h.surplus_huge_pages,
         "Hugepagesize": h.size >> 10,
         "Hugetlb": total_bytes >> 10,

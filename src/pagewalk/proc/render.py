@@ -136,7 +136,7 @@ def _hstate_file_value(h: Hstate, name: str) -> int:
     values = {
         "nr_hugepages": h.nr_huge_pages,
         "free_hugepages": h.free_huge_pages,
-        "resv_hugepages": h.resv_huge_pages,
+        "resv_hugepages": h.resv_huge_pages_shown,
         "surplus_hugepages": h.surplus_huge_pages,
         "nr_overcommit_hugepages": h.nr_overcommit_huge_pages,
     }

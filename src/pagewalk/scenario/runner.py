@@ -110,7 +110,7 @@ class ScenarioRun:
             processes[name].update(self._tlb_figures(task))
         h = k.hugetlb.default
         system = {"HugePages_Total": h.nr_huge_pages, "HugePages_Free": h.free_huge_pages,
-                  "HugePages_Rsvd": h.resv_huge_pages, "HugePages_Surp": h.surplus_huge_pages}
+                  "HugePages_Rsvd": h.resv_huge_pages_shown, "HugePages_Surp": h.surplus_huge_pages}
         for key, event in (EVENT_FIELDS | EXTRA_EVENT_FIELDS).items():
             system[key] = int(k.vm_events[event] - self.base_events[event])
         views = {path: self.render(path) for path in self.show}
