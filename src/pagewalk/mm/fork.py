@@ -50,6 +50,7 @@ def dup_mmap(k: Kernel, old: MmStruct, new: MmStruct) -> None:
         if vma.is_hugetlb() and not vma.file.shared:
             from pagewalk.mm.hugetlb import ResvMap
             child.file = _child_hugetlb_file(vma.file, ResvMap())
+            child.hugetlb_resv_unmapped = False     # hugetlb_dup_vma_private()
         vma_insert(new, child)
         if vma_needs_copy(vma):
             copy_page_range(k, old, new, vma, child)
@@ -64,6 +65,7 @@ def _child_hugetlb_file(file, resv):  # type: ignore[no-untyped-def]
     from pagewalk.mm.hugetlb import HugetlbFile
     child = HugetlbFile(file.hstate, file.length, False, resv, owner=False)
     child.pages = file.pages
+    child.inode = file.inode
     return child
 
 

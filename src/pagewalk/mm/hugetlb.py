@@ -79,6 +79,7 @@ class HugetlbFile:
         # A private mapping with a reservation map of its own (HPAGE_RESV_OWNER): the
         # process that made it without MAP_NORESERVE; never a child after fork.
         self.owner = owner
+        self.inode: HugetlbFile = self    # a child's private copy keeps its parent's inode
         self.pages: dict[int, int] = {}   # page cache of a shared mapping: index -> pfn
 
     @property
@@ -338,6 +339,8 @@ def hugetlb_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, flags: FaultFla
             return hugetlb_wp(k, mm, vma, haddr, entry_paddr, entry)
         k.pgtables.set_entry(mm, entry_paddr, entry | pt._PAGE_ACCESSED)
         return VmFault.OK
+    if vma.hugetlb_resv_unmapped:
+        return VmFault.SIGBUS      # hugetlb_no_page(): "killed due to inadequate hugepage pool"
     index = file.index(vma, haddr)
     if not vma.flags & VmFlags.SHARED:
         from pagewalk.mm.memory import anon_vma_prepare
@@ -369,26 +372,59 @@ def hugetlb_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, flags: FaultFla
 def hugetlb_wp(k: Kernel, mm: MmStruct, vma: Vma, haddr: int, entry_paddr: int,
                entry: int) -> VmFault:
     """hugetlb_wp(): reuse a page only this mapping holds, else copy it into a new huge page
-    (no page -> SIGBUS; the owner's unmap_ref_private rescue is not modelled)."""
+    taken without a reservation. When none is left, the mapping's reservation owner takes
+    the page from the children instead (unmap_ref_private) and reuses it; anyone else
+    gets SIGBUS."""
     from pagewalk.mm.memory import VmFault
     file: HugetlbFile = vma.file
     h = file.hstate
     old = pt.huge_pfn(entry, 21 if h.size == 2 << 20 else 30)
-    if vma.flags & VmFlags.SHARED or k.memmap.refcount[old] == 1:
-        k.pgtables.set_entry(mm, entry_paddr, entry | pt._PAGE_RW | pt._PAGE_DIRTY | pt._PAGE_ACCESSED)
-        k.flush_tlb_page(mm, haddr)
-        return VmFault.OK
-    new = k.hugetlb.dequeue(h, False)
-    if new == NO_PAGE:
-        return VmFault.SIGBUS
-    k.memmap.refcount[new] = 1
-    for i in range(h.pages_per_huge_page):
-        k.physmem.copy_frame(new + i, old + i)
-    k.pgtables.set_entry(mm, entry_paddr, pt.mk_huge(new, vma.page_prot) | pt._PAGE_ACCESSED |
-                         pt._PAGE_DIRTY | pt._PAGE_RW)
+    if not vma.flags & VmFlags.SHARED and k.memmap.refcount[old] != 1:
+        new = k.hugetlb.dequeue(h, False)
+        if new != NO_PAGE:
+            k.memmap.refcount[new] = 1
+            for i in range(h.pages_per_huge_page):
+                k.physmem.copy_frame(new + i, old + i)
+            k.pgtables.set_entry(mm, entry_paddr, pt.mk_huge(new, vma.page_prot) |
+                                 pt._PAGE_ACCESSED | pt._PAGE_DIRTY | pt._PAGE_RW)
+            k.flush_tlb_page(mm, haddr)
+            k.hugetlb.put_page(h, old)
+            return VmFault.OK
+        if not file.owner:
+            return VmFault.SIGBUS
+        unmap_ref_private(k, mm, vma, old, haddr)
+        if k.memmap.refcount[old] != 1:
+            return VmFault.SIGBUS
+    # wp_page_reuse: MAP_SHARED, or the only mapper (retry_avoidcopy)
+    k.pgtables.set_entry(mm, entry_paddr, entry | pt._PAGE_RW | pt._PAGE_DIRTY | pt._PAGE_ACCESSED)
     k.flush_tlb_page(mm, haddr)
-    k.hugetlb.put_page(h, old)
     return VmFault.OK
+
+
+def unmap_ref_private(k: Kernel, mm: MmStruct, vma: Vma, pfn: int, haddr: int) -> None:
+    """unmap_ref_private(): unmap huge page ``pfn`` at ``haddr`` from every other private
+    mapping of the same inode that owns no reservations (the children), marking each
+    HPAGE_RESV_UNMAPPED so that their later faults there are SIGBUS."""
+    file: HugetlbFile = vma.file
+    h = file.hstate
+    shift = 21 if h.size == 2 << 20 else 30
+    for task in k.tasks.values():
+        for other in task.mm.vmas:
+            if other is vma or not other.is_hugetlb() or other.file.inode is not file.inode:
+                continue
+            if other.flags & VmFlags.SHARED or other.file.owner or not other.contains(haddr):
+                continue
+            entry_paddr, reached = k.pgtables.walk(task.mm, haddr, shift, alloc=False)
+            if reached != shift:
+                continue
+            entry = k.pgtables.read(entry_paddr)
+            if not entry & pt._PAGE_PRESENT or pt.huge_pfn(entry, shift) != pfn:
+                continue            # __unmap_hugepage_range(ref_page): that page only
+            other.hugetlb_resv_unmapped = True
+            k.pgtables.set_entry(task.mm, entry_paddr, 0)
+            task.mm.stat[MmStat.HUGETLB_USAGE] -= h.pages_per_huge_page
+            k.flush_tlb_range(task.mm, haddr, haddr + h.size)
+            k.hugetlb.put_page(h, pfn)
 
 
 def unmap_hugepage_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> None:

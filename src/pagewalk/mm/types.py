@@ -82,6 +82,9 @@ class Vma:
     file: Any = None                 # None (anonymous), a shmem/hugetlb/program file object
     name: str = ""                   # what /proc/PID/maps prints in the path column
     special: bool = False            # vdso/vvar: _install_special_mapping
+    # hugetlb HPAGE_RESV_UNMAPPED: the reservation owner took a page from this (child's)
+    # private mapping to complete its COW; a later no-page fault here is SIGBUS
+    hugetlb_resv_unmapped: bool = False
 
     @property
     def length(self) -> int:
