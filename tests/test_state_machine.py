@@ -65,10 +65,6 @@ PROT = (0, 1, 2, 3, 3, 3)         # none, r, w (x86: rw), rw
 STRIDES = (1, 64, PAGE, 3 * PAGE, 64 << 10, HPAGE)
 COLLAPSE_ERRNOS = frozenset({Errno.EINVAL, Errno.ENOMEM, Errno.EAGAIN, Errno.EBUSY})
 
-# Known bug (test_splitting_a_prot_none_thp_keeps_its_pages_mapped): splitting a PROT_NONE
-# huge PMD drops _PAGE_PROTNONE, leaving 511 pages mapped by entries nothing sees. Until
-# fixed, no mprotect(PROT_NONE) over a range that a huge PMD maps.
-SPLIT_PROT_NONE_THP_BUG = True
 
 picks = st.integers(0, 1 << 16)
 
@@ -204,15 +200,6 @@ def covered(mm: MmStruct, start: int, end: int) -> bool:
     """[start, end) is mapped without a hole."""
     return sum(min(v.end, end) - max(v.start, start) for v in vmas_in_range(mm, start, end)) \
         == end - start
-
-
-def maps_huge_pmd(k: Kernel, mm: MmStruct, start: int, end: int) -> bool:
-    """Some 2 MiB leaf maps part of [start, end)."""
-    for haddr in range(start & ~(HPAGE - 1), end, HPAGE):
-        _, entry, shift = k.pgtables.lookup(mm, haddr)
-        if shift == 21 and entry:
-            return True
-    return False
 
 
 def access_denied(vma: Vma | None, write: bool) -> bool:
@@ -360,9 +347,6 @@ class KernelMachine(RuleBasedStateMachine):
 
     def mprotect(self, task: Task, start: int, length: int, prot: int) -> None:
         """ENOMEM exactly when the range has a hole; the VMAs before the hole changed."""
-        if SPLIT_PROT_NONE_THP_BUG and prot == 0 and \
-                maps_huge_pmd(self.k, task.mm, start, start + length):
-            return
         hole = not covered(task.mm, start, start + length)
         self.syscall(lambda: syscalls.sys_mprotect(self.k, task, start, length, prot),
                      Errno.ENOMEM if hole else None, partial_ok={Errno.ENOMEM})
@@ -482,6 +466,82 @@ class SingleProcess(KernelMachine):
     def has_vmas(self) -> bool:
         return bool(user_vmas(self.task.mm))
 
+    def child(self) -> Task | None:
+        return self.k.tasks.get("child")
+
+    def child_has_vmas(self) -> bool:
+        child = self.child()
+        return child is not None and bool(user_vmas(child.mm))
+
+    def forget_stolen(self) -> None:
+        """Bytes of the child's pages that the owner took for its COW are gone with them."""
+        child = self.child()
+        if child is None:
+            return
+        for vma in user_vmas(child.mm):
+            if not vma.hugetlb_resv_unmapped:
+                continue
+            for haddr in range(vma.start, vma.end, HPAGE):
+                _, entry, _ = self.k.pgtables.lookup(child.mm, haddr)
+                if not entry & inv.MAPS_A_PAGE:
+                    self.contents.forget_private(child, haddr, haddr + HPAGE)
+
+    @precondition(lambda self: self.child() is None)
+    @rule()
+    def fork(self) -> None:
+        child = syscalls.sys_fork(self.k, self.task, "child")
+        self.contents.fork(self.task, child)
+
+    @precondition(lambda self: self.child() is not None)
+    @rule()
+    def child_exits(self) -> None:
+        child = self.child()
+        assert child is not None
+        syscalls.sys_exit(self.k, child)
+        self.contents.exit(child)
+
+    @precondition(child_has_vmas)
+    @rule(where=span_specs(), write=st.booleans())
+    def child_touch(self, where: SpanSpec, write: bool) -> None:
+        child = self.child()
+        assert child is not None
+        start, size = self.span_of(child, where) or (0, 0)
+        self.touch(child, start, size, HPAGE, write)
+
+    @precondition(child_has_vmas)
+    @rule(where=place_specs, data=st.binary(min_size=1, max_size=16))
+    def child_write(self, where: PlaceSpec, data: bytes) -> None:
+        child = self.child()
+        assert child is not None
+        vaddr = self.place_of(child, where, len(data))
+        assert vaddr is not None
+        self.write_bytes(child, vaddr, data)
+
+    @precondition(child_has_vmas)
+    @rule(where=place_specs, length=st.integers(1, 64))
+    def child_read(self, where: PlaceSpec, length: int) -> None:
+        child = self.child()
+        assert child is not None
+        vaddr = self.place_of(child, where, length)
+        assert vaddr is not None
+        self.read_bytes(child, vaddr, length)
+
+    @precondition(child_has_vmas)
+    @rule(pick=picks)
+    def child_dontneed(self, pick: int) -> None:
+        child = self.child()
+        assert child is not None
+        vma = self.pick_vma(child, pick)
+        assert vma is not None
+        self.madvise(child, vma.start, vma.length, "dontneed")
+
+    @precondition(has_vmas)
+    @rule(pick=picks)
+    def dontneed(self, pick: int) -> None:
+        vma = self.pick_vma(self.task, pick)
+        assert vma is not None
+        self.madvise(self.task, vma.start, vma.length, "dontneed")
+
     @rule(pages=st.integers(1, 4096), huge_units=st.sampled_from([0, 0, 1, 2, 3, 8]),
           placement=st.sampled_from(["hint-less", "hint-less", "fixed", "fixed_noreplace"]),
           where=st.integers(0, ARENA_SIZE // PAGE - 1), prot=st.sampled_from(PROT),
@@ -527,6 +587,7 @@ class SingleProcess(KernelMachine):
     def touch_range(self, where: SpanSpec, stride: int, write: bool) -> None:
         start, size = self.span_of(self.task, where) or (0, 0)
         self.touch(self.task, start, size, stride, write)
+        self.forget_stolen()
 
     @precondition(lambda self: self.has_vmas() and memory_to_spare(self))
     @rule(where=place_specs, data=st.binary(min_size=1, max_size=16))
@@ -663,7 +724,10 @@ class ManyProcesses(KernelMachine):
 # --- hugetlb pools -----------------------------------------------------------------------------
 
 class HugetlbPools(KernelMachine):
-    """One process mapping 2 MiB hugetlb pages while the pool grows and shrinks."""
+    """A process mapping 2 MiB hugetlb pages while the pool grows and shrinks, and a child
+    forked from it that touches, zaps and exits: copy-on-write of private huge pages, the
+    owner's reservations given back on zap (restore_reserve) and its COW taking a page
+    from the child when the pool has none to spare (unmap_ref_private)."""
 
     @initialize(pool=st.integers(0, 8))
     def start(self, pool: int) -> None:
@@ -682,6 +746,82 @@ class HugetlbPools(KernelMachine):
 
     def has_vmas(self) -> bool:
         return bool(user_vmas(self.task.mm))
+
+    def child(self) -> Task | None:
+        return self.k.tasks.get("child")
+
+    def child_has_vmas(self) -> bool:
+        child = self.child()
+        return child is not None and bool(user_vmas(child.mm))
+
+    def forget_stolen(self) -> None:
+        """Bytes of the child's pages that the owner took for its COW are gone with them."""
+        child = self.child()
+        if child is None:
+            return
+        for vma in user_vmas(child.mm):
+            if not vma.hugetlb_resv_unmapped:
+                continue
+            for haddr in range(vma.start, vma.end, HPAGE):
+                _, entry, _ = self.k.pgtables.lookup(child.mm, haddr)
+                if not entry & inv.MAPS_A_PAGE:
+                    self.contents.forget_private(child, haddr, haddr + HPAGE)
+
+    @precondition(lambda self: self.child() is None)
+    @rule()
+    def fork(self) -> None:
+        child = syscalls.sys_fork(self.k, self.task, "child")
+        self.contents.fork(self.task, child)
+
+    @precondition(lambda self: self.child() is not None)
+    @rule()
+    def child_exits(self) -> None:
+        child = self.child()
+        assert child is not None
+        syscalls.sys_exit(self.k, child)
+        self.contents.exit(child)
+
+    @precondition(child_has_vmas)
+    @rule(where=span_specs(), write=st.booleans())
+    def child_touch(self, where: SpanSpec, write: bool) -> None:
+        child = self.child()
+        assert child is not None
+        start, size = self.span_of(child, where) or (0, 0)
+        self.touch(child, start, size, HPAGE, write)
+
+    @precondition(child_has_vmas)
+    @rule(where=place_specs, data=st.binary(min_size=1, max_size=16))
+    def child_write(self, where: PlaceSpec, data: bytes) -> None:
+        child = self.child()
+        assert child is not None
+        vaddr = self.place_of(child, where, len(data))
+        assert vaddr is not None
+        self.write_bytes(child, vaddr, data)
+
+    @precondition(child_has_vmas)
+    @rule(where=place_specs, length=st.integers(1, 64))
+    def child_read(self, where: PlaceSpec, length: int) -> None:
+        child = self.child()
+        assert child is not None
+        vaddr = self.place_of(child, where, length)
+        assert vaddr is not None
+        self.read_bytes(child, vaddr, length)
+
+    @precondition(child_has_vmas)
+    @rule(pick=picks)
+    def child_dontneed(self, pick: int) -> None:
+        child = self.child()
+        assert child is not None
+        vma = self.pick_vma(child, pick)
+        assert vma is not None
+        self.madvise(child, vma.start, vma.length, "dontneed")
+
+    @precondition(has_vmas)
+    @rule(pick=picks)
+    def dontneed(self, pick: int) -> None:
+        vma = self.pick_vma(self.task, pick)
+        assert vma is not None
+        self.madvise(self.task, vma.start, vma.length, "dontneed")
 
     def release_pools(self) -> None:
         """With no mappings left, pools shrunk to 0 give every page back."""
@@ -733,6 +873,7 @@ class HugetlbPools(KernelMachine):
     def touch_range(self, where: SpanSpec, stride: int, write: bool) -> None:
         start, size = self.span_of(self.task, where) or (0, 0)
         self.touch(self.task, start, size, stride, write)
+        self.forget_stolen()
 
     @precondition(has_vmas)
     @rule(where=place_specs, data=st.binary(min_size=1, max_size=16))
@@ -740,6 +881,7 @@ class HugetlbPools(KernelMachine):
         vaddr = self.place_of(self.task, where, len(data))
         assert vaddr is not None
         self.write_bytes(self.task, vaddr, data)
+        self.forget_stolen()
 
     @precondition(has_vmas)
     @rule(where=place_specs, length=st.integers(1, 64))
@@ -749,17 +891,23 @@ class HugetlbPools(KernelMachine):
         self.read_bytes(self.task, vaddr, length)
 
     def check_signal(self, task: Task, err: SignalError, denied: int | None) -> None:
-        """SIGBUS only for a MAP_NORESERVE page the pool cannot supply: no free page beyond
-        the reserved ones and no surplus page allowed (alloc_hugetlb_folio -> -ENOSPC)."""
+        """SIGBUS only where a page is needed without a reservation and the pool has none
+        to spare (alloc_hugetlb_folio -> -ENOSPC): a MAP_NORESERVE mapping, a child's
+        private mapping (no reservation map), a COW copy; or in a child's mapping that
+        the owner took a page from (HPAGE_RESV_UNMAPPED)."""
         if err.signal != Signal.SIGBUS:
             super().check_signal(task, err, denied)
             return
         vma = vma_lookup(task.mm, err.vaddr)
-        assert vma is not None and vma.is_hugetlb() and vma.flags & VmFlags.NORESERVE, (
-            f"{err} outside a MAP_NORESERVE hugetlb mapping")
+        assert vma is not None and vma.is_hugetlb(), f"{err} outside a hugetlb mapping"
         assert denied is None or err.vaddr < denied, f"{err} before the expected SIGSEGV"
+        if vma.hugetlb_resv_unmapped:
+            return
         h = vma.file.hstate
-        assert h.free_huge_pages == h.resv_huge_pages, f"{err} with unreserved free pages"
+        reserved = vma.file.owner and vma.file.index(vma, err.vaddr) in vma.file.resv.reserved
+        assert not reserved, f"{err} for a page with a reservation"
+        assert h.free_huge_pages - h.resv_huge_pages <= 0 or not h.free_list, (
+            f"{err} with unreserved free pages")
         assert h.surplus_huge_pages >= h.nr_overcommit_huge_pages, (
             f"{err} while surplus pages were allowed")
 
