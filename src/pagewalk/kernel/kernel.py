@@ -137,7 +137,7 @@ class Kernel:
         if pgd == NO_PAGE:
             raise SyscallError(Errno.ENOMEM, "no memory for a PGD")
         return MmStruct(pgd_pfn=pgd, pgd_order=order, mmap_base=exec_image.MMAP_BASE,
-                        task_size=self.default_map_window)
+                        task_size=self.task_size)
 
     def alloc_kernel_stack(self) -> int:
         pfn = self.buddy.alloc_pages(KERNEL_STACK_ORDER)

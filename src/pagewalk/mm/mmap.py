@@ -127,8 +127,12 @@ def arch_get_unmapped_area_topdown(mm: MmStruct, addr: int, length: int, align_m
     found = unmapped_area_topdown(mm, length, max(PAGE_SIZE, MMAP_MIN_ADDR), high, align_mask)
     if found >= 0:
         return found
-    legacy_base = (mm.task_size // 3 + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-    return unmapped_area_bottomup(mm, length, legacy_base, mm.task_size, align_mask)
+    # The bottom-up fallback (arch_get_unmapped_area -> find_start_end): from
+    # mmap_legacy_base (a third of the 47-bit window) up to the window, or to TASK_SIZE
+    # for a hint above it (task_size_64bit(addr > DEFAULT_MAP_WINDOW)).
+    legacy_base = (window // 3 + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    top = mm.task_size if addr > window else window
+    return unmapped_area_bottomup(mm, length, legacy_base, top, align_mask)
 
 
 def get_unmapped_area(mm: MmStruct, addr: int, length: int, fixed: bool, anonymous_private: bool,

@@ -111,7 +111,7 @@ class MmStruct:
     pgd_pfn: int                     # kernel-mode PGD (with PTI the user PGD is pgd_pfn + 1)
     pgd_order: int                   # 0, or 1 with PTI (pgd_allocation_order())
     mmap_base: int
-    task_size: int                   # highest user address + 1 for mmap (DEFAULT_MAP_WINDOW)
+    task_size: int                   # TASK_SIZE: the top of user space (128 TiB or 64 PiB - 4 KiB)
     vmas: list[Vma] = field(default_factory=list)   # sorted by start, non-overlapping
     stat: npt.NDArray[np.int64] = field(
         default_factory=lambda: np.zeros(int(MmStat.NR_STATS), dtype=np.int64))
