@@ -466,82 +466,6 @@ class SingleProcess(KernelMachine):
     def has_vmas(self) -> bool:
         return bool(user_vmas(self.task.mm))
 
-    def child(self) -> Task | None:
-        return self.k.tasks.get("child")
-
-    def child_has_vmas(self) -> bool:
-        child = self.child()
-        return child is not None and bool(user_vmas(child.mm))
-
-    def forget_stolen(self) -> None:
-        """Bytes of the child's pages that the owner took for its COW are gone with them."""
-        child = self.child()
-        if child is None:
-            return
-        for vma in user_vmas(child.mm):
-            if not vma.hugetlb_resv_unmapped:
-                continue
-            for haddr in range(vma.start, vma.end, HPAGE):
-                _, entry, _ = self.k.pgtables.lookup(child.mm, haddr)
-                if not entry & inv.MAPS_A_PAGE:
-                    self.contents.forget_private(child, haddr, haddr + HPAGE)
-
-    @precondition(lambda self: self.child() is None)
-    @rule()
-    def fork(self) -> None:
-        child = syscalls.sys_fork(self.k, self.task, "child")
-        self.contents.fork(self.task, child)
-
-    @precondition(lambda self: self.child() is not None)
-    @rule()
-    def child_exits(self) -> None:
-        child = self.child()
-        assert child is not None
-        syscalls.sys_exit(self.k, child)
-        self.contents.exit(child)
-
-    @precondition(child_has_vmas)
-    @rule(where=span_specs(), write=st.booleans())
-    def child_touch(self, where: SpanSpec, write: bool) -> None:
-        child = self.child()
-        assert child is not None
-        start, size = self.span_of(child, where) or (0, 0)
-        self.touch(child, start, size, HPAGE, write)
-
-    @precondition(child_has_vmas)
-    @rule(where=place_specs, data=st.binary(min_size=1, max_size=16))
-    def child_write(self, where: PlaceSpec, data: bytes) -> None:
-        child = self.child()
-        assert child is not None
-        vaddr = self.place_of(child, where, len(data))
-        assert vaddr is not None
-        self.write_bytes(child, vaddr, data)
-
-    @precondition(child_has_vmas)
-    @rule(where=place_specs, length=st.integers(1, 64))
-    def child_read(self, where: PlaceSpec, length: int) -> None:
-        child = self.child()
-        assert child is not None
-        vaddr = self.place_of(child, where, length)
-        assert vaddr is not None
-        self.read_bytes(child, vaddr, length)
-
-    @precondition(child_has_vmas)
-    @rule(pick=picks)
-    def child_dontneed(self, pick: int) -> None:
-        child = self.child()
-        assert child is not None
-        vma = self.pick_vma(child, pick)
-        assert vma is not None
-        self.madvise(child, vma.start, vma.length, "dontneed")
-
-    @precondition(has_vmas)
-    @rule(pick=picks)
-    def dontneed(self, pick: int) -> None:
-        vma = self.pick_vma(self.task, pick)
-        assert vma is not None
-        self.madvise(self.task, vma.start, vma.length, "dontneed")
-
     @rule(pages=st.integers(1, 4096), huge_units=st.sampled_from([0, 0, 1, 2, 3, 8]),
           placement=st.sampled_from(["hint-less", "hint-less", "fixed", "fixed_noreplace"]),
           where=st.integers(0, ARENA_SIZE // PAGE - 1), prot=st.sampled_from(PROT),
@@ -587,7 +511,6 @@ class SingleProcess(KernelMachine):
     def touch_range(self, where: SpanSpec, stride: int, write: bool) -> None:
         start, size = self.span_of(self.task, where) or (0, 0)
         self.touch(self.task, start, size, stride, write)
-        self.forget_stolen()
 
     @precondition(lambda self: self.has_vmas() and memory_to_spare(self))
     @rule(where=place_specs, data=st.binary(min_size=1, max_size=16))
