@@ -352,9 +352,10 @@ class KernelMachine(RuleBasedStateMachine):
                      Errno.ENOMEM if hole else None, partial_ok={Errno.ENOMEM})
 
     def madvise(self, task: Task, start: int, length: int, advice: str) -> None:
-        """MADV_*: ENOMEM (after doing the mapped part) when the range has a hole, EINVAL up
-        front for MADV_FREE on anything but private anonymous memory; MADV_COLLAPSE may
-        fail midway with its errnos. Contents: MADV_DONTNEED zero-fills private memory
+        """MADV_*: ENOMEM (after doing the mapped part) when the range has a hole, EINVAL at
+        the first VMA MADV_FREE cannot apply to (not private anonymous) or where
+        MADV_DONTNEED would start inside a huge page; MADV_COLLAPSE may fail midway with its
+        errnos. Contents: MADV_DONTNEED zero-fills private memory
         (the inode keeps shared pages), MADV_FREE makes private pages unspecified."""
         end = start + length
         vmas = vmas_in_range(task.mm, start, end)
@@ -363,21 +364,28 @@ class KernelMachine(RuleBasedStateMachine):
                          partial_ok=COLLAPSE_ERRNOS)
             return
         expected: Errno | None = None if covered(task.mm, start, end) else Errno.ENOMEM
-        if advice == "free" and any(not v.is_anonymous() or v.flags & VmFlags.SHARED
-                                    for v in vmas):
+        # madvise_walk_vmas(): VMA by VMA; the first one the advice cannot apply to stops
+        # the walk with EINVAL, after the VMAs before it were advised
+        def refuses(vma: Vma) -> bool:
+            if advice == "free":
+                return not vma.is_anonymous() or bool(vma.flags & VmFlags.SHARED)
+            return advice == "dontneed" and vma.is_hugetlb() and \
+                max(vma.start, start) % vma.file.huge_size != 0
+        invalid = next((i for i, v in enumerate(vmas) if refuses(v)), None)
+        if invalid is not None:
             expected = Errno.EINVAL
         _, errno = self.syscall(
             lambda: syscalls.sys_madvise(self.k, task, start, length, advice), expected,
-            partial_ok={Errno.ENOMEM})
+            partial_ok={Errno.ENOMEM, Errno.EINVAL})
         if errno == Errno.EINVAL:
-            return
+            vmas = vmas[:invalid]
         for vma in vmas:
             lo, hi = max(vma.start, start), min(vma.end, end)
             if vma.flags & VmFlags.SHARED:
                 continue
             if advice == "dontneed":
                 if vma.is_hugetlb():              # hugetlb zaps whole huge pages only
-                    lo, hi = -(-lo // HPAGE) * HPAGE, hi & ~(HPAGE - 1)
+                    hi &= ~(HPAGE - 1)
                 self.contents.forget_private(task, lo, hi)
             elif advice == "free":
                 for vaddr in range(lo, hi, PAGE):

@@ -42,25 +42,29 @@ def do_madvise(k: Kernel, task: Task, start: int, length: int, advice: str) -> N
         khugepaged.madvise_collapse(k, task, start, end)
         return
     vmas = vmas_in_range(mm, start, end)
-    _validate(vmas, advice, start, end)
     covered = sum(min(v.end, end) - max(v.start, start) for v in vmas)
-    for vma in vmas:
+    for vma in vmas:   # madvise_walk_vmas(): VMA by VMA; an EINVAL stops the walk there
         lo, hi = max(vma.start, start), min(vma.end, end)
+        _check_vma(vma, advice, lo)
         _apply(k, task, vma, lo, hi, advice)
     if covered != end - start:
         raise SyscallError(Errno.ENOMEM, "range contains unmapped memory")
 
 
-def _validate(vmas: list[Vma], advice: str, start: int, end: int) -> None:
-    """Checks that fail the whole call before anything is done (madvise_*_valid_vma)."""
-    for vma in vmas:
-        if advice in ("dontneed", "free") and vma.flags & (VmFlags.LOCKED | VmFlags.PFNMAP):
-            raise SyscallError(Errno.EINVAL, "locked or PFN-mapped VMA")
-        if advice == "free" and not vma.is_anonymous():
-            raise SyscallError(Errno.EINVAL, "MADV_FREE needs private anonymous memory")
-        if advice in ("dontneed", "free") and vma.is_hugetlb():
-            if advice == "free":
-                raise SyscallError(Errno.EINVAL, "MADV_FREE on hugetlb")
+def _check_vma(vma: Vma, advice: str, start: int) -> None:
+    """The per-VMA checks of madvise_dontneed_free_valid_vma() and madvise_free_single_vma();
+    the VMAs before this one in the range have been advised already."""
+    if advice not in ("dontneed", "free"):
+        return
+    if vma.flags & (VmFlags.LOCKED | VmFlags.PFNMAP):
+        raise SyscallError(Errno.EINVAL, "locked or PFN-mapped VMA")
+    if vma.is_hugetlb():
+        if advice == "free":
+            raise SyscallError(Errno.EINVAL, "MADV_FREE on hugetlb")
+        if start & (vma.file.huge_size - 1):
+            raise SyscallError(Errno.EINVAL, "MADV_DONTNEED start not huge-page aligned")
+    if advice == "free" and not vma.is_anonymous():
+        raise SyscallError(Errno.EINVAL, "MADV_FREE needs private anonymous memory")
 
 
 def _apply(k: Kernel, task: Task, vma: Vma, start: int, end: int, advice: str) -> None:
@@ -70,7 +74,7 @@ def _apply(k: Kernel, task: Task, vma: Vma, start: int, end: int, advice: str) -
     elif advice == "dontneed":
         if vma.is_hugetlb():
             mask = vma.file.huge_size - 1
-            start, end = (start + mask) & ~mask, end & ~mask  # hugetlb rounds inward
+            end &= ~mask       # the end rounds down to whole huge pages (start is aligned)
             if start >= end:
                 return
         memory.unmap_page_range(k, mm, vma, start, end, reclaim_pt=True)
