@@ -421,10 +421,15 @@ def unmap_ref_private(k: Kernel, mm: MmStruct, vma: Vma, pfn: int, haddr: int) -
             if not entry & pt._PAGE_PRESENT or pt.huge_pfn(entry, shift) != pfn:
                 continue            # __unmap_hugepage_range(ref_page): that page only
             other.hugetlb_resv_unmapped = True
-            k.pgtables.set_entry(task.mm, entry_paddr, 0)
-            task.mm.stat[MmStat.HUGETLB_USAGE] -= h.pages_per_huge_page
+            _zap_huge_leaf(k, task.mm, h, entry_paddr, pfn)
             k.flush_tlb_range(task.mm, haddr, haddr + h.size)
-            k.hugetlb.put_page(h, pfn)
+
+
+def _zap_huge_leaf(k: Kernel, mm: MmStruct, h: Hstate, entry_paddr: int, pfn: int) -> None:
+    """Clear one huge leaf and drop its page (back to the pool when its last user goes)."""
+    k.pgtables.set_entry(mm, entry_paddr, 0)
+    mm.stat[MmStat.HUGETLB_USAGE] -= h.pages_per_huge_page
+    k.hugetlb.put_page(h, pfn)
 
 
 def unmap_hugepage_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> None:
@@ -450,13 +455,10 @@ def unmap_hugepage_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int
         pfn = pt.huge_pfn(entry, shift)
         # __vma_private_lock() and folio_test_anon(): a private MAP_HUGETLB mapping maps
         # anonymous folios only (no page cache behind it)
-        restore = file.owner and not h.surplus_huge_pages
-        k.pgtables.set_entry(mm, entry_paddr, 0)
-        mm.stat[MmStat.HUGETLB_USAGE] -= h.pages_per_huge_page
-        if restore:
+        if file.owner and not h.surplus_huge_pages:
             k.memmap.flags[pfn] |= PageFlag.RESTORE_RESERVE
             file.resv.reserved.add(file.index(vma, haddr))
-        k.hugetlb.put_page(h, pfn)
+        _zap_huge_leaf(k, mm, h, entry_paddr, pfn)
     k.flush_tlb_range(mm, start, end)
 
 

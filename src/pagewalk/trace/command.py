@@ -149,10 +149,11 @@ def _page_map(pages: str | None, scenario_file: str | None, process: str,
         raise ConfigError(f"{' and '.join(chosen)} both choose the page sizes: give one")
     if scenario_file is None and (label is not None or process != "main"):
         raise ConfigError("--process and --at need --scenario")
-    from pagewalk.trace.page_map import file_page_map, scenario_page_map
     if scenario_file is not None:
+        from pagewalk.trace.page_map import scenario_page_map
         return scenario_page_map(scenario_file, process, label)
     if page_map_file is not None:
+        from pagewalk.trace.page_map import file_page_map
         return file_page_map(page_map_file)
     return None
 

@@ -2,9 +2,9 @@
 
 ``pagewalk trace --scenario FILE`` replays a trace with each page the size the simulated
 kernel mapped it with at the end of the scenario (or at a measure): the process's page
-tables are walked from its PGD, as /proc/PID/smaps does (smaps_pte_range: a present
-PTE is a 4 KiB page, a PMD or PUD leaf a 2 MiB or 1 GiB one), and runs of pages of one
-size become the ranges of a :class:`PageSizeMap`. ``--page-map FILE.json`` takes the
+tables are walked from its PGD (mm/pagewalk.py; a present PTE is a 4 KiB page, a PMD
+or PUD leaf a 2 MiB or 1 GiB one, as smaps counts them), and runs of pages of one size
+become the ranges of a :class:`PageSizeMap`. ``--page-map FILE.json`` takes the
 same ranges from ``pagewalk inspect PID --replay`` (a real process's pagemap).
 Addresses that no present page maps replay with 4 KiB pages, the size a fault outside
 a THP-eligible range gets.
@@ -25,6 +25,7 @@ from pagewalk.trace.replay import PageSizeMap
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
     from pagewalk.kernel.task import Task
+
 
 def task_page_ranges(k: Kernel, task: Task) -> list[tuple[int, int, int]]:
     """``(start, end, page_shift)`` runs of ``task``'s present pages, sorted, merged
