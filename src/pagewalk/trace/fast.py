@@ -86,6 +86,7 @@ LEVEL_L1 = 1
 LEVEL_STLB = 2
 OUTCOME_L1 = 0       # translate_access: an L1 hit; OUTCOME_STLB an STLB hit; > 0 a walk
 OUTCOME_STLB = -1
+OUTCOME_WALK = -2    # tlb_access: a miss in every TLB (the entry is filled already)
 
 Ints = npt.NDArray[np.int64]
 Words = npt.NDArray[np.uint64]
@@ -328,14 +329,11 @@ def mapped_rehash(old: Ints, new: Ints) -> None:
 
 # -- one access ----------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def translate_access(vaddr: Int, kind: Int, page_shift: Int, layout: Ints, routes: Ints,
-                     tags: Ints, stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints,
-                     top_row: Int, pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints,
-                     pwc_payload: Words, pwc_clock: Ints, pwc_stats: Ints) -> Int:
-    """One access of the trace model (PCID 0) without demand paging: L1, STLB, else a
-    walk through the page-walk caches and fills. Returns OUTCOME_L1 (0), OUTCOME_STLB
-    (-1), or for a walk the number of entries it read (> 0); :func:`count_access` turns
-    that into the report's counters (the driver keeps them in registers)."""
+def tlb_access(vaddr: Int, kind: Int, page_shift: Int, layout: Ints, routes: Ints,
+               tags: Ints, stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints) -> Int:
+    """The TLB half of one access (PCID 0): L1, else the STLB (a hit is copied into the
+    L1), else the entry is filled into the STLB and the L1 as after its walk (the walk's
+    outcome does not change the fill). Returns OUTCOME_L1, OUTCOME_STLB or OUTCOME_WALK."""
     code = size_code(page_shift)
     l1 = routes[0, kind, code]
     if tlb_probe(l1, vaddr, page_shift, 0, layout, tags, stamps, clock, tlb_stats) >= 0:
@@ -347,13 +345,29 @@ def translate_access(vaddr: Int, kind: Int, page_shift: Int, layout: Ints, route
             lru_insert(tags, stamps, payload, clock, set_base(layout, l1, vaddr, page_shift),
                        layout[l1, 2], tlb_tag(vaddr, page_shift, 0), payload[np.uint64(found)])
         return OUTCOME_STLB
-    walk_refs = pwc_walk(vaddr, page_shift, 0, top_row, pwc_layout, pwc_tags, pwc_stamps,
-                         pwc_payload, pwc_clock, pwc_stats)
     tag = tlb_tag(vaddr, page_shift, 0)
     for index in (l2, l1):           # both just missed: insert directly
         if index >= 0:
             lru_insert(tags, stamps, payload, clock, set_base(layout, index, vaddr, page_shift),
                        layout[index, 2], tag, np.uint64(0))
+    return OUTCOME_WALK
+
+
+@njit(cache=True, inline="always")
+def translate_access(vaddr: Int, kind: Int, page_shift: Int, layout: Ints, routes: Ints,
+                     tags: Ints, stamps: Ints, payload: Words, clock: Ints, tlb_stats: Ints,
+                     top_row: Int, pwc_layout: Ints, pwc_tags: Ints, pwc_stamps: Ints,
+                     pwc_payload: Words, pwc_clock: Ints, pwc_stats: Ints) -> Int:
+    """One access of the trace model (PCID 0) without demand paging: :func:`tlb_access`,
+    and on a miss in every TLB a walk through the page-walk caches. Returns OUTCOME_L1
+    (0), OUTCOME_STLB (-1), or for a walk the number of entries it read (> 0);
+    :func:`count_access` turns that into the report's counters."""
+    outcome = tlb_access(vaddr, kind, page_shift, layout, routes, tags, stamps, payload,
+                         clock, tlb_stats)
+    if outcome != OUTCOME_WALK:
+        return outcome
+    walk_refs: Int = pwc_walk(vaddr, page_shift, 0, top_row, pwc_layout, pwc_tags, pwc_stamps,
+                              pwc_payload, pwc_clock, pwc_stats)
     return walk_refs
 
 
@@ -448,26 +462,15 @@ def tlb_stage(records: Ints, start: Int, stop: Int, va_bits: Int, page_shift: In
         shift = page_shift_at(vaddr, map_starts, map_ends, map_shifts) if use_map else page_shift
         loads += kind == 0
         stores += kind == 1
-        code = size_code(shift)
-        l1 = routes[0, kind, code]
-        if tlb_probe(l1, vaddr, shift, 0, layout, tags, stamps, clock, tlb_stats) >= 0:
+        outcome = tlb_access(vaddr, kind, shift, layout, routes, tags, stamps, payload, clock,
+                             tlb_stats)
+        if outcome == OUTCOME_L1:
             l1_hits += 1
-            continue
-        l2 = routes[1, kind, code]
-        found = tlb_probe(l2, vaddr, shift, 0, layout, tags, stamps, clock, tlb_stats)
-        if found >= 0:
+        elif outcome == OUTCOME_STLB:
             stlb_hits += 1
-            if l1 >= 0:              # it just missed there: absent, insert directly
-                lru_insert(tags, stamps, payload, clock, set_base(layout, l1, vaddr, shift),
-                           layout[l1, 2], tlb_tag(vaddr, shift, 0), payload[np.uint64(found)])
-            continue
-        tag = tlb_tag(vaddr, shift, 0)
-        for index in (l2, l1):       # both just missed: insert directly
-            if index >= 0:
-                lru_insert(tags, stamps, payload, clock, set_base(layout, index, vaddr, shift),
-                           layout[index, 2], tag, np.uint64(0))
-        walks_out[np.uint64(nr_walks)] = vaddr | (code << 57)
-        nr_walks += 1
+        else:
+            walks_out[np.uint64(nr_walks)] = vaddr | (size_code(shift) << 57)
+            nr_walks += 1
     counters[C_ACCESSES] += end - start
     counters[C_LOADS] += loads
     counters[C_STORES] += stores

@@ -296,7 +296,7 @@ class _Background:
         self._outcome: list[Any] = []
         self._error: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, args=(func, args),
-                                        name="pagewalk-fault-pass", daemon=True)
+                                        name="pagewalk-walk-stage", daemon=True)
         self._thread.start()
 
     def _run(self, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
