@@ -21,6 +21,7 @@ class MachineConfig:
     paging: int = 4
     pti: bool = False
     pcid: bool = True
+    pku: bool = True                 # protection keys (the reference machine's CPU has PKU)
     sysfs: dict[str, str] = field(default_factory=dict)
 
 
@@ -42,7 +43,8 @@ class Machine:
         self.paging = PagingMode(self.config.paging)
         self.physmem = PhysicalMemory(self.config.ram)
         tlb, pwc = _make_tlb(self.paging)
-        self.mmu = Mmu(self.physmem, self.paging, pcid=self.config.pcid, tlb=tlb, pwc=pwc)
+        self.mmu = Mmu(self.physmem, self.paging, pcid=self.config.pcid, tlb=tlb, pwc=pwc,
+                       pku=self.config.pku)
         knobs = KnobValues()
         for path, value in self.config.sysfs.items():
             knobs.set(path, value)

@@ -252,3 +252,28 @@ def test_cli_bad_input_is_one_red_line_and_exit_2(args: tuple[str, ...]) -> None
     code, out, err = cli("translate", *args)
     assert code == 2 and out == ""
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_exec_only_page_shows_its_key_and_the_pk_fault() -> None:
+    """A PROT_EXEC-only page carries the execute-only key (1) in bits 62:59; PKRU denies a
+    read of it (SDM §4.6.2: error code P|U|PK), the fetch passes; the kernel answers
+    SEGV_PKUERR, as Kernel.user_access does, and for the untouched page too."""
+    from pagewalk.errors import SignalError
+    from pagewalk.kernel import syscalls
+    run = fresh_run()
+    k, task = run.kernel, run.kernel.tasks["main"]
+    addr = syscalls.sys_mmap(k, task, 0x600000000000, 8192, 4,
+                             frozenset({"private", "anonymous", "fixed"}))
+    e = explain_translation(k, task, addr + 4096, "read")
+    assert e.error_code == pt.X86_PF_USER and "SEGV_PKUERR" in e.kernel
+    k.user_access(task, addr, ACCESS_IFETCH)
+    before = snapshot(k)
+    e = explain_translation(k, task, addr, "read")
+    assert same(before, snapshot(k))
+    assert e.pkey == 1 and e.pkru == 0x55555554
+    assert e.error_code == pt.X86_PF_PROT | pt.X86_PF_USER | pt.X86_PF_PK
+    assert "PK (protection key)" in e.to_json()["error_bits"] and "SEGV_PKUERR" in e.kernel
+    with pytest.raises(SignalError, match="SEGV_PKUERR"):
+        k.user_access(task, addr, ACCESS_READ)
+    fetch = explain_translation(k, task, addr, "exec")
+    assert fetch.outcome == "translation" and fetch.pkey == 1

@@ -87,6 +87,11 @@ def print_translation(e: t.Explanation, scenario: str, label: str | None) -> Non
         table.add_row(r.name, str(r.index), f"[{shift + 8}:{shift}]", f"{r.entry_paddr:#x}",
                       f"{r.entry:#018x}", " ".join(r.flags), then)
     console.print(table)
+    if e.pkey is not None and e.pkru:
+        rights = e.pkru >> (2 * e.pkey) & 3
+        what = "access disabled" if rights & 1 else ("write disabled" if rights & 2 else "allowed")
+        console.print(f"protection key {e.pkey}: PKRU {e.pkru:#010x} has it {what} "
+                      "(data accesses only; SDM §4.6.2)")
     if e.outcome == "translation":
         console.print(f"[bold green]physical address {e.paddr:#x}[/] "
                       f"({t.PAGE_SIZE_NAMES[e.page_shift]} page, offset "

@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.hw.paging import LEVEL_NAMES, PagingMode
 from pagewalk.hw.physmem import PhysicalMemory
-from pagewalk.hw.walker import ACCESS_IFETCH, ACCESS_READ, ACCESS_WRITE, WalkResult, walk
+from pagewalk.hw.walker import (
+    ACCESS_IFETCH,
+    ACCESS_READ,
+    ACCESS_WRITE,
+    WalkResult,
+    pkey_denies,
+    walk,
+)
+from pagewalk.mm import pkeys
 from pagewalk.mm.types import Vma
 
 if TYPE_CHECKING:
@@ -37,7 +45,8 @@ PF_BIT_NAMES = ((pt.X86_PF_PROT, "P (protection violation)", "not present"),
                 (pt.X86_PF_WRITE, "W (write)", "read"),
                 (pt.X86_PF_USER, "U (user mode)", "supervisor mode"),
                 (pt.X86_PF_RSVD, "RSVD (reserved bit)", None),
-                (pt.X86_PF_INSTR, "I (instruction fetch)", None))
+                (pt.X86_PF_INSTR, "I (instruction fetch)", None),
+                (pt.X86_PF_PK, "PK (protection key)", None))
 
 
 class SnapshotMemory(PhysicalMemory):
@@ -119,6 +128,8 @@ class Explanation:
     mmu_refs: int = 0                  # entries the MMU would read (after the PWC)
     vma: Vma | None = None
     kernel: str = ""                   # what the kernel would do with the fault
+    pkey: int | None = None            # the leaf's protection key (bits 62:59), if a leaf
+    pkru: int = 0                      # the task's PKRU as the MMU applies it
 
     @property
     def refs(self) -> int:
@@ -149,6 +160,7 @@ class Explanation:
             "mmu": {"source": self.mmu_source, "walk_refs": self.mmu_refs},
             "vma": vma_json(self.vma),
             "kernel": self.kernel,
+            "pkey": self.pkey, "pkru": f"{self.pkru:#010x}",
         }
 
 
@@ -220,10 +232,12 @@ def probe_tlb(mmu: Mmu, vaddr: int, access: int, pcid: int) -> tuple[list[CacheP
     return probes, first
 
 
-def tlb_entry_allows(leaf: int, access: int, user: bool) -> bool:
-    """A TLB hit serves the access only if the cached rights allow it and a write finds
-    the entry dirty (the same rule as ``Mmu._tlb_entry_allows``; tests compare the two)."""
+def tlb_entry_allows(leaf: int, access: int, user: bool, pkru: int = 0) -> bool:
+    """A TLB hit serves the access only if the cached rights and key allow it and a write
+    finds the entry dirty (the same rule as ``Mmu._tlb_entry_allows``; tests compare them)."""
     if user and not leaf & pt._PAGE_USER:
+        return False
+    if leaf & pt._PAGE_USER and pkey_denies(leaf, access, pkru):
         return False
     if access == ACCESS_WRITE:
         return bool(leaf & pt._PAGE_RW) and bool(leaf & pt._PAGE_DIRTY)
@@ -272,8 +286,10 @@ def explain_translation(k: Kernel, task: Task, vaddr: int, access: str = "read")
     out.cr3, out.pcid, tlb_usable = user_cr3(k, task)
     root_pfn = (out.cr3 & pt.PTE_PFN_MASK) >> 12
     memory = SnapshotMemory(k.physmem)
-    result = walk(memory, mode.shifts, root_pfn, vaddr, kind, True)
+    out.pkru = pkeys.task_pkru(k, task)
+    result = walk(memory, mode.shifts, root_pfn, vaddr, kind, True, pkru=out.pkru)
     out.reads = entry_reads(result, mode, root_pfn, memory.written)
+    out.pkey = next((pt.pte_pkey(r.entry) for r in out.reads if r.role == "leaf"), None)
     _outcome(out, result)
     _mmu_path(out, k, vaddr, kind, tlb_usable)
     if out.error_code is not None:
@@ -327,7 +343,7 @@ def _mmu_path(out: Explanation, k: Kernel, vaddr: int, kind: int, tlb_usable: bo
         out.tlb, hit = probe_tlb(mmu, vaddr, kind, out.pcid)
         if hit is not None:
             level, _, payload = hit
-            if tlb_entry_allows(payload, kind, True):
+            if tlb_entry_allows(payload, kind, True, out.pkru):
                 out.tlb_hit = level
                 out.mmu_source = level
                 out.mmu_refs = 0
@@ -349,7 +365,7 @@ def _mmu_path(out: Explanation, k: Kernel, vaddr: int, kind: int, tlb_usable: bo
         return
     mode = PagingMode(k.levels)
     shortened = walk(SnapshotMemory(k.physmem), mode.shifts, table, vaddr, kind, True,
-                     start_level)
+                     start_level, pkru=out.pkru)
     out.mmu_refs = shortened.refs
 
 
@@ -360,6 +376,9 @@ def kernel_response(k: Kernel, task: Task, vaddr: int, code: int) -> str:
     vma = find_vma(task.mm, vaddr)
     if vma is None or vma.start > vaddr:
         return "no VMA covers the address: SIGSEGV (SEGV_MAPERR)"
+    if pkeys.bad_area_access_from_pkeys(k, code, vma, pkeys.task_pkru(k, task)):
+        return (f"protection key {pkeys.vma_pkey(vma)} refuses the access (access_error): "
+                "SIGSEGV (SEGV_PKUERR)")
     if access_error(code, vma):
         return "the VMA does not allow this access (access_error): SIGSEGV (SEGV_ACCERR)"
     if code & pt.X86_PF_PROT and code & pt.X86_PF_WRITE:

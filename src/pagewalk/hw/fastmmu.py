@@ -4,8 +4,9 @@ Does what ``hw/mmu.py`` Mmu.translate does, on the same arrays: the TLB lookup o
 page size (an STLB hit copied into the L1), the rights check on a hit (a write needs a
 writable, dirty entry), else a walk that starts below the deepest page-walk-cache hit,
 sets A in every entry it uses and D in the leaf on a write, fills the page-walk caches
-with the upper-level entries it read and the TLBs with the leaf; a fault drops the TLB
-entries of the address (SDM vol. 3A §4.10.4.1). INVLPG and the PCID flush are here too.
+with the upper-level entries it read and the TLBs with the leaf; the protection key of a
+leaf (cached in the TLB with it) against PKRU, on hits and walks (hw/walker.py
+pkey_denies); a fault drops the TLB entries of the address (SDM vol. 3A §4.10.4.1). INVLPG and the PCID flush are here too.
 The LRU primitives are the trace model's (trace/fast.py), so both keep one LRU rule.
 """
 
@@ -28,7 +29,9 @@ DIRTY = np.uint64(pt._PAGE_DIRTY)
 PSE = np.uint64(pt._PAGE_PSE)
 NX = np.uint64(pt._PAGE_NX)
 PFN_MASK = np.uint64(pt.PTE_PFN_MASK)
-PF_PROT, PF_WRITE, PF_USER, PF_INSTR = 1, 2, 4, 16
+PKEY_SHIFT = np.uint64(pt._PAGE_BIT_PKEY_BIT0)
+PKEY_BITS = np.uint64(0xF)
+PF_PROT, PF_WRITE, PF_USER, PF_INSTR, PF_PK = 1, 2, 4, 16, 32
 PWC_PCID_SHIFT = 48
 TLB_PCID_SHIFT = 47
 PCID_MASK = 0xFFF
@@ -44,17 +47,27 @@ def _pwc_key(pwc_layout, row, vaddr, pcid):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, inline="always")
+def _pkey_denies(leaf, kind, pkru):  # type: ignore[no-untyped-def]
+    """hw/walker.py pkey_denies: PKRU.AD of the leaf's key refuses data accesses, WD writes."""
+    if kind == 2 or pkru == 0:
+        return False
+    rights = pkru >> (np.int64((leaf >> PKEY_SHIFT) & PKEY_BITS) * 2)
+    return (rights & 1) != 0 or (kind == 1 and (rights & 2) != 0)
+
+
+@njit(cache=True, inline="always")
 def mmu_translate(vaddr, kind, pcid, root_pfn, levels, slot_of, pool,
                   tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload, tlb_clock,
                   tlb_stats, pwc_layout, pwc_top, pwc_tags, pwc_stamps, pwc_payload, pwc_clock,
-                  pwc_stats, counters):  # type: ignore[no-untyped-def]
-    """One user-mode access: 0 when translated, else the #PF error code (> 0)."""
+                  pwc_stats, counters, pkru):  # type: ignore[no-untyped-def]
+    """One user-mode access: 0 when translated, else the #PF error code (> 0). ``pkru`` is
+    the PKRU in force (Mmu.active_pkru: 0 without CR4.PKE)."""
     write = kind == 1
     counters[ACCESSES] += 1
     level, shift, leaf = tlb_lookup(vaddr, kind, 0, pcid, tlb_layout, tlb_routes, tlb_tags,
                                     tlb_stamps, tlb_payload, tlb_clock, tlb_stats)
     if level > 0 and leaf & US and (not write or (leaf & RW and leaf & DIRTY)) and \
-            not (kind == 2 and leaf & NX):
+            not (kind == 2 and leaf & NX) and not _pkey_denies(leaf, kind, pkru):
         counters[L1_HITS if level == LEVEL_L1 else STLB_HITS] += 1
         return TRANSLATED
     # -- page-walk caches: where the walk starts (PageWalkCaches.lookup) -------------------
@@ -90,8 +103,9 @@ def mmu_translate(vaddr, kind, pcid, root_pfn, levels, slot_of, pool,
         user = user and (entry & US) != 0
         no_exec = no_exec or (entry & NX) != 0
         if shift == 12 or entry & PSE:
-            if not user or (write and not writable) or (kind == 2 and no_exec):
-                code = base | PF_PROT
+            pk = user and _pkey_denies(entry, kind, pkru)
+            if not user or (write and not writable) or (kind == 2 and no_exec) or pk:
+                code = base | PF_PROT | (PF_PK if pk else 0)
                 break
             new = entry | ACC | (DIRTY if write else np.uint64(0))
             if new != entry:

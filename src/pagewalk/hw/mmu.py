@@ -4,6 +4,8 @@ Follows Intel SDM vol. 3A §4.5 (translation), §4.10 (TLBs, paging-structure ca
 PCIDs, INVLPG, CR3 loads) and arch/x86/mm/tlb.c for how Linux drives them. A page
 fault invalidates the TLB entries of the faulting address (§4.10.4.1). Counters go
 to ``counters``, an array the kernel points at the running task's (context switch).
+Protection keys (§4.6.2): with CR4.PKE, PKRU (the running task's, switched with it) is
+checked against the key a TLB entry caches with its leaf, on hits as on walks.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy.typing as npt
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.hw.paging import PagingMode
 from pagewalk.hw.physmem import PhysicalMemory
-from pagewalk.hw.walker import ACCESS_WRITE, WalkResult, walk
+from pagewalk.hw.walker import ACCESS_WRITE, WalkResult, pkey_denies, walk
 
 X86_CR3_PCID_MASK = 0xFFF
 X86_CR3_PCID_NOFLUSH = 1 << 63
@@ -73,7 +75,7 @@ class Mmu:
     """CR3, the TLB hierarchy and the page-walk caches of one CPU."""
 
     def __init__(self, physmem: PhysicalMemory, mode: PagingMode, pcid: bool = True,
-                 tlb: Any = None, pwc: Any = None) -> None:
+                 tlb: Any = None, pwc: Any = None, pku: bool = False) -> None:
         self.physmem = physmem
         self.mode = mode
         self.pcid_enabled = pcid
@@ -81,6 +83,14 @@ class Mmu:
         self.pwc = pwc
         self.cr3 = 0
         self.counters = new_mmu_counters()
+        self.pku = pku          # CPUID.(EAX=7,ECX=0):ECX.PKU: the CPU has protection keys
+        self.cr4_pke = False    # CR4.PKE: the kernel turns it on at boot (setup_pku)
+        self.pkru = 0           # PKRU: the running task's rights per key (WRPKRU/XRSTOR)
+
+    @property
+    def active_pkru(self) -> int:
+        """The PKRU the access checks apply: 0 (no key refuses) while CR4.PKE is clear."""
+        return self.pkru if self.cr4_pke else 0
 
     @property
     def pcid(self) -> int:
@@ -134,15 +144,17 @@ class Mmu:
         counters = self.counters
         counters[MmuStat.ACCESSES] += 1
         pcid = self.pcid
+        pkru = self.active_pkru
         if self.tlb is not None:
             hit = self.tlb.lookup(vaddr, access, pcid)
-            if hit.level is not None and self._tlb_entry_allows(hit.payload, access, user):
+            if hit.level is not None and self._tlb_entry_allows(hit.payload, access, user,
+                                                                pkru):
                 counters[MmuStat.L1_HITS if hit.level == "l1" else MmuStat.STLB_HITS] += 1
                 shift = hit.page_shift
                 frame = pt.huge_pfn(hit.payload, shift) if shift > 12 else pt.pte_pfn(hit.payload)
                 return Translation((frame << 12) + (vaddr & ((1 << shift) - 1)), shift,
                                    hit.payload, hit.level)
-        result = self._walk(vaddr, access, user, pcid)
+        result = self._walk(vaddr, access, user, pcid, pkru)
         if result.fault_code is not None:
             counters[MmuStat.PAGE_FAULTS] += 1
             if self.tlb is not None:
@@ -153,10 +165,12 @@ class Mmu:
         return Translation(result.paddr, result.leaf_shift, result.leaf, "walk", result)
 
     @staticmethod
-    def _tlb_entry_allows(leaf: int, access: int, user: bool) -> bool:
-        """A TLB hit serves the access only if the cached rights allow it and, for a write,
-        the cached entry is already dirty (else the CPU walks to set D)."""
+    def _tlb_entry_allows(leaf: int, access: int, user: bool, pkru: int = 0) -> bool:
+        """A TLB hit serves the access only if the cached rights and protection key allow
+        it and, for a write, the cached entry is already dirty (else the CPU walks to set D)."""
         if user and not leaf & pt._PAGE_USER:
+            return False
+        if leaf & pt._PAGE_USER and pkey_denies(leaf, access, pkru):
             return False
         if access == ACCESS_WRITE:
             return bool(leaf & pt._PAGE_RW) and bool(leaf & pt._PAGE_DIRTY)
@@ -164,12 +178,12 @@ class Mmu:
             return False
         return True
 
-    def _walk(self, vaddr: int, access: int, user: bool, pcid: int) -> WalkResult:
+    def _walk(self, vaddr: int, access: int, user: bool, pcid: int, pkru: int = 0) -> WalkResult:
         shifts = self.mode.shifts
         start_level, table = 0, self.root_pfn
         if self.pwc is not None:
             start_level, table = self.pwc.lookup(vaddr, pcid, start_level, table)
-        result = walk(self.physmem, shifts, table, vaddr, access, user, start_level)
+        result = walk(self.physmem, shifts, table, vaddr, access, user, start_level, pkru=pkru)
         self.counters[MmuStat.WALKS] += 1
         self.counters[MmuStat.WALK_REFS] += result.refs
         if self.pwc is not None:

@@ -20,6 +20,12 @@ _PAGE_SPECIAL = 1 << 9    # SOFTW1: Linux marks zero-page and pfn-map PTEs (pte_
 _PAGE_UFFD_WP = 1 << 10   # SOFTW2
 _PAGE_SOFT_DIRTY = 1 << 11  # SOFTW3
 _PAGE_PAT_LARGE = 1 << 12  # PAT in 2 MiB / 1 GiB leaves
+_PAGE_BIT_PKEY_BIT0 = 59  # protection key: bits 62:59 of a leaf (PTE, or PS PMD/PUD)
+_PAGE_PKEY_BIT0 = 1 << 59
+_PAGE_PKEY_BIT1 = 1 << 60
+_PAGE_PKEY_BIT2 = 1 << 61
+_PAGE_PKEY_BIT3 = 1 << 62
+_PAGE_PKEY_MASK = _PAGE_PKEY_BIT0 | _PAGE_PKEY_BIT1 | _PAGE_PKEY_BIT2 | _PAGE_PKEY_BIT3
 _PAGE_NX = 1 << 63        # XD: instruction fetches forbidden (with EFER.NXE)
 
 PHYSICAL_MASK_SHIFT = 52
@@ -45,6 +51,7 @@ X86_PF_WRITE = 1 << 1  # the access was a write
 X86_PF_USER = 1 << 2   # the access came from user mode
 X86_PF_RSVD = 1 << 3   # reserved bit set in an entry
 X86_PF_INSTR = 1 << 4  # the access was an instruction fetch
+X86_PF_PK = 1 << 5     # the protection key (PKRU) denied the data access
 
 FLAG_NAMES = (
     (_PAGE_PRESENT, "P"), (_PAGE_RW, "RW"), (_PAGE_USER, "US"), (_PAGE_PWT, "PWT"),
@@ -77,6 +84,18 @@ def pte_young(entry: int) -> bool:
 
 def pte_special(entry: int) -> bool:
     return bool(entry & _PAGE_SPECIAL)
+
+
+def pte_pkey(entry: int) -> int:
+    """pte_flags_pkey(): the protection key in bits 62:59 of a leaf entry."""
+    return (entry & _PAGE_PKEY_MASK) >> _PAGE_BIT_PKEY_BIT0
+
+
+def pkey_pte_bits(pkey: int) -> int:
+    """The leaf-entry bits that hold protection key ``pkey`` (0..15)."""
+    if not 0 <= pkey <= 15:
+        raise ValueError(f"protection key {pkey} is not in 0..15")
+    return pkey << _PAGE_BIT_PKEY_BIT0
 
 
 def pte_pfn(entry: int) -> int:
@@ -127,9 +146,10 @@ def pte_mkclean(entry: int) -> int:
 
 
 def pte_modify(entry: int, newprot: int) -> int:
-    """pte_modify(): keep the pfn, A/D and software bits, take the protection from newprot."""
+    """pte_modify(): keep the pfn, A/D and software bits, take the protection (the
+    protection key included: it is not in _PAGE_CHG_MASK) from newprot."""
     keep = PTE_PFN_MASK | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_SPECIAL | _PAGE_SOFT_DIRTY | _PAGE_PSE
-    prot_bits = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_PROTNONE | _PAGE_NX
+    prot_bits = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_PROTNONE | _PAGE_NX | _PAGE_PKEY_MASK
     return (entry & keep) | (newprot & prot_bits) | (entry & _PAGE_ACCESSED)
 
 

@@ -2,8 +2,10 @@
 
 Reads the paging-structure entries from physical memory, top level first; stops at the
 first non-present entry or at a leaf (PS in a PDPTE or PDE, or any PTE); checks the
-access rights accumulated over the levels (R/W and U/S ANDed, XD ORed); sets the
-Accessed flag in every entry it uses and the Dirty flag in the leaf on a write.
+access rights accumulated over the levels (R/W and U/S ANDed, XD ORed) and, for data
+accesses to user-mode addresses, the leaf's protection key against PKRU (§4.6.2: AD
+refuses any data access, WD a write; a refusal sets PK, bit 5, in the error code); sets
+the Accessed flag in every entry it uses and the Dirty flag in the leaf on a write.
 ``start_level``/``start_table`` let a page-walk-cache hit skip the levels above it.
 """
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.hw.physmem import PhysicalMemory
+from pagewalk.hw.pkru import PKRU_AD_BIT, PKRU_BITS_PER_PKEY, PKRU_WD_BIT
 
 ACCESS_READ = 0
 ACCESS_WRITE = 1
@@ -44,9 +47,20 @@ class WalkResult:
         return len(self.steps)
 
 
+def pkey_denies(leaf: int, access: int, pkru: int) -> bool:
+    """SDM §4.6.2 for a user-mode address: PKRU.AD of the leaf's key refuses every data
+    access, PKRU.WD a write (CR0.WP = 1); instruction fetches are not checked."""
+    if access == ACCESS_IFETCH or not pkru:
+        return False
+    rights = pkru >> (pt.pte_pkey(leaf) * PKRU_BITS_PER_PKEY)
+    return bool(rights & PKRU_AD_BIT) or (access == ACCESS_WRITE and bool(rights & PKRU_WD_BIT))
+
+
 def walk(physmem: PhysicalMemory, shifts: tuple[int, ...], table_pfn: int, vaddr: int,
-         access: int, user: bool, start_level: int = 0, nx_enabled: bool = True) -> WalkResult:
-    """Walk from the table at ``start_level`` (the PGD when 0) to the leaf mapping ``vaddr``."""
+         access: int, user: bool, start_level: int = 0, nx_enabled: bool = True,
+         pkru: int = 0) -> WalkResult:
+    """Walk from the table at ``start_level`` (the PGD when 0) to the leaf mapping ``vaddr``.
+    ``pkru`` is the PKRU in force (0 when CR4.PKE is clear: no key refuses anything)."""
     steps: list[WalkStep] = []
     rw = us = True
     nx = False
@@ -70,9 +84,11 @@ def walk(physmem: PhysicalMemory, shifts: tuple[int, ...], table_pfn: int, vaddr
                 physmem.write_u64(entry_paddr, entry | pt._PAGE_ACCESSED)
             table = pt.pte_pfn(entry)
             continue
+        pk = us and pkey_denies(entry, access, pkru)
         if (user and not us) or (write and not rw) or (
-                access == ACCESS_IFETCH and nx and nx_enabled):
-            return WalkResult(steps, fault_code=fault_base | pt.X86_PF_PROT)
+                access == ACCESS_IFETCH and nx and nx_enabled) or pk:
+            return WalkResult(steps, fault_code=fault_base | pt.X86_PF_PROT | (
+                pt.X86_PF_PK if pk else 0))
         new = entry | pt._PAGE_ACCESSED | (pt._PAGE_DIRTY if write else 0)
         if new != entry:
             physmem.write_u64(entry_paddr, new)

@@ -1,4 +1,4 @@
-"""A task (include/linux/sched.h task_struct): pid, name, mm and fault counters."""
+"""A task (include/linux/sched.h task_struct): pid, name, mm, fault counters, PKRU."""
 
 from __future__ import annotations
 
@@ -24,3 +24,4 @@ class Task:
     stack_pfn: int = -1         # the 16 KiB kernel stack (order 2)
     mmu_counters: npt.NDArray[np.int64] = field(default_factory=new_mmu_counters)
     alive: bool = True
+    pkru: int = 0               # thread.pkru: PKRU saved while the task is switched out

@@ -87,6 +87,36 @@ def machine_paging_levels() -> int:
     return 4
 
 
+def machine_has_pku() -> bool:
+    """True if the kernel uses protection keys here (``ospke`` in the CPU flags)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return "ospke" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def pku_refusal(scenario: s.Scenario) -> LiveError | None:
+    """PROT_EXEC alone is execute-only with PKU and readable without: a scenario that
+    uses it says which CPU it means (system.pku), and only that CPU can replay it."""
+    live = machine_has_pku()
+    if scenario.system.pku == live:
+        return None
+    for step in scenario.steps:
+        if isinstance(step, (s.MmapStep, s.MprotectStep)) and step.prot == 0x4:
+            have = "has" if live else "has no"
+            return LiveError(f"system.pku is {str(scenario.system.pku).lower()}, but this "
+                             f"machine's CPU {have} protection keys ('ospke' in /proc/cpuinfo), "
+                             "and PROT_EXEC-only memory (prot: x) behaves differently with "
+                             f"them: the live kernel cannot replay it (set system.pku: "
+                             f"{str(live).lower()} to measure this machine)",
+                             Location(scenario.file, step.index, f"{step.kind}.prot"))
+    return None
+
+
 def is_root() -> bool:
     return os.geteuid() == 0
 
@@ -105,6 +135,9 @@ def refusal(scenario: s.Scenario, root: bool) -> LiveError | None:
     if scenario.system.paging == 5 and machine_paging_levels() == 4:
         return LiveError("system.paging 5: this machine has no 5-level paging (no LA57)",
                          Location(scenario.file, None, "system.paging"))
+    pku_refused = pku_refusal(scenario)
+    if pku_refused is not None:
+        return pku_refused
     if root:
         return None
     if needs_knobs(scenario):
@@ -133,12 +166,13 @@ def _notes(scenario: s.Scenario, root: bool) -> list[str]:
 
 
 def run_live(scenario: s.Scenario, repeat: int = 1, notify: Notify | None = None,
-             exe: Path | None = None) -> LiveResult:
+             exe: Path | None = None, run_class: type[LiveRun] = LiveRun) -> LiveResult:
     """Run ``scenario`` ``repeat`` times on this machine's kernel and combine the runs.
 
     Raises LiveError if it cannot run here (see :func:`refusal`), and the simulator's
     error classes (SyscallError, SignalError, ExpectationFailed) if the kernel fails a
-    step the scenario did not expect to fail.
+    step the scenario did not expect to fail. ``run_class`` plays each run (a LiveRun
+    subclass may record outcomes instead of failing: pagewalk.fuzz's discovery mode).
     """
     notes: list[str] = []
 
@@ -158,7 +192,7 @@ def run_live(scenario: s.Scenario, repeat: int = 1, notify: Notify | None = None
     runs: list[LiveRunResult] = []
     with live_knobs.KnobGuard(note, write=root) as guard, live_knobs.thp_disabled_here():
         for _ in range(max(1, repeat)):
-            runs.append(_run_once(scenario, exe, guard, root))
+            runs.append(_run_once(scenario, exe, guard, root, run_class))
     for difference in runs[0].layout_differences:
         note(f"the probe's start layout differs from the simulator's start image: "
              f"{difference}")
@@ -167,9 +201,9 @@ def run_live(scenario: s.Scenario, repeat: int = 1, notify: Notify | None = None
 
 
 def _run_once(scenario: s.Scenario, exe: Path, guard: live_knobs.KnobGuard,
-              root: bool) -> LiveRunResult:
+              root: bool, run_class: type[LiveRun] = LiveRun) -> LiveRunResult:
     decoy = live_knobs.Decoy(exe)
-    run = LiveRun(scenario, exe, guard, decoy)
+    run = run_class(scenario, exe, guard, decoy)
     try:
         if root:
             guard.prepare(dict(scenario.system.sysfs), decoy)
