@@ -43,6 +43,8 @@ def test_fast_and_reference_paths_agree(thp: str, levels: int, pcid: bool) -> No
     stored_fast = np.nonzero(fast.physmem.slot_of >= 0)[0]
     stored_ref = np.nonzero(ref.physmem.slot_of >= 0)[0]
     assert np.array_equal(stored_fast, stored_ref)
+    assert np.array_equal(fast.physmem.touched, ref.physmem.touched)   # what writes stored
+    assert fast.physmem.touched.any()
     for pfn in stored_fast:
         assert np.array_equal(fast.physmem.pool[fast.physmem.slot_of[pfn]],
                               ref.physmem.pool[ref.physmem.slot_of[pfn]]), hex(pfn)

@@ -32,6 +32,10 @@ class PhysicalMemory:
         self.free_slots: npt.NDArray[np.int32] = np.arange(initial_slots - 1, -1, -1, dtype=np.int32)
         self.nr_free_slots = np.zeros(1, dtype=np.int64)
         self.nr_free_slots[0] = initial_slots
+        # touched[pfn] = 1: a `touch` step stored a byte there that is not kept (the scenario
+        # spec leaves its value unspecified; the kernel runner stores 0x01), so the frame
+        # is not all zeros. Cleared with the frame's contents, copied with them.
+        self.touched: npt.NDArray[np.uint8] = np.zeros(self.nr_frames, dtype=np.uint8)
 
     # -- pool management -------------------------------------------------------------------
     @property
@@ -69,6 +73,7 @@ class PhysicalMemory:
 
     def drop(self, pfn: int) -> None:
         """Forget a frame's contents (it was freed or zeroed): it reads as zeros again."""
+        self.touched[pfn] = 0
         slot = int(self.slot_of[pfn])
         if slot < 0:
             return
@@ -79,6 +84,7 @@ class PhysicalMemory:
 
     def drop_range(self, pfn: int, nr_frames: int) -> None:
         """drop() for every frame of [pfn, pfn + nr_frames)."""
+        self.touched[pfn: pfn + nr_frames] = 0
         window = self.slot_of[pfn: pfn + nr_frames]
         stored = np.nonzero(window >= 0)[0]
         if stored.size == 0:
@@ -91,6 +97,17 @@ class PhysicalMemory:
 
     def is_stored(self, pfn: int) -> bool:
         return bool(self.slot_of[pfn] >= 0)
+
+    def note_touch(self, paddr: int) -> None:
+        """A `touch` store at ``paddr``: the frame now holds a byte that is not kept."""
+        self.touched[paddr >> 12] = 1
+
+    def is_zero(self, pfn: int) -> bool:
+        """Every byte of the frame is zero (what pages_identical(page, ZERO_PAGE) asks)."""
+        if self.touched[pfn]:
+            return False
+        slot = int(self.slot_of[pfn])
+        return slot < 0 or not self.pool[slot].any()
 
     # -- words (page-table entries) -----------------------------------------------------------
     def read_u64(self, paddr: int) -> int:
@@ -129,12 +146,14 @@ class PhysicalMemory:
 
     def copy_frame(self, dst_pfn: int, src_pfn: int) -> None:
         """copy_page(): dst gets src's contents (an unstored src leaves dst unstored)."""
+        touched = self.touched[src_pfn]
         src = int(self.slot_of[src_pfn])
         if src < 0:
             self.drop(dst_pfn)
-            return
-        dst = self._store(dst_pfn)
-        self.pool[dst, :] = self.pool[int(self.slot_of[src_pfn])]
+        else:
+            dst = self._store(dst_pfn)
+            self.pool[dst, :] = self.pool[int(self.slot_of[src_pfn])]
+        self.touched[dst_pfn] = touched
 
     def clear_frame(self, pfn: int) -> None:
         """clear_page()."""
@@ -143,4 +162,5 @@ class PhysicalMemory:
     @property
     def host_bytes(self) -> int:
         """Host memory the simulated RAM costs (arrays included)."""
-        return int(self.pool.nbytes + self.slot_of.nbytes + self.free_slots.nbytes)
+        return int(self.pool.nbytes + self.slot_of.nbytes + self.free_slots.nbytes
+                   + self.touched.nbytes)

@@ -15,10 +15,13 @@ PROT_NONE, SIGSEGV, allocation failures (fallback, compaction, OOM).
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from numba import njit
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.hw.fastmmu import ACC, DIRTY, P, PFN_MASK, PSE, RW, flush_pcid, mmu_translate, tlb_invlpg
+from pagewalk.hw.fastmmu import (
+    ACC, DIRTY, P, PF_PK, PFN_MASK, PSE, RW, flush_pcid, mmu_translate, tlb_invlpg,
+)
 from pagewalk.mm.page_alloc import rmqueue_smallest
 from pagewalk.mm.page_alloc import PageFlag
 
@@ -64,6 +67,16 @@ def _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist, node
 
 
 @njit(cache=True, inline="always")
+def _free_pages(nr_free: npt.NDArray[np.int64], zonelist: npt.NDArray[np.int64]) -> int:
+    """Free pages over the zonelist's zones (any one of them serves an order-0 request)."""
+    total = 0
+    for i in range(zonelist.shape[0]):
+        for order in range(nr_free.shape[1]):
+            total += nr_free[zonelist[i], order] << order
+    return total
+
+
+@njit(cache=True, inline="always")
 def _store_table(slot_of, pool, free_slots, nr_free_slots, pfn):
     """Give a new page-table frame a zeroed row in the physmem pool."""
     top = nr_free_slots[0] - 1
@@ -82,7 +95,7 @@ def touch_kernel(start, count, stride, kind, levels, root_pfn, pcid, vma_flags_o
                  zonelist, node_stat, vm_events, mm_stat,
                  tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload, tlb_clock, tlb_stats,
                  pwc_layout, pwc_top, pwc_tags, pwc_stamps, pwc_payload, pwc_clock, pwc_stats,
-                 mmu_counters, out, records):
+                 mmu_counters, out, records, pkru, touched):
     """Accesses ``start + i * stride`` for i in [out[0], count), each through the compiled
     MMU (hw/fastmmu.py); a page fault the kernel can resolve here is resolved and the access
     retried, as Kernel.user_access does. Returns a stop reason: NEED_KERNEL when a fault
@@ -90,7 +103,8 @@ def touch_kernel(start, count, stride, kind, levels, root_pfn, pcid, vma_flags_o
     counted), NEED_SLOW before anything of the access was done, NEED_SLOTS, NEED_DRAIN.
     out[0]: next access; out[1]: faults resolved; out[2]: 1 once an anonymous page was
     written (the VMA needs its anon_vma); out[3]: THPs recorded in ``records`` as
-    (PMD entry paddr, deposited table, folio) for Python's rmap dicts."""
+    (PMD entry paddr, deposited table, folio) for Python's rmap dicts. A write stores a
+    byte: ``touched`` (PhysicalMemory.touched) marks its frame."""
     write = kind == 1
     shift0 = 39 if levels == 4 else 48
     i = out[0]
@@ -105,14 +119,17 @@ def touch_kernel(start, count, stride, kind, levels, root_pfn, pcid, vma_flags_o
         code = mmu_translate(vaddr, kind, pcid, root_pfn, levels, slot_of, pool,
                              tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload,
                              tlb_clock, tlb_stats, pwc_layout, pwc_top, pwc_tags, pwc_stamps,
-                             pwc_payload, pwc_clock, pwc_stats, mmu_counters)
+                             pwc_payload, pwc_clock, pwc_stats, mmu_counters, pkru)
         if code == 0:
+            if write:
+                _note_touch(vaddr, root_pfn, levels, slot_of, pool, touched)
             i += 1
             continue
         # do_user_addr_fault(): what only Python handles goes back with the error code.
         out[0] = i
         out[4] = code
-        if (write and not vma_flags_ok_write) or (code & 1 and not write) or not anon_faults:
+        if (write and not vma_flags_ok_write) or (code & 1 and not write) or not anon_faults \
+                or code & PF_PK:                 # access_error(): X86_PF_PK is SIGSEGV
             return NEED_KERNEL
         # __handle_mm_fault(): the kernel's software walk (no A bits), allocating tables.
         table = root_pfn
@@ -132,7 +149,8 @@ def touch_kernel(start, count, stride, kind, levels, root_pfn, pcid, vma_flags_o
                     if not _map_thp(slot, index, table, page_prot, vma_flags_ok_write,
                                     slot_of, pool, free_slots, nr_free_slots, flags, order_of,
                                     refcount, head_of, next_, prev, free_head, nr_free,
-                                    zonelist, node_stat, vm_events, mm_stat, out, records):
+                                    zonelist, node_stat, vm_events, mm_stat, out, records,
+                                    touched):
                         return NEED_KERNEL       # fallback or compaction: Python decides
                     resolved = True
                     break
@@ -158,7 +176,7 @@ def touch_kernel(start, count, stride, kind, levels, root_pfn, pcid, vma_flags_o
                                 refcount, mapcount, next_, prev, free_head, nr_free, zonelist,
                                 node_stat, vm_events, mm_stat, tlb_layout, tlb_routes,
                                 tlb_tags, tlb_stamps, tlb_payload, pwc_tags, pwc_stamps,
-                                pwc_payload, out)
+                                pwc_payload, out, touched)
             if status != 0:
                 return NEED_KERNEL
         out[1] += 1                              # mm_account_fault()
@@ -168,25 +186,46 @@ def touch_kernel(start, count, stride, kind, levels, root_pfn, pcid, vma_flags_o
     return DONE
 
 
+@njit(cache=True, inline="always")
+def _note_touch(vaddr: int, root_pfn: int, levels: int, slot_of: npt.NDArray[np.int32],
+                pool: npt.NDArray[np.uint64], touched: npt.NDArray[np.uint8]) -> None:
+    """The store of a write access that translated: mark the frame it reached (a walk of
+    the tables the MMU has just used; every entry on the way is present)."""
+    table = np.int64(root_pfn)
+    shift = 39 if levels == 4 else 48
+    while True:
+        entry = pool[slot_of[table], (vaddr >> shift) & 511]
+        pfn = np.int64((entry & PFN_MASK) >> np.uint64(12))
+        if shift == 12 or entry & PSE:
+            span = (1 << (shift - 12)) - 1       # 4 KiB frames in the leaf, less one
+            touched[(pfn & ~span) + ((vaddr >> 12) & span)] = 1
+            return
+        table = pfn
+        shift -= 9
+
+
 @njit(cache=True, _nrt=False)
 def _map_thp(slot, index, table, page_prot, writable, slot_of, pool, free_slots, nr_free_slots,
              flags, order_of, refcount, head_of, next_, prev, free_head, nr_free, zonelist,
-             node_stat, vm_events, mm_stat, out, records):
+             node_stat, vm_events, mm_stat, out, records, touched):
     """do_huge_pmd_anonymous_page() -> __do_huge_pmd_anonymous_page() for a write."""
+    # The kernel allocates the folio, then the deposit (pte_alloc_one); when that fails it
+    # puts the folio and answers VM_FAULT_OOM. A fault that fails is Python's: hand it back
+    # before allocating anything when no page would be left for the deposit.
+    if _free_pages(nr_free, zonelist) <= HPAGE_PMD_NR:
+        return False
     folio = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist,
                         node_stat, vm_events, refcount, 9)
     if folio < 0:
         return False
     deposit = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist,
                           node_stat, vm_events, refcount, 0)
-    if deposit < 0:
-        return False
     _store_table(slot_of, pool, free_slots, nr_free_slots, deposit)
     flags[deposit] |= F_TABLE
     node_stat[NR_PAGETABLE] += 1
     mm_stat[PGTABLES_BYTES] += 4096
     _new_anon_thp(folio, flags, order_of, head_of, slot_of, free_slots, nr_free_slots,
-                  node_stat, mm_stat)
+                  node_stat, mm_stat, touched)
     pool[slot, index] = (np.uint64(folio) << np.uint64(12)) | page_prot | PSE | ACC | DIRTY | (
         RW if writable else np.uint64(0))
     r = out[3]
@@ -203,7 +242,8 @@ def _map_thp(slot, index, table, page_prot, writable, slot_of, pool, free_slots,
 def _pte_fault(vaddr, write, pcid, slot, index, page_prot, zero_pfn, slot_of, pool, free_slots,
                nr_free_slots, flags, order_of, refcount, mapcount, next_, prev, free_head,
                nr_free, zonelist, node_stat, vm_events, mm_stat, tlb_layout, tlb_routes,
-               tlb_tags, tlb_stamps, tlb_payload, pwc_tags, pwc_stamps, pwc_payload, out):
+               tlb_tags, tlb_stamps, tlb_payload, pwc_tags, pwc_stamps, pwc_payload, out,
+               touched):
     """handle_pte_fault() for private anonymous memory: 0 when resolved, 1 for Python."""
     pte = pool[slot, index]
     if pte == 0:
@@ -215,7 +255,7 @@ def _pte_fault(vaddr, write, pcid, slot, index, page_prot, zero_pfn, slot_of, po
         if pfn < 0:
             return 1
         _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots, node_stat,
-                       mm_stat)
+                       mm_stat, touched)
         pool[slot, index] = (np.uint64(pfn) << np.uint64(12)) | page_prot | ACC | DIRTY | RW
         out[2] = 1
         return 0
@@ -229,7 +269,7 @@ def _pte_fault(vaddr, write, pcid, slot, index, page_prot, zero_pfn, slot_of, po
         if pfn < 0:
             return 1
         _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots, node_stat,
-                       mm_stat)
+                       mm_stat, touched)
         pool[slot, index] = (np.uint64(pfn) << np.uint64(12)) | page_prot | ACC | DIRTY | RW
         _flush_tlb_page(vaddr, pcid, tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload,
                         pwc_tags, pwc_stamps, pwc_payload, vm_events)
@@ -251,7 +291,8 @@ def _pte_fault(vaddr, write, pcid, slot, index, page_prot, zero_pfn, slot_of, po
                       vm_events, refcount)
     if new < 0:
         return 1
-    _new_anon_page(new, flags, mapcount, slot_of, free_slots, nr_free_slots, node_stat, mm_stat)
+    _new_anon_page(new, flags, mapcount, slot_of, free_slots, nr_free_slots, node_stat, mm_stat,
+                   touched)
     mm_stat[MM_ANONPAGES] -= 1                   # an anonymous page replaces another
     old_slot = slot_of[pfn]
     if old_slot >= 0:                            # copy_user_highpage(): the data moves along
@@ -259,6 +300,7 @@ def _pte_fault(vaddr, write, pcid, slot, index, page_prot, zero_pfn, slot_of, po
         new_slot = slot_of[new]
         for word in range(512):
             pool[new_slot, word] = pool[old_slot, word]
+    touched[new] = touched[pfn]
     pool[slot, index] = (np.uint64(new) << np.uint64(12)) | page_prot | ACC | DIRTY | RW
     _flush_tlb_page(vaddr, pcid, tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload,
                     pwc_tags, pwc_stamps, pwc_payload, vm_events)
@@ -281,8 +323,10 @@ def _flush_tlb_page(vaddr, pcid, tlb_layout, tlb_routes, tlb_tags, tlb_stamps, t
 
 
 @njit(cache=True, inline="always")
-def _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots, node_stat, mm_stat):
+def _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots, node_stat, mm_stat,
+                   touched):
     """folio_add_new_anon_rmap() + add_mm_counter(MM_ANONPAGES) for an order-0 folio."""
+    touched[pfn] = 0
     slot = slot_of[pfn]
     if slot >= 0:                                # __GFP_ZERO: forget old contents
         slot_of[pfn] = -1
@@ -297,9 +341,10 @@ def _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots, nod
 
 @njit(cache=True, _nrt=False)
 def _new_anon_thp(folio, flags, order_of, head_of, slot_of, free_slots, nr_free_slots,
-                  node_stat, mm_stat):
+                  node_stat, mm_stat, touched):
     """folio_alloc(order 9) + map_anon_folio_pmd(): flags, counters (not the rmap dicts)."""
     for page in range(folio, folio + HPAGE_PMD_NR):
+        touched[page] = 0
         slot = slot_of[page]
         if slot >= 0:
             slot_of[page] = -1

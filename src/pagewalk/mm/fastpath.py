@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pagewalk.mm import huge_memory
+from pagewalk.mm import huge_memory, pkeys
 from pagewalk.mm.fastfault import NEED_DRAIN, NEED_KERNEL, NEED_SLOTS, NEED_SLOW, touch_kernel
 from pagewalk.mm.types import VmFlags
 from pagewalk.mm.vma import find_vma
@@ -27,7 +27,15 @@ def touch_reference(k: Kernel, task: Task, start: int, length: int, stride: int,
                     access: int) -> None:
     """One access at every ``stride`` bytes of [start, start + length)."""
     for vaddr in range(start, start + length, stride):
-        k.user_access(task, vaddr, access)
+        user_touch(k, task, vaddr, access)
+
+
+def user_touch(k: Kernel, task: Task, vaddr: int, access: int) -> None:
+    """One access of the touch step; a write stores a byte whose value the spec leaves
+    open, kept only as PhysicalMemory.touched (the frame is no longer all zeros)."""
+    paddr = k.user_access(task, vaddr, access)
+    if access == 1:
+        k.physmem.note_touch(paddr)
 
 
 def _fast_path_applies(k: Kernel, task: Task, vaddr: int, access: int) -> tuple[bool, bool]:
@@ -40,6 +48,8 @@ def _fast_path_applies(k: Kernel, task: Task, vaddr: int, access: int) -> tuple[
         return False, False
     anon = (vma.is_anonymous() and not vma.flags & VmFlags.SHARED and not any(
         huge_memory.order_enabled(k, vma, o) for o in huge_memory.MTHP_ORDERS[:-1]))
+    # access_error() refuses by protection key first: then every fault is Python's
+    anon = anon and pkeys.arch_vma_access_permitted(k, vma, access == 1)
     return True, bool(anon)
 
 
@@ -57,7 +67,7 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
         vaddr = start + i * stride
         ok, anon_faults = _fast_path_applies(k, task, vaddr, access)
         if not ok:
-            k.user_access(task, vaddr, access)
+            user_touch(k, task, vaddr, access)
             i += 1
             continue
         vma = find_vma(mm, vaddr)
@@ -83,10 +93,10 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
                 k.do_user_addr_fault(task, vaddr, int(out[4]))
             finally:
                 k.kernel_exit()
-            k.user_access(task, vaddr, access)
+            user_touch(k, task, vaddr, access)
             i += 1
         elif reason == NEED_SLOW and i < count_total:
-            k.user_access(task, start + i * stride, access)
+            user_touch(k, task, start + i * stride, access)
             i += 1
         
 
@@ -120,4 +130,5 @@ def _run_kernel(k: Kernel, mm, vma, start: int, count: int, stride: int, access:
         tlb.layout, tlb.routes, tlb.storage.tags, tlb.storage.stamps, tlb.storage.payload,
         tlb.storage.clock, tlb.stats,
         pwc.layout, pwc.top_row, pwc.storage.tags, pwc.storage.stamps, pwc.storage.payload,
-        pwc.storage.clock, pwc.stats, mmu.counters, out, records))
+        pwc.storage.clock, pwc.stats, mmu.counters, out, records, mmu.active_pkru,
+        pm.touched))

@@ -6,7 +6,10 @@ do_huge_zero_wp_pmd (6.13+), __split_huge_pmd_locked, zap_huge_pmd, change_huge_
 vma_thp_gfp_mask) and include/linux/huge_mm.h, as Linux 6.18 behaves (the spec's
 linux-mm-notes section 4). A PMD-mapped THP always has a deposited PTE table
 (pgtable_trans_huge_deposit + mm_inc_nr_ptes), kept in ``Kernel.deposit`` keyed by
-the physical address of its PMD entry, and used again when the PMD is split.
+the physical address of its PMD entry, and used again when the PMD is split. A shmem
+THP mapped by PMD has no deposit: zap and split just clear the PMD. split_folio()
+(split_huge_page_to_list_to_order) splits an anonymous large folio itself and maps its
+all-zero subpages to the shared zero page (remap_page with RMP_USE_SHARED_ZEROPAGE).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import rmap
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
-from pagewalk.mm.vmstat import VmEvent
+from pagewalk.mm.vmstat import NodeStat, VmEvent
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
@@ -70,8 +73,11 @@ def thp_vma_allowable_pmd(k: Kernel, mm: MmStruct, vma: Vma) -> bool:
 
 
 def thp_vma_suitable_order(vma: Vma, vaddr: int, order: int) -> bool:
-    """The naturally aligned block of 2**order pages around vaddr lies inside the VMA."""
+    """The naturally aligned block of 2**order pages around vaddr lies inside the VMA (and,
+    for a file VMA, the file offset is aligned alike)."""
     size = 4096 << order
+    if not vma.is_anonymous() and ((vma.start >> 12) - vma.pgoff) % (1 << order):
+        return False
     haddr = vaddr & ~(size - 1)
     return haddr >= vma.start and haddr + size <= vma.end
 
@@ -202,6 +208,10 @@ def do_huge_pmd_wp_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int,
                         pmd_paddr: int) -> VmFault:
     """do_huge_pmd_wp_page(): a write to a read-only huge PMD."""
     from pagewalk.mm.memory import VmFault, anon_vma_prepare
+    if not vma.is_anonymous():
+        # wp_huge_pmd(): shmem has no ->huge_fault; split and fault the PTE level
+        split_huge_pmd(k, mm, vma, pmd_paddr, vaddr)
+        return VmFault.FALLBACK
     pmd = k.pgtables.read(pmd_paddr)
     if is_huge_zero_pmd(k, pmd):
         anon_vma_prepare(vma)
@@ -236,8 +246,11 @@ def split_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, vaddr: int
     if not pmd & pt._PAGE_PSE:
         return
     haddr = vaddr & ~(HPAGE_PMD_SIZE - 1)
-    table = k.deposit.pop(pmd_paddr)
     k.vm_events[VmEvent.THP_SPLIT_PMD] += 1
+    if not vma.is_anonymous():
+        _split_file_pmd(k, mm, pmd_paddr, pmd, haddr)
+        return
+    table = k.deposit.pop(pmd_paddr)
     head = pt.huge_pfn(pmd, 21)
     # The PTEs take the VMA's protection (PROT_NONE included), the PMD's write, young,
     # dirty and soft-dirty bits: entry = mk_pte(page, vma->vm_page_prot), then
@@ -259,6 +272,17 @@ def split_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, vaddr: int
     k.flush_tlb_range(mm, haddr, haddr + HPAGE_PMD_SIZE)
 
 
+def _split_file_pmd(k: Kernel, mm: MmStruct, pmd_paddr: int, pmd: int, haddr: int) -> None:
+    """__split_huge_pmd_locked() for a file (shmem) THP: no deposit on x86; the PMD is just
+    cleared and later faults map the pages again."""
+    k.pgtables.set_entry(mm, pmd_paddr, 0)        # pmdp_huge_clear_flush
+    k.flush_tlb_range(mm, haddr, haddr + HPAGE_PMD_SIZE)
+    head = pt.huge_pfn(pmd, 21)
+    rmap.folio_remove_pmd_rmap(k, head)
+    rmap.folio_put(k, head)
+    mm.stat[MmStat.MM_SHMEMPAGES] -= HPAGE_PMD_NR
+
+
 def huge_pmd_covered(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, addr: int,
                      nxt: int) -> bool:
     """For an operation on [addr, nxt) over a huge PMD: True when it covers the whole 2 MiB
@@ -271,8 +295,15 @@ def huge_pmd_covered(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, addr: in
 
 
 def zap_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, pmd: int) -> None:
-    """zap_huge_pmd(): clear a PMD mapping whole, free its deposited table."""
+    """zap_huge_pmd(): clear a PMD mapping whole, free its deposited table (anonymous
+    memory only: a shmem THP has none on x86)."""
     k.pgtables.set_entry(mm, pmd_paddr, 0)
+    if not vma.is_anonymous():
+        head = pt.huge_pfn(pmd, 21)
+        mm.stat[MmStat.MM_SHMEMPAGES] -= HPAGE_PMD_NR
+        rmap.folio_remove_pmd_rmap(k, head)
+        rmap.folio_put(k, head)
+        return
     table = k.deposit.pop(pmd_paddr)
     k.pgtables.free_table_page(mm, table, "pte")   # zap_deposited_table
     if is_huge_zero_pmd(k, pmd):
@@ -284,12 +315,83 @@ def zap_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, pmd: int) ->
     rmap.folio_put(k, head)
 
 
-def change_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, newprot: int) -> None:
-    """change_huge_pmd(): new protection for a whole huge PMD (no split)."""
+def change_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, newprot: int,
+                    try_writable: bool = False) -> None:
+    """change_huge_pmd(): new protection for a whole huge PMD (no split); with
+    MM_CP_TRY_CHANGE_WRITABLE, can_change_pmd_writable() makes a private PMD writable in
+    place when its folio is PageAnonExclusive (clean or dirty: only shared ones need dirty)."""
     pmd = k.pgtables.read(pmd_paddr)
     entry = pt.pte_modify(pmd, newprot) | pt._PAGE_PSE
-    if vma.flags & VmFlags.WRITE and not is_huge_zero_pmd(k, pmd):
+    if try_writable and not entry & pt._PAGE_RW and entry & pt._PAGE_PRESENT \
+            and not is_huge_zero_pmd(k, pmd):
         head = pt.huge_pfn(pmd, 21)
-        if k.memmap.flags[head] & PageFlag.ANON_EXCLUSIVE and pmd & pt._PAGE_DIRTY:
+        if k.memmap.flags[head] & PageFlag.ANON and k.memmap.flags[head] & PageFlag.ANON_EXCLUSIVE:
             entry |= pt._PAGE_RW
     k.pgtables.set_entry(mm, pmd_paddr, entry)
+
+
+# --- folio split ---------------------------------------------------------------------------
+
+def can_split_folio(k: Kernel, head: int) -> bool:
+    """can_split_folio(): no references beyond one per mapping (no GUP pin holds it)."""
+    mapcount = k.entire_mapcount.get(head, 0) + int(
+        k.memmap.mapcount[head: head + (1 << rmap.folio_order(k, head))].sum())
+    return int(k.memmap.refcount[head]) == mapcount
+
+
+def split_folio(k: Kernel, mm: MmStruct, vma: Vma, head: int, vaddr: int) -> bool:
+    """split_folio() of an anonymous large folio that only PTEs of ``vma`` map, its page 0
+    at ``vaddr`` (split_huge_page_to_list_to_order to order 0): unmap_folio,
+    __split_huge_page, then remap_page(RMP_USE_SHARED_ZEROPAGE), where a subpage whose
+    bytes are all zero gets the shared zero page instead (try_to_map_unused_to_zeropage);
+    subpages left unmapped are freed. False where the kernel refuses: a folio still
+    PMD-mapped or mapped elsewhere (pagewalk walks no rmap beyond this VMA; its callers
+    skip such folios as folio_maybe_mapped_shared), or holding extra references
+    (can_split_folio: GUP pins)."""
+    memmap = k.memmap
+    order = rmap.folio_order(k, head)
+    nr_pages = 1 << order
+    if k.entire_mapcount.get(head, 0) or not can_split_folio(k, head):
+        return False
+    pmd_paddr, shift = k.pgtables.walk(mm, vaddr, 21, alloc=False)
+    pmd = k.pgtables.read(pmd_paddr) if shift == 21 else 0
+    if not pmd or pmd & pt._PAGE_PSE:
+        return False
+    first = (pt.pte_pfn(pmd) << 12) + ((vaddr >> 12) & 511) * 8
+    ptes = [k.pgtables.read(first + i * 8) for i in range(nr_pages)]
+    mapped = [bool(pte & (pt._PAGE_PRESENT | pt._PAGE_PROTNONE)) and not pte & pt._PAGE_SPECIAL
+              and pt.pte_pfn(pte) == head + i for i, pte in enumerate(ptes)]
+    mapcounts = memmap.mapcount[head: head + nr_pages]
+    if int(mapcounts.sum()) != sum(mapped):
+        return False
+    zero_ok = not vma.flags & VmFlags.LOCKED       # no zero page for mlocked memory
+    zeroed = 0
+    for i in range(nr_pages):
+        if mapped[i] and zero_ok and k.physmem.is_zero(head + i):
+            entry = pt.mk_pte(k.zero_pfn, vma.page_prot) | pt._PAGE_SPECIAL | pt._PAGE_ACCESSED
+            k.pgtables.set_entry(mm, first + i * 8, entry | (ptes[i] & pt._PAGE_SOFT_DIRTY))
+            mapcounts[i] = 0
+            mapped[i] = False
+            zeroed += 1
+    mm.stat[MmStat.MM_ANONPAGES] -= zeroed               # dec_mm_counter() for each
+    k.node_stat[NodeStat.NR_ANON_MAPPED] -= zeroed
+    k.node_stat[NodeStat.NR_ACTIVE_ANON] -= zeroed
+    # __split_huge_page_tail(): order-0 folios; the tails take the head's dirty and
+    # lazyfree (!swapbacked) state, each keeps its own PageAnonExclusive.
+    inherited = np.uint16(int(memmap.flags[head]) & (PageFlag.DIRTY | PageFlag.LAZYFREE))
+    flags = memmap.flags[head: head + nr_pages]
+    flags &= np.uint16(~(PageFlag.HEAD | PageFlag.TAIL | PageFlag.PARTIALLY_MAPPED) & 0xFFFF)
+    flags |= inherited
+    memmap.order[head] = 0
+    memmap.head[head: head + nr_pages] = NO_PAGE
+    k.deferred_split.discard(head)
+    refs = memmap.refcount[head: head + nr_pages]
+    refs[:] = np.array(mapped, dtype=refs.dtype)        # one reference per mapping left
+    if order == HPAGE_PMD_ORDER:
+        k.vm_events[VmEvent.THP_SPLIT_PAGE] += 1
+    count_mthp_stat(k, order, "split")
+    k.flush_tlb_range(mm, vaddr, vaddr + (nr_pages << 12))
+    freed = np.array([head + i for i in range(nr_pages) if not mapped[i]], dtype=np.int64)
+    k.physmem_drop_range_many(freed)                     # free_folio_and_swap_cache()
+    k.buddy.free_pages_bulk(freed)
+    return True

@@ -94,6 +94,15 @@ def folio_mapped_pages(k: Kernel, head: int) -> int:
     return int(np.count_nonzero(mm.mapcount[head: head + (1 << order)] > 0))
 
 
+def folio_maybe_mapped_shared(k: Kernel, head: int) -> bool:
+    """folio_maybe_mapped_shared(): some page of the folio is mapped more than once (PMD and
+    PTE mappings count alike). A folio whose pages are mapped once each but by two mms is
+    the callers' business: pagewalk keeps no mm ids."""
+    entire = k.entire_mapcount.get(head, 0)
+    pages = k.memmap.mapcount[head: head + (1 << folio_order(k, head))]
+    return entire > 1 or bool(entire and pages.any()) or bool((pages > 1).any())
+
+
 def folio_add_pte_rmap(k: Kernel, pfn: int) -> None:
     """folio_add_anon_rmap_pte()/folio_add_file_rmap_pte() for one more PTE mapping."""
     mm = k.memmap
@@ -112,11 +121,11 @@ def folio_remove_pte_rmap(k: Kernel, pfn: int) -> None:
     assert mm.mapcount[pfn] >= 0, f"page {pfn:#x} mapcount underflow"
     if mm.mapcount[pfn] == 0 and k.entire_mapcount.get(head, 0) == 0:
         _account_mapped(k, head, -1)
-        if head != pfn or folio_order(k, head):
-            # A large folio that lost part of its mappings goes on the deferred split queue
-            # (deferred_split_folio(folio, true)); thp_deferred_split_page counts it once.
-            if folio_order(k, head) and folio_mapped_pages(k, head):
-                k.queue_deferred_split(head)
+        # An anonymous large folio that lost part of its mappings goes on the deferred split
+        # queue (deferred_split_folio(folio, true)); thp_deferred_split_page counts it once.
+        if folio_order(k, head) and folio_mapped_pages(k, head) and \
+                mm.flags[head] & PageFlag.ANON:
+            k.queue_deferred_split(head)
 
 
 def folio_add_pmd_rmap(k: Kernel, head: int) -> None:
@@ -124,11 +133,23 @@ def folio_add_pmd_rmap(k: Kernel, head: int) -> None:
     k.entire_mapcount[head] = k.entire_mapcount.get(head, 0) + 1
 
 
+def folio_add_file_rmap_pmd(k: Kernel, head: int) -> None:
+    """folio_add_file_rmap_pmd(): a page-cache THP mapped by one more PMD; its pages not
+    mapped before count in NR_FILE_MAPPED."""
+    before = folio_mapped_pages(k, head)
+    k.entire_mapcount[head] = k.entire_mapcount.get(head, 0) + 1
+    k.node_stat[NodeStat.NR_FILE_MAPPED] += HPAGE_PMD_NR - before
+
+
 def folio_remove_pmd_rmap(k: Kernel, head: int) -> None:
     """folio_remove_rmap_pmd(): a PMD mapping is gone (zap or split)."""
     count = k.entire_mapcount.get(head, 0) - 1
     assert count >= 0
     k.entire_mapcount[head] = count
+    if count == 0 and not k.memmap.flags[head] & PageFlag.ANON:
+        still = int(np.count_nonzero(k.memmap.mapcount[head: head + HPAGE_PMD_NR] > 0))
+        k.node_stat[NodeStat.NR_FILE_MAPPED] -= HPAGE_PMD_NR - still
+        return
     if count == 0:
         k.node_stat[NodeStat.NR_ANON_THPS] -= HPAGE_PMD_NR
         mm = k.memmap
@@ -136,7 +157,7 @@ def folio_remove_pmd_rmap(k: Kernel, head: int) -> None:
         still = int(np.count_nonzero(mm.mapcount[head: head + (1 << order)] > 0))
         k.node_stat[NodeStat.NR_ANON_MAPPED] -= (1 << order) - still
         k.node_stat[NodeStat.NR_ACTIVE_ANON] -= (1 << order) - still
-        if still:
+        if 0 < still < 1 << order:       # __folio_remove_rmap(): partially_mapped
             k.queue_deferred_split(head)
 
 

@@ -3,7 +3,10 @@
 Follows mm/shmem.c (shmem_zero_setup, shmem_fault, shmem_acct_size), mm/filemap.c
 (filemap_map_pages) and mm/memory.c (do_fault, do_read_fault with do_fault_around,
 do_shared_fault, do_cow_fault, finish_fault). A page-cache page holds one reference
-for the cache and one per mapping; shmem pages count in Shmem and RssShmem.
+for the cache and one per mapping; shmem pages count in Shmem and RssShmem. A shmem THP
+(made by MADV_COLLAPSE, mm/khugepaged.c collapse_file) sits in ``pages`` as its 512
+subpages, the cache holding one reference per subpage on the head; a fault where the PMD
+is none maps it by PMD (do_set_pmd), with no deposited table.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class PageCacheFile:
             k.node_stat[NodeStat.NR_SHMEM] -= 1
             k.node_stat[NodeStat.NR_FILE_PAGES] -= 1
             k.node_stat[NodeStat.NR_INACTIVE_ANON] -= 1
-            rmap.folio_put(k, pfn)
+            rmap.folio_put(k, rmap.folio_head(k, pfn))   # a THP: one reference a page
         self.pages.clear()
         if self.accounted_pages:
             k.vm_unacct_memory(self.accounted_pages)
@@ -100,7 +103,7 @@ def map_file_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pfn: int, write
     if write:
         entry |= pt._PAGE_DIRTY | (pt._PAGE_RW if vma.flags & VmFlags.WRITE else 0)
     k.pgtables.set_entry(mm, (table << 12) + ((vaddr >> 12) & 511) * 8, entry)
-    rmap.folio_get(k, pfn)
+    rmap.folio_get(k, rmap.folio_head(k, pfn))
     rmap.folio_add_pte_rmap(k, pfn)
     shmem_page = bool(k.memmap.flags[pfn] & PageFlag.SHMEM)
     mm.stat[MmStat.MM_SHMEMPAGES if shmem_page else MmStat.MM_FILEPAGES] += 1
@@ -116,6 +119,10 @@ def do_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
         return VmFault.SIGBUS  # a special mapping without pages (vvar): nothing to map
     if file.kind == "shmem" and file_index(vma, vaddr) >= (file.size + 4095) >> 12:
         return VmFault.SIGBUS
+    write = bool(flags & FaultFlags.WRITE)
+    if not (write and not vma.flags & VmFlags.SHARED) and \
+            map_pmd_if_huge(k, mm, vma, vaddr, pmd_paddr, write):
+        return VmFault.OK
     if not flags & FaultFlags.WRITE:
         return do_read_fault(k, mm, vma, vaddr)
     if vma.flags & VmFlags.SHARED:
@@ -125,6 +132,39 @@ def do_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
         map_file_page(k, mm, vma, vaddr, pfn, write=True)
         return VmFault.OK
     return do_cow_fault(k, mm, vma, vaddr)
+
+
+def map_pmd_if_huge(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
+                    write: bool) -> bool:
+    """filemap_map_pmd() (read faults) and finish_fault() (shared write faults): a THP in the
+    page cache is mapped by PMD where the PMD is none and do_set_pmd() accepts the VMA."""
+    from pagewalk.mm import huge_memory
+    pfn = vma.file.pages.get(file_index(vma, vaddr), NO_PAGE)
+    if pfn == NO_PAGE or k.pgtables.read(pmd_paddr):
+        return False
+    head = rmap.folio_head(k, pfn)
+    haddr = vaddr & ~(huge_memory.HPAGE_PMD_SIZE - 1)
+    if rmap.folio_order(k, head) != huge_memory.HPAGE_PMD_ORDER or \
+            huge_memory.vma_thp_disabled(mm, vma) or \
+            not huge_memory.thp_vma_suitable_order(vma, haddr, huge_memory.HPAGE_PMD_ORDER):
+        return False
+    do_set_pmd(k, mm, vma, pmd_paddr, head, write)
+    return True
+
+
+def do_set_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, head: int,
+               write: bool) -> None:
+    """do_set_pmd() (mm/memory.c): map a page-cache THP by one PMD (no deposited table on
+    x86): RssShmem grows by 2 MiB, the mapping holds a reference; thp_file_mapped."""
+    from pagewalk.mm.vmstat import VmEvent
+    entry = pt.mk_huge(head, vma.page_prot)       # mk_huge_pmd(page, vma->vm_page_prot)
+    if write:
+        entry |= pt._PAGE_DIRTY | (pt._PAGE_RW if vma.flags & VmFlags.WRITE else 0)
+    mm.stat[MmStat.MM_SHMEMPAGES] += 512
+    rmap.folio_add_file_rmap_pmd(k, head)
+    rmap.folio_get(k, head)
+    k.pgtables.set_entry(mm, pmd_paddr, entry)
+    k.vm_events[VmEvent.THP_FILE_MAPPED] += 1
 
 
 def do_read_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int) -> VmFault:
