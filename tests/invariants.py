@@ -192,11 +192,13 @@ def count_rss(k: Kernel, walk: MmWalk) -> Counter[MmStat]:
 
 # --- per-mm checks -------------------------------------------------------------------------
 
-def check_rss(k: Kernel, walk: MmWalk) -> None:
-    """RssAnon, RssFile, RssShmem and HugetlbPages equal what the page tables map."""
+def check_rss(k: Kernel, walk: MmWalk, hugetlb: bool = True) -> None:
+    """RssAnon, RssFile, RssShmem and HugetlbPages equal what the page tables map. Once PMD
+    tables were shared, HugetlbPages counts the faults each mm took instead (a sharer adds
+    none, an unsharer takes none away): ``hugetlb=False`` leaves it out."""
     counts = count_rss(k, walk)
-    for item in (MmStat.MM_ANONPAGES, MmStat.MM_FILEPAGES, MmStat.MM_SHMEMPAGES,
-                 MmStat.HUGETLB_USAGE):
+    items = (MmStat.MM_ANONPAGES, MmStat.MM_FILEPAGES, MmStat.MM_SHMEMPAGES)
+    for item in items + ((MmStat.HUGETLB_USAGE,) if hugetlb else ()):
         kept = int(walk.mm.stat[item])
         assert kept == counts[item], (
             f"{walk.task.comm}: {item.name} is {kept} pages, the page tables map {counts[item]}")
@@ -316,8 +318,13 @@ def check_frames(k: Kernel, walks: list[MmWalk], free: npt.NDArray[np.bool_]) ->
             table_use[pfn] += 1
     for pfn in k.deposit.values():
         table_use[pfn] += 1
-    shared_tables = [pfn for pfn, uses in table_use.items() if uses > 1]
-    assert not shared_tables, f"table frames used twice: {shared_tables[:4]}"
+    # a shared hugetlb PMD table is reached once from each mm pointing at it (huge_pmd_share)
+    shares = k.pgtables.pmd_share_count
+    wrong = [pfn for pfn, uses in table_use.items() if uses != 1 + shares.get(pfn, 0)]
+    assert not wrong, (f"table frames used a number of times other than their sharers: "
+                       f"{[(pfn, table_use[pfn], shares.get(pfn, 0)) for pfn in wrong[:4]]}")
+    gone = sorted(set(shares) - set(table_use))
+    assert not gone, f"share counts of tables no mm reaches: {gone[:4]}"
     tables = np.array(sorted(table_use), dtype=np.int64)
     assert not free[tables].any(), f"free table frames: {tables[free[tables]][:4].tolist()}"
     not_ctor = tables[(memmap.flags[tables] & np.uint16(PageFlag.TABLE)) == 0]
@@ -394,7 +401,10 @@ def check_rmap(k: Kernel, walks: list[MmWalk]) -> None:
 
 def check_hugetlb(k: Kernel, walks: list[MmWalk]) -> None:
     """Pool counters of every hstate add up with what is mapped, cached and reserved."""
-    mapped = Counter(leaf.pfn for walk in walks for leaf in walk.leaves if is_hugetlb_leaf(k, leaf))
+    # one mapping per entry: a shared PMD table's leaves are reached from every sharer
+    entries = {leaf.entry_paddr: leaf for walk in walks for leaf in walk.leaves
+               if is_hugetlb_leaf(k, leaf)}
+    mapped = Counter(leaf.pfn for leaf in entries.values())
     hugetlb_files = {id(vma.file): vma.file for task in live_tasks(k) for vma in task.mm.vmas
                      if vma.is_hugetlb()}
     resv_maps = {id(f.resv): (f.hstate, f.resv) for f in hugetlb_files.values()}
@@ -467,6 +477,7 @@ def check_nr_pagetable(k: Kernel, walks: list[MmWalk], baseline: Baseline) -> No
     assert kept == baseline.pagetable_pages + table_frames, (
         f"NR_PAGETABLE {kept}, boot {baseline.pagetable_pages} + {table_frames} PG_table frames")
     in_use = len(k.deposit) + sum((1 << walk.mm.pgd_order) + len(walk.tables) for walk in walks)
+    in_use -= sum(k.pgtables.pmd_share_count.values())    # shared PMD tables: one frame each
     assert table_frames == in_use, (
         f"{table_frames} PG_table frames, {in_use} reachable from a PGD or deposited: "
         f"{table_frames - in_use} leaked")

@@ -9,14 +9,13 @@ from pagewalk.kernel.kernel import Kernel
 from pagewalk.kernel.task import Task
 from pagewalk.machine import Machine, MachineConfig
 from pagewalk.mm import fastpath
+from pagewalk.mm.page_alloc import min_free_kbytes, zone_watermarks
 from pagewalk.proc.meminfo import (
     MEMINFO_FIELDS,
     format_meminfo,
     meminfo,
     meminfo_line,
-    min_free_kbytes,
     totalreserve_pages,
-    zone_watermarks,
 )
 from pagewalk.proc.vmstat import format_buddyinfo
 

@@ -339,7 +339,7 @@ def test_missing_file_is_a_scenario_error(tmp_path: Path) -> None:
 
 def test_unknown_system_field() -> None:
     assert_refused(scenario_text(system="system: {cpus: 2}"), None, "system.cpus",
-                   "unknown field 'cpus'", "ram, paging, pti, pcid, sysfs")
+                   "unknown field 'cpus'", "ram, paging, pti, pcid, pku, sysfs")
 
 
 @pytest.mark.parametrize("ram", ["32MiB", "2TiB", "65MiB", "lots"])
@@ -358,8 +358,8 @@ def test_system_paging_is_4_or_5(paging: str) -> None:
                    "system.paging", "expected 4 or 5")
 
 
-@pytest.mark.parametrize("key", ["pti", "pcid"])
-def test_system_pti_pcid_are_booleans(key: str) -> None:
+@pytest.mark.parametrize("key", ["pti", "pcid", "pku"])
+def test_system_pti_pcid_pku_are_booleans(key: str) -> None:
     assert_refused(scenario_text(system=f"system: {{{key}: 1}}"), None, f"system.{key}",
                    "true or false")
 
@@ -625,9 +625,12 @@ def test_fork_of_main_named_main() -> None:
     assert_refused(scenario_text("fork: {name: main}"), 0, "steps[0].fork.name", "alive")
 
 
-def test_exit_needs_a_process() -> None:
-    assert_refused(scenario_text("exit: {}"), 0, "steps[0].exit.process",
-                   "missing required field 'process'")
+def test_exit_defaults_to_main() -> None:
+    """Every step's process defaults to main (spec: Processes), exit's too."""
+    steps = parse("fork: {name: c}", "exit: {}").steps
+    assert steps[1].process == "main"
+    assert_refused(scenario_text("fork: {name: c}", "exit: {}", MMAP_A), 2,
+                   "steps[2].mmap.process", "'main' exited at step 1", "live processes: c")
 
 
 def test_exit_of_unknown_process() -> None:
@@ -714,7 +717,7 @@ _step = st.one_of(_step_map, _value)
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_step, max_size=8),
-       st.dictionaries(st.sampled_from(["ram", "paging", "pti", "pcid", "sysfs", "x"]),
+       st.dictionaries(st.sampled_from(["ram", "paging", "pti", "pcid", "pku", "sysfs", "x"]),
                        _value, max_size=3) | st.none())
 def test_parse_raises_only_scenario_errors(steps: list[Any], system: Any) -> None:
     """Whatever YAML-ish steps a user writes, the answer is a Scenario or a ScenarioError."""

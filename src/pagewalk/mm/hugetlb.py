@@ -7,7 +7,13 @@ hugetlb_acct_memory -> gather_surplus_pages) unless MAP_NORESERVE; a fault consu
 reservation or needs an unreserved free page or a surplus page, else SIGBUS
 (alloc_hugetlb_folio -> -ENOSPC). 2 MiB pages map as PMD leaves, 1 GiB pages as PUD
 leaves; they count in HugetlbPages (mm->hugetlb_usage), never in RSS.
-Not modelled: PMD sharing of shared mappings >= 1 GiB (docs/differences.md).
+
+PROT_NONE leaves are not present for the CPU but are pte_present() and not
+huge_pte_none() for the kernel: every walk (zap, fork, mprotect) treats them as mapped.
+PMD tables of shared mappings are shared between mms over PUD-aligned ranges the VMA
+covers whole (want_pmd_share, huge_pmd_share); a zap, mprotect or VMA split of such a
+range only unshares it (huge_pmd_unshare): hugetlb_usage follows the faults each mm
+took, not what its page tables map.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
+from pagewalk.mm import page_alloc
 from pagewalk.mm.page_alloc import MAX_PAGE_ORDER, NO_PAGE, PageFlag, list_del
 from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
 from pagewalk.mm.vmstat import NodeStat, VmEvent
@@ -27,6 +34,9 @@ if TYPE_CHECKING:
 
 SIZES = {2 << 20: "hugepages-2048kB", 1 << 30: "hugepages-1048576kB"}
 SYS = "/sys/kernel/mm/hugepages"
+PMD_SIZE = 1 << 21
+PUD_SIZE = 1 << 30
+P4D_SIZE = 1 << 39
 
 
 @dataclass(slots=True)
@@ -49,6 +59,17 @@ class Hstate:
     @property
     def pages_per_huge_page(self) -> int:
         return self.size >> 12
+
+    @property
+    def shift(self) -> int:
+        """huge_page_shift(): the level of the leaf, 21 (PMD) or 30 (PUD)."""
+        return self.size.bit_length() - 1
+
+    @property
+    def last_addr_mask(self) -> int:
+        """hugetlb_mask_last_page(): or-ed into an address whose table is missing, it
+        makes the walk's next step the first address of the next table."""
+        return PUD_SIZE - PMD_SIZE if self.size == PMD_SIZE else P4D_SIZE - PUD_SIZE
 
     @property
     def resv_huge_pages_shown(self) -> int:
@@ -156,14 +177,18 @@ class HugetlbState:
 
     # -- pool ------------------------------------------------------------------------------
     def alloc_buddy_page(self, h: Hstate) -> int:
-        """alloc_buddy_hugetlb_folio() / alloc_gigantic_folio()."""
+        """alloc_buddy_hugetlb_folio() / alloc_gigantic_folio(): NO_PAGE when the buddy
+        allocator cannot give a block (the pool loop then stops: alloc_pool_huge_folio)."""
         k = self.k
-        pfn = k.buddy.alloc_pages(h.order) if h.order <= MAX_PAGE_ORDER else self._alloc_contig(h)
-        if pfn == NO_PAGE and h.order <= MAX_PAGE_ORDER:
-            # __GFP_RETRY_MAYFAIL allows direct compaction (alloc_buddy_hugetlb_folio).
-            from pagewalk.mm import compaction
-            if compaction.try_to_compact_pages(k, h.order):
-                pfn = k.buddy.alloc_pages(h.order)
+        if h.order > MAX_PAGE_ORDER:
+            pfn = self._alloc_contig(h)
+        else:
+            pfn = self._alloc_above_watermarks(h.order)
+            if pfn == NO_PAGE and self._compaction_suitable(h.order):
+                # __GFP_RETRY_MAYFAIL allows direct compaction (alloc_buddy_hugetlb_folio).
+                from pagewalk.mm import compaction
+                if compaction.try_to_compact_pages(k, h.order):
+                    pfn = self._alloc_above_watermarks(h.order)
         if pfn == NO_PAGE:
             k.vm_events[VmEvent.HTLB_BUDDY_ALLOC_FAIL] += 1
             return NO_PAGE
@@ -173,6 +198,30 @@ class HugetlbState:
         k.memmap.order[pfn] = min(h.order, 127)
         k.memmap.refcount[pfn] = 0
         return pfn
+
+    def _alloc_above_watermarks(self, order: int) -> int:
+        """get_page_from_freelist() over the zonelist, first against each zone's low
+        watermark (the fast path), then against its min watermark (the slow path): a zone
+        gives a block only while its free pages stay above the mark plus its lowmem
+        reserve, so a pool asked for more than memory leaves the reserves free."""
+        k = self.k
+        marks = page_alloc.zone_watermarks(k)
+        for low in (True, False):
+            for zone in k.buddy.zonelist():
+                mark = marks[zone].low if low else marks[zone].min
+                if page_alloc.zone_watermark_ok(k, zone, order, mark):
+                    pfn = k.buddy.alloc_pages_zone(zone, order)
+                    if pfn != NO_PAGE:
+                        return pfn
+        return NO_PAGE
+
+    def _compaction_suitable(self, order: int) -> bool:
+        """__compaction_suitable(): some zone keeps its low watermark plus compact_gap
+        (2 << order) free pages; else direct compaction is skipped (no compact_stall)."""
+        k = self.k
+        marks = page_alloc.zone_watermarks(k)
+        return any(page_alloc.zone_watermark_ok(k, zone, 0, marks[zone].low + (2 << order))
+                   for zone in k.buddy.zonelist())
 
     def _alloc_contig(self, h: Hstate) -> int:
         """alloc_contig_range() over the first 1 GiB-aligned range that is wholly free."""
@@ -206,8 +255,10 @@ class HugetlbState:
 
     def set_max_huge_pages(self, h: Hstate, count: int) -> None:
         """set_max_huge_pages(): surplus pages become persistent first, then the pool grows
-        from the buddy allocator until ``count`` or failure; shrinking frees free pages (never
-        below what is reserved or in use) and turns the in-use excess into surplus pages."""
+        from the buddy allocator until ``count`` or the first failed allocation
+        (alloc_pool_huge_folio; no error: the pool is what it got); shrinking frees free
+        pages (never below what is reserved or in use) and turns the in-use excess into
+        surplus pages."""
         while h.surplus_huge_pages and count > h.nr_huge_pages - h.surplus_huge_pages:
             h.surplus_huge_pages -= 1  # adjust_pool_surplus(-1)
         while count > h.nr_huge_pages - h.surplus_huge_pages:
@@ -269,13 +320,12 @@ class HugetlbState:
     def dequeue(self, h: Hstate, reserved: bool) -> int:
         """alloc_hugetlb_folio(): a pool page (consuming a reservation), else an unreserved
         free page, else a new surplus page, else NO_PAGE (-ENOSPC -> SIGBUS)."""
-        if reserved or h.free_huge_pages - h.resv_huge_pages > 0:
-            if h.free_list:
-                pfn = h.free_list.pop(0)
-                h.free_huge_pages -= 1
-                if reserved:
-                    h.resv_huge_pages -= 1
-                return pfn
+        if (reserved or h.free_huge_pages - h.resv_huge_pages > 0) and h.free_list:
+            pfn = h.free_list.pop(0)
+            h.free_huge_pages -= 1
+            if reserved:
+                h.resv_huge_pages -= 1
+            return pfn
         if h.surplus_huge_pages >= h.nr_overcommit_huge_pages:
             return NO_PAGE
         pfn = self.alloc_buddy_page(h)
@@ -315,7 +365,9 @@ def hstate_for(k: Kernel, huge_size: int | None) -> Hstate:
 
 def hugetlb_file_setup(k: Kernel, h: Hstate, length: int, vm_flags: VmFlags,
                        shared: bool) -> HugetlbFile:
-    """hugetlb_file_setup() + hugetlb_reserve_pages(): ENOMEM if the pool cannot cover it."""
+    """hugetlb_file_setup() + hugetlbfs_file_mmap() -> hugetlb_reserve_pages(): ENOMEM if
+    the pool cannot cover it. do_mmap calls it once a MAP_FIXED mapping has closed what it
+    replaces (__mmap_region: vms_clean_up_area before the file's mmap hook)."""
     chg = 0 if vm_flags & VmFlags.NORESERVE else length // h.size
     if chg:
         k.hugetlb.check_reservation(h, chg)
@@ -324,14 +376,115 @@ def hugetlb_file_setup(k: Kernel, h: Hstate, length: int, vm_flags: VmFlags,
     return HugetlbFile(h, length, shared, resv, owner=not shared and bool(chg))
 
 
+# -- page-table walks ------------------------------------------------------------------------
+
+def huge_pte_none(entry: int) -> bool:
+    """huge_pte_none(): nothing mapped. A PROT_NONE leaf is not none."""
+    return entry == 0
+
+
+def huge_pte_present(entry: int) -> bool:
+    """pte_present() of a hugetlb leaf: present, or PROT_NONE (_PAGE_PROTNONE)."""
+    return bool(entry & (pt._PAGE_PRESENT | pt._PAGE_PROTNONE))
+
+
+def hugetlb_walk(k: Kernel, mm: MmStruct, h: Hstate, addr: int) -> int | None:
+    """hugetlb_walk() -> huge_pte_offset(): the physical address of the PMD (2 MiB) or
+    PUD (1 GiB) entry for ``addr``, or None when the table that would hold it is missing."""
+    entry_paddr, reached = k.pgtables.walk(mm, addr, h.shift, alloc=False)
+    return entry_paddr if reached == h.shift else None
+
+
+def want_pmd_share(vma: Vma, addr: int) -> bool:
+    """want_pmd_share(): a VM_MAYSHARE mapping that covers the whole PUD range of addr."""
+    start = addr & ~(PUD_SIZE - 1)
+    return bool(vma.flags & VmFlags.MAYSHARE) and vma.start <= start and start + PUD_SIZE <= vma.end
+
+
+def huge_pte_alloc(k: Kernel, mm: MmStruct, vma: Vma, addr: int) -> int:
+    """huge_pte_alloc(): the entry for ``addr``, allocating the tables above it; a 2 MiB
+    mapping that may share (want_pmd_share) with a none PUD entry looks for another mm's
+    PMD table first (huge_pmd_share)."""
+    h: Hstate = vma.file.hstate
+    pud_paddr, _ = k.pgtables.walk(mm, addr, 30, alloc=True)   # p4d_alloc, pud_alloc
+    if h.size == PUD_SIZE:
+        return pud_paddr
+    if want_pmd_share(vma, addr) and k.pgtables.read(pud_paddr) == 0:
+        huge_pmd_share(k, mm, vma, addr, pud_paddr)
+    entry_paddr, _ = k.pgtables.walk(mm, addr, 21, alloc=True)  # pmd_alloc
+    return entry_paddr
+
+
+def page_table_shareable(svma: Vma, vma: Vma, addr: int, idx: int) -> int | None:
+    """page_table_shareable(): where ``svma`` maps file page ``idx``, if its PMD table
+    there can serve ``vma`` at ``addr``: the same slot in the table, the same flags but
+    VM_LOCKED, and a PUD range svma covers whole; else None."""
+    saddr = ((idx - svma.pgoff) << 12) + svma.start
+    sbase = saddr & ~(PUD_SIZE - 1)
+    if (saddr >> 21) & 511 != (addr >> 21) & 511:
+        return None
+    if (svma.flags ^ vma.flags) & ~VmFlags.LOCKED:      # VM_LOCKED_MASK
+        return None
+    if not (svma.start <= sbase and sbase + PUD_SIZE <= svma.end):
+        return None
+    if not svma.flags & VmFlags.MAYSHARE:                 # vm_private_data: the vma lock
+        return None
+    return saddr
+
+
+def huge_pmd_share(k: Kernel, mm: MmStruct, vma: Vma, addr: int, pud_paddr: int) -> None:
+    """huge_pmd_share(): the first other mapping of the same file page (i_mmap order) that
+    has a PMD table it can share (page_table_shareable) lends it: ``mm``'s PUD entry
+    points at that table."""
+    file: HugetlbFile = vma.file
+    idx = vma.pgoff + ((addr - vma.start) >> 12)
+    for task in k.tasks.values():
+        for svma in task.mm.vmas:
+            if svma is vma or not svma.is_hugetlb() or svma.file.inode is not file.inode:
+                continue
+            if not svma.pgoff <= idx < svma.pgoff + (svma.length >> 12):
+                continue
+            saddr = page_table_shareable(svma, vma, addr, idx)
+            spte = None if saddr is None else hugetlb_walk(k, task.mm, file.hstate, saddr)
+            if spte is not None:
+                k.pgtables.share_pmd_table(mm, pud_paddr, spte >> 12)
+                return
+
+
+def huge_pmd_unshare(k: Kernel, mm: MmStruct, vma: Vma, addr: int, entry_paddr: int) -> bool:
+    """huge_pmd_unshare(): if the PMD table holding ``entry_paddr`` is shared, ``mm`` lets
+    go of it (its PUD entry cleared, its TLB flushed for the PUD range) and nothing in it
+    is zapped or changed for ``mm``: True then, and the caller skips the PUD range."""
+    if vma.file.hstate.size != PMD_SIZE or not k.pgtables.pmd_is_shared(entry_paddr >> 12):
+        return False
+    pud_paddr, _ = k.pgtables.walk(mm, addr, 30, alloc=False)
+    k.pgtables.unshare_pmd_table(mm, pud_paddr)
+    base = addr & ~(PUD_SIZE - 1)
+    k.flush_tlb_range(mm, base, base + PUD_SIZE)     # huge_pmd_unshare_flush
+    return True
+
+
+def hugetlb_split(k: Kernel, mm: MmStruct, vma: Vma, addr: int) -> None:
+    """hugetlb_split(): a split of a shared mapping at ``addr`` inside a PUD range the VMA
+    covers whole unshares that range's PMD table (hugetlb_unshare_pmds)."""
+    if not vma.flags & VmFlags.MAYSHARE or not addr & (PUD_SIZE - 1):
+        return
+    floor = addr & ~(PUD_SIZE - 1)
+    if vma.start <= floor and floor + PUD_SIZE <= vma.end:
+        entry_paddr = hugetlb_walk(k, mm, vma.file.hstate, floor)
+        if entry_paddr is not None:
+            huge_pmd_unshare(k, mm, vma, floor, entry_paddr)
+
+
 def hugetlb_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, flags: FaultFlags) -> VmFault:
-    """hugetlb_fault() -> hugetlb_no_page(): map a pool page with a PMD or PUD leaf."""
+    """hugetlb_fault() -> hugetlb_no_page(): map a pool page with a PMD or PUD leaf. The
+    entry may already be present when huge_pte_alloc shared another mm's PMD table: the
+    fault then only marks it young, and this mm's hugetlb_usage does not change."""
     from pagewalk.mm.memory import FaultFlags, VmFault
     file: HugetlbFile = vma.file
     h = file.hstate
-    shift = 21 if h.size == 2 << 20 else 30
     haddr = vaddr & ~(h.size - 1)
-    entry_paddr, reached = k.pgtables.walk(mm, haddr, shift, alloc=True)  # huge_pte_alloc
+    entry_paddr = huge_pte_alloc(k, mm, vma, haddr)
     entry = k.pgtables.read(entry_paddr)
     write = bool(flags & FaultFlags.WRITE)
     if entry & pt._PAGE_PRESENT:
@@ -378,7 +531,7 @@ def hugetlb_wp(k: Kernel, mm: MmStruct, vma: Vma, haddr: int, entry_paddr: int,
     from pagewalk.mm.memory import VmFault
     file: HugetlbFile = vma.file
     h = file.hstate
-    old = pt.huge_pfn(entry, 21 if h.size == 2 << 20 else 30)
+    old = pt.huge_pfn(entry, h.shift)
     if not vma.flags & VmFlags.SHARED and k.memmap.refcount[old] != 1:
         new = k.hugetlb.dequeue(h, False)
         if new != NO_PAGE:
@@ -407,19 +560,19 @@ def unmap_ref_private(k: Kernel, mm: MmStruct, vma: Vma, pfn: int, haddr: int) -
     HPAGE_RESV_UNMAPPED so that their later faults there are SIGBUS."""
     file: HugetlbFile = vma.file
     h = file.hstate
-    shift = 21 if h.size == 2 << 20 else 30
     for task in k.tasks.values():
         for other in task.mm.vmas:
             if other is vma or not other.is_hugetlb() or other.file.inode is not file.inode:
                 continue
             if other.flags & VmFlags.SHARED or other.file.owner or not other.contains(haddr):
                 continue
-            entry_paddr, reached = k.pgtables.walk(task.mm, haddr, shift, alloc=False)
-            if reached != shift:
+            entry_paddr = hugetlb_walk(k, task.mm, h, haddr)
+            if entry_paddr is None:
                 continue
             entry = k.pgtables.read(entry_paddr)
-            if not entry & pt._PAGE_PRESENT or pt.huge_pfn(entry, shift) != pfn:
-                continue            # __unmap_hugepage_range(ref_page): that page only
+            # __unmap_hugepage_range(ref_page): that page only, PROT_NONE included
+            if not huge_pte_present(entry) or pt.huge_pfn(entry, h.shift) != pfn:
+                continue
             other.hugetlb_resv_unmapped = True
             _zap_huge_leaf(k, task.mm, h, entry_paddr, pfn)
             k.flush_tlb_range(task.mm, haddr, haddr + h.size)
@@ -433,7 +586,8 @@ def _zap_huge_leaf(k: Kernel, mm: MmStruct, h: Hstate, entry_paddr: int, pfn: in
 
 
 def unmap_hugepage_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> None:
-    """__unmap_hugepage_range(): clear the leaves, drop the pages (back to the pool).
+    """__unmap_hugepage_range(): clear the leaves, present or PROT_NONE, and drop the pages
+    (back to the pool). A shared PMD table is only unshared, its PUD range skipped.
 
     A page of a private mapping zapped in the process that owns its reservation map, while
     no surplus page exists, gets its reservation back: the index is reserved again in the
@@ -444,40 +598,73 @@ def unmap_hugepage_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int
     does pagewalk's (measured: tests/data/measured/hugetlb-restore-reserve*.yaml)."""
     file: HugetlbFile = vma.file
     h = file.hstate
-    shift = 21 if h.size == 2 << 20 else 30
-    for haddr in range(start & ~(h.size - 1), end, h.size):
-        entry_paddr, reached = k.pgtables.walk(mm, haddr, shift, alloc=False)
-        if reached != shift:
+    addr = start & ~(h.size - 1)
+    while addr < end:
+        entry_paddr = hugetlb_walk(k, mm, h, addr)
+        if entry_paddr is None or huge_pmd_unshare(k, mm, vma, addr, entry_paddr):
+            addr = (addr | h.last_addr_mask) + h.size
             continue
         entry = k.pgtables.read(entry_paddr)
-        if not entry & pt._PAGE_PRESENT:
-            continue
-        pfn = pt.huge_pfn(entry, shift)
-        # __vma_private_lock() and folio_test_anon(): a private MAP_HUGETLB mapping maps
-        # anonymous folios only (no page cache behind it)
-        if file.owner and not h.surplus_huge_pages:
-            k.memmap.flags[pfn] |= PageFlag.RESTORE_RESERVE
-            file.resv.reserved.add(file.index(vma, haddr))
-        _zap_huge_leaf(k, mm, h, entry_paddr, pfn)
+        if not huge_pte_none(entry):
+            pfn = pt.huge_pfn(entry, h.shift)
+            # __vma_private_lock() and folio_test_anon(): a private MAP_HUGETLB mapping maps
+            # anonymous folios only (no page cache behind it)
+            if file.owner and not h.surplus_huge_pages:
+                k.memmap.flags[pfn] |= PageFlag.RESTORE_RESERVE
+                file.resv.reserved.add(file.index(vma, addr))
+            _zap_huge_leaf(k, mm, h, entry_paddr, pfn)
+        addr += h.size
     k.flush_tlb_range(mm, start, end)
 
 
 def hugetlb_change_protection(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
                               newprot: int) -> None:
+    """hugetlb_change_protection(): every leaf that is not none (PROT_NONE ones too) takes
+    the new protection (huge_pte_modify); a shared PMD table is unshared instead, so this
+    mm faults its pages in again later."""
     file: HugetlbFile = vma.file
     h = file.hstate
-    shift = 21 if h.size == 2 << 20 else 30
-    for haddr in range(start, end, h.size):
-        entry_paddr, reached = k.pgtables.walk(mm, haddr, shift, alloc=False)
-        if reached != shift:
+    addr = start
+    while addr < end:
+        entry_paddr = hugetlb_walk(k, mm, h, addr)
+        if entry_paddr is None or huge_pmd_unshare(k, mm, vma, addr, entry_paddr):
+            addr = (addr | h.last_addr_mask) + h.size
             continue
         entry = k.pgtables.read(entry_paddr)
-        if entry:
-            new = pt.pte_modify(entry, newprot) | pt._PAGE_PSE
-            if not newprot & pt._PAGE_PRESENT:
-                new &= ~pt._PAGE_PRESENT
-            k.pgtables.set_entry(mm, entry_paddr, new)
+        if not huge_pte_none(entry):
+            k.pgtables.set_entry(mm, entry_paddr, pt.pte_modify(entry, newprot) | pt._PAGE_PSE)
+        addr += h.size
     k.flush_tlb_range(mm, start, end)
+
+
+def copy_hugetlb_page_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, src_vma: Vma,
+                            dst_vma: Vma) -> None:
+    """copy_hugetlb_page_range(): the child gets the tables wherever the parent has them
+    (huge_pte_alloc) and every leaf that is not none, PROT_NONE included: the page is
+    shared, write-protected in both for a COW mapping; a shared PMD table is not copied."""
+    from pagewalk.mm.fork import is_cow_mapping
+    h: Hstate = src_vma.file.hstate
+    cow = is_cow_mapping(src_vma.flags)
+    pgt = k.pgtables
+    addr = src_vma.start
+    while addr < src_vma.end:
+        src_paddr = hugetlb_walk(k, src_mm, h, addr)
+        if src_paddr is None:
+            addr = (addr | h.last_addr_mask) + h.size
+            continue
+        dst_paddr = huge_pte_alloc(k, dst_mm, dst_vma, addr)
+        if h.size == PMD_SIZE and pgt.pmd_is_shared(dst_paddr >> 12):
+            addr = (addr | h.last_addr_mask) + h.size
+            continue
+        entry = pgt.read(src_paddr)
+        if not huge_pte_none(entry):
+            if cow and entry & pt._PAGE_RW:
+                entry &= ~pt._PAGE_RW          # huge_ptep_set_wrprotect
+                pgt.set_entry(src_mm, src_paddr, entry)
+            pgt.set_entry(dst_mm, dst_paddr, entry)
+            k.memmap.refcount[pt.huge_pfn(entry, h.shift)] += 1
+            dst_mm.stat[MmStat.HUGETLB_USAGE] += h.pages_per_huge_page
+        addr += h.size
 
 
 def node_hugetlb_pages(k: Kernel) -> int:

@@ -8,7 +8,9 @@ does. Allocation is ``__rmqueue_smallest`` + ``expand``; freeing is ``__free_one
 
 Simplifications, documented in docs/differences.md: one migratetype (no pageblock
 stealing), no per-CPU page lists (buddyinfo changes at once), no watermarks other
-than running out.
+than running out: the zone watermarks (``zone_watermarks``) are computed from the managed
+pages as the kernel would set them, and only the callers that model a watermark check
+(``zone_watermark_ok``: hugetlb pool pages) apply one.
 
 The list operations are Numba-compiled functions over NumPy arrays, shared by the Python
 fault path and the compiled fast path in ``mm/fastpath.py``.
@@ -17,6 +19,9 @@ fault path and the compiled fast path in ``mm/fastpath.py``.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from math import isqrt
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +29,9 @@ from numba import njit
 
 from pagewalk.mm.vmstat import NodeStat, VmEvent
 from pagewalk.units import GiB, MiB
+
+if TYPE_CHECKING:
+    from pagewalk.kernel.kernel import Kernel
 
 MAX_PAGE_ORDER = 10
 NR_PAGE_ORDERS = MAX_PAGE_ORDER + 1
@@ -287,3 +295,89 @@ class BuddyAllocator:
     def free_pages_total(self) -> int:
         return int(sum(int(self.nr_free[z, o]) << o for z in range(len(ZONE_NAMES))
                        for o in range(NR_PAGE_ORDERS)))
+
+
+# -- watermarks and lowmem reserves ------------------------------------------------------------
+
+PAGE_KB = 4
+PAGEBLOCK_NR_PAGES = 512            # pageblock_order 9
+MIGRATE_PCPTYPES = 3                # Unmovable, Movable, Reclaimable
+WATERMARK_SCALE_FACTOR = 10         # vm.watermark_scale_factor default
+LOWMEM_RESERVE_RATIO = (256, 256, 32)  # sysctl_lowmem_reserve_ratio: DMA, DMA32, Normal
+
+
+@dataclass(frozen=True, slots=True)
+class Watermarks:
+    """zone->_watermark[WMARK_MIN/LOW/HIGH] of one zone, in pages."""
+
+    min: int
+    low: int
+    high: int
+
+
+def min_free_kbytes(k: Kernel) -> int:
+    """vm.min_free_kbytes as the kernel sets it without a user value.
+
+    calculate_min_free_kbytes(): ``int_sqrt(lowmem_kbytes * 16)`` clamped to
+    [128, 262144]; then, while PMD-sized THPs are enabled, khugepaged's
+    set_recommended_min_free_kbytes() raises it to 2 + 3*3 pageblocks per zone (at most
+    5% of lowmem). Approximation: lowmem_kbytes is the managed memory (the kernel's
+    nr_free_buffer_pages() also subtracts the high watermarks once they exist).
+    """
+    lowmem_pages = k.totalram_pages
+    calculated = min(max(isqrt(lowmem_pages * PAGE_KB * 16), 128), 262144)
+    if not _hugepage_pmd_enabled(k):
+        return calculated
+    nr_zones = len(k.buddy.populated_zones())
+    recommended = PAGEBLOCK_NR_PAGES * nr_zones * (2 + MIGRATE_PCPTYPES * MIGRATE_PCPTYPES)
+    recommended = min(recommended, lowmem_pages // 20) * PAGE_KB
+    return max(calculated, recommended)
+
+
+def _hugepage_pmd_enabled(k: Kernel) -> bool:
+    """hugepage_pmd_enabled() (mm/khugepaged.c) for anonymous memory: the 2 MiB size is
+    always/madvise, or inherits a global setting other than never."""
+    thp = "/sys/kernel/mm/transparent_hugepage"
+    pmd_setting = k.knobs.get(f"{thp}/hugepages-2048kB/enabled")
+    if pmd_setting in ("always", "madvise"):
+        return True
+    return pmd_setting == "inherit" and k.knobs.get(f"{thp}/enabled") != "never"
+
+
+def zone_watermarks(k: Kernel) -> list[Watermarks]:
+    """__setup_per_zone_wmarks(): min_free_kbytes shared out by managed pages; low and high
+    each one step above, the step max(min/4, managed * watermark_scale_factor / 10000)."""
+    managed = [int(pages) for pages in k.buddy.managed_pages]
+    lowmem_pages = sum(managed)
+    pages_min = min_free_kbytes(k) // PAGE_KB
+    marks = []
+    for zone_pages in managed:
+        zone_min = pages_min * zone_pages // lowmem_pages if lowmem_pages else 0
+        step = max(zone_min >> 2, _mult_frac(zone_pages, WATERMARK_SCALE_FACTOR, 10000))
+        marks.append(Watermarks(zone_min, zone_min + step, zone_min + 2 * step))
+    return marks
+
+
+def lowmem_reserve(k: Kernel, zone: int) -> int:
+    """setup_per_zone_lowmem_reserve(): what ``zone`` keeps back from an allocation that
+    could have used a higher zone (GFP_HIGHUSER_MOVABLE): the pages managed above it over
+    its sysctl_lowmem_reserve_ratio (the largest of its lowmem_reserve[])."""
+    managed = [int(pages) for pages in k.buddy.managed_pages]
+    ratio = LOWMEM_RESERVE_RATIO[zone]
+    return sum(managed[zone + 1:]) // ratio if ratio and managed[zone] else 0
+
+
+def zone_watermark_ok(k: Kernel, zone: int, order: int, mark: int) -> bool:
+    """__zone_watermark_ok() without reserves: the zone's free pages less the request's
+    (1 << order) - 1 stay above ``mark`` plus its lowmem reserve, and a free block of at
+    least ``order`` exists."""
+    free_pages = int(sum(int(k.buddy.nr_free[zone, o]) << o for o in range(NR_PAGE_ORDERS)))
+    if free_pages - ((1 << order) - 1) <= mark + lowmem_reserve(k, zone):
+        return False
+    return any(k.buddy.nr_free[zone, o] for o in range(order, NR_PAGE_ORDERS))
+
+
+def _mult_frac(value: int, numerator: int, denominator: int) -> int:
+    """mult_frac() (include/linux/math.h): value * n / d without overflowing."""
+    quotient, remainder = divmod(value, denominator)
+    return quotient * numerator + remainder * numerator // denominator

@@ -8,6 +8,11 @@ order-1 PGD). This is the only module of the kernel that writes paging entries
 
 VmPTE (pgtables_bytes) counts PUD, PMD and PTE tables (no P4D or PGD counter);
 PageTables (NR_PAGETABLE) counts every table page including the PGD and P4D.
+
+A PMD table of a shared hugetlb mapping may be pointed at by the PUD entries of several
+mms (huge_pmd_share, CONFIG_HUGETLB_PMD_PAGE_TABLE_SHARING): each sharer counts it in
+its VmPTE (mm_inc_nr_pmds), NR_PAGETABLE counts the one page, and ``pmd_share_count``
+is the table's ptdesc->pt_share_count (how many mms point at it besides the first).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class PageTables:
         self.shifts = (48, 39, 30, 21, 12) if levels == 5 else (39, 30, 21, 12)
         self.pti = pti
         self.kernel_pgd_entries: dict[int, int] = {}  # swapper_pg_dir's kernel half
+        self.pmd_share_count: dict[int, int] = {}     # shared PMD table pfn -> pt_share_count
 
     # -- table pages ---------------------------------------------------------------------
     def alloc_table_page(self, mm: MmStruct | None, kind: str, order: int = 0) -> int:
@@ -74,6 +80,31 @@ class PageTables:
         if mm is not None and kind in COUNTED_IN_VMPTE:
             mm.stat[MmStat.PGTABLES_BYTES] -= TABLE_BYTES  # mm_dec_nr_*
         self.buddy.free_pages(pfn, order)
+
+    # -- shared PMD tables (hugetlb) ---------------------------------------------------------
+    def pmd_is_shared(self, table_pfn: int) -> bool:
+        """ptdesc_pmd_is_shared(): another mm's PUD entry points at this PMD table too."""
+        return table_pfn in self.pmd_share_count
+
+    def share_pmd_table(self, mm: MmStruct, pud_paddr: int, table_pfn: int) -> None:
+        """huge_pmd_share(): point ``mm``'s none PUD entry at another mm's PMD table
+        (ptdesc_pmd_pts_inc, pud_populate, mm_inc_nr_pmds); no page is allocated, so
+        NR_PAGETABLE does not change."""
+        self.pmd_share_count[table_pfn] = self.pmd_share_count.get(table_pfn, 0) + 1
+        self.set_entry(mm, pud_paddr, pt.mk_table(table_pfn))
+        mm.stat[MmStat.PGTABLES_BYTES] += TABLE_BYTES
+
+    def unshare_pmd_table(self, mm: MmStruct, pud_paddr: int) -> None:
+        """__huge_pmd_unshare(): ``mm`` lets go of a shared PMD table (pud_clear,
+        ptdesc_pmd_pts_dec, mm_dec_nr_pmds); the table lives on in the other mms."""
+        table_pfn = pt.pte_pfn(self.read(pud_paddr))
+        count = self.pmd_share_count[table_pfn] - 1
+        if count:
+            self.pmd_share_count[table_pfn] = count
+        else:
+            del self.pmd_share_count[table_pfn]
+        self.set_entry(mm, pud_paddr, 0)
+        mm.stat[MmStat.PGTABLES_BYTES] -= TABLE_BYTES
 
     # -- PGD ---------------------------------------------------------------------------------
     def pgd_alloc(self) -> tuple[int, int]:
@@ -105,7 +136,7 @@ class PageTables:
                     value |= pt._PAGE_NX
         self.physmem.write_u64(entry_paddr, value)
 
-    def fill_table(self, table_pfn: int, words: "np.ndarray", first: int = 0) -> None:
+    def fill_table(self, table_pfn: int, words: np.ndarray, first: int = 0) -> None:
         """Write entries [first, first + len(words)) of a PTE table at once: a split filling
         the withdrawn deposit, or fork write-protecting a run of PTEs (the kernel's set_ptes /
         wrprotect_ptes over a batch). The caller flushes the TLB as the kernel does."""
@@ -114,7 +145,7 @@ class PageTables:
         slot = int(self.physmem.slot_of[table_pfn])
         self.physmem.pool[slot, first: first + len(words)] = words
 
-    def table_view(self, table_pfn: int) -> "np.ndarray":
+    def table_view(self, table_pfn: int) -> np.ndarray:
         """The 512 entries of a table as a read-only array (zeros if never stored)."""
         return self.physmem.frame_words(table_pfn)
 
@@ -242,6 +273,8 @@ class PageTables:
         self._free_table_below(mm, entry_paddr, table, TABLE_KIND_BELOW[shift])
 
     def _free_table_below(self, mm: MmStruct, entry_paddr: int, table: int, kind: str) -> None:
+        # the zap before free_pgtables unshares every shared PMD table (huge_pmd_unshare)
+        assert table not in self.pmd_share_count, f"freeing shared PMD table {table:#x}"
         self.set_entry(mm, entry_paddr, 0)  # pmd_clear / pud_clear / p4d_clear / pgd_clear
         self.free_table_page(mm, table, kind)
 

@@ -7,8 +7,8 @@ lines out. Followed, besides meminfo_proc_show and its ``show_val_kb``:
 * mm/show_mem.c ``si_mem_available`` for MemAvailable, with the zone watermarks of
   mm/page_alloc.c (``calculate_min_free_kbytes``, ``__setup_per_zone_wmarks``,
   ``setup_per_zone_lowmem_reserve``, ``calculate_totalreserve_pages``) and
-  mm/khugepaged.c ``set_recommended_min_free_kbytes`` -- pagewalk's allocator has no
-  watermarks, so they are derived here from the managed pages (see ``min_free_kbytes``);
+  mm/khugepaged.c ``set_recommended_min_free_kbytes`` -- pagewalk's allocator keeps no
+  watermarks, so mm/page_alloc.py derives them from the managed pages (``min_free_kbytes``);
 * mm/hugetlb.c ``hugetlb_report_meminfo`` for HugePages_* / Hugepagesize / Hugetlb;
 * arch/x86/mm/pat/set_memory.c ``arch_report_meminfo`` for DirectMap*.
 
@@ -21,12 +21,11 @@ print 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from math import isqrt
 from typing import TYPE_CHECKING
 
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.kernel.kernel import KERNEL_TEXT_PGD_INDEX
+from pagewalk.mm.page_alloc import Watermarks, lowmem_reserve, zone_watermarks
 from pagewalk.mm.vmstat import NodeStat
 
 if TYPE_CHECKING:
@@ -34,10 +33,6 @@ if TYPE_CHECKING:
 
 PAGE_KB = 4                         # K(x): x << (PAGE_SHIFT - 10)
 HPAGE_PMD_NR = 512
-PAGEBLOCK_NR_PAGES = 512            # pageblock_order 9
-MIGRATE_PCPTYPES = 3                # Unmovable, Movable, Reclaimable
-WATERMARK_SCALE_FACTOR = 10         # vm.watermark_scale_factor default
-LOWMEM_RESERVE_RATIO = (256, 256, 32)  # sysctl_lowmem_reserve_ratio: DMA, DMA32, Normal
 #: VMALLOC_TOTAL >> 10: VMALLOC_SIZE_TB_L4 = 32, VMALLOC_SIZE_TB_L5 = 12800
 #: (arch/x86/include/asm/pgtable_64_types.h; VMALLOC_END is START + size - 1).
 VMALLOC_TOTAL_KB = {4: ((32 << 40) - 1) >> 10, 5: ((12800 << 40) - 1) >> 10}
@@ -60,15 +55,6 @@ MEMINFO_FIELDS: tuple[str, ...] = (
 #: hugetlb_report_meminfo prints these as counts with "%5lu" after a 19-column label.
 HUGEPAGES_COUNT_FIELDS = frozenset(
     {"HugePages_Total", "HugePages_Free", "HugePages_Rsvd", "HugePages_Surp"})
-
-
-@dataclass(frozen=True, slots=True)
-class Watermarks:
-    """zone->_watermark[WMARK_MIN/LOW/HIGH] of one zone, in pages."""
-
-    min: int
-    low: int
-    high: int
 
 
 # -- the view --------------------------------------------------------------------------------
@@ -209,64 +195,12 @@ def si_mem_available(k: Kernel) -> int:
     return max(available, 0)
 
 
-def min_free_kbytes(k: Kernel) -> int:
-    """vm.min_free_kbytes as the kernel sets it without a user value.
-
-    calculate_min_free_kbytes(): ``int_sqrt(lowmem_kbytes * 16)`` clamped to
-    [128, 262144]; then, while PMD-sized THPs are enabled, khugepaged's
-    set_recommended_min_free_kbytes() raises it to 2 + 3*3 pageblocks per zone (at most
-    5% of lowmem). Approximation: lowmem_kbytes is the managed memory (the kernel's
-    nr_free_buffer_pages() also subtracts the high watermarks once they exist).
-    """
-    lowmem_pages = k.totalram_pages
-    calculated = min(max(isqrt(lowmem_pages * PAGE_KB * 16), 128), 262144)
-    if not _hugepage_pmd_enabled(k):
-        return calculated
-    nr_zones = len(k.buddy.populated_zones())
-    recommended = PAGEBLOCK_NR_PAGES * nr_zones * (2 + MIGRATE_PCPTYPES * MIGRATE_PCPTYPES)
-    recommended = min(recommended, lowmem_pages // 20) * PAGE_KB
-    return max(calculated, recommended)
-
-
-def _hugepage_pmd_enabled(k: Kernel) -> bool:
-    """hugepage_pmd_enabled() (mm/khugepaged.c) for anonymous memory: the 2 MiB size is
-    always/madvise, or inherits a global setting other than never."""
-    thp = "/sys/kernel/mm/transparent_hugepage"
-    pmd_setting = k.knobs.get(f"{thp}/hugepages-2048kB/enabled")
-    if pmd_setting in ("always", "madvise"):
-        return True
-    return pmd_setting == "inherit" and k.knobs.get(f"{thp}/enabled") != "never"
-
-
-def zone_watermarks(k: Kernel) -> list[Watermarks]:
-    """__setup_per_zone_wmarks(): min_free_kbytes shared out by managed pages; low and high
-    each one step above, the step max(min/4, managed * watermark_scale_factor / 10000)."""
-    managed = [int(pages) for pages in k.buddy.managed_pages]
-    lowmem_pages = sum(managed)
-    pages_min = min_free_kbytes(k) // PAGE_KB
-    marks = []
-    for zone_pages in managed:
-        zone_min = pages_min * zone_pages // lowmem_pages if lowmem_pages else 0
-        step = max(zone_min >> 2, _mult_frac(zone_pages, WATERMARK_SCALE_FACTOR, 10000))
-        marks.append(Watermarks(zone_min, zone_min + step, zone_min + 2 * step))
-    return marks
-
-
 def totalreserve_pages(k: Kernel, watermarks: list[Watermarks]) -> int:
     """calculate_totalreserve_pages(): per zone, its largest lowmem_reserve plus its high
-    watermark, capped at its managed pages. setup_per_zone_lowmem_reserve() makes the
-    largest reserve of zone i the pages managed above it divided by its ratio."""
+    watermark, capped at its managed pages."""
     managed = [int(pages) for pages in k.buddy.managed_pages]
     total = 0
     for zone, zone_pages in enumerate(managed):
-        ratio = LOWMEM_RESERVE_RATIO[zone]
-        above = sum(managed[zone + 1:])
-        reserve = above // ratio if ratio and zone_pages else 0
-        total += min(reserve + watermarks[zone].high, zone_pages)
+        total += min(lowmem_reserve(k, zone) + watermarks[zone].high, zone_pages)
     return total
 
-
-def _mult_frac(value: int, numerator: int, denominator: int) -> int:
-    """mult_frac() (include/linux/math.h): value * n / d without overflowing."""
-    quotient, remainder = divmod(value, denominator)
-    return quotient * numerator + remainder * numerator // denominator

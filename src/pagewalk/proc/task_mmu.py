@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory
+from pagewalk.mm import huge_memory, pkeys
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
 
@@ -44,7 +44,9 @@ def task_mem(task: Task) -> dict[str, int]:
         "VmData": mm.data_vm << 2, "VmStk": mm.stack_vm << 2, "VmExe": text >> 10,
         "VmLib": lib >> 10, "VmPTE": int(s[MmStat.PGTABLES_BYTES]) >> 10,
         "VmSwap": int(s[MmStat.MM_SWAPENTS]) << 2,
-        "HugetlbPages": int(s[MmStat.HUGETLB_USAGE]) << 2,
+        # hugetlb_report_usage() prints an unsigned long: an mm that zaps pages another mm
+        # faulted into a shared PMD table goes below zero and wraps
+        "HugetlbPages": (int(s[MmStat.HUGETLB_USAGE]) << 2) & ((1 << 64) - 1),
     }
 
 
@@ -126,9 +128,37 @@ def _account(k: Kernel, mss: MemSize, pfn: int, size: int, young: bool, dirty: b
 def smaps_vma(k: Kernel, mm: MmStruct, vma: Vma) -> MemSize:
     """walk_page_vma() with smaps_pte_entry / smaps_pmd_entry / smaps_hugetlb_range."""
     mss = MemSize()
+    if vma.is_hugetlb():
+        _smaps_hugetlb_range(k, mm, vma, mss)
+        return mss
     for entry, shift in _leaves(k, mm, vma.start, vma.end):
         _smaps_leaf(k, mss, vma, entry, shift)
     return mss
+
+
+def _smaps_hugetlb_range(k: Kernel, mm: MmStruct, vma: Vma, mss: MemSize) -> None:
+    """smaps_hugetlb_range(): a present (or PROT_NONE) huge page is Shared_Hugetlb when it
+    is mapped more than once or its PMD table is shared (hugetlb_pmd_shared)."""
+    from pagewalk.mm import hugetlb
+    h = vma.file.hstate
+    addr = vma.start
+    while addr < vma.end:
+        entry_paddr = hugetlb.hugetlb_walk(k, mm, h, addr)
+        if entry_paddr is None:                    # walk_hugetlb_range: no table here
+            addr = (addr | h.last_addr_mask) + h.size
+            continue
+        entry = k.pgtables.read(entry_paddr)
+        addr += h.size
+        if not hugetlb.huge_pte_present(entry):
+            continue
+        pfn = pt.huge_pfn(entry, h.shift)
+        # A shared mapping's page cache holds one reference; every mapping holds one more.
+        mappings = int(k.memmap.refcount[pfn]) - (1 if vma.file.shared else 0)
+        if mappings > 1 or (h.size == hugetlb.PMD_SIZE and
+                            k.pgtables.pmd_is_shared(entry_paddr >> 12)):
+            mss.shared_hugetlb += h.size
+        else:
+            mss.private_hugetlb += h.size
 
 
 def _leaves(k: Kernel, mm: MmStruct, start: int, end: int) -> Iterator[tuple[int, int]]:
@@ -180,15 +210,6 @@ def _leaves_pmd(k: Kernel, mm: MmStruct, start: int, end: int) -> Iterator[tuple
 def _smaps_leaf(k: Kernel, mss: MemSize, vma: Vma, entry: int, shift: int) -> None:
     young = bool(entry & pt._PAGE_ACCESSED)
     dirty = bool(entry & pt._PAGE_DIRTY)
-    if vma.is_hugetlb():
-        pfn = pt.huge_pfn(entry, shift)
-        # A shared mapping's page cache holds one reference; every mapping holds one more.
-        mappings = int(k.memmap.refcount[pfn]) - (1 if vma.file.shared else 0)
-        if mappings > 1:
-            mss.shared_hugetlb += 1 << shift
-        else:
-            mss.private_hugetlb += 1 << shift
-        return
     if entry & pt._PAGE_SPECIAL:
         return  # zero page, huge zero page, pfn maps: no struct page to account
     if shift == 12:
@@ -281,6 +302,8 @@ def format_smaps(k: Kernel, task: Task) -> str:
         out.append(f"{'MMUPageSize:':<16}{page >> 10:>8} kB")
         out.extend(_mss_lines(mss, rollup=False))
         out.append(f"THPeligible:    {int(thp_eligible(k, task.mm, vma))}")
+        if pkeys.arch_pkeys_enabled(k):           # arch_show_smap(): "ProtectionKey:  %8u"
+            out.append(f"ProtectionKey:  {pkeys.vma_pkey(vma):>8}")
         flags = " ".join(name for bit, name in VM_FLAG_MNEMONICS if vma.flags & bit)
         out.append(f"VmFlags: {flags} ")
     return "\n".join(out) + "\n"

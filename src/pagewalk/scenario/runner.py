@@ -81,7 +81,7 @@ class ScenarioRun:
         system = scenario.system
         self.machine = machine or Machine(MachineConfig(
             ram=system.ram, paging=system.paging, pti=system.pti, pcid=system.pcid,
-            sysfs=dict(system.sysfs)))
+            pku=system.pku, sysfs=dict(system.sysfs)))
         self.kernel = self.machine.kernel
         self.show = show
         self.maps: dict[str, dict[str, tuple[int, int]]] = {}

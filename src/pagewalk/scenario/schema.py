@@ -15,6 +15,9 @@ pagewalk extensions and decisions where scenario.md is silent:
 * ``system.pti`` (default false) and ``system.pcid`` (default true) choose page-table
   isolation and PCIDs; the defaults match the reference machine (Meltdown "Not
   affected", so PTI off at run time; PCID present).
+* ``system.pku`` (default true, as the reference machine's CPU has it): memory protection
+  keys. With them Linux makes PROT_EXEC-only memory execute-only (a read or write is
+  SIGSEGV); ``pku: false`` is a CPU without them, where PROT_EXEC implies read.
 * ``system.ram`` is a size from 64 MiB to 1 TiB and a multiple of 4 MiB (one
   MAX_PAGE_ORDER buddy block, so every free list starts out whole).
 * ``system.sysfs`` keeps the knobs in the order written (the runner writes them in
@@ -34,7 +37,8 @@ pagewalk extensions and decisions where scenario.md is silent:
   when both are given they must agree.
 * ``expect_error`` is allowed on the system-call steps (mmap, munmap, mprotect,
   madvise, fork), ``expect_signal`` on the access steps (touch, write, read); never
-  both. ``exit`` takes only ``process`` (required); ``set`` only knob paths (at least
+  both. ``exit`` takes only ``process`` (default ``main``, as on every step: ``exit: {}``
+  exits main, whose children go on); ``set`` only knob paths (at least
   one); ``measure`` only its label; ``khugepaged`` only ``scans`` (>= 1; ``khugepaged:``
   with no value means ``scans: 1``). These steps act system-wide and carry no ``process``.
 * Process and mapping names match ``[A-Za-z0-9._-]+``. A fork must not reuse the name of
@@ -83,7 +87,7 @@ ADDRESS_LIMIT = 1 << 64
 _SCENARIO_NAME = re.compile(r"[a-z0-9._-]+")
 _OBJECT_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _TOP_FIELDS = ("name", "description", "system", "steps")
-_SYSTEM_FIELDS = ("ram", "paging", "pti", "pcid", "sysfs")
+_SYSTEM_FIELDS = ("ram", "paging", "pti", "pcid", "pku", "sysfs")
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -99,6 +103,7 @@ class SystemConfig:
     paging: int = 4                    # page-table levels, 4 or 5
     pti: bool = False                  # page-table isolation (pagewalk extension)
     pcid: bool = True                  # process-context identifiers (pagewalk extension)
+    pku: bool = True                   # protection keys: PROT_EXEC alone is execute-only
     sysfs: dict[str, str] = field(default_factory=dict, hash=False)  # path -> normalised value
 
 
@@ -527,7 +532,8 @@ def _parse_fork(fields: _Fields, index: int) -> Step:
 
 
 def _parse_exit(fields: _Fields, index: int) -> Step:
-    return ExitStep(index=index, process=fields.required("process", _object_name))
+    return ExitStep(index=index,
+                    process=fields.optional("process", _object_name, MAIN_PROCESS))
 
 
 def _parse_khugepaged(fields: _Fields, index: int) -> Step:
@@ -732,6 +738,7 @@ def _system(value: object, where: _Where) -> SystemConfig:
                         paging=fields.optional("paging", _paging, 4),
                         pti=fields.optional("pti", _bool, False),
                         pcid=fields.optional("pcid", _bool, True),
+                        pku=fields.optional("pku", _bool, True),
                         sysfs=fields.optional("sysfs", _sysfs, {}))
 
 
