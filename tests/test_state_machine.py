@@ -15,7 +15,7 @@ page a `touch` wrote or MADV_FREE released holds unspecified bytes until dropped
   shared mappings share it.
 * ``HugetlbPools``: nr_hugepages/nr_overcommit_hugepages changes, MAP_HUGETLB with and
   without MAP_NORESERVE, touches (SIGBUS only for MAP_NORESERVE with the pool exhausted),
-  byte writes and reads, munmap.
+  byte writes and reads, mprotect (PROT_NONE included), munmap.
 
 A system call that fails must leave everything observable unchanged (counters, VMAs,
 page-table words), except where Linux documents partial work: mprotect or madvise over a
@@ -753,6 +753,24 @@ class HugetlbPools(KernelMachine):
         vma = self.pick_vma(self.task, pick)
         assert vma is not None
         self.madvise(self.task, vma.start, vma.length, "dontneed")
+
+    @precondition(has_vmas)
+    @rule(pick=picks, prot=st.sampled_from([0, 0, 1, 3]))
+    def mprotect_vma(self, pick: int, prot: int) -> None:
+        """mprotect(2) of a whole VMA: PROT_NONE leaves are not huge_pte_none, so zap,
+        fork and exit still free and copy them, and mprotect back reaches them."""
+        vma = self.pick_vma(self.task, pick)
+        assert vma is not None
+        self.mprotect(self.task, vma.start, vma.length, prot)
+
+    @precondition(child_has_vmas)
+    @rule(pick=picks, prot=st.sampled_from([0, 1, 3]))
+    def child_mprotect(self, pick: int, prot: int) -> None:
+        child = self.child()
+        assert child is not None
+        vma = self.pick_vma(child, pick)
+        assert vma is not None
+        self.mprotect(child, vma.start, vma.length, prot)
 
     def release_pools(self) -> None:
         """With no mappings left, pools shrunk to 0 give every page back."""

@@ -19,7 +19,7 @@ from pagewalk.hw.walker import ACCESS_IFETCH, ACCESS_WRITE
 from pagewalk.kernel import exec_image
 from pagewalk.kernel.knobs import KnobValues
 from pagewalk.kernel.task import Task
-from pagewalk.mm import memory, rmap
+from pagewalk.mm import memory, pkeys, rmap
 from pagewalk.mm.memory import FaultFlags, VmFault
 from pagewalk.mm.page_alloc import NO_PAGE, BuddyAllocator, MemMap, PageFlag
 from pagewalk.mm.pgtable import PageTables
@@ -75,6 +75,7 @@ class Kernel:
         self.asids: list[int | None] = [None] * TLB_NR_DYN_ASIDS  # id(mm) per ASID slot
         self.next_asid = 0
         self.mm_asid: dict[int, int] = {}
+        self.mmu.cr4_pke = self.mmu.pku      # setup_pku(): CR4.PKE on a CPU with PKU
         self._boot()
         from pagewalk.mm import hugetlb
         self.hugetlb = hugetlb.HugetlbState(self)
@@ -150,6 +151,7 @@ class Kernel:
         """fork() of init + execve() of the start image: a new process named ``name``."""
         mm = self.new_mm()
         task = Task(self.next_pid, name, mm, stack_pfn=self.alloc_kernel_stack())
+        task.pkru = pkeys.exec_pkru(self)
         self.next_pid += 1
         self.tasks[name] = task
         self._exec_start_image(task)
@@ -237,6 +239,9 @@ class Kernel:
         """switch_mm_irqs_off(): load the task's CR3 (choose_new_asid with 6 dynamic ASIDs)."""
         if self.current is task:
             return
+        if self.current is not None:      # x86_pkru_load(): PKRU goes with the task
+            self.current.pkru = self.mmu.pkru
+        self.mmu.pkru = task.pkru
         self.current = task
         self.mmu.counters = task.mmu_counters
         mm = task.mm
@@ -329,6 +334,8 @@ class Kernel:
         vma = find_vma(mm, vaddr)
         if vma is None or vma.start > vaddr:
             raise SignalError(Signal.SIGSEGV, vaddr, "no VMA (SEGV_MAPERR)")
+        if pkeys.bad_area_access_from_pkeys(self, code, vma):  # access_error()'s first checks
+            raise SignalError(Signal.SIGSEGV, vaddr, "protection key (SEGV_PKUERR)")
         if access_error(code, vma):
             raise SignalError(Signal.SIGSEGV, vaddr, "access not permitted (SEGV_ACCERR)")
         flags = FaultFlags.USER
@@ -376,6 +383,7 @@ class Kernel:
 
     def physmem_drop_range_many(self, pfns: "np.ndarray") -> None:
         """Forget the contents of the given frames."""
+        self.physmem.touched[pfns] = 0
         stored = pfns[self.physmem.slot_of[pfns] >= 0]
         for pfn in stored.tolist():
             self.physmem.drop(pfn)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.kernel.task import Task
-from pagewalk.mm import gup, madvise, mmap, mprotect
+from pagewalk.mm import gup, madvise, mmap, mprotect, pkeys
 from pagewalk.mm.vma import vmas_in_range
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ def sys_fork(k: Kernel, parent: Task, child_name: str) -> Task:
     with _Syscall(k, parent):
         mm = k.new_mm()
         child = Task(k.next_pid, child_name, mm, parent=parent, stack_pfn=k.alloc_kernel_stack())
+        child.pkru = pkeys.read_pkru(k)              # copy_thread(): the parent's PKRU
         k.next_pid += 1
         dup_mmap(k, parent.mm, mm)
         k.tasks[child_name] = child

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import memory, rmap
+from pagewalk.mm import memory, pkeys, rmap
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import OutOfMemory
 from pagewalk.mm.types import AnonVma, MmStat, MmStruct, Vma, VmFlags
@@ -39,6 +39,7 @@ def dup_mmap(k: Kernel, old: MmStruct, new: MmStruct) -> None:
                   "start_code", "end_code", "start_brk", "brk", "thp_disable"):
         setattr(new, field, getattr(old, field))
     new.hiwater_vm = old.total_vm
+    pkeys.arch_dup_pkeys(k, old, new)                # arch_dup_mmap()
     for vma in old.vmas:
         if vma.flags & VmFlags.DONTCOPY:
             from pagewalk.mm.vma import vm_stat_account
@@ -46,7 +47,11 @@ def dup_mmap(k: Kernel, old: MmStruct, new: MmStruct) -> None:
             continue
         if vma.flags & VmFlags.ACCOUNT:
             k.vm_acct_memory(vma.length >> 12)
-        child = replace(vma, anon_vma=AnonVma(vma.anon_vma.root) if vma.anon_vma else None)
+        # anon_vma_fork(): the child's VMA links its parent's anon_vmas and a new one of
+        # its own, so it counts as a fork child (vma_had_uncowed_parents) from now on
+        anon_vma = AnonVma(vma.anon_vma.root) if vma.anon_vma else None
+        child = replace(vma, anon_vma=anon_vma, anon_vma_chain=vma.anon_vma_chain + (
+            (anon_vma,) if anon_vma is not None else ()))
         if vma.is_hugetlb() and not vma.file.shared:
             from pagewalk.mm.hugetlb import ResvMap
             child.file = _child_hugetlb_file(vma.file, ResvMap())
@@ -71,7 +76,8 @@ def _child_hugetlb_file(file, resv):  # type: ignore[no-untyped-def]
 
 def copy_page_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, src: Vma, dst: Vma) -> None:
     if src.is_hugetlb():
-        copy_hugetlb_page_range(k, src_mm, dst_mm, src)
+        from pagewalk.mm.hugetlb import copy_hugetlb_page_range
+        copy_hugetlb_page_range(k, src_mm, dst_mm, src, dst)
         return
     pgt = k.pgtables
     for addr, nxt, pmd_paddr in pgt.pmd_ranges(src_mm, src.start, src.end):
@@ -149,24 +155,3 @@ def copy_huge_pmd(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, vma: Vma, src_p
     pgt.set_entry(src_mm, src_pmd, pmd)
     pgt.set_entry(dst_mm, dst_pmd, pmd & ~pt._PAGE_ACCESSED)
 
-
-def copy_hugetlb_page_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, vma: Vma) -> None:
-    """copy_hugetlb_page_range(): share every huge page, write-protected if private."""
-    h = vma.file.hstate
-    shift = 21 if h.size == 2 << 20 else 30
-    cow = is_cow_mapping(vma.flags)
-    pgt = k.pgtables
-    for haddr in range(vma.start, vma.end, h.size):
-        src_paddr, reached = pgt.walk(src_mm, haddr, shift, alloc=False)
-        if reached != shift:
-            continue
-        entry = pgt.read(src_paddr)
-        if not entry & pt._PAGE_PRESENT:
-            continue
-        dst_paddr, _ = pgt.walk(dst_mm, haddr, shift, alloc=True)
-        if cow and entry & pt._PAGE_RW:
-            entry &= ~pt._PAGE_RW
-            pgt.set_entry(src_mm, src_paddr, entry)
-        pgt.set_entry(dst_mm, dst_paddr, entry)
-        k.memmap.refcount[pt.huge_pfn(entry, shift)] += 1
-        dst_mm.stat[MmStat.HUGETLB_USAGE] += h.pages_per_huge_page

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pagewalk.errors import Signal, SignalError
 from pagewalk.hw import pgtable_types as pt
+from pagewalk.mm import pkeys
 from pagewalk.mm.memory import FaultFlags, VmFault, handle_mm_fault
 from pagewalk.mm.types import Vma, VmFlags
 
@@ -28,6 +29,8 @@ def populate_vma_page_range(k: Kernel, task: Task, vma: Vma, start: int, end: in
         return
     if write is None:
         write = vma.flags & (VmFlags.WRITE | VmFlags.SHARED) == VmFlags.WRITE
+    if not pkeys.arch_vma_access_permitted(k, vma, bool(write)):
+        return  # check_vma_flags(): -EFAULT, which populate ignores (execute-only memory)
     addr = start
     while addr < end:
         paddr, entry, shift = k.pgtables.lookup(task.mm, addr)

@@ -7,14 +7,17 @@ PT_RECLAIM (6.18): a PTE table whose whole 2 MiB was zapped and is empty is free
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory, memory
+from pagewalk.mm import huge_memory, memory, rmap
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.types import MmStruct, Vma, VmFlags
-from pagewalk.mm.vma import merge_with_neighbours, vma_modify, vmas_in_range
+from pagewalk.mm.vma import VmaIterator, vma_modify_flags
 from pagewalk.mm.vmstat import VmEvent
 
 if TYPE_CHECKING:
@@ -41,13 +44,20 @@ def do_madvise(k: Kernel, task: Task, start: int, length: int, advice: str) -> N
         from pagewalk.mm import khugepaged
         khugepaged.madvise_collapse(k, task, start, end)
         return
-    vmas = vmas_in_range(mm, start, end)
-    covered = sum(min(v.end, end) - max(v.start, start) for v in vmas)
-    for vma in vmas:   # madvise_walk_vmas(): VMA by VMA; an EINVAL stops the walk there
-        lo, hi = max(vma.start, start), min(vma.end, end)
-        _check_vma(vma, advice, lo)
-        _apply(k, task, vma, lo, hi, advice)
-    if covered != end - start:
+    # madvise_walk_vmas(): a gap makes the call ENOMEM but the VMAs after it are still
+    # advised; an error stops the walk there; after each VMA the walk resumes at the end
+    # of the VMA the advice left (merged or split), found afresh.
+    unmapped_error = False
+    vmi = VmaIterator(mm, start, end)
+    for vma in vmi:
+        if start < vma.start:
+            unmapped_error = True
+            start = vma.start
+        hi = min(vma.end, end)
+        _check_vma(vma, advice, start)
+        _apply(k, task, vma, start, hi, advice)
+        start = vmi.vma_iter_end()
+    if start < end or unmapped_error:
         raise SyscallError(Errno.ENOMEM, "range contains unmapped memory")
 
 
@@ -87,59 +97,122 @@ def _apply(k: Kernel, task: Task, vma: Vma, start: int, end: int, advice: str) -
 
 def hugepage_madvise(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
                      enable: bool) -> None:
-    """hugepage_madvise() + madvise_update_vma(): set/clear VM_HUGEPAGE, split/merge."""
-    if vma.is_hugetlb() or vma.special:
-        return
+    """hugepage_madvise() + madvise_update_vma(): set/clear VM_HUGEPAGE on [start, end) by
+    vma_modify_flags (merge, or split: EINVAL where the VMA refuses, as hugetlb does off a
+    huge page boundary). Any VMA takes the flag, hugetlb and special ones too."""
     new = vma.flags
     if enable:
         new = (new & ~VmFlags.NOHUGEPAGE) | VmFlags.HUGEPAGE
+        # khugepaged_enter_vma(vma, *vm_flags): the whole VMA as it is, with the new flags
+        huge_memory.khugepaged_enter_vma(k, mm, replace(vma, flags=new))
     else:
         new = (new & ~VmFlags.HUGEPAGE) | VmFlags.NOHUGEPAGE
     if new == vma.flags:
         return
-    vma = vma_modify(k, mm, vma, start, end)
+    vma = vma_modify_flags(k, mm, vma, start, end, new)
     vma.flags = new
-    vma = merge_with_neighbours(mm, vma)
-    if enable:
-        huge_memory.khugepaged_enter_vma(k, mm, vma)
 
 
 def madvise_free_single_vma(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> None:
     """madvise_free_pte_range(): exclusive anonymous pages become clean and lazily freeable;
-    a THP only partly covered is split first. RSS does not change."""
+    a large folio only partly covered is split first (split_folio: its all-zero subpages
+    become the shared zero page). RSS does not change otherwise."""
     pgt = k.pgtables
-    flags = k.memmap.flags
     for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
         pmd = pgt.read(pmd_paddr)
         if pmd & pt._PAGE_PSE:
-            if huge_memory.is_huge_zero_pmd(k, pmd):
-                continue
-            if huge_memory.huge_pmd_covered(k, mm, vma, pmd_paddr, addr, nxt):
-                pgt.set_entry(mm, pmd_paddr, pmd & ~pt._PAGE_DIRTY)   # madvise_free_huge_pmd
-                _mark_lazyfree(k, pt.huge_pfn(pmd, 21), 512)
+            if _madvise_free_huge_pmd(k, mm, vma, pmd_paddr, pmd, addr, nxt):
                 continue
             pmd = pgt.read(pmd_paddr)
+            if pmd & pt._PAGE_PSE:
+                continue                 # pte_offset_map_lock() fails on a huge PMD
         if not pmd:
             continue
         table = pt.pte_pfn(pmd)
-        for va in range(addr, nxt, 4096):
-            paddr = (table << 12) + ((va >> 12) & 511) * 8
-            pte = pgt.read(paddr)
-            if not pte & pt._PAGE_PRESENT or pte & pt._PAGE_SPECIAL:
-                continue
-            pfn = pt.pte_pfn(pte)
-            if not flags[pfn] & PageFlag.ANON or k.memmap.mapcount[pfn] != 1:
-                continue
-            pgt.set_entry(mm, paddr, pte & ~pt._PAGE_DIRTY & ~pt._PAGE_ACCESSED)
-            _mark_lazyfree(k, pfn, 1)
+        va = addr
+        while va < nxt:
+            va += _madvise_free_pte(k, mm, vma, table, va, nxt) << 12
     k.flush_tlb_range(mm, start, end)
 
 
+def _madvise_free_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, pmd: int,
+                           addr: int, nxt: int) -> bool:
+    """madvise_free_huge_pmd(): True when the whole THP was marked lazyfree. A THP mapped
+    elsewhere too is left alone; one only partly in the range is split (split_folio splits
+    the PMD first: unmap_folio's TTU_SPLIT_HUGE_PMD) and its PTEs are walked next."""
+    if huge_memory.is_huge_zero_pmd(k, pmd):
+        return False
+    head = pt.huge_pfn(pmd, 21)
+    if rmap.folio_maybe_mapped_shared(k, head):
+        return False
+    if nxt - addr != huge_memory.HPAGE_PMD_SIZE:
+        if huge_memory.can_split_folio(k, head):
+            haddr = addr & ~(huge_memory.HPAGE_PMD_SIZE - 1)
+            huge_memory.split_huge_pmd(k, mm, vma, pmd_paddr, haddr)
+            huge_memory.split_folio(k, mm, vma, head, haddr)
+        return False
+    k.pgtables.set_entry(mm, pmd_paddr, pmd & ~pt._PAGE_DIRTY & ~pt._PAGE_ACCESSED)
+    _mark_lazyfree(k, head, huge_memory.HPAGE_PMD_NR)
+    return True
+
+
+def _madvise_free_pte(k: Kernel, mm: MmStruct, vma: Vma, table: int, va: int, end: int) -> int:
+    """One step of madvise_free_pte_range() at ``va``: returns how many PTEs it dealt with
+    (0 after splitting a large folio: the same PTE is looked at again)."""
+    pgt = k.pgtables
+    paddr = (table << 12) + ((va >> 12) & 511) * 8
+    pte = pgt.read(paddr)
+    if not pte & (pt._PAGE_PRESENT | pt._PAGE_PROTNONE) or pte & pt._PAGE_SPECIAL:
+        return 1
+    pfn = pt.pte_pfn(pte)
+    if not k.memmap.flags[pfn] & PageFlag.ANON:
+        return 1
+    head = rmap.folio_head(k, pfn)
+    nr_pages = 1 << rmap.folio_order(k, head)
+    if nr_pages == 1:
+        if k.memmap.mapcount[pfn] == 1:
+            pgt.set_entry(mm, paddr, pte & ~pt._PAGE_DIRTY & ~pt._PAGE_ACCESSED)
+            _mark_lazyfree(k, pfn, 1)
+        return 1
+    nr = _folio_pte_batch(k, table, va, end, pte, head + nr_pages)
+    if nr < nr_pages:
+        # not wholly in the range: split it unless it may be mapped shared
+        if not rmap.folio_maybe_mapped_shared(k, head) and \
+                huge_memory.split_folio(k, mm, vma, head, va - ((pfn - head) << 12)):
+            return 0
+        return nr
+    if rmap.folio_maybe_mapped_shared(k, head):
+        return nr                        # folio_mapcount() != folio_nr_pages()
+    for i in range(nr):
+        entry = pgt.read(paddr + i * 8)
+        pgt.set_entry(mm, paddr + i * 8, entry & ~pt._PAGE_DIRTY & ~pt._PAGE_ACCESSED)
+    _mark_lazyfree(k, head, nr_pages)
+    return nr
+
+
+def _folio_pte_batch(k: Kernel, table: int, va: int, end: int, pte: int, folio_end: int) -> int:
+    """folio_pte_batch() as madvise_folio_pte_batch() calls it: the PTEs from ``va`` (not
+    past ``end`` or the folio's last page) that map the following pages of the folio with
+    the same bits, accessed, dirty and soft-dirty aside."""
+    ignore = pt._PAGE_ACCESSED | pt._PAGE_DIRTY | pt._PAGE_SOFT_DIRTY
+    pfn = pt.pte_pfn(pte)
+    words = k.pgtables.table_view(table)
+    first = (va >> 12) & 511
+    nr = 1
+    while va + (nr << 12) < end and pfn + nr < folio_end and first + nr < 512:
+        expected = (pte & ~ignore & ~pt.PTE_PFN_MASK) | ((pfn + nr) << 12)
+        if int(words[first + nr]) & ~ignore != expected:
+            break
+        nr += 1
+    return nr
+
+
 def _mark_lazyfree(k: Kernel, pfn: int, nr_pages: int) -> None:
-    """folio_mark_lazyfree(): clean, !swapbacked; PGLAZYFREE counts the pages."""
+    """folio_mark_lazyfree(): clean, !swapbacked (kept on every page of the folio, as smaps
+    reads them page by page); PGLAZYFREE counts the pages."""
     flags = k.memmap.flags
     if flags[pfn] & PageFlag.LAZYFREE:
         return
-    flags[pfn] |= PageFlag.LAZYFREE
-    flags[pfn] &= ~PageFlag.DIRTY
+    flags[pfn: pfn + nr_pages] |= np.uint16(PageFlag.LAZYFREE)
+    flags[pfn: pfn + nr_pages] &= np.uint16(~PageFlag.DIRTY & 0xFFFF)
     k.vm_events[VmEvent.PGLAZYFREE] += nr_pages

@@ -20,6 +20,7 @@ from pagewalk.mm import huge_memory, rmap
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import OutOfMemory
 from pagewalk.mm.types import AnonVma, MmStat, MmStruct, Vma, VmFlags
+from pagewalk.mm.vma import find_mergeable_anon_vma
 from pagewalk.mm.vmstat import NodeStat, VmEvent
 
 if TYPE_CHECKING:
@@ -133,9 +134,11 @@ def pte_alloc(k: Kernel, mm: MmStruct, pmd_paddr: int) -> int:
 
 
 def anon_vma_prepare(vma: Vma) -> None:
-    """vmf_anon_prepare() -> __anon_vma_prepare(): the first write gives the VMA an anon_vma."""
+    """vmf_anon_prepare() -> __anon_vma_prepare(): the first write gives the VMA an anon_vma,
+    a neighbour's where find_mergeable_anon_vma() allows, else a new one."""
     if vma.anon_vma is None:
-        vma.anon_vma = AnonVma()
+        anon_vma = find_mergeable_anon_vma(vma) or AnonVma()
+        vma.anon_vma, vma.anon_vma_chain = anon_vma, (anon_vma,)
 
 
 def mk_anon_pte(vma: Vma, pfn: int) -> int:

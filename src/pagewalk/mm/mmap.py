@@ -4,7 +4,8 @@ do_mmap -> __get_unmapped_area (THP alignment of hint-less anonymous mappings wh
 length is a multiple of 2 MiB: __thp_get_unmapped_area) -> arch_get_unmapped_area_topdown
 -> unmapped_area_topdown; mmap_region with MAP_FIXED replacing what it covers;
 do_vmi_munmap with VMA splitting, zapping and free_pgtables (floor/ceiling rules).
-Every check that can fail runs before the address space changes.
+Every check that can fail runs before the address space changes, but one: a hugetlb
+reservation is taken after MAP_FIXED has unmapped what it replaces, as in __mmap_region.
 """
 
 from __future__ import annotations
@@ -13,15 +14,26 @@ from typing import TYPE_CHECKING
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import memory
+from pagewalk.mm import memory, pkeys
 from pagewalk.mm.types import MmStruct, Vma, VmFlags
 from pagewalk.mm.vma import (
-    is_mergeable, next_of_addr, prev_of_addr, split_vma, vm_stat_account, vma_insert,
-    vma_remove, vmas_in_range,
+    VmaIterator,
+    VmaMergeStruct,
+    find_vma,
+    next_of_addr,
+    prev_of_addr,
+    split_vma,
+    vm_stat_account,
+    vma_insert,
+    vma_merge_new_range,
+    vma_remove,
+    vmas_in_range,
 )
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
+    from pagewalk.mm.hugetlb import HugetlbFile
+    from pagewalk.mm.shmem import PageCacheFile
 
 PAGE_SIZE = 4096
 PMD_SIZE = 1 << 21
@@ -42,7 +54,12 @@ def calc_vm_prot_bits(prot: int) -> VmFlags:
 
 
 def vm_get_page_prot(flags: VmFlags) -> int:
-    """protection_map[] (arch/x86/mm/pgprot.c): the PTE bits of vm_page_prot."""
+    """vm_get_page_prot() (arch/x86/mm/pgprot.c): protection_map[] and the VMA's pkey."""
+    return _protection_map(flags) | pkeys.vm_pkey_pte_bits(flags)
+
+
+def _protection_map(flags: VmFlags) -> int:
+    """protection_map[]: the PTE bits for the VMA's read/write/exec/shared flags."""
     rwx = flags & (VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC)
     if not rwx:
         return pt.PAGE_NONE
@@ -195,13 +212,14 @@ def free_pgtables(k: Kernel, mm: MmStruct, vmas: list[Vma], floor: int, ceiling:
 def detach_range(k: Kernel, mm: MmStruct, start: int, end: int) -> tuple[list[Vma], int, int]:
     """vms_gather_munmap_vmas(): split the VMAs at start and end and take the ones inside
     out of the tree. Returns (detached, floor, ceiling) for unmap_region."""
-    for vma in vmas_in_range(mm, start, end):
-        if vma.start < start < vma.end:
-            split_vma(k, mm, vma, start)
-    for vma in vmas_in_range(mm, start, end):
-        if vma.start < end < vma.end:
-            split_vma(k, mm, vma, end)
-    detached = vmas_in_range(mm, start, end)
+    first = find_vma(mm, start)
+    if first is not None and first.start < start:
+        split_vma(k, mm, first, start)
+    detached: list[Vma] = []
+    for vma in VmaIterator(mm, start, end):      # for_each_vma_range(): does it split the end?
+        if vma.end > end:
+            vma, _ = split_vma(k, mm, vma, end)
+        detached.append(vma)
     prev = prev_of_addr(mm, start)
     nxt = next_of_addr(mm, end)
     for vma in detached:
@@ -265,20 +283,13 @@ def exit_mmap(k: Kernel, mm: MmStruct) -> None:
 
 
 def insert_or_merge(k: Kernel, mm: MmStruct, vma: Vma) -> Vma:
-    """vma_merge_new_range(): extend an adjacent compatible VMA instead of adding one."""
-    prev = prev_of_addr(mm, vma.start)
-    nxt = next_of_addr(mm, vma.end)
-    if prev is not None and prev.end == vma.start and is_mergeable(prev, vma):
-        prev.end = vma.end
-        if nxt is not None and nxt.start == prev.end and is_mergeable(prev, nxt):
-            prev.end = nxt.end
-            prev.anon_vma = prev.anon_vma or nxt.anon_vma
-            vma_remove(mm, nxt)
-        return prev
-    if nxt is not None and nxt.start == vma.end and is_mergeable(vma, nxt):
-        nxt.start = vma.start
-        nxt.pgoff = vma.pgoff
-        return nxt
+    """__mmap_region(): vma_merge_new_range() extends an adjacent compatible VMA instead of
+    adding ``vma``; else ``vma`` goes into the tree."""
+    vmg = VmaMergeStruct(vma.start, vma.end, vma.flags, vma.pgoff, vma.file, vma.name, None,
+                         special=vma.special)
+    merged = vma_merge_new_range(k, mm, vmg)
+    if merged is not None:
+        return merged
     vma_insert(mm, vma)
     return vma
 
@@ -323,6 +334,7 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
         raise SyscallError(Errno.ENOMEM, "length overflows")
     length = aligned_len
     vm_flags = calc_vm_prot_bits(prot) | VmFlags.MAYREAD | VmFlags.MAYWRITE | VmFlags.MAYEXEC
+    vm_flags |= pkeys.mmap_pkey_flags(k, mm, prot)   # PROT_EXEC alone: execute_only_pkey()
     if shared:
         vm_flags |= VmFlags.SHARED | VmFlags.MAYSHARE
     if "noreserve" in flags and (hugetlb or k.knobs.get("/proc/sys/vm/overcommit_memory") != "2"):
@@ -346,15 +358,19 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
     if accountable_mapping(vm_flags):
         k.vm_enough_memory(mm, (length >> 12) - accounted_old)
         vm_flags |= VmFlags.ACCOUNT
-    file = None
-    if hugetlb:
-        file = htlb.hugetlb_file_setup(k, hstate, length, vm_flags, shared)  # may raise ENOMEM
-    elif shared:
+    file: PageCacheFile | HugetlbFile | None = None
+    if shared and not hugetlb:
         from pagewalk.mm import shmem
         file = shmem.shmem_zero_setup(k, length, vm_flags)
-    # Nothing can fail from here on: the address space changes.
+    # vms_clean_up_area(): what MAP_FIXED replaces is zapped and closed (a hugetlb VMA gives
+    # its reservations back) before the new file's mmap hook reserves.
     if replaced:
         do_munmap_range(k, mm, start, end)
+    if hugetlb:
+        # hugetlbfs_file_mmap() -> hugetlb_reserve_pages(): on ENOMEM the replaced range
+        # stays unmapped (vms_abort_munmap_vmas cannot reopen closed VMAs: it leaves a gap)
+        file = htlb.hugetlb_file_setup(k, hstate, length, vm_flags, shared)
+    # Nothing can fail from here on.
     if vm_flags & VmFlags.ACCOUNT:
         k.vm_acct_memory(length >> 12)
     pgoff = 0 if file is not None else start >> 12

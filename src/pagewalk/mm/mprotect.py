@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory
-from pagewalk.mm.mmap import PAGE_SIZE, accountable_mapping, calc_vm_prot_bits, vm_get_page_prot
+from pagewalk.mm import huge_memory, pkeys
+from pagewalk.mm.mmap import PAGE_SIZE, calc_vm_prot_bits, vm_get_page_prot
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.types import MmStruct, Vma, VmFlags
-from pagewalk.mm.vma import find_vma, merge_with_neighbours, vm_stat_account, vma_modify
+from pagewalk.mm.vma import VmaIterator, find_vma, vm_stat_account, vma_modify_flags
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
@@ -24,8 +24,9 @@ VM_MAY_SHIFT = 4
 
 
 def do_mprotect(k: Kernel, mm: MmStruct, start: int, length: int, prot: int) -> None:
-    """do_mprotect_pkey(): VMA by VMA from ``start``; a hole stops it with ENOMEM after the
-    VMAs before the hole were changed (as Linux does)."""
+    """do_mprotect_pkey(): VMA by VMA from ``start`` (for_each_vma_range, which resumes at
+    the end of the VMA mprotect_fixup left, merged or split); a hole or a failing VMA stops
+    the walk with its error after the VMAs before it were changed (as Linux does)."""
     if start & (PAGE_SIZE - 1):
         raise SyscallError(Errno.EINVAL, "start not page aligned")
     if not length:
@@ -33,56 +34,60 @@ def do_mprotect(k: Kernel, mm: MmStruct, start: int, length: int, prot: int) -> 
     end = start + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
     if end <= start or end > 1 << 64:
         raise SyscallError(Errno.ENOMEM, "range wraps")
-    vma = find_vma(mm, start)
-    if vma is None or vma.start > start:
+    first = find_vma(mm, start)
+    if first is None or first.start > start:
         raise SyscallError(Errno.ENOMEM, "start not mapped")
-    _check_hugetlb_alignment(mm, start, end)
     newbits = calc_vm_prot_bits(prot)
-    nstart = start
-    while True:
+    vmi = VmaIterator(mm, start, end)
+    nstart, tmp = start, first.start
+    for vma in vmi:
+        if vma.start != tmp:
+            raise SyscallError(Errno.ENOMEM, "range has a hole")
         newflags = newbits | (vma.flags & ~(VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC))
+        newflags = pkeys.mprotect_pkey_flags(k, mm, vma, prot, newflags)
         if (newflags & ~(VmFlags(int(newflags) >> VM_MAY_SHIFT))) & (
                 VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC):
             raise SyscallError(Errno.EACCES, "protection exceeds VM_MAY*")
-        tmp = min(vma.end, end)
-        vma = mprotect_fixup(k, mm, vma, nstart, tmp, newflags)
-        nstart = tmp
-        if nstart >= end:
-            return
-        vma = find_vma(mm, nstart)
-        if vma is None or vma.start != nstart:
-            raise SyscallError(Errno.ENOMEM, "range has a hole")
-
-
-def _check_hugetlb_alignment(mm: MmStruct, start: int, end: int) -> None:
-    for vma in mm.vmas:
-        if vma.is_hugetlb() and vma.start < end and vma.end > start:
-            mask = vma.file.huge_size - 1
-            if (start > vma.start and start & mask) or (end < vma.end and end & mask):
-                raise SyscallError(Errno.EINVAL, "hugetlb range not huge-page aligned")
+        mprotect_fixup(k, mm, vma, nstart, min(vma.end, end), newflags)
+        nstart = tmp = vmi.vma_iter_end()
+    if tmp < end:
+        raise SyscallError(Errno.ENOMEM, "range has a hole")
 
 
 def mprotect_fixup(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
                    newflags: VmFlags) -> Vma:
-    """mprotect_fixup(): charge newly writable private memory, split/merge, change entries."""
+    """mprotect_fixup(): charge private memory that becomes writable, give the charge back
+    for an anonymous VMA that never faulted (no anon_vma) made read-only (since 6.7),
+    merge or split, change the entries. Returns the VMA that now covers [start, end)."""
     oldflags = vma.flags
     if newflags == oldflags:
         return vma
     nrpages = (end - start) >> 12
-    if accountable_mapping(newflags) and not oldflags & VmFlags.ACCOUNT:
-        k.vm_enough_memory(mm, nrpages)
-        k.vm_acct_memory(nrpages)
-        newflags |= VmFlags.ACCOUNT
-    elif oldflags & VmFlags.ACCOUNT and not newflags & VmFlags.WRITE and False:
-        pass  # Linux keeps VM_ACCOUNT when write is removed
-    vma = vma_modify(k, mm, vma, start, end)
+    charged = 0
+    if newflags & VmFlags.WRITE:
+        if not oldflags & (VmFlags.ACCOUNT | VmFlags.WRITE | VmFlags.HUGETLB | VmFlags.SHARED
+                           | VmFlags.NORESERVE):
+            k.vm_enough_memory(mm, nrpages)
+            k.vm_acct_memory(nrpages)
+            charged = nrpages
+            newflags |= VmFlags.ACCOUNT
+    elif oldflags & VmFlags.ACCOUNT and vma.is_anonymous() and vma.anon_vma is None:
+        newflags &= ~VmFlags.ACCOUNT
+    try:
+        vma = vma_modify_flags(k, mm, vma, start, end, newflags)
+    except SyscallError:
+        k.vm_unacct_memory(charged)
+        raise
     vma.flags = newflags
     vma.page_prot = vm_get_page_prot(newflags)
-    vm_stat_account(mm, oldflags, -nrpages)
-    vm_stat_account(mm, newflags, nrpages)
+    # vma_wants_manual_pte_write_upgrade(): private writable mappings try to keep the write
     try_writable = bool(newflags & VmFlags.WRITE) and not newflags & VmFlags.SHARED
     change_protection(k, mm, vma, start, end, try_writable)
-    return merge_with_neighbours(mm, vma)
+    if oldflags & VmFlags.ACCOUNT and not newflags & VmFlags.ACCOUNT:
+        k.vm_unacct_memory(nrpages)
+    vm_stat_account(mm, oldflags, -nrpages)
+    vm_stat_account(mm, newflags, nrpages)
+    return vma
 
 
 def change_protection(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
@@ -98,7 +103,7 @@ def change_protection(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
         pmd = pgt.read(pmd_paddr)
         if pmd & pt._PAGE_PSE:
             if huge_memory.huge_pmd_covered(k, mm, vma, pmd_paddr, addr, nxt):
-                huge_memory.change_huge_pmd(k, mm, vma, pmd_paddr, newprot)
+                huge_memory.change_huge_pmd(k, mm, vma, pmd_paddr, newprot, try_writable)
                 continue
             pmd = pgt.read(pmd_paddr)
         if pmd:

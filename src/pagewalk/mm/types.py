@@ -40,10 +40,16 @@ class VmFlags(enum.IntFlag):
     NOHUGEPAGE = 0x40000000
     SOFTDIRTY = 0x8000000
     DONTDUMP = 0x4000000
+    PKEY_BIT0 = 1 << 32              # VM_HIGH_ARCH_0..3: the VMA's protection key (x86)
+    PKEY_BIT1 = 1 << 33
+    PKEY_BIT2 = 1 << 34
+    PKEY_BIT3 = 1 << 35
 
 
 VM_STACK = VmFlags.GROWSDOWN
 VM_ACCESS_FLAGS = VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC
+VM_PKEY_SHIFT = 32
+ARCH_VM_PKEY_FLAGS = VmFlags.PKEY_BIT0 | VmFlags.PKEY_BIT1 | VmFlags.PKEY_BIT2 | VmFlags.PKEY_BIT3
 # VMA_IGNORE_MERGE_FLAGS: flags that do not stop two VMAs from merging (mm/vma.h).
 VMA_IGNORE_MERGE_FLAGS = VmFlags.SOFTDIRTY
 
@@ -85,6 +91,10 @@ class Vma:
     # hugetlb HPAGE_RESV_UNMAPPED: the reservation owner took a page from this (child's)
     # private mapping to complete its COW; a later no-page fault here is SIGBUS
     hugetlb_resv_unmapped: bool = False
+    # anon_vma_chain: every anon_vma this VMA's pages may belong to; more than one once the
+    # VMA was forked from a parent (vma_had_uncowed_parents)
+    anon_vma_chain: tuple[AnonVma, ...] = ()
+    vm_mm: MmStruct | None = field(default=None, repr=False)   # set by vma_insert
 
     @property
     def length(self) -> int:
@@ -130,6 +140,9 @@ class MmStruct:
     thp_disable: bool = False        # MMF_DISABLE_THP (prctl)
     khugepaged_registered: bool = False
     users: int = 1
+    # mm->context (init_new_context_pkeys): key 0 is allocated implicitly; -1: no key yet
+    pkey_allocation_map: int = 0x1
+    execute_only_pkey: int = -1
 
     def get_rss(self) -> int:
         """get_mm_rss(): resident pages (file + anon + shmem)."""
