@@ -165,4 +165,5 @@ OPTIONAL_COMMANDS = {
     "plot": ("pagewalk.sweep.command", "plot_command"),
     "verify": ("pagewalk.live.command", "verify_command"),
     "inspect": ("pagewalk.live.command", "inspect_command"),
+    "fuzz": ("pagewalk.fuzz.command", "fuzz_command"),
 }

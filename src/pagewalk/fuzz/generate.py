@@ -1,0 +1,721 @@
+"""Random scenarios (scenario.md, version 1), valid by construction.
+
+A scenario is built as plain data (the YAML document: ``{"name", "system", "steps"}``
+with integer sizes) by :func:`generate`, from a seeded ``random.Random`` (the same seed
+and class give the same scenario; no global state). The generator keeps a model of
+what the schema checks statically (live processes, the mapping names each one knows)
+and of where its ``MAP_FIXED`` mappings lie in an arena of empty address space, so
+every step names a live process and a mapping that process made or inherited, and
+ranges can be aimed at neighbouring VMAs, holes and the ends of mappings.
+
+It does not know the kernel's answer: steps carry no ``expect_error`` or
+``expect_signal``; discover.py runs the scenario, records what the kernel said and
+annotates the steps. A step whose mapping is gone by then (its mmap failed, a munmap
+covered it) is left out by the annotation, as the runners would refuse it.
+
+The steps come from :data:`STEP_KINDS`, a table of makers with a weight per class
+(:data:`CLASSES`); a version-2 step (brk, mremap, mlock, files) is one more entry.
+Sizes stay small enough for a run of a second or two on the kernel: anonymous mappings
+up to 64 MiB (a few sparse ones up to 1 GiB, touched at large strides), hugetlb pools
+up to 64 pages of 2 MiB and 2 of 1 GiB, at most four live processes. The khugepaged
+step is simulator-only and never generated.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from pagewalk.kernel import knobs as registry
+from pagewalk.units import GiB, KiB, MiB
+
+Doc = dict[str, Any]
+T = TypeVar("T")
+
+CLASSES = ("basic", "thp", "hugetlb", "processes", "knobs", "mixed")
+ALL = "all"
+ARENA = 0x600000000000            # empty in the start image: MAP_FIXED mappings go here
+ARENA_1G = 0x640000000000         # 1 GiB-aligned arena for 1 GiB hugetlb pages
+PAGE = 4 * KiB
+HUGE_2M = 2 * MiB
+MAX_LIVE_PROCESSES = 4
+MAX_FORKS = 5
+MAX_POOL_2M = 64
+MAX_POOL_1G = 2
+SPARSE_MIN = 256 * MiB            # a mapping this long is touched only sparsely
+MAPPED_MAX = 192 * MiB            # dense (touchable) anonymous bytes mapped in a scenario
+SPARSE_TOUCHES = 32
+STEP_RANGE = MappingProxyType({"basic": (8, 20), "thp": (8, 20), "hugetlb": (6, 16),
+                               "processes": (8, 22), "knobs": (8, 18), "mixed": (10, 24)})
+
+PROTS = ("rw", "r", "none", "rwx", "x", "rx", "w", "wx")
+PROT_WEIGHTS = (40, 10, 8, 6, 4, 4, 4, 4)
+ADVICE_WEIGHTS: Mapping[str, Mapping[str, float]] = MappingProxyType({
+    "basic": {"dontneed": 4, "free": 3, "willneed": 2, "hugepage": 1, "nohugepage": 1,
+              "collapse": 1},
+    "thp": {"hugepage": 5, "nohugepage": 2, "collapse": 4, "dontneed": 3, "free": 3,
+            "willneed": 1},
+})
+
+
+# -- the model ------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class MapModel:
+    """A mapping the generator made: where it is (if MAP_FIXED made it known) and its kind."""
+
+    name: str
+    length: int                  # bytes as mapped (rounded up to its page size)
+    kind: str                    # private, shared, hugetlb
+    page: int                    # 4 KiB, 2 MiB or 1 GiB
+    start: int | None = None     # known for MAP_FIXED mappings in the arena
+    sparse: bool = False         # too long to touch densely
+
+    @property
+    def end(self) -> int | None:
+        return None if self.start is None else self.start + self.length
+
+
+@dataclass(slots=True)
+class ProcModel:
+    """A live process: the mapping names it may use and its arena layout."""
+
+    name: str
+    maps: dict[str, MapModel] = field(default_factory=dict)
+    arena: list[tuple[int, int]] = field(default_factory=list)   # mapped [start, end)
+
+    def child(self, name: str) -> ProcModel:
+        return ProcModel(name, dict(self.maps), list(self.arena))
+
+    def occupy(self, start: int, end: int) -> None:
+        self.vacate(start, end)
+        self.arena.append((start, end))
+        self.arena.sort()
+
+    def vacate(self, start: int, end: int) -> None:
+        kept: list[tuple[int, int]] = []
+        for lo, hi in self.arena:
+            if hi <= start or lo >= end:
+                kept.append((lo, hi))
+                continue
+            if lo < start:
+                kept.append((lo, start))
+            if hi > end:
+                kept.append((end, hi))
+        self.arena = sorted(kept)
+
+    def next_above(self, addr: int) -> int | None:
+        """Start of the first arena range at or above ``addr``."""
+        return min((lo for lo, _ in self.arena if lo >= addr), default=None)
+
+
+class Gen:
+    """The state of one generation: the random source, the steps so far and the model."""
+
+    def __init__(self, seed: int, cls: str) -> None:
+        self.rng = random.Random(f"pagewalk-fuzz:{seed}:{cls}")
+        self.seed = seed
+        self.cls = self.rng.choice(CLASSES) if cls == ALL else cls
+        self.steps: list[Doc] = []
+        self.procs: dict[str, ProcModel] = {"main": ProcModel("main")}
+        self.counters: dict[str, int] = {}
+        self.forks = 0
+        self.knobs: dict[str, str] = registry.defaults()
+        self.writes: list[tuple[str, str, int, int]] = []   # process, mapping, offset, length
+        self.mapped = 0          # dense anonymous bytes mapped by all processes (memory bound)
+
+    # -- random helpers --------------------------------------------------------------------
+    def chance(self, p: float) -> bool:
+        return self.rng.random() < p
+
+    def pick(self, options: Sequence[T], weights: Sequence[float] | None = None) -> T:
+        return self.rng.choices(options, weights=weights)[0]
+
+    def weighted(self, table: Mapping[str, float]) -> str:
+        keys = list(table)
+        return self.pick(keys, [table[k] for k in keys])
+
+    def counter(self, prefix: str) -> str:
+        self.counters[prefix] = self.counters.get(prefix, 0) + 1
+        return f"{prefix}{self.counters[prefix]}"
+
+    # -- processes and mappings --------------------------------------------------------------
+    def pick_proc(self, with_maps: bool = False) -> ProcModel | None:
+        procs = [p for p in self.procs.values() if p.maps or not with_maps]
+        if not procs:
+            return None
+        main = self.procs.get("main")
+        weights = [(1.0 if self.cls == "processes" else 3.0) if p is main else 1.5
+                   for p in procs]
+        return self.pick(procs, weights)
+
+    def pick_map(self, proc: ProcModel) -> MapModel:
+        """A mapping of ``proc``, the recent ones and the arena's more often (the steps
+        pile up on a few VMAs, where splits, merges and COW meet)."""
+        maps = list(proc.maps.values())
+        weights = [(position + 1) ** 1.5 * (2.0 if m.start is not None else 1.0)
+                   for position, m in enumerate(maps)]
+        return self.pick(maps, weights)
+
+    def forget(self, proc: ProcModel, start: int, end: int) -> None:
+        """A munmap of [start, end) known by address: names it covers are gone."""
+        proc.vacate(start, end)
+        for name, m in list(proc.maps.items()):
+            if m.start is not None and start <= m.start and m.start + m.length <= end:
+                del proc.maps[name]
+
+    def pool(self, size_kb: int) -> int:
+        return int(self.knobs[f"{registry.HUGEPAGES}/hugepages-{size_kb}kB/nr_hugepages"])
+
+
+# -- sizes -------------------------------------------------------------------------------------
+
+def _align_up(value: int, align: int) -> int:
+    return -(-value // align) * align
+
+
+def _anon_length(gen: Gen) -> int:
+    rng = gen.rng
+    shape = gen.pick(("pages", "2m", "mib", "odd", "bytes", "zero", "sparse"),
+                     (25, 20, 20, 15, 10, 2, 3) if gen.cls != "thp" else (10, 35, 20, 20, 10, 2, 3))
+    if shape == "pages":
+        return rng.randint(1, 64) * PAGE
+    if shape == "2m":
+        return rng.randint(1, 16) * HUGE_2M
+    if shape == "mib":
+        return rng.randint(1, 32) * MiB
+    if shape == "odd":
+        return rng.randint(1, 16) * MiB + rng.randint(1, 511) * PAGE
+    if shape == "bytes":
+        return rng.randint(0, 8 * MiB // PAGE) * PAGE + rng.randint(1, PAGE - 1)
+    if shape == "zero":
+        return 0
+    return rng.choice((256 * MiB, 512 * MiB, 1 * GiB))
+
+
+def _huge_length(gen: Gen, page: int) -> int:
+    rng = gen.rng
+    count = rng.randint(1, 4) if page == HUGE_2M else rng.randint(1, 2)
+    if gen.chance(0.15):      # not a multiple of the huge page size: the kernel rounds up
+        return count * page - rng.choice((PAGE, MiB))
+    return count * page
+
+
+def _prot(gen: Gen) -> str:
+    return gen.pick(PROTS, PROT_WEIGHTS)
+
+
+# -- ranges ------------------------------------------------------------------------------------
+
+RANGE_MODES = ("whole", "head", "tail", "middle", "cross", "unaligned", "zero")
+
+
+def _range(gen: Gen, proc: ProcModel, m: MapModel, weights: Sequence[float]) -> Doc:
+    """``region``/``offset``/``length`` over ``m``: whole, a part, across its end into the
+    next VMA or a hole, unaligned, or empty."""
+    rng = gen.rng
+    grain = m.page if m.page != GiB or gen.chance(0.5) else HUGE_2M
+    if m.page != PAGE and gen.chance(0.1):
+        grain = PAGE                       # inside a huge page: the kernel's EINVAL cases
+    units = max(1, m.length // grain)
+    mode = gen.pick(RANGE_MODES, weights)
+    fields: Doc = {"region": m.name}
+    if mode == "whole":
+        if gen.chance(0.2):
+            fields["offset"] = 0
+    elif mode == "head":
+        fields["length"] = rng.randint(1, units) * grain
+    elif mode == "tail":
+        fields["offset"] = rng.randint(0, units - 1) * grain
+    elif mode == "middle":
+        first = rng.randint(0, units - 1)
+        fields["offset"] = first * grain
+        fields["length"] = rng.randint(1, max(1, units - first)) * grain
+    elif mode == "cross":
+        offset = rng.randint(0, units - 1) * grain
+        fields["offset"] = offset
+        fields["length"] = m.length - offset + _reach(gen, proc, m)
+    elif mode == "unaligned":
+        fields["offset"] = rng.randint(0, units - 1) * grain + rng.choice((1, 512, PAGE - 1))
+        if gen.chance(0.5):
+            fields["length"] = rng.randint(1, 4) * PAGE
+    else:
+        fields["offset"] = rng.randint(0, units - 1) * grain
+        fields["length"] = 0
+    return fields
+
+
+def _reach(gen: Gen, proc: ProcModel, m: MapModel) -> int:
+    """How far past the end of ``m`` a crossing range goes: into the next arena VMA (or
+    over it, into what follows), else some pages or huge pages."""
+    end = m.end
+    nxt = proc.next_above(end) if end is not None else None
+    if end is not None and nxt is not None and nxt - end <= 64 * MiB:
+        over = [hi for lo, hi in proc.arena if lo == nxt]
+        span = nxt - end + ((over[0] - nxt) if over else PAGE)
+        return gen.pick((nxt - end + PAGE, span, max(PAGE, span // 2 // PAGE * PAGE)))
+    return gen.pick((PAGE, 16 * PAGE, HUGE_2M, 4 * MiB))
+
+
+# -- step makers ------------------------------------------------------------------------------
+
+Maker = Callable[[Gen], Doc | None]
+
+
+def _flags(kind: str, *extra: str) -> list[str]:
+    return [kind, "anonymous", *extra]
+
+
+def _mmap_anon(gen: Gen) -> Doc | None:
+    """mmap of private or shared anonymous memory, anywhere (a hint sometimes)."""
+    proc = gen.pick_proc()
+    if proc is None:
+        return None
+    length = _anon_length(gen)
+    kind = "shared" if gen.chance(0.25) else "private"
+    sparse = length >= SPARSE_MIN
+    if not sparse and gen.mapped + length > MAPPED_MAX:
+        length = min(length, 4 * MiB)
+    fields: Doc = {"name": gen.counter("m"), "length": length, "prot": _prot(gen)}
+    extra = [flag for flag, p in (("populate", 0.12), ("noreserve", 0.15)) if gen.chance(p)]
+    if sparse:
+        extra = [f for f in extra if f != "populate"]
+    if gen.chance(0.03):
+        fields["flags"] = ["anonymous", *extra]        # neither private nor shared: EINVAL
+    elif kind == "private" and not extra and gen.chance(0.3):
+        pass                                           # flags omitted: private, anonymous
+    else:
+        fields["flags"] = _flags(kind, *extra)
+    if gen.chance(0.15):
+        fields["addr"] = gen.pick((ARENA + 64 * GiB, ARENA + 64 * GiB + 5 * PAGE,
+                                   0x10000, ARENA + 128 * GiB + HUGE_2M))
+    if gen.chance(0.1):
+        del fields["prot"]                             # the default, rw
+    _record_map(gen, proc, fields, MapModel(fields["name"], _align_up(length, PAGE), kind,
+                                            PAGE, sparse=sparse))
+    return {"mmap": fields}
+
+
+def _record_map(gen: Gen, proc: ProcModel, fields: Doc, m: MapModel) -> None:
+    if proc.name != "main":
+        fields["process"] = proc.name
+    if m.length == 0:
+        return                                         # EINVAL: nothing to refer to later
+    proc.maps[m.name] = m
+    if m.kind != "hugetlb" and not m.sparse:
+        gen.mapped += m.length
+
+
+def _mmap_fixed(gen: Gen) -> Doc | None:
+    """MAP_FIXED (or MAP_FIXED_NOREPLACE) mappings of mixed kinds in the arena: adjacent to
+    one another, with holes, or over an existing one."""
+    proc = gen.pick_proc()
+    if proc is None:
+        return None
+    rng = gen.rng
+    pool = gen.pool(2048) + int(gen.knobs[f"{registry.HUGEPAGES}/hugepages-2048kB/"
+                                          "nr_overcommit_hugepages"])
+    kind = gen.pick(("private", "shared", "hugetlb"),
+                    (5, 2, 0 if gen.cls == "basic" else (2 if pool else 0.4)))
+    page = HUGE_2M if kind == "hugetlb" else PAGE
+    if kind == "hugetlb":
+        length = _huge_length(gen, HUGE_2M)
+    else:
+        length = gen.pick((rng.randint(1, 512) * PAGE, rng.randint(1, 4) * HUGE_2M,
+                           rng.randint(1, 8) * MiB + rng.randint(0, 255) * PAGE))
+    addr = _arena_addr(gen, proc, _align_up(length, page))
+    if kind == "hugetlb" and gen.chance(0.85):
+        addr = _align_up(addr, HUGE_2M)
+    mode = gen.pick(("fixed", "fixed_noreplace", "both"), (75, 20, 5))
+    extra = {"fixed": ["fixed"], "fixed_noreplace": ["fixed_noreplace"],
+             "both": ["fixed", "fixed_noreplace"]}[mode]
+    extra += [flag for flag, p in (("populate", 0.1), ("noreserve", 0.1)) if gen.chance(p)]
+    flags = ["private" if kind == "hugetlb" and gen.chance(0.6) else
+             ("shared" if kind != "private" else "private"), "anonymous", *extra]
+    if kind == "hugetlb":
+        flags.insert(2, "hugetlb")
+    fields: Doc = {"name": gen.counter("m"), "length": length, "prot": _prot(gen),
+                   "flags": flags, "addr": addr}
+    if kind == "hugetlb" and gen.chance(0.3):
+        fields["page_size"] = HUGE_2M
+    m = MapModel(fields["name"], _align_up(length, page), kind, page, start=addr)
+    _record_map(gen, proc, fields, m)
+    if length and (mode == "fixed" or addr % page == 0):
+        proc.occupy(addr, addr + m.length)
+    return {"mmap": fields}
+
+
+def _arena_addr(gen: Gen, proc: ProcModel, length: int) -> int:
+    rng = gen.rng
+    if not proc.arena or gen.chance(0.1):
+        return ARENA + gen.pick((0, HUGE_2M, rng.randint(1, 511) * PAGE, 8 * MiB))
+    lo, hi = gen.pick(proc.arena)
+    where = gen.pick(("after", "before", "gap", "over"), (40, 20, 20, 20))
+    if where == "after":
+        return hi
+    if where == "before" and lo - length >= ARENA:
+        return lo - length
+    if where == "over":
+        return lo + rng.randint(0, max(0, (hi - lo) // PAGE - 1)) * PAGE
+    top = max(h for _, h in proc.arena)
+    return top + gen.pick((PAGE, 16 * PAGE, HUGE_2M, HUGE_2M - PAGE))
+
+
+def _mmap_hugetlb(gen: Gen) -> Doc | None:
+    """mmap of hugetlb memory: 2 MiB (default or named) or 1 GiB pages, private or shared,
+    populated or not, sometimes more than the pool holds; 1 GiB ones sometimes fixed."""
+    proc = gen.pick_proc()
+    if proc is None:
+        return None
+    one_gib = gen.chance(0.3 if gen.pool(1048576) else 0.1)
+    page = GiB if one_gib else HUGE_2M
+    length = _huge_length(gen, page)
+    extra = [flag for flag, p in (("populate", 0.2), ("noreserve", 0.2)) if gen.chance(p)]
+    kind = "shared" if gen.chance(0.4) else "private"
+    fields: Doc = {"name": gen.counter("m"), "length": length, "prot": _prot(gen) if
+                   gen.chance(0.3) else "rw", "flags": _flags(kind, "hugetlb", *extra)}
+    start = None
+    if one_gib:
+        fields["page_size"] = GiB
+        if gen.chance(0.3):
+            start = ARENA_1G + gen.pick((0, GiB, HUGE_2M))
+            fields["flags"].append("fixed")
+            fields["addr"] = start
+    elif gen.chance(0.4):
+        fields["page_size"] = HUGE_2M
+    m = MapModel(fields["name"], _align_up(length, page), "hugetlb", page, start=start)
+    _record_map(gen, proc, fields, m)
+    return {"mmap": fields}
+
+
+# range-mode weights (whole, head, tail, middle, cross, unaligned, zero) per step
+MUNMAP_RANGES = (35, 15, 15, 15, 10, 5, 5)
+MPROTECT_RANGES = (30, 15, 15, 20, 12, 5, 3)
+MADVISE_RANGES = (35, 15, 15, 15, 12, 5, 3)
+TOUCH_RANGES = (50, 15, 15, 10, 10, 0, 0)
+
+
+def _ranged(gen: Gen, kind: str, weights: Sequence[float]) -> tuple[ProcModel, MapModel,
+                                                                       Doc] | None:
+    proc = gen.pick_proc(with_maps=True)
+    if proc is None:
+        return None
+    m = gen.pick_map(proc)
+    fields = _range(gen, proc, m, weights)
+    if proc.name != "main":
+        fields["process"] = proc.name
+    return proc, m, fields
+
+
+def _munmap(gen: Gen) -> Doc | None:
+    """munmap of a whole mapping, a part of it (splitting it), or across its neighbours."""
+    got = _ranged(gen, "munmap", MUNMAP_RANGES)
+    if got is None:
+        return None
+    proc, m, fields = got
+    offset = int(fields.get("offset", 0))
+    length = fields.get("length")
+    if offset == 0 and (length is None or length >= m.length):
+        del proc.maps[m.name]          # the runners forget a name munmap covered whole
+    if m.start is not None and offset % PAGE == 0 and length != 0:
+        end = m.start + (m.length if length is None else offset + _align_up(length, m.page))
+        gen.forget(proc, m.start + offset, end)
+    return {"munmap": fields}
+
+
+def _mprotect(gen: Gen) -> Doc | None:
+    got = _ranged(gen, "mprotect", MPROTECT_RANGES)
+    if got is None:
+        return None
+    fields = got[2]
+    fields["prot"] = _prot(gen)
+    return {"mprotect": fields}
+
+
+def _madvise(gen: Gen) -> Doc | None:
+    got = _ranged(gen, "madvise", MADVISE_RANGES)
+    if got is None:
+        return None
+    fields = got[2]
+    table = ADVICE_WEIGHTS["thp" if gen.cls in ("thp", "mixed", "knobs") else "basic"]
+    fields["advice"] = gen.weighted(table)
+    return {"madvise": fields}
+
+
+def _touch(gen: Gen) -> Doc | None:
+    """Reads or writes at a stride over a range; sparse mappings only at large strides."""
+    got = _ranged(gen, "touch", TOUCH_RANGES)
+    if got is None:
+        return None
+    _, m, fields = got
+    stride = gen.pick((PAGE, 2 * PAGE, 16 * PAGE, 64 * KiB, MiB, HUGE_2M, PAGE + 64, 3 * PAGE),
+                      (40, 6, 6, 6, 6, 12, 3, 3))
+    if m.page == GiB and gen.chance(0.5):
+        stride = GiB
+    offset = int(fields.get("offset", 0))
+    span = fields.get("length", max(m.length - offset, 0))
+    if m.sparse:
+        stride = max(stride, _align_up(max(span // SPARSE_TOUCHES, HUGE_2M), HUGE_2M))
+    if stride != PAGE:
+        fields["stride"] = stride
+    if gen.chance(0.4):
+        fields["access"] = "read"
+    elif gen.chance(0.2):
+        fields["access"] = "write"
+    return {"touch": fields}
+
+
+DATA_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_ "
+
+
+def _data_offset(gen: Gen, m: MapModel) -> int:
+    rng = gen.rng
+    pages = max(1, m.length // PAGE)
+    return gen.pick((0, rng.randint(0, pages - 1) * PAGE + rng.randint(0, 200),
+                     rng.randint(1, pages) * PAGE - rng.randint(1, 20),
+                     m.length + rng.choice((0, PAGE, HUGE_2M))), (30, 40, 20, 10))
+
+
+def _write(gen: Gen) -> Doc | None:
+    """Bytes stored at an offset (across a page boundary, or past the end, sometimes)."""
+    proc = gen.pick_proc(with_maps=True)
+    if proc is None:
+        return None
+    m = gen.pick_map(proc)
+    offset = _data_offset(gen, m)
+    data = "".join(gen.rng.choice(DATA_ALPHABET) for _ in range(gen.rng.randint(1, 40)))
+    fields: Doc = {"region": m.name, "offset": offset, "data": data}
+    if offset == 0 and gen.chance(0.5):
+        del fields["offset"]
+    if proc.name != "main":
+        fields["process"] = proc.name
+    gen.writes.append((proc.name, m.name, offset, len(data)))
+    return {"write": fields}
+
+
+def _read(gen: Gen) -> Doc | None:
+    """Bytes loaded, often where a write stored some (discover.py fills ``expect``)."""
+    proc = gen.pick_proc(with_maps=True)
+    if proc is None:
+        return None
+    mine = [w for w in gen.writes if w[1] in proc.maps]
+    if mine and gen.chance(0.6):
+        _, name, offset, length = gen.pick(mine)
+        offset += gen.rng.randint(0, length - 1) if gen.chance(0.3) else 0
+        length = gen.rng.randint(1, length + 8)
+    else:
+        m = gen.pick_map(proc)
+        name, offset, length = m.name, _data_offset(gen, m), gen.rng.randint(1, 64)
+    fields: Doc = {"region": name, "offset": offset, "length": length}
+    if proc.name != "main":
+        fields["process"] = proc.name
+    return {"read": fields}
+
+
+def _fork(gen: Gen) -> Doc | None:
+    if len(gen.procs) >= MAX_LIVE_PROCESSES or gen.forks >= MAX_FORKS:
+        return None
+    parent = gen.pick_proc()
+    if parent is None:
+        return None
+    name = gen.counter("c")
+    gen.procs[name] = parent.child(name)
+    gen.forks += 1
+    fields: Doc = {"name": name}
+    if parent.name != "main":
+        fields["process"] = parent.name
+    return {"fork": fields}
+
+
+def _exit(gen: Gen) -> Doc | None:
+    """A process exits (a child mostly; main sometimes, its children going on)."""
+    if len(gen.procs) < 2:
+        return None
+    names = list(gen.procs)
+    name = gen.pick(names, [1.0 if n == "main" else 4.0 for n in names])
+    del gen.procs[name]
+    return {"exit": {"process": name}}
+
+
+def _set(gen: Gen) -> Doc | None:
+    """One to three knobs written mid-run (pools grown and shrunk, THP modes changed)."""
+    knobs: Doc = {}
+    for _ in range(gen.rng.randint(1, 3)):
+        path = _knob_path(gen)
+        knobs[path] = _knob_value(gen, path)
+        gen.knobs[registry.resolve(path)] = str(knobs[path])
+    return {"set": knobs}
+
+
+def _measure(gen: Gen) -> Doc | None:
+    return {"measure": gen.counter("at-")}
+
+
+# -- knobs ---------------------------------------------------------------------------------
+
+KNOB_GROUPS = ("thp", "mthp", "khugepaged", "hugetlb", "vm")
+KNOB_GROUP_WEIGHTS: Mapping[str, Sequence[float]] = MappingProxyType({
+    "basic": (6, 1, 1, 0, 1), "thp": (6, 3, 2, 0.5, 0.5), "hugetlb": (1, 0.5, 0.5, 8, 1),
+    "processes": (4, 1, 1, 1, 1), "knobs": (4, 3, 3, 3, 2), "mixed": (4, 2, 1, 3, 1),
+})
+
+
+def _knob_group(path: str) -> str:
+    if path.startswith(registry.KHUGEPAGED):
+        return "khugepaged"
+    if "/transparent_hugepage/hugepages-" in path:
+        return "mthp"
+    if path.startswith(registry.THP):
+        return "thp"
+    if "hugepages" in path:
+        return "hugetlb"
+    return "vm"
+
+
+#: knobs the kernel refuses every write to: gigantic pages have no surplus
+#: (nr_overcommit_hugepages_store returns EINVAL for hstate_is_gigantic)
+UNWRITABLE = frozenset({f"{registry.HUGEPAGES}/hugepages-1048576kB/nr_overcommit_hugepages"})
+KNOB_PATHS: tuple[str, ...] = tuple(spec.path for spec in registry.KNOB_SPECS
+                                    if spec.path not in UNWRITABLE)
+
+
+def _knob_path(gen: Gen) -> str:
+    group = gen.pick(KNOB_GROUPS, KNOB_GROUP_WEIGHTS[gen.cls])
+    paths = [p for p in KNOB_PATHS if _knob_group(p) == group]
+    if group == "thp":
+        return gen.pick(paths, [4 if p.endswith("/enabled") else 1 for p in paths])
+    if group == "hugetlb":
+        return gen.pick(paths, [4 if p.endswith("nr_hugepages") else 1 for p in paths])
+    return gen.pick(paths)
+
+
+def _knob_value(gen: Gen, path: str) -> str | int:
+    """A value the kernel's store handler accepts, within this machine's means."""
+    rng = gen.rng
+    spec = registry.knob_spec(path)
+    canonical = registry.resolve(path)
+    if canonical.endswith("/nr_hugepages"):
+        top = MAX_POOL_1G if "1048576kB" in canonical else MAX_POOL_2M
+        now = int(gen.knobs[canonical])
+        return max(0, min(top, now + rng.randint(-3, 3) if now and gen.chance(0.6)
+                          else rng.randint(0, top // 2 if top > 2 else top)))
+    if canonical.endswith("/nr_overcommit_hugepages"):
+        return rng.randint(0, 16)
+    if canonical.endswith("/overcommit_ratio"):
+        return rng.choice((50, 75, 100))              # never below the boot value
+    if "/max_ptes_" in canonical:
+        return rng.choice((0, 1, 64, 255, 256, 510, 511, rng.randint(0, 511)))
+    if canonical.endswith(("_millisecs", "/pages_to_scan")):
+        return rng.choice((1, 100, 4096, 10000))
+    kind = spec.kind
+    if isinstance(kind, registry.Choice):
+        return rng.choice(kind.options)
+    return rng.randint(kind.low, min(kind.high, 2))
+
+
+def _initial_sysfs(gen: Gen) -> Doc:
+    """Boot knobs for the class: THP modes, hugetlb pools, a few others."""
+    sysfs: Doc = {}
+    cls = gen.cls
+    thp = f"{registry.THP}/enabled"
+    if cls in ("thp",) or gen.chance(0.6):
+        sysfs[thp] = gen.pick(("always", "madvise", "never"),
+                              (5, 4, 0.5) if cls == "thp" else (2, 2, 3))
+    if cls in ("hugetlb",) or (cls in ("mixed", "knobs", "processes") and gen.chance(0.4)):
+        path = gen.pick((f"{registry.VM}/nr_hugepages",
+                         f"{registry.HUGEPAGES}/hugepages-2048kB/nr_hugepages"))
+        sysfs[path] = gen.rng.randint(0, 32)
+        if gen.chance(0.3 if cls == "hugetlb" else 0.1):
+            sysfs[f"{registry.HUGEPAGES}/hugepages-1048576kB/nr_hugepages"] = \
+                gen.rng.randint(1, MAX_POOL_1G)
+    extra = {"basic": 0, "thp": 2, "hugetlb": 1, "processes": 1, "knobs": 4, "mixed": 2}[cls]
+    for _ in range(gen.rng.randint(0, extra)):
+        path = _knob_path(gen)
+        if registry.resolve(path) not in {registry.resolve(p) for p in sysfs}:
+            sysfs[path] = _knob_value(gen, path)
+    for path, value in sysfs.items():
+        gen.knobs[registry.resolve(path)] = str(value)
+    return sysfs
+
+
+# -- the table -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class StepKind:
+    """A maker of one kind of step and its weight in each class."""
+
+    name: str                      # the entry's name (several may make the same step key)
+    step: str                      # the step's key in the scenario file
+    make: Maker
+    weights: Mapping[str, float]
+
+
+def _w(basic: float, thp: float, hugetlb: float, processes: float, knobs: float,
+       mixed: float) -> Mapping[str, float]:
+    return MappingProxyType(dict(zip(CLASSES, (basic, thp, hugetlb, processes, knobs, mixed),
+                                     strict=True)))
+
+
+STEP_KINDS: tuple[StepKind, ...] = (
+    StepKind("mmap-anon", "mmap", _mmap_anon, _w(3, 3, 1.5, 2, 2, 3)),
+    StepKind("mmap-fixed", "mmap", _mmap_fixed, _w(3, 2, 2, 1.5, 1.5, 2)),
+    StepKind("mmap-hugetlb", "mmap", _mmap_hugetlb, _w(0, 0.3, 4, 0.7, 0.7, 1.5)),
+    StepKind("munmap", "munmap", _munmap, _w(2, 2, 2, 1, 1, 2)),
+    StepKind("mprotect", "mprotect", _mprotect, _w(3, 2, 2, 1, 1, 2)),
+    StepKind("madvise", "madvise", _madvise, _w(2, 5, 2, 2, 2, 3)),
+    StepKind("touch", "touch", _touch, _w(8, 8, 7, 7, 6, 8)),
+    StepKind("write", "write", _write, _w(2, 1, 1, 2, 1, 1)),
+    StepKind("read", "read", _read, _w(2, 1, 1, 2, 1, 1)),
+    StepKind("fork", "fork", _fork, _w(0.3, 0.5, 0.5, 4, 0.5, 1)),
+    StepKind("exit", "exit", _exit, _w(0, 0, 0, 1.5, 0.2, 0.5)),
+    StepKind("set", "set", _set, _w(0.2, 1.5, 1.5, 0.3, 6, 1.5)),
+    StepKind("measure", "measure", _measure, _w(2, 2, 2, 2, 2, 2)),
+)
+#: what a scenario of the class starts with (after its first mappings)
+OPENING: Mapping[str, tuple[str, ...]] = MappingProxyType({"processes": ("fork",)})
+MAKES_MAPPINGS = frozenset(k.name for k in STEP_KINDS if k.step == "mmap")
+
+
+def _choose(gen: Gen, kinds: Sequence[StepKind]) -> Doc:
+    """A step from ``kinds`` by the class's weights; makers that cannot apply now
+    (no mapping to name, too many processes) are passed over."""
+    pool = [k for k in kinds if k.weights[gen.cls] > 0]
+    while pool:
+        kind = gen.pick(pool, [k.weights[gen.cls] for k in pool])
+        step = kind.make(gen)
+        if step is not None:
+            return step
+        pool.remove(kind)
+    raise AssertionError("no step kind applies")   # measure always applies
+
+
+def generate(seed: int, cls: str = ALL) -> Doc:
+    """The scenario (as YAML-ready data) of ``seed`` in class ``cls`` (one of CLASSES or
+    ``all``, which picks a class from the seed)."""
+    if cls != ALL and cls not in CLASSES:
+        raise ValueError(f"unknown class {cls!r}; one of {', '.join(CLASSES)} or all")
+    gen = Gen(seed, cls)
+    doc: Doc = {"name": f"fuzz-{gen.cls}-{seed}",
+                "description": f"pagewalk fuzz seed {seed}, class {gen.cls}"}
+    sysfs = _initial_sysfs(gen)
+    if sysfs:
+        doc["system"] = {"sysfs": sysfs}
+    low, high = STEP_RANGE[gen.cls]
+    total = gen.rng.randint(low, high)
+    mappers = [k for k in STEP_KINDS if k.name in MAKES_MAPPINGS]
+    for _ in range(gen.rng.randint(1, 3)):
+        gen.steps.append(_choose(gen, mappers))
+    for name in OPENING.get(gen.cls, ()):
+        gen.steps.append(_choose(gen, [k for k in STEP_KINDS if k.name == name]))
+    while len(gen.steps) < total:
+        gen.steps.append(_choose(gen, STEP_KINDS))
+    gen.steps.append({"measure": "end"})
+    doc["steps"] = gen.steps
+    return doc
+
+
+__all__ = ["ALL", "ARENA", "ARENA_1G", "CLASSES", "KNOB_PATHS", "STEP_KINDS", "UNWRITABLE",
+           "Doc", "StepKind", "generate"]
