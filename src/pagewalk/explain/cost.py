@@ -212,9 +212,19 @@ def process_cost(k: Kernel, task: Task) -> ProcessCost:
 def page_tables_total(k: Kernel) -> tuple[int, int]:
     """(bytes of every table of every live process, found by walking; NR_PAGETABLE in
     bytes, the kernel's /proc/meminfo PageTables). The walk counts PGD pages and P4D
-    tables too, which NR_PAGETABLE also counts (pagetable_*_ctor for every level)."""
+    tables too, which NR_PAGETABLE also counts (pagetable_*_ctor for every level); a
+    table shared by several processes (hugetlb huge_pmd_share) is one page, counted once,
+    though each sharer's VmPTE counts it."""
+    from pagewalk.mm.pagewalk import walk_user_tables
     from pagewalk.mm.vmstat import NodeStat
-    counted = sum(sum(process_cost(k, task).tables.values()) for task in k.tasks.values())
+    pgds = sum(1 << task.mm.pgd_order for task in k.tasks.values())
+    table_pfns: set[int] = set()
+    deposited = 0
+    for task in k.tasks.values():
+        walk = walk_user_tables(k, task.mm)
+        table_pfns |= walk.table_pfns
+        deposited += walk.deposited
+    counted = pgds + len(table_pfns) + deposited
     return counted * TABLE_BYTES, int(k.node_stat[NodeStat.NR_PAGETABLE]) * TABLE_BYTES
 
 

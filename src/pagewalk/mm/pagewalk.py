@@ -31,6 +31,7 @@ class UserTables:
     tables: list[int] = field(default_factory=list)    # per level below the PGD: tables
     leaf_starts: dict[int, npt.NDArray[np.int64]] = field(default_factory=dict)  # shift ->
     deposited: int = 0          # PMD leaves with a deposited PTE table (THP)
+    table_pfns: set[int] = field(default_factory=set)   # frames of the tables below the PGD
 
 
 def walk_user_tables(k: Kernel, mm: MmStruct) -> UserTables:
@@ -58,6 +59,7 @@ def walk_user_tables(k: Kernel, mm: MmStruct) -> UserTables:
                     out.deposited += 1
                 continue
             out.tables[level] += 1
+            out.table_pfns.add(pt.pte_pfn(entry))
             visit(pt.pte_pfn(entry), level + 1, vaddr)
 
     visit(mm.pgd_pfn, 0, 0)
