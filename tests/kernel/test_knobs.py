@@ -18,6 +18,8 @@ POOL_2M = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
     (f"{THP}/defrag", "madvise"),
     (f"{THP}/use_zero_page", "1"),
     (f"{THP}/shmem_enabled", "never"),
+    (f"{THP}/hugepages-2048kB/shmem_enabled", "inherit"),
+    (f"{THP}/hugepages-8kB/shmem_enabled", "never"),
     (f"{THP}/khugepaged/max_ptes_none", "511"),
     (f"{THP}/khugepaged/max_ptes_swap", "64"),
     (f"{THP}/khugepaged/max_ptes_shared", "256"),
@@ -44,9 +46,101 @@ def test_boot_defaults_are_the_reference_machines(path: str, default: str) -> No
 
 def test_mthp_sizes_are_orders_2_to_9() -> None:
     """Anonymous mTHP has an `enabled` file for 16 kB .. 2048 kB (THP_ORDERS_ALL_ANON)."""
-    sizes = [path for path in KNOBS if path.startswith(f"{THP}/hugepages-")]
+    sizes = [path for path in KNOBS
+             if path.startswith(f"{THP}/hugepages-") and path.endswith("/enabled")]
     assert sizes == [f"{THP}/hugepages-{kb}kB/enabled"
                      for kb in (16, 32, 64, 128, 256, 512, 1024, 2048)]
+
+
+def test_shmem_mthp_sizes_are_orders_1_to_9_and_2mib_inherits() -> None:
+    """Shmem has a `shmem_enabled` file for 8 kB .. 2048 kB (THP_ORDERS_ALL_FILE_DEFAULT);
+    shmem_init() sets huge_shmem_orders_inherit = BIT(HPAGE_PMD_ORDER), the rest never (the
+    reference machine reads `always [inherit] within_size advise never` for 2048 kB)."""
+    sizes = [path for path in KNOBS
+             if path.startswith(f"{THP}/hugepages-") and path.endswith("/shmem_enabled")]
+    assert sizes == [f"{THP}/hugepages-{kb}kB/shmem_enabled"
+                     for kb in (8, 16, 32, 64, 128, 256, 512, 1024, 2048)]
+    store = KnobValues()
+    assert [store.get(path) for path in sizes] == ["never"] * 8 + ["inherit"]
+    assert KNOBS[sizes[0]].kind.options == ("always", "inherit", "within_size", "advise", "never")
+
+
+GIGANTIC_OVERCOMMIT = "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_overcommit_hugepages"
+
+
+@pytest.mark.parametrize("value", [0, "0", 4])
+def test_gigantic_nr_overcommit_hugepages_refuses_every_write(value: object) -> None:
+    """nr_overcommit_hugepages_store() returns -EINVAL for hstate_is_gigantic(h) before it
+    even parses the text: 0 is refused as well; the file still reads 0."""
+    with pytest.raises(ConfigError) as info:
+        knobs.normalise(GIGANTIC_OVERCOMMIT, value)
+    assert info.value.location is not None and info.value.location.field == GIGANTIC_OVERCOMMIT
+    assert "EINVAL" in info.value.message and "gigantic" in info.value.message
+    store = KnobValues()
+    with pytest.raises(ConfigError):
+        store.set(GIGANTIC_OVERCOMMIT, value)
+    assert store.get(GIGANTIC_OVERCOMMIT) == "0"
+
+
+def test_only_the_gigantic_overcommit_file_refuses_every_write() -> None:
+    """The registry's other store handlers parse their input (the 2 MiB overcommit file and
+    its /proc twin accept a count; nr_hugepages of 1 GiB is allowed at run time on x86-64)."""
+    refused = [spec.path for spec in KNOB_SPECS if spec.refused is not None]
+    assert refused == [GIGANTIC_OVERCOMMIT]
+
+
+def test_gigantic_overcommit_in_a_scenario_names_the_field() -> None:
+    """Boot knobs (system.sysfs) and set steps are checked when the scenario is read."""
+    from pagewalk.errors import ScenarioError
+    from pagewalk.scenario.schema import parse_scenario
+    boot = (f"name: x\nsystem:\n  sysfs:\n    {GIGANTIC_OVERCOMMIT}: 0\n"
+            "steps:\n  - measure: m\n")
+    for text in (boot, f"name: x\nsteps:\n  - set: {{{GIGANTIC_OVERCOMMIT}: 2}}\n"):
+        with pytest.raises(ScenarioError) as info:
+            parse_scenario(text, "x.yaml")
+        assert GIGANTIC_OVERCOMMIT in str(info.value) and "EINVAL" in str(info.value)
+
+
+SHMEM = f"{THP}/shmem_enabled"
+SHMEM_16K = f"{THP}/hugepages-16kB/shmem_enabled"
+SHMEM_2M = f"{THP}/hugepages-2048kB/shmem_enabled"
+
+
+def test_shmem_force_needs_only_the_pmd_size_inheriting() -> None:
+    """shmem_enabled_store: force is EINVAL unless huge_shmem_orders_inherit is exactly
+    BIT(HPAGE_PMD_ORDER): a smaller size that inherits, or 2 MiB not inheriting, refuses it."""
+    assert KnobValues().set(SHMEM, "force") == "force"
+    for changed, value in ((SHMEM_16K, "inherit"), (SHMEM_2M, "never"), (SHMEM_2M, "always")):
+        store = KnobValues({changed: value})
+        with pytest.raises(ConfigError, match="EINVAL") as info:
+            store.set(SHMEM, "force")
+        assert info.value.location is not None and info.value.location.field == SHMEM
+        assert store.get(SHMEM) == "never"
+
+
+def test_non_pmd_size_cannot_inherit_under_force() -> None:
+    """thpsize_shmem_enabled_store: inherit is EINVAL for a non-PMD order while shmem_enabled
+    is force; 2 MiB may inherit, and other values are taken."""
+    store = KnobValues({SHMEM: "force"})
+    with pytest.raises(ConfigError, match="EINVAL"):
+        store.set(SHMEM_16K, "inherit")
+    assert store.get(SHMEM_16K) == "never"
+    assert store.set(SHMEM_16K, "always") == "always"
+    assert store.set(SHMEM_2M, "inherit") == "inherit"
+
+
+def test_set_step_refused_across_knobs_is_einval_at_its_step() -> None:
+    """A `set` the kernel refuses because of another knob fails the step with EINVAL."""
+    from pagewalk.errors import SyscallError
+    from pagewalk.scenario.runner import run_scenario
+    from pagewalk.scenario.schema import parse_scenario
+    scenario = parse_scenario(
+        f"name: x\nsystem:\n  sysfs:\n    {SHMEM_16K}: inherit\n"
+        f"steps:\n  - set: {{{SHMEM}: force}}\n", "x.yaml")
+    with pytest.raises(SyscallError) as info:
+        run_scenario(scenario)
+    assert info.value.errno.name == "EINVAL"
+    assert info.value.location is not None and info.value.location.step == 0
 
 
 def test_every_default_passes_its_own_validator() -> None:

@@ -545,6 +545,7 @@ def _set(gen: Gen) -> Doc | None:
     knobs: Doc = {}
     for _ in range(gen.rng.randint(1, 3)):
         path = _knob_path(gen)
+        knobs.pop(path, None)          # picked again: written last, as its value was checked
         knobs[path] = _knob_value(gen, path)
         gen.knobs[registry.resolve(path)] = str(knobs[path])
     return {"set": knobs}
@@ -612,7 +613,9 @@ def _knob_value(gen: Gen, path: str) -> str | int:
         return rng.choice((1, 100, 4096, 10000))
     kind = spec.kind
     if isinstance(kind, registry.Choice):
-        return rng.choice(kind.options)
+        word = rng.choice(kind.options)
+        # refused because of another knob (shmem force vs inherit: EINVAL): the boot value
+        return spec.default if registry.cross_knob_refusal(gen.knobs, canonical, word) else word
     return rng.randint(kind.low, min(kind.high, 2))
 
 
@@ -636,6 +639,7 @@ def _initial_sysfs(gen: Gen) -> Doc:
         path = _knob_path(gen)
         if registry.resolve(path) not in {registry.resolve(p) for p in sysfs}:
             sysfs[path] = _knob_value(gen, path)
+            gen.knobs[registry.resolve(path)] = str(sysfs[path])   # seen by the next pick
     for path, value in sysfs.items():
         gen.knobs[registry.resolve(path)] = str(value)
     return sysfs

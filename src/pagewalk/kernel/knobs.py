@@ -7,12 +7,21 @@ and the input rules of the kernel's store handlers:
 * ``/sys/kernel/mm/transparent_hugepage/*`` -- ``enabled_store``, ``defrag_store``,
   ``single_hugepage_flag_store`` (use_zero_page, khugepaged/defrag),
   ``thpsize_enabled_store`` (mTHP ``hugepages-<N>kB/enabled``), ``shmem_enabled_store``
-  (mm/huge_memory.c, mm/shmem.c); khugepaged's ``max_ptes_*``, ``pages_to_scan`` and
-  ``*_sleep_millisecs`` (mm/khugepaged.c).
+  and ``thpsize_shmem_enabled_store`` (``hugepages-<N>kB/shmem_enabled``, mm/shmem.c);
+  khugepaged's ``max_ptes_*``, ``pages_to_scan`` and ``*_sleep_millisecs``
+  (mm/khugepaged.c).
 * ``/sys/kernel/mm/hugepages/hugepages-<N>kB/nr_(overcommit_)hugepages`` and their
   ``/proc/sys/vm`` twins for the default (2 MiB) size -- ``nr_hugepages_store``,
-  ``hugetlb_sysctl_handler`` (mm/hugetlb.c). The /proc files are *aliases*: they are the
-  same pool as ``hugepages-2048kB``, so a value lives once, under the sysfs path.
+  ``nr_overcommit_hugepages_store``, ``hugetlb_sysctl_handler`` (mm/hugetlb.c). The /proc
+  files are *aliases*: they are the same pool as ``hugepages-2048kB``, so a value lives
+  once, under the sysfs path.
+
+Besides the per-file rules (:func:`normalise`), a store handler may refuse a value because
+of another knob's value (:meth:`KnobValues.set`, EINVAL): ``shmem_enabled`` takes
+``force`` only while ``huge_shmem_orders_inherit`` is exactly the PMD order, and a
+non-PMD ``hugepages-<N>kB/shmem_enabled`` takes ``inherit`` only while ``shmem_enabled``
+is not ``force``. ``hugepages-1048576kB/nr_overcommit_hugepages`` refuses every write
+(gigantic pages have no surplus).
 * ``/proc/sys/vm/overcommit_memory`` and ``overcommit_ratio`` (mm/util.c, kernel/sysctl.c).
 
 A value is always held as the string the kernel file would hold: the selected word for
@@ -50,8 +59,11 @@ HPAGE_PMD_NR = 512
 
 #: mTHP sizes with an anonymous ``enabled`` file: orders 2..9 (THP_ORDERS_ALL_ANON).
 MTHP_SIZES_KB = (16, 32, 64, 128, 256, 512, 1024, 2048)
+#: mTHP sizes with a ``shmem_enabled`` file: orders 1..9 (THP_ORDERS_ALL_FILE_DEFAULT).
+SHMEM_MTHP_SIZES_KB = (8,) + MTHP_SIZES_KB
 #: hugetlb sizes (hstates): 2 MiB (default) and 1 GiB (the CPU has pdpe1gb).
 HUGETLB_SIZES_KB = (2048, 1048576)
+GIGANTIC_SIZES_KB = (1048576,)       # hstate_is_gigantic(): order > MAX_PAGE_ORDER
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +114,8 @@ class KnobSpec:
 
     ``default`` is the value on the reference machine at boot. An alias (``alias_of``
     set) is another name for the file at ``alias_of``: it shares that file's value,
-    default and kind.
+    default and kind. A file whose store handler answers every write with EINVAL has
+    ``refused`` set: it keeps its default for ever.
     """
 
     path: str
@@ -110,6 +123,8 @@ class KnobSpec:
     kind: KnobKind
     doc: str
     alias_of: str | None = None
+    #: why the store handler refuses every write with EINVAL (the file still reads back)
+    refused: str | None = None
 
 
 def _strip_newline(text: str) -> str:
@@ -145,6 +160,7 @@ _THP_ENABLED = Choice(("always", "madvise", "never"))
 _THP_DEFRAG = Choice(("always", "defer", "defer+madvise", "madvise", "never"))
 _MTHP_ENABLED = Choice(("always", "inherit", "madvise", "never"))
 _SHMEM_ENABLED = Choice(("always", "within_size", "advise", "never", "deny", "force"))
+_MTHP_SHMEM_ENABLED = Choice(("always", "inherit", "within_size", "advise", "never"))
 _FLAG = Number(0, 1)
 _MAX_PTES = Number(0, KHUGEPAGED_MAX_PTES_LIMIT)
 _PAGES = Number(0, ULONG_MAX)
@@ -175,6 +191,18 @@ def _mthp_specs() -> tuple[KnobSpec, ...]:
     )
 
 
+def _mthp_shmem_specs() -> tuple[KnobSpec, ...]:
+    """transparent_hugepage/hugepages-<N>kB/shmem_enabled (thpsize_shmem_enabled_store):
+    the orders anonymous shmem may use; shmem_init() makes 2 MiB inherit shmem_enabled
+    (huge_shmem_orders_inherit = BIT(HPAGE_PMD_ORDER)) and the rest never."""
+    return tuple(
+        KnobSpec(f"{THP}/hugepages-{size_kb}kB/shmem_enabled",
+                 "inherit" if size_kb == 2048 else "never", _MTHP_SHMEM_ENABLED,
+                 f"shared anonymous (shmem) mTHP of {size_kb} kB")
+        for size_kb in SHMEM_MTHP_SIZES_KB
+    )
+
+
 def _khugepaged_specs() -> tuple[KnobSpec, ...]:
     """transparent_hugepage/khugepaged/ (khugepaged_attr group, khugepaged_init())."""
     return (
@@ -202,8 +230,12 @@ def _hugetlb_specs() -> tuple[KnobSpec, ...]:
     for size_kb in HUGETLB_SIZES_KB:
         specs.append(KnobSpec(f"{HUGEPAGES}/hugepages-{size_kb}kB/nr_hugepages", "0", _PAGES,
                               f"persistent pool of {size_kb} kB pages"))
+        # nr_overcommit_hugepages_store(): hstate_is_gigantic(h) -> -EINVAL, whatever the text.
+        refused = ("gigantic pages have no surplus pool: nr_overcommit_hugepages_store "
+                   "refuses hstate_is_gigantic") if size_kb in GIGANTIC_SIZES_KB else None
         specs.append(KnobSpec(f"{HUGEPAGES}/hugepages-{size_kb}kB/nr_overcommit_hugepages",
-                              "0", _PAGES, f"surplus limit of {size_kb} kB pages"))
+                              "0", _PAGES, f"surplus limit of {size_kb} kB pages",
+                              refused=refused))
     default = f"{HUGEPAGES}/hugepages-2048kB"
     specs.append(KnobSpec(f"{VM}/nr_hugepages", "0", _PAGES, "the default (2 MiB) pool",
                           alias_of=f"{default}/nr_hugepages"))
@@ -224,8 +256,8 @@ def _overcommit_specs() -> tuple[KnobSpec, ...]:
 
 
 KNOB_SPECS: tuple[KnobSpec, ...] = (
-    _thp_specs() + _mthp_specs() + _khugepaged_specs() + _hugetlb_specs()
-    + _overcommit_specs()
+    _thp_specs() + _mthp_specs() + _mthp_shmem_specs() + _khugepaged_specs()
+    + _hugetlb_specs() + _overcommit_specs()
 )
 #: The registry, read-only: path -> spec (aliases included).
 KNOBS: Mapping[str, KnobSpec] = MappingProxyType({spec.path: spec for spec in KNOB_SPECS})
@@ -258,10 +290,42 @@ def normalise(path: str, value: object) -> str:
     """``value`` as the knob file would hold it; ConfigError naming the path and the
     allowed values if the kernel's store handler would refuse it (EINVAL)."""
     spec = knob_spec(path)
+    if spec.refused is not None:
+        raise ConfigError(f"EINVAL: the kernel refuses every write to this file "
+                          f"({spec.refused}); got {_show(value)}", Location(field=path))
     try:
         return spec.kind.normalise(value)
     except ValueError as err:
         raise ConfigError(str(err), Location(field=path)) from None
+
+
+# -- rules across knobs ------------------------------------------------------------------
+
+SHMEM_ENABLED = f"{THP}/shmem_enabled"
+SHMEM_PMD_SIZE_KB = 2048
+
+
+def shmem_size_knob(size_kb: int) -> str:
+    """The per-size shmem knob of ``size_kb`` (hugepages-<N>kB/shmem_enabled)."""
+    return f"{THP}/hugepages-{size_kb}kB/shmem_enabled"
+
+
+def cross_knob_refusal(values: Mapping[str, str], path: str, text: str) -> str | None:
+    """Why the store handler of ``path`` refuses ``text`` given the other knobs (EINVAL),
+    or None. mm/shmem.c: shmem_enabled_store refuses ``force`` unless
+    huge_shmem_orders_inherit == BIT(HPAGE_PMD_ORDER); thpsize_shmem_enabled_store refuses
+    ``inherit`` for a non-PMD order while shmem_enabled is ``force``."""
+    if path == SHMEM_ENABLED and text == "force":
+        inherit = [kb for kb in SHMEM_MTHP_SIZES_KB
+                   if values[shmem_size_knob(kb)] == "inherit"]
+        if inherit != [SHMEM_PMD_SIZE_KB]:
+            shown = ", ".join(f"{kb}kB" for kb in inherit) or "none"
+            return ("shmem_enabled takes force only while hugepages-2048kB alone inherits "
+                    f"(huge_shmem_orders_inherit); inheriting now: {shown}")
+    if path.endswith("/shmem_enabled") and path != SHMEM_ENABLED and text == "inherit" \
+            and path != shmem_size_knob(SHMEM_PMD_SIZE_KB) and values[SHMEM_ENABLED] == "force":
+        return "a non-PMD size may not inherit while shmem_enabled is force"
+    return None
 
 
 def defaults() -> dict[str, str]:
@@ -295,9 +359,14 @@ class KnobValues:
 
     def set(self, path: str, value: object) -> str:
         """Write ``value`` as root would; returns the stored string. A refused value
-        raises ConfigError and changes nothing."""
+        (the file's own rule, or a rule across knobs) raises ConfigError and changes
+        nothing."""
         text = normalise(path, value)
-        self._values[resolve(path)] = text
+        canonical = resolve(path)
+        refusal = cross_knob_refusal(self._values, canonical, text)
+        if refusal is not None:
+            raise ConfigError(f"EINVAL: {refusal}", Location(field=path))
+        self._values[canonical] = text
         return text
 
     def items(self) -> Iterator[tuple[str, str]]:
@@ -317,6 +386,7 @@ class KnobValues:
 
 
 __all__ = [
-    "KNOBS", "KNOB_SPECS", "Choice", "KnobKind", "KnobSpec", "KnobValues", "Number",
-    "defaults", "knob_spec", "normalise", "resolve",
+    "KNOBS", "KNOB_SPECS", "SHMEM_ENABLED", "Choice", "KnobKind", "KnobSpec", "KnobValues",
+    "Number", "cross_knob_refusal", "defaults", "knob_spec", "normalise", "resolve",
+    "shmem_size_knob",
 ]

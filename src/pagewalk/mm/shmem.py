@@ -1,29 +1,52 @@
 """Page-cache backed mappings: shared anonymous memory (shmem), the program file, the vdso.
 
-Follows mm/shmem.c (shmem_zero_setup, shmem_fault, shmem_acct_size), mm/filemap.c
-(filemap_map_pages) and mm/memory.c (do_fault, do_read_fault with do_fault_around,
-do_shared_fault, do_cow_fault, finish_fault). A page-cache page holds one reference
-for the cache and one per mapping; shmem pages count in Shmem and RssShmem. A shmem THP
-(made by MADV_COLLAPSE, mm/khugepaged.c collapse_file) sits in ``pages`` as its 512
-subpages, the cache holding one reference per subpage on the head; a fault where the PMD
-is none maps it by PMD (do_set_pmd), with no deposited table.
+Follows mm/shmem.c (shmem_zero_setup, shmem_fault -> shmem_get_folio_gfp,
+shmem_allowable_huge_orders, shmem_huge_global_enabled, shmem_suitable_orders,
+shmem_alloc_and_add_folio, shmem_get_unmapped_area, shmem_acct_size), mm/filemap.c
+(filemap_map_pages, filemap_map_pmd) and mm/memory.c (do_fault, do_read_fault with
+do_fault_around, do_shared_fault, do_cow_fault, finish_fault, do_set_pmd).
+
+A page-cache folio holds one reference per page for the cache (on its head) and one per
+mapping; shmem pages count in Shmem and RssShmem. A large shmem folio (an mTHP, or a
+PMD-sized THP made by a fault or by MADV_COLLAPSE's collapse_file) sits in ``pages`` as
+its subpages. A fault where the PMD is none maps a PMD-sized folio by PMD (do_set_pmd,
+no deposited table on x86); finish_fault maps the whole of a large folio of anonymous
+shmem by PTEs when it fits the VMA and the PTE table; fault-around maps up to 16 cached
+pages. Which folio sizes a fault allocates is the shmem_enabled knobs' decision: the
+top-level ``shmem_enabled`` (the shm_mnt ``huge=`` policy, with ``deny``/``force``) and,
+for anonymous shmem, the per-size ``hugepages-<N>kB/shmem_enabled`` (``inherit`` takes
+the top-level answer).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import rmap
+from pagewalk.mm import huge_memory, rmap
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
-from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
-from pagewalk.mm.vmstat import NodeStat
+from pagewalk.mm.pgtable import mk_anon_pte, pte_alloc
+from pagewalk.mm.rmap import anon_vma_prepare
+from pagewalk.mm.types import FaultFlags, MmStat, MmStruct, Vma, VmFault, VmFlags
+from pagewalk.mm.util import vm_acct_memory, vm_unacct_memory
+from pagewalk.mm.vmstat import NodeStat, VmEvent
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
-    from pagewalk.mm.memory import FaultFlags, VmFault
 
 FAULT_AROUND_PAGES = 16  # fault_around_bytes 64 KiB
+THP = "/sys/kernel/mm/transparent_hugepage"
+SHMEM_ENABLED = f"{THP}/shmem_enabled"
+#: the sizes with a hugepages-<N>kB/shmem_enabled file (kernel/knobs.py has them too)
+SHMEM_MTHP_SIZES_KB = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+HPAGE_PMD_ORDER = 9
+HPAGE_PMD_NR = 512
+HPAGE_PMD_SIZE = 1 << 21
+PTRS_PER_PTE = 512
+#: THP_ORDERS_ALL_FILE_DEFAULT on x86-64: orders 1 .. PMD_ORDER (MAX_PAGECACHE_ORDER)
+SHMEM_ORDERS = tuple(range(1, HPAGE_PMD_ORDER + 1))
 
 
 class PageCacheFile:
@@ -32,7 +55,7 @@ class PageCacheFile:
     def __init__(self, name: str, kind: str, size: int = 0, accounted_pages: int = 0) -> None:
         self.name = name
         self.kind = kind
-        self.size = size
+        self.size = size                          # i_size in bytes
         self.pages: dict[int, int] = {}
         self.accounted_pages = accounted_pages   # shmem_acct_size() charge (Committed_AS)
 
@@ -40,28 +63,45 @@ class PageCacheFile:
     def map_name(self) -> str:
         return "/dev/zero (deleted)" if self.kind == "shmem" else self.name
 
+    @property
+    def size_pages(self) -> int:
+        """DIV_ROUND_UP(i_size_read(inode), PAGE_SIZE)."""
+        return (self.size + 4095) >> 12
+
     def find_or_create_page(self, k: Kernel, index: int) -> int:
-        """filemap_grab_folio()/shmem_get_folio(): the cached page, or a new zeroed one."""
+        """filemap_grab_folio() for the program file and the vdso: the cached page, or a
+        new zeroed order-0 one (shmem goes through :func:`shmem_get_folio`)."""
         pfn = self.pages.get(index, NO_PAGE)
         if pfn != NO_PAGE:
             return pfn
         pfn = rmap.folio_alloc(k, 0)
         if pfn == NO_PAGE:
             return NO_PAGE
-        flags = k.memmap.flags
         if self.kind == "shmem":
-            flags[pfn] |= PageFlag.SHMEM
-            k.node_stat[NodeStat.NR_SHMEM] += 1
-            k.node_stat[NodeStat.NR_FILE_PAGES] += 1
-            k.node_stat[NodeStat.NR_INACTIVE_ANON] += 1
-        elif self.kind == "file":
-            flags[pfn] |= PageFlag.FILE
+            self.add_folio(k, pfn, 0, index)
+            return pfn
+        k.memmap.flags[pfn] |= PageFlag.FILE
+        if self.kind == "file":
             k.node_stat[NodeStat.NR_FILE_PAGES] += 1
             k.node_stat[NodeStat.NR_ACTIVE_FILE] += 1
-        else:
-            flags[pfn] |= PageFlag.FILE
         self.pages[index] = pfn
         return pfn
+
+    def add_folio(self, k: Kernel, head: int, order: int, index: int) -> None:
+        """shmem_add_to_page_cache() + shmem_update_stats() + folio_add_lru() for a new
+        shmem folio of 2**order pages at ``index`` (aligned): the cache takes one reference
+        per page (the allocation's own becomes the first)."""
+        nr = 1 << order
+        memmap = k.memmap
+        memmap.flags[head: head + nr] |= np.uint16(PageFlag.SHMEM)
+        memmap.refcount[head] = nr
+        if order == HPAGE_PMD_ORDER:                  # folio_test_pmd_mappable
+            k.node_stat[NodeStat.NR_SHMEM_THPS] += nr
+        k.node_stat[NodeStat.NR_SHMEM] += nr
+        k.node_stat[NodeStat.NR_FILE_PAGES] += nr
+        k.node_stat[NodeStat.NR_INACTIVE_ANON] += nr   # swap-backed: the anon LRU
+        for i in range(nr):
+            self.pages[index + i] = head + i
 
     def vma_close(self, k: Kernel, vma: Vma) -> None:
         """The last mapping of an unlinked shmem inode went away: truncate it."""
@@ -71,14 +111,20 @@ class PageCacheFile:
             if any(v.file is self for v in task.mm.vmas):
                 return
         for pfn in self.pages.values():
+            head = rmap.folio_head(k, pfn)
+            if head == pfn and rmap.folio_order(k, head) == HPAGE_PMD_ORDER:
+                k.node_stat[NodeStat.NR_SHMEM_THPS] -= HPAGE_PMD_NR
             k.node_stat[NodeStat.NR_SHMEM] -= 1
             k.node_stat[NodeStat.NR_FILE_PAGES] -= 1
             k.node_stat[NodeStat.NR_INACTIVE_ANON] -= 1
-            rmap.folio_put(k, rmap.folio_head(k, pfn))   # a THP: one reference a page
+            rmap.folio_put(k, head)   # a large folio: one reference a page
         self.pages.clear()
         if self.accounted_pages:
-            k.vm_unacct_memory(self.accounted_pages)
+            vm_unacct_memory(k, self.accounted_pages)
             self.accounted_pages = 0
+
+    def may_split(self, vma: Vma, addr: int) -> None:
+        """shmem and file mappings have no vm_ops->may_split: any page boundary will do."""
 
 
 def shmem_zero_setup(k: Kernel, length: int, vm_flags: VmFlags) -> PageCacheFile:
@@ -86,18 +132,183 @@ def shmem_zero_setup(k: Kernel, length: int, vm_flags: VmFlags) -> PageCacheFile
     charges Committed_AS unless VM_NORESERVE."""
     pages = 0 if vm_flags & VmFlags.NORESERVE else length >> 12
     if pages:
-        k.vm_acct_memory(pages)
+        vm_acct_memory(k, pages)
     return PageCacheFile("/dev/zero", "shmem", length, pages)
+
+
+def page_cache_of(vma: Vma) -> PageCacheFile:
+    """The page cache behind a VMA that faults through do_fault (shmem, program, vdso)."""
+    file = vma.file
+    assert isinstance(file, PageCacheFile), f"{vma.name}: no page cache behind this VMA"
+    return file
 
 
 def file_index(vma: Vma, vaddr: int) -> int:
     return vma.pgoff + ((vaddr - vma.start) >> 12)
 
 
+# --- which folio sizes (mm/shmem.c) ---------------------------------------------------------
+
+def _order_of(size_kb: int) -> int:
+    return (size_kb // 4).bit_length() - 1
+
+
+def shmem_size_knob(size_kb: int) -> str:
+    return f"{THP}/hugepages-{size_kb}kB/shmem_enabled"
+
+
+def huge_shmem_orders(k: Kernel, setting: str) -> int:
+    """huge_shmem_orders_{always,inherit,within_size,madvise}: the orders whose
+    hugepages-<N>kB/shmem_enabled holds ``setting`` (``advise`` is the madvise set)."""
+    mask = 0
+    for size_kb in SHMEM_MTHP_SIZES_KB:
+        if k.knobs.get(shmem_size_knob(size_kb)) == setting:
+            mask |= 1 << _order_of(size_kb)
+    return mask
+
+
+def shmem_huge_global_enabled(k: Kernel, file: PageCacheFile, index: int,
+                              vm_flags: VmFlags, force: bool = False) -> bool:
+    """shmem_huge_global_enabled(): may the top-level policy use a PMD-sized folio at
+    ``index``? deny never, force always; otherwise the shm_mnt ``huge=`` policy, which
+    shmem_enabled_store sets to the same word: always; within_size when the aligned
+    2 MiB ends within i_size (else as advise); advise with VM_HUGEPAGE."""
+    huge = k.knobs.get(SHMEM_ENABLED)
+    if huge == "deny":
+        return False
+    if force or huge in ("force", "always"):
+        return True
+    if huge == "within_size":
+        aligned_end = (index + 1 + HPAGE_PMD_NR - 1) & ~(HPAGE_PMD_NR - 1)   # round_up
+        if file.size_pages >= aligned_end:
+            return True
+    if huge in ("within_size", "advise"):
+        return bool(vm_flags & VmFlags.HUGEPAGE)
+    return False
+
+
+def shmem_allowable_huge_orders(k: Kernel, file: PageCacheFile, vma: Vma | None, index: int,
+                                force: bool = False) -> int:
+    """shmem_allowable_huge_orders(): the bitmask of large orders a new folio at ``index``
+    may have. The VMA may forbid THPs (vma_thp_disabled); for anonymous shmem the per-size
+    knobs decide, ``inherit`` taking the top-level answer; with ``force`` only the sizes
+    that inherit, with ``deny`` none."""
+    vm_flags = vma.flags if vma is not None else VmFlags(0)
+    if vma is not None and vma.vm_mm is not None and huge_memory.vma_thp_disabled(vma.vm_mm, vma):
+        return 0
+    global_pmd = shmem_huge_global_enabled(k, file, index, vm_flags, force)
+    if vma is None or file.kind != "shmem" or force:
+        return 1 << HPAGE_PMD_ORDER if global_pmd else 0
+    huge = k.knobs.get(SHMEM_ENABLED)
+    if huge == "deny":
+        return 0
+    if huge == "force":
+        return huge_shmem_orders(k, "inherit")
+    mask = huge_shmem_orders(k, "always")
+    within = huge_shmem_orders(k, "within_size")
+    for order in sorted((o for o in SHMEM_ORDERS if within >> o & 1), reverse=True):
+        aligned_end = (index + 1 + (1 << order) - 1) & ~((1 << order) - 1)
+        if file.size_pages >= aligned_end:
+            mask |= within & ((2 << order) - 1)   # this order and the smaller ones left
+            break
+    if vm_flags & VmFlags.HUGEPAGE:
+        mask |= huge_shmem_orders(k, "advise")
+    if global_pmd:
+        mask |= huge_shmem_orders(k, "inherit")
+    return mask & sum(1 << o for o in SHMEM_ORDERS)
+
+
+def shmem_suitable_orders(k: Kernel, vma: Vma, vaddr: int, file: PageCacheFile, index: int,
+                          orders: int) -> list[int]:
+    """shmem_suitable_orders(): the orders whose aligned block fits the VMA
+    (thp_vma_suitable_orders), from the highest whose range of the page cache is still
+    empty down (a cached page in the block rules that order out)."""
+    candidates = [o for o in sorted(SHMEM_ORDERS, reverse=True)
+                  if orders >> o & 1 and huge_memory.thp_vma_suitable_order(vma, vaddr, o)]
+    for i, order in enumerate(candidates):
+        start = index & ~((1 << order) - 1)
+        if not any(start + j in file.pages for j in range(1 << order)):
+            return candidates[i:]
+    return []
+
+
+def shmem_alloc_and_add_folio(k: Kernel, vma: Vma, vaddr: int, file: PageCacheFile, index: int,
+                              orders: int) -> int:
+    """shmem_alloc_and_add_folio() then shmem_get_folio_gfp()'s counters: the largest
+    suitable order that allocates (vma_thp_gfp_mask: direct compaction as the defrag knob
+    allows) joins the page cache; a failed order counts thp_file_fallback (2 MiB) and the
+    size's shmem_fallback. Returns the pfn of page ``index``, or NO_PAGE."""
+    for order in shmem_suitable_orders(k, vma, vaddr, file, index, orders):
+        head = huge_memory.alloc_thp(k, vma, order)
+        if head == NO_PAGE:
+            if order == HPAGE_PMD_ORDER:
+                k.vm_events[VmEvent.THP_FILE_FALLBACK] += 1
+            huge_memory.count_mthp_stat(k, order, "shmem_fallback")
+            continue
+        start = index & ~((1 << order) - 1)
+        file.add_folio(k, head, order, start)
+        if order == HPAGE_PMD_ORDER:
+            k.vm_events[VmEvent.THP_FILE_ALLOC] += 1
+        huge_memory.count_mthp_stat(k, order, "shmem_alloc")
+        return head + index - start
+    return NO_PAGE
+
+
+def shmem_get_folio(k: Kernel, vma: Vma, vaddr: int, file: PageCacheFile, index: int) -> int:
+    """shmem_get_folio_gfp(SGP_CACHE) from a fault: the cached page at ``index``, or a new
+    folio as shmem_allowable_huge_orders allows (order 0 when no large one fits or
+    allocates). The caller checked index < i_size. Returns the pfn or NO_PAGE (OOM)."""
+    pfn = file.pages.get(index, NO_PAGE)
+    if pfn != NO_PAGE or file.kind != "shmem":
+        return pfn if pfn != NO_PAGE else file.find_or_create_page(k, index)
+    orders = shmem_allowable_huge_orders(k, file, vma, index)
+    if orders:
+        pfn = shmem_alloc_and_add_folio(k, vma, vaddr, file, index, orders)
+        if pfn != NO_PAGE:
+            return pfn
+    return file.find_or_create_page(k, index)
+
+
+def shmem_get_unmapped_area(k: Kernel, mm: MmStruct, addr: int, length: int,
+                            window: int) -> int:
+    """shmem_get_unmapped_area() for a new shared anonymous mapping (pgoff 0, no
+    MAP_FIXED): the plain search, then, unless the hint was taken or no large folio can
+    be used, a search for length + size - 4 KiB rounded up to the size of the highest
+    order anonymous shmem may use (per-size always/within_size/advise, inherit unless
+    shmem_enabled is never; 2 MiB under force, and when no size is in use but
+    shmem_enabled is not never). -1 when nothing fits."""
+    from pagewalk.mm.mmap import arch_get_unmapped_area_topdown
+    found = arch_get_unmapped_area_topdown(mm, addr, length, 0, window)
+    huge = k.knobs.get(SHMEM_ENABLED)
+    if found < 0 or found > mm.task_size - length or huge == "deny" or addr == found:
+        return found
+    hpage_size = HPAGE_PMD_SIZE
+    if huge != "force":
+        orders = huge_shmem_orders(k, "always") | huge_shmem_orders(k, "within_size") | \
+            huge_shmem_orders(k, "advise")
+        if huge != "never":
+            orders |= huge_shmem_orders(k, "inherit")
+        if orders:
+            hpage_size = 4096 << (orders.bit_length() - 1)
+        elif huge == "never":
+            return found                 # the mount's huge=never and no size in use
+    if length < hpage_size or found & (hpage_size - 1) == 0:
+        return found
+    inflated = arch_get_unmapped_area_topdown(mm, addr, length + hpage_size - 4096, 0, window)
+    if inflated < 0:
+        return found
+    offset = inflated & (hpage_size - 1)
+    inflated -= offset
+    if offset:
+        inflated += hpage_size
+    return found if inflated > mm.task_size - length else inflated
+
+
+# --- mapping the page cache (mm/memory.c, mm/filemap.c) ---------------------------------------
+
 def map_file_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pfn: int, write: bool) -> None:
     """set_pte_range() for one page-cache page: a reference, a mapcount, RSS."""
     pmd_paddr, _ = k.pgtables.walk(mm, vaddr, 21, alloc=True)
-    from pagewalk.mm.memory import pte_alloc
     table = pte_alloc(k, mm, pmd_paddr)
     entry = pt.mk_pte(pfn, vma.page_prot) | pt._PAGE_ACCESSED
     if write:
@@ -112,41 +323,89 @@ def map_file_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pfn: int, write
 def do_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
              flags: FaultFlags) -> VmFault:
     """do_fault(): read -> do_read_fault (fault-around), write to a shared mapping ->
-    do_shared_fault, write to a private mapping -> do_cow_fault."""
-    from pagewalk.mm.memory import FaultFlags, VmFault
-    file = vma.file
-    if file is None:
-        return VmFault.SIGBUS  # a special mapping without pages (vvar): nothing to map
-    if file.kind == "shmem" and file_index(vma, vaddr) >= (file.size + 4095) >> 12:
+    do_shared_fault, write to a private mapping -> do_cow_fault. shmem_fault refuses an
+    index at or beyond i_size (SGP_CACHE: -EINVAL, VM_FAULT_SIGBUS)."""
+    file = page_cache_of(vma)
+    if file.kind == "shmem" and file_index(vma, vaddr) >= file.size_pages:
         return VmFault.SIGBUS
-    write = bool(flags & FaultFlags.WRITE)
-    if not (write and not vma.flags & VmFlags.SHARED) and \
-            map_pmd_if_huge(k, mm, vma, vaddr, pmd_paddr, write):
-        return VmFault.OK
     if not flags & FaultFlags.WRITE:
-        return do_read_fault(k, mm, vma, vaddr)
+        return do_read_fault(k, mm, vma, vaddr, pmd_paddr)
     if vma.flags & VmFlags.SHARED:
-        pfn = file.find_or_create_page(k, file_index(vma, vaddr))
-        if pfn == NO_PAGE:
-            return VmFault.OOM
-        map_file_page(k, mm, vma, vaddr, pfn, write=True)
-        return VmFault.OK
+        return do_shared_fault(k, mm, vma, vaddr, pmd_paddr)
     return do_cow_fault(k, mm, vma, vaddr)
 
 
-def map_pmd_if_huge(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
-                    write: bool) -> bool:
-    """filemap_map_pmd() (read faults) and finish_fault() (shared write faults): a THP in the
-    page cache is mapped by PMD where the PMD is none and do_set_pmd() accepts the VMA."""
-    from pagewalk.mm import huge_memory
-    pfn = vma.file.pages.get(file_index(vma, vaddr), NO_PAGE)
-    if pfn == NO_PAGE or k.pgtables.read(pmd_paddr):
-        return False
-    head = rmap.folio_head(k, pfn)
-    haddr = vaddr & ~(huge_memory.HPAGE_PMD_SIZE - 1)
-    if rmap.folio_order(k, head) != huge_memory.HPAGE_PMD_ORDER or \
-            huge_memory.vma_thp_disabled(mm, vma) or \
-            not huge_memory.thp_vma_suitable_order(vma, haddr, huge_memory.HPAGE_PMD_ORDER):
+def do_read_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int) -> VmFault:
+    """do_read_fault(): do_fault_around() first (filemap_map_pages over the 64 KiB-aligned
+    window around vaddr, clamped to the VMA and the PTE table); when that did not map
+    vaddr, __do_fault (shmem_fault: the folio, allocated if need be) and finish_fault."""
+    ret = do_fault_around(k, mm, vma, vaddr, pmd_paddr)
+    if ret:
+        return ret
+    pfn = shmem_get_folio(k, vma, vaddr, page_cache_of(vma), file_index(vma, vaddr))
+    if pfn == NO_PAGE:
+        return VmFault.OOM
+    return finish_fault(k, mm, vma, vaddr, pmd_paddr, pfn, write=False)
+
+
+def do_shared_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int) -> VmFault:
+    """do_shared_fault(): __do_fault (no fault-around), then finish_fault with write."""
+    pfn = shmem_get_folio(k, vma, vaddr, page_cache_of(vma), file_index(vma, vaddr))
+    if pfn == NO_PAGE:
+        return VmFault.OOM
+    return finish_fault(k, mm, vma, vaddr, pmd_paddr, pfn, write=True)
+
+
+def do_fault_around(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int) -> VmFault:
+    """do_fault_around() -> filemap_map_pages(): the window of fault_around_pages around
+    vaddr (clamped to the VMA, the PTE table and, for shmem, i_size). Its first cached
+    folio may be mapped by PMD (filemap_map_pmd: a PMD already huge, or a PMD-sized folio
+    where the PMD is none and do_set_pmd accepts the VMA); otherwise a PTE table is
+    installed (the preallocated one) and every cached page with a none PTE is mapped.
+    NOPAGE when vaddr got mapped, else OK (0) and the fault goes on."""
+    file = page_cache_of(vma)
+    pte_off = (vaddr >> 12) & 511
+    vma_off = (vaddr - vma.start) >> 12
+    from_pte = max(pte_off & ~(FAULT_AROUND_PAGES - 1), pte_off - min(pte_off, vma_off))
+    to_pte = min(from_pte + FAULT_AROUND_PAGES, PTRS_PER_PTE,
+                 pte_off + (vma.length >> 12) - vma_off) - 1
+    index = file_index(vma, vaddr)
+    start_pgoff, end_pgoff = index + from_pte - pte_off, index + to_pte - pte_off
+    if file.kind == "shmem":
+        end_pgoff = min(end_pgoff, file.size_pages - 1)
+    first = next((i for i in range(start_pgoff, end_pgoff + 1) if i in file.pages), None)
+    if first is None:
+        return VmFault.OK
+    pmd = k.pgtables.read(pmd_paddr)
+    if pmd & pt._PAGE_PSE:
+        return VmFault.NOPAGE
+    if not pmd and try_set_pmd(k, mm, vma, vaddr, pmd_paddr,
+                               rmap.folio_head(k, file.pages[first]), write=False):
+        return VmFault.NOPAGE
+    table = pte_alloc(k, mm, pmd_paddr)
+    if table == NO_PAGE:
+        return VmFault.OOM
+    base = (vaddr & ~4095) - ((index - start_pgoff) << 12)
+    mapped_self = False
+    for i in range(first, end_pgoff + 1):
+        pfn = file.pages.get(i, NO_PAGE)
+        va = base + ((i - start_pgoff) << 12)
+        if pfn == NO_PAGE or k.pgtables.read((table << 12) + ((va >> 12) & 511) * 8):
+            continue
+        map_file_page(k, mm, vma, va, pfn, write=False)
+        mapped_self = mapped_self or i == index
+    return VmFault.NOPAGE if mapped_self else VmFault.OK
+
+
+def try_set_pmd(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int, head: int,
+                write: bool) -> bool:
+    """do_set_pmd()'s checks, then the mapping: THPs allowed for the VMA
+    (vma_thp_disabled), its aligned 2 MiB inside the VMA with the file offset aligned alike
+    (thp_vma_suitable_order), a PMD-sized folio. False is VM_FAULT_FALLBACK."""
+    haddr = vaddr & ~(HPAGE_PMD_SIZE - 1)
+    if huge_memory.vma_thp_disabled(mm, vma) or \
+            not huge_memory.thp_vma_suitable_order(vma, haddr, HPAGE_PMD_ORDER) or \
+            rmap.folio_order(k, head) != HPAGE_PMD_ORDER:
         return False
     do_set_pmd(k, mm, vma, pmd_paddr, head, write)
     return True
@@ -156,54 +415,58 @@ def do_set_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, head: int,
                write: bool) -> None:
     """do_set_pmd() (mm/memory.c): map a page-cache THP by one PMD (no deposited table on
     x86): RssShmem grows by 2 MiB, the mapping holds a reference; thp_file_mapped."""
-    from pagewalk.mm.vmstat import VmEvent
     entry = pt.mk_huge(head, vma.page_prot)       # mk_huge_pmd(page, vma->vm_page_prot)
     if write:
         entry |= pt._PAGE_DIRTY | (pt._PAGE_RW if vma.flags & VmFlags.WRITE else 0)
-    mm.stat[MmStat.MM_SHMEMPAGES] += 512
+    mm.stat[MmStat.MM_SHMEMPAGES] += HPAGE_PMD_NR
     rmap.folio_add_file_rmap_pmd(k, head)
     rmap.folio_get(k, head)
     k.pgtables.set_entry(mm, pmd_paddr, entry)
     k.vm_events[VmEvent.THP_FILE_MAPPED] += 1
 
 
-def do_read_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int) -> VmFault:
-    """do_read_fault(): map the cached pages of the 64 KiB-aligned window around vaddr
-    (do_fault_around -> filemap_map_pages); fetch the faulting page if it was not cached."""
-    from pagewalk.mm.memory import VmFault
-    file = vma.file
-    pte_off = (vaddr >> 12) & 511
-    vma_off = (vaddr - vma.start) >> 12
-    from_pte = max(pte_off & ~(FAULT_AROUND_PAGES - 1), pte_off - min(pte_off, vma_off))
-    to_pte = min(from_pte + FAULT_AROUND_PAGES, 512, pte_off + (vma.length >> 12) - vma_off) - 1
-    pmd_paddr, _ = k.pgtables.walk(mm, vaddr, 21, alloc=True)
-    from pagewalk.mm.memory import pte_alloc
+def finish_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int, pfn: int,
+                 write: bool) -> VmFault:
+    """finish_fault(): a PMD-sized folio where the PMD is none goes in by PMD (do_set_pmd);
+    else a PTE table is made sure of and the folio is mapped by PTEs: the whole folio for
+    anonymous shmem when it lies inside the VMA and this PTE table and all its PTEs are
+    none, otherwise (and for other files) the one page."""
+    head = rmap.folio_head(k, pfn)
+    if not k.pgtables.read(pmd_paddr):
+        if try_set_pmd(k, mm, vma, vaddr, pmd_paddr, head, write):
+            return VmFault.OK
+    elif k.pgtables.read(pmd_paddr) & pt._PAGE_PSE:
+        return VmFault.NOPAGE          # pte_offset_map_lock() found no table: retry
     table = pte_alloc(k, mm, pmd_paddr)
     if table == NO_PAGE:
         return VmFault.OOM
-    base = (vaddr & ~4095) - (pte_off << 12)
-    mapped_self = False
-    for off in range(from_pte, to_pte + 1):
-        va = base + (off << 12)
-        pfn = file.pages.get(file_index(vma, va), NO_PAGE)
-        if pfn == NO_PAGE or k.pgtables.read((table << 12) + off * 8):
-            continue
-        map_file_page(k, mm, vma, va, pfn, write=False)
-        mapped_self = mapped_self or va == vaddr & ~4095
-    if mapped_self:
-        return VmFault.NOPAGE
-    pfn = file.find_or_create_page(k, file_index(vma, vaddr))
-    if pfn == NO_PAGE:
-        return VmFault.OOM
-    map_file_page(k, mm, vma, vaddr & ~4095, pfn, write=False)
+    nr_pages = 1 << rmap.folio_order(k, head)
+    addr, first = vaddr & ~4095, pfn
+    if vma.is_shmem() and nr_pages > 1:
+        idx = pfn - head
+        vma_off = (vaddr - vma.start) >> 12
+        pte_off = (vaddr >> 12) & 511
+        if vma_off < idx or vma_off + nr_pages - idx > vma.length >> 12 or \
+                pte_off < idx or pte_off + nr_pages - idx > PTRS_PER_PTE:
+            nr_pages = 1
+        else:
+            addr, first = (vaddr & ~4095) - (idx << 12), head
+            words = k.physmem.frame_words(table)[(addr >> 12) & 511:][:nr_pages]
+            if words.any():                   # !pte_range_none(): fall back to one page
+                nr_pages, addr, first = 1, vaddr & ~4095, pfn
+    else:
+        nr_pages = 1
+    if nr_pages == 1 and k.pgtables.read((table << 12) + ((addr >> 12) & 511) * 8):
+        return VmFault.NOPAGE                 # vmf_pte_changed()
+    for i in range(nr_pages):
+        map_file_page(k, mm, vma, addr + (i << 12), first + i, write)
     return VmFault.OK
 
 
 def do_cow_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int) -> VmFault:
     """do_cow_fault(): a private anonymous copy of a file page."""
-    from pagewalk.mm.memory import VmFault, anon_vma_prepare, mk_anon_pte, pte_alloc
     anon_vma_prepare(vma)
-    src = vma.file.find_or_create_page(k, file_index(vma, vaddr))
+    src = shmem_get_folio(k, vma, vaddr, page_cache_of(vma), file_index(vma, vaddr))
     new = rmap.folio_alloc(k, 0)
     if src == NO_PAGE or new == NO_PAGE:
         return VmFault.OOM

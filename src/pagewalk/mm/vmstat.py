@@ -33,6 +33,8 @@ class NodeStat(enum.IntEnum):
     NR_DIRTIED = 14
     NR_LAZYFREE = 15
     NR_RESERVED = 16        # pages the kernel keeps for itself at boot (image, mem_map)
+    NR_SHMEM_THPS = 17      # ShmemHugePages: PMD-sized shmem folios in the page cache
+    NR_SHMEM_PMDMAPPED = 18  # ShmemPmdMapped: shmem THPs mapped by at least one PMD
 
 
 NR_NODE_STATS = len(NodeStat)

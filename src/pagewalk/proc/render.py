@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pagewalk.errors import ScenarioError
-from pagewalk.kernel.knobs import KNOBS, MTHP_SIZES_KB, Choice, knob_spec
+from pagewalk.kernel.knobs import KNOBS, SHMEM_MTHP_SIZES_KB, Choice, knob_spec
 from pagewalk.proc import task_mmu
 from pagewalk.proc.meminfo import format_meminfo
 from pagewalk.proc.sar import format_sar
@@ -45,7 +45,7 @@ PROCESS_FILES = ("status", "maps", "smaps", "smaps_rollup")
 HUGETLB_FILES = ("nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages",
                  "nr_overcommit_hugepages")
 #: hugepages-<N>kB/stats/ files whose counters pagewalk keeps or which are 0 because it has
-#: no swap/zswap/shmem THP (6.18 names). nr_anon and nr_anon_partially_mapped are left
+#: no swap/zswap (6.18 names); hugepages-8kB exists for shmem only (its anon ones stay 0). nr_anon and nr_anon_partially_mapped are left
 #: out: they are gauges pagewalk does not keep.
 MTHP_STAT_ITEMS = (
     "anon_fault_alloc", "anon_fault_fallback", "anon_fault_fallback_charge",
@@ -148,8 +148,11 @@ def _hstate_file_value(h: Hstate, name: str) -> int:
 def _render_mthp_stat(k: Kernel, view: str) -> str | None:
     """hugepages-<N>kB/stats/<item>: the per-order counter (sum over CPUs), ``"%lu\\n"``."""
     match = _MTHP_STAT_RE.match(view)
-    if match is None or int(match[1]) not in MTHP_SIZES_KB or match[2] not in MTHP_STAT_ITEMS:
+    if match is None or int(match[1]) not in SHMEM_MTHP_SIZES_KB or \
+            match[2] not in MTHP_STAT_ITEMS:
         return None
+    if int(match[1]) == 8 and match[2].startswith(("anon_", "split_deferred")):
+        return None     # order 1 is a file order only: no anonymous stats (stats_attrs)
     order = (int(match[1]) // 4).bit_length() - 1
     return f"{k.mthp_stats.get((order, match[2]), 0)}\n"
 
