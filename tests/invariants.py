@@ -296,9 +296,8 @@ def page_cache_files(k: Kernel) -> list[Any]:
     """The page-cache inodes that hold pages: the program, the vdso, and the shmem and
     hugetlb inodes of live mappings (an inode without mappings has been truncated)."""
     files: dict[int, Any] = {}
-    if hasattr(k, "_program_file"):
-        files[id(k.program_file)] = k.program_file
-        files[id(k.vdso_file)] = k.vdso_file
+    files[id(k.program_file)] = k.program_file
+    files[id(k.vdso_file)] = k.vdso_file
     for task in live_tasks(k):
         for vma in task.mm.vmas:
             if vma.file is not None and getattr(vma.file, "pages", None):

@@ -34,16 +34,19 @@ from typing import TypeVar
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine, initialize, invariant, precondition, rule,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
 )
 
 from pagewalk.errors import Errno, Signal, SignalError, SyscallError
 from pagewalk.kernel import syscalls
-from pagewalk.kernel.kernel import Kernel
 from pagewalk.kernel.task import Task
 from pagewalk.machine import Machine, MachineConfig
 from pagewalk.mm import fastpath
-from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
+from pagewalk.mm.types import MmStruct, Vma, VmFlags
 from pagewalk.mm.vma import vma_lookup, vmas_in_range
 from pagewalk.mm.vmstat import NodeStat
 from tests import invariants as inv
@@ -403,7 +406,7 @@ class KernelMachine(RuleBasedStateMachine):
     def check_signal(self, task: Task, err: SignalError, denied: int | None) -> None:
         """A signal is right only where do_user_addr_fault() refuses the access."""
         assert err.signal == Signal.SIGSEGV and err.vaddr == denied, (
-            f"{err}, expected {'SIGSEGV at %#x' % denied if denied is not None else 'no signal'}")
+            f"{err}, expected {f'SIGSEGV at {denied:#x}' if denied is not None else 'no signal'}")
 
     def access(self, task: Task, vaddr: int, write: bool) -> int | None:
         """One user access; the physical address, or None after the expected signal."""
@@ -863,8 +866,8 @@ class HugetlbPools(KernelMachine):
 
 # --- the test cases ------------------------------------------------------------------------------
 
-_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                       HealthCheck.filter_too_much])
+_SETTINGS = {"deadline": None,
+             "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much]}
 TestSingleProcess = SingleProcess.TestCase
 TestSingleProcess.settings = settings(max_examples=40, stateful_step_count=30, **_SETTINGS)
 TestManyProcesses = ManyProcesses.TestCase

@@ -11,8 +11,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from pagewalk.errors import (
-    ConfigError, ExpectationFailed, KernelError, NotImplementedStep, PagewalkError,
-    ScenarioError, SignalError, SyscallError, TraceError,
+    ConfigError,
+    ExpectationFailed,
+    KernelError,
+    NotImplementedStep,
+    PagewalkError,
+    ScenarioError,
+    SignalError,
+    SyscallError,
+    TraceError,
 )
 
 if TYPE_CHECKING:
@@ -40,8 +47,21 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ConfigError", "ExpectationFailed", "KernelError", "Machine", "MachineConfig",
-    "NotImplementedStep", "PagewalkError", "Report", "Scenario", "ScenarioError",
-    "SignalError", "SyscallError", "TraceError", "load_scenario", "parse_scenario",
-    "run_scenario", "__version__",
+    "ConfigError",
+    "ExpectationFailed",
+    "KernelError",
+    "Machine",
+    "MachineConfig",
+    "NotImplementedStep",
+    "PagewalkError",
+    "Report",
+    "Scenario",
+    "ScenarioError",
+    "SignalError",
+    "SyscallError",
+    "TraceError",
+    "__version__",
+    "load_scenario",
+    "parse_scenario",
+    "run_scenario",
 ]

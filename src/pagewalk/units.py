@@ -43,16 +43,17 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 def parse_size(value: object) -> int:
     """Bytes from an int, a decimal/hex string, or a number with a binary unit.
 
-    Raises ValueError with a short reason on anything else (bools, negatives, floats).
+    Raises ValueError with a short reason on anything else (bools, negatives, floats):
+    a wrong type is bad input like a wrong value (callers turn ValueError into ConfigError).
     """
     if isinstance(value, bool):
-        raise ValueError(f"expected a size, got {value!r}")
+        raise ValueError(f"expected a size, got {value!r}")  # noqa: TRY004
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"size must not be negative, got {value}")
         return value
     if not isinstance(value, str):
-        raise ValueError(f"expected a size (bytes or a string like '2MiB'), got {value!r}")
+        raise ValueError(f"expected a size (bytes or a string like '2MiB'), got {value!r}")  # noqa: TRY004
     text = value.strip()
     if text.lower().startswith("0x"):
         try:
@@ -68,7 +69,7 @@ def parse_size(value: object) -> int:
 def parse_addr(value: object) -> int:
     """An address from an int or a hex/decimal string."""
     if isinstance(value, bool):
-        raise ValueError(f"expected an address, got {value!r}")
+        raise ValueError(f"expected an address, got {value!r}")  # noqa: TRY004
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"address must not be negative, got {value}")

@@ -47,7 +47,7 @@ def test_max_ptes_none_decides(pages: int, max_none: str, collapsed: int) -> Non
 
 def test_khugepaged_ignores_vmas_thp_is_not_enabled_for() -> None:
     from pagewalk.mm import khugepaged
-    k, t = eight_mib(512, "511")
+    k, _ = eight_mib(512, "511")
     k.set_knob("/sys/kernel/mm/transparent_hugepage/enabled", "never")
     khugepaged.run_scans(k, 2)
     assert k.vm_events[VmEvent.THP_COLLAPSE_ALLOC] == 0

@@ -9,7 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from pagewalk.cli import reports_errors
+from pagewalk.cli_common import reports_errors
 from pagewalk.errors import ConfigError
 from pagewalk.explain import cost as c
 from pagewalk.explain import translate as t

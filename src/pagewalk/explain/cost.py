@@ -27,7 +27,6 @@ import numpy as np
 import numpy.typing as npt
 
 from pagewalk.errors import ConfigError
-from pagewalk.hw import pgtable_types as pt
 from pagewalk.hw.paging import LEVEL_NAMES, LINUX_LEVEL_NAMES
 from pagewalk.mm.pagewalk import walk_user_tables
 from pagewalk.mm.types import MmStat

@@ -7,8 +7,7 @@ step with the label asked for, or to its end; without a scenario, a fresh machin
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from pagewalk.cli_common import resolve_scenario
 from pagewalk.errors import ScenarioError
 from pagewalk.kernel.task import Task
 from pagewalk.scenario import schema as s
@@ -49,10 +48,7 @@ def load_state(scenario_file: str | None, label: str | None) -> ScenarioRun:
         if label is not None:
             raise ScenarioError("--at needs --scenario")
         return fresh_run()
-    from pagewalk.cli import resolve_scenario
-    from pagewalk.scenario.schema import load_scenario
-    path: Path = resolve_scenario(scenario_file)
-    return run_to_label(load_scenario(path), label)
+    return run_to_label(s.load_scenario(resolve_scenario(scenario_file)), label)
 
 
 def find_process(run: ScenarioRun, name: str) -> Task:

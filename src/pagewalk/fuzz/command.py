@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pagewalk.cli import EXIT_BAD_INPUT, EXIT_RUN_FAILED, fail, reports_errors
+from pagewalk.cli_common import EXIT_BAD_INPUT, EXIT_RUN_FAILED, escape, fail, reports_errors
 from pagewalk.fuzz.campaign import (
     MISMATCH,
     UNAVAILABLE,
@@ -47,10 +47,6 @@ MEASURED = Path("tests/data/measured")        # where a checkout keeps kernel-me
 FALLBACK_OUT = Path("pagewalk-fuzz")
 NO_ROOT = ("pagewalk fuzz runs scenarios on the live kernel, which needs root (it sets "
            "/sys knobs and hugetlb pools); run it as root, or with --simulator-only")
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", "\\[")
 
 
 def parse_seeds(seed: int | None, seeds: str | None, count: int | None) -> list[int]:
@@ -118,9 +114,9 @@ class Reporter:
             if result.verdict == MISMATCH:
                 same = f" (as seed {result.same_as})" if result.same_as is not None else ""
                 self._say(f"[red]seed {result.seed}[/] ({result.gen_class}): "
-                          f"{_escape(result.cls or '')}{same}: {_escape(result.detail)}")
+                          f"{escape(result.cls or '')}{same}: {escape(result.detail)}")
             elif result.verdict == UNAVAILABLE:
-                self._say(f"[yellow]seed {result.seed}[/]: not run: {_escape(result.detail)}")
+                self._say(f"[yellow]seed {result.seed}[/]: not run: {escape(result.detail)}")
             return
         word = "ok" if self.side == "simulator" and result.verdict == "agree" else \
             result.verdict
@@ -135,13 +131,13 @@ class Reporter:
         text = (f"seed {failure.seed}: shrinking {failure.cls}: {steps} steps "
                 f"after {tried} runs")
         if self.progress is not None:
-            self._describe(_escape(text))
+            self._describe(escape(text))
         else:
             self._say(text)
 
     def note(self, text: str) -> None:
         self._say(f"note: {text}" if self.progress is None else f"[yellow]note:[/] "
-                  f"{_escape(text)}")
+                  f"{escape(text)}")
 
 
 def _live_notes(reporter: Reporter) -> Callable[[str], None]:
@@ -185,7 +181,7 @@ def fuzz_command(seed: int | None, seeds: str | None, gen_class: str, count: int
     try:
         seed_list = parse_seeds(seed, seeds, count)
     except click.UsageError as err:
-        fail(_escape(err.format_message()), EXIT_BAD_INPUT)
+        fail(escape(err.format_message()), EXIT_BAD_INPUT)
         return
     settings = Settings(gen_class=gen_class, keep_going=keep_going, shrink=not no_shrink,
                         shrink_runs=shrink_runs)
@@ -207,7 +203,7 @@ def fuzz_command(seed: int | None, seeds: str | None, gen_class: str, count: int
                 build_probe()
             except LiveError as err:
                 reporter.stop()
-                fail(_escape(str(err)), EXIT_UNAVAILABLE)
+                fail(escape(str(err)), EXIT_UNAVAILABLE)
             side = LiveSide(notify=_live_notes(reporter))
             result = run_campaign(seed_list, side, settings, reporter)
     finally:
@@ -231,7 +227,7 @@ def print_summary(result: CampaignResult) -> None:
     if result.refused:
         shown = ", ".join(f"{what} {n}" for what, n in result.refused.most_common(12))
         console.print(f"steps the {result.side} refused (expectations of the scenarios): "
-                      f"{_escape(shown)}")
+                      f"{escape(shown)}")
     if not result.failures:
         return
     table = Table("first difference", "seeds", "steps", "scenario", "detail",
@@ -242,12 +238,12 @@ def print_summary(result: CampaignResult) -> None:
             steps += f" -> {failure.steps_after}"
         where = failure.path or ("flaky: " if failure.flaky else "") + (failure.kept_note
                                                                         or "not kept")
-        table.add_row(_escape(failure.cls), " ".join(map(str, failure.seeds)), steps,
-                      _escape(where), _escape(failure.detail))
+        table.add_row(escape(failure.cls), " ".join(map(str, failure.seeds)), steps,
+                      escape(where), escape(failure.detail))
     console.print(table)
     for failure in result.failures.values():
         if failure.path and failure.kept_note:
-            console.print(f"{_escape(Path(failure.path).name)}: {_escape(failure.kept_note)}")
+            console.print(f"{escape(Path(failure.path).name)}: {escape(failure.kept_note)}")
 
 
 def _against(side: str) -> str:

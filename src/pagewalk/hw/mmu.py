@@ -174,9 +174,7 @@ class Mmu:
             return False
         if access == ACCESS_WRITE:
             return bool(leaf & pt._PAGE_RW) and bool(leaf & pt._PAGE_DIRTY)
-        if access == 2 and leaf & pt._PAGE_NX:
-            return False
-        return True
+        return not (access == 2 and leaf & pt._PAGE_NX)
 
     def _walk(self, vaddr: int, access: int, user: bool, pcid: int, pkru: int = 0) -> WalkResult:
         shifts = self.mode.shifts

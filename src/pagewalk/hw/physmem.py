@@ -125,7 +125,8 @@ class PhysicalMemory:
         slot = int(self.slot_of[pfn])
         if slot < 0:
             return np.zeros(FRAME_WORDS, dtype=np.uint64)
-        return self.pool[slot].copy()
+        words: npt.NDArray[np.uint64] = self.pool[slot].copy()
+        return words
 
     # -- bytes (data) --------------------------------------------------------------------------
     def read_bytes(self, paddr: int, length: int) -> bytes:
@@ -135,7 +136,7 @@ class PhysicalMemory:
         slot = int(self.slot_of[pfn])
         if slot < 0:
             return bytes(length)
-        return self.pool[slot].view(np.uint8)[offset: offset + length].tobytes()
+        return bytes(self.pool[slot].view(np.uint8)[offset: offset + length])
 
     def write_bytes(self, paddr: int, data: bytes) -> None:
         """Bytes within one frame."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.kernel.task import Task
 from pagewalk.mm import gup, madvise, mmap, mprotect, pkeys
+from pagewalk.mm.fork import dup_mmap
 from pagewalk.mm.vma import vmas_in_range
 
 if TYPE_CHECKING:
@@ -66,7 +67,6 @@ def sys_madvise(k: Kernel, task: Task, addr: int, length: int, advice: str) -> N
 
 def sys_fork(k: Kernel, parent: Task, child_name: str) -> Task:
     """fork(2): copy_process -> copy_mm -> dup_mm -> dup_mmap. min_flt starts at 0."""
-    from pagewalk.mm.fork import dup_mmap
     if child_name in k.tasks:
         raise SyscallError(Errno.EINVAL, f"a process named {child_name!r} exists")
     with _Syscall(k, parent):

@@ -18,7 +18,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pagewalk.cli import EXIT_RUN_FAILED, fail, reports_errors, resolve_scenario
+from pagewalk.cli_common import (
+    EXIT_RUN_FAILED,
+    escape,
+    fail,
+    note,
+    reports_errors,
+    resolve_scenario,
+)
 from pagewalk.errors import KernelError, NotImplementedStep, PagewalkError
 from pagewalk.live.compare import AGREE, DIFFER, NOISE, Comparison, compare_reports
 from pagewalk.live.errors import EXIT_UNAVAILABLE, LiveError
@@ -29,15 +36,6 @@ if TYPE_CHECKING:
     from pagewalk.live.inspect import ProcessInspection
     from pagewalk.live.verify import LiveResult
     from pagewalk.scenario.schema import Scenario
-
-
-def _note(text: str) -> None:
-    Console(stderr=True, highlight=False).print(f"[yellow]note:[/] {_escape(text)}",
-                                                soft_wrap=True)
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", "\\[")
 
 
 # -- verify ------------------------------------------------------------------------------------
@@ -69,12 +67,12 @@ def verify_command(scenario: str, repeat: int, as_json: bool, output: str | None
     from pagewalk.scenario.schema import load_scenario
     scen = load_scenario(resolve_scenario(scenario))
     try:
-        live = run_live(scen, repeat, notify=_note)
+        live = run_live(scen, repeat, notify=note)
     except LiveError as err:
-        fail(_escape(str(err)), EXIT_UNAVAILABLE)
+        fail(escape(str(err)), EXIT_UNAVAILABLE)
         return
     except KernelError as err:
-        fail(_escape(f"the live kernel failed the scenario: {err}; the simulator: "
+        fail(escape(f"the live kernel failed the scenario: {err}; the simulator: "
                      f"{_simulator_outcome(scen)}"), EXIT_RUN_FAILED)
         return
     if output:
@@ -83,7 +81,7 @@ def verify_command(scenario: str, repeat: int, as_json: bool, output: str | None
     try:
         simulated = run_scenario(scen).to_json()
     except (KernelError, NotImplementedStep) as err:
-        fail(_escape(f"the simulator failed the scenario: {err}; the live kernel ran it"),
+        fail(escape(f"the simulator failed the scenario: {err}; the live kernel ran it"),
              EXIT_RUN_FAILED)
         return
     comparison = compare_reports(live.report, simulated, live.pgfault_bounds(),
@@ -149,7 +147,7 @@ def print_verify(live: LiveResult, simulated: dict[str, Any], comparison: Compar
     for check in comparison.checks:
         if check.verdict != AGREE:
             style = "red" if check.verdict == DIFFER else "yellow"
-            console.print(f"[{style}]{check.verdict}[/] {_escape(check.line())}")
+            console.print(f"[{style}]{check.verdict}[/] {escape(check.line())}")
     style = "green" if comparison.agrees else "red"
     console.print(f"[bold {style}]{comparison.summary()}[/]")
 
@@ -219,10 +217,10 @@ def inspect_command(pid: int, as_json: bool, replay: bool) -> None:
     try:
         result = inspect_process(pid)
     except LiveError as err:
-        fail(_escape(str(err)), EXIT_UNAVAILABLE)
+        fail(escape(str(err)), EXIT_UNAVAILABLE)
         return
     if not result.page_sizes_known:
-        _note("this kernel has no PAGEMAP_SCAN: THPs are counted as 4 KiB pages")
+        note("this kernel has no PAGEMAP_SCAN: THPs are counted as 4 KiB pages")
     if replay:
         ranges = [json.dumps(entry) for entry in result.page_size_map()]
         click.echo("[\n " + ",\n ".join(ranges) + "\n]" if ranges else "[]")
@@ -239,7 +237,7 @@ def _size(size: int) -> str:
 def print_inspection(result: ProcessInspection) -> None:
     plain = Console(highlight=False)
     console = plain if plain.is_terminal else Console(highlight=False, width=160)
-    console.print(f"[bold]process[/] {result.pid} ({_escape(result.comm)})")
+    console.print(f"[bold]process[/] {result.pid} ({escape(result.comm)})")
     table = Table("vma", "size", "perms", "name", "rss", "thp", "hugetlb",
                   "tables pte/pmd/pud", "table bytes", "2MiB: tables", "2MiB: resident",
                   title="VMAs (tables: the page-table pages its entries use; +Nd: PTE tables "
@@ -250,7 +248,7 @@ def print_inspection(result: ProcessInspection) -> None:
         pte = f"{now.pte}+{now.deposited}d" if now.deposited else str(now.pte)
         name = os.path.basename(vma.name) if vma.name.startswith("/") else vma.name
         table.add_row(f"{vma.start:#x}", _size(vma.end - vma.start), vma.perms,
-                      _escape(name[:24]), _size(doc["rss_bytes"]), _size(doc["thp_bytes"]),
+                      escape(name[:24]), _size(doc["rss_bytes"]), _size(doc["thp_bytes"]),
                       _size(doc["hugetlb_bytes"]), f"{pte}/{now.pmd}/{now.pud}",
                       _size(now.linux_size), _size(est.linux_size),
                       _size(vma.with_2mib.resident))

@@ -237,16 +237,27 @@ static void record_own_ranges(void)
 	}
 }
 
-/* Read every page of the probe's own mappings, write every writable one. */
+/* Read every page of the probe's own mappings, write every writable one.  A page the
+ * scenario unmapped or protected (a range that ran into [vdso], say) faults: it is
+ * skipped, as the simulator's warm-up skips it. */
+static volatile int warm_i;
+static volatile uintptr_t warm_a;
+
 static void warm(void)
 {
-	for (int i = 0; i < nown; i++) {
-		for (uintptr_t a = own[i].start; a < own[i].end; a += PAGE) {
-			volatile char *c = (volatile char *)a;
+	warm_i = 0;
+	warm_a = nown ? own[0].start : 0;
+	if (sigsetjmp(jb, 1))
+		warm_a += PAGE;                 /* the page at warm_a faulted: skip it */
+	in_access = 1;
+	for (; warm_i < nown; warm_i++, warm_a = warm_i < nown ? own[warm_i].start : 0) {
+		for (; warm_a < own[warm_i].end; warm_a += PAGE) {
+			volatile char *c = (volatile char *)warm_a;
 			char v = *c;
-			if (own[i].writable) *c = v;
+			if (own[warm_i].writable) *c = v;
 		}
 	}
+	in_access = 0;
 }
 
 static void __attribute__((noinline)) grow_stack(void)

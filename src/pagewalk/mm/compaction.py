@@ -21,11 +21,12 @@ import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag, list_del
+from pagewalk.mm.tlb import flush_tlb_mm
 from pagewalk.mm.vmstat import NodeStat, VmEvent
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
-    from pagewalk.mm.types import MmStruct
+    from pagewalk.mm.types import MmStruct, VmaFile
 
 UNMOVABLE = PageFlag.TABLE | PageFlag.RESERVED | PageFlag.HUGETLB | PageFlag.HEAD | PageFlag.TAIL
 MOVABLE = PageFlag.ANON | PageFlag.SHMEM | PageFlag.FILE
@@ -117,7 +118,7 @@ def _migrate(k: Kernel, pfns: list[int]) -> None:
         k.pgtables.set_entry(mm, paddr, (entry & ~pt.PTE_PFN_MASK) | (moved[old] << 12))
         if id(mm) not in flushed:
             flushed.add(id(mm))
-            k.flush_tlb_mm(mm)
+            flush_tlb_mm(k, mm)
     for file in _page_cache_files(k):
         for index, pfn in list(file.pages.items()):
             if pfn in moved:
@@ -164,10 +165,12 @@ def _pte_tables(k: Kernel, mm: MmStruct) -> list[tuple[int, int]]:
     return tables
 
 
-def _page_cache_files(k: Kernel) -> list:  # type: ignore[type-arg]
-    files = {id(k.program_file): k.program_file, id(k.vdso_file): k.vdso_file}
+def _page_cache_files(k: Kernel) -> list[VmaFile]:
+    """The page caches whose pages may move: the program's, the vdso's, shmem's (hugetlb
+    pages never move)."""
+    files: dict[int, VmaFile] = {id(k.program_file): k.program_file, id(k.vdso_file): k.vdso_file}
     for task in k.tasks.values():
         for vma in task.mm.vmas:
-            if vma.file is not None and hasattr(vma.file, "pages") and not vma.is_hugetlb():
+            if vma.file is not None and not vma.is_hugetlb():
                 files[id(vma.file)] = vma.file
     return list(files.values())

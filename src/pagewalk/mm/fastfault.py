@@ -14,16 +14,37 @@ PROT_NONE, SIGSEGV, allocation failures (fallback, compaction, OOM).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
 import numpy as np
 import numpy.typing as npt
 from numba import njit
 
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.hw.fastmmu import (
-    ACC, DIRTY, P, PF_PK, PFN_MASK, PSE, RW, flush_pcid, mmu_translate, tlb_invlpg,
+    ACC,
+    DIRTY,
+    PF_PK,
+    PFN_MASK,
+    PSE,
+    RW,
+    P,
+    flush_pcid,
+    mmu_translate,
+    tlb_invlpg,
 )
-from pagewalk.mm.page_alloc import rmqueue_smallest
-from pagewalk.mm.page_alloc import PageFlag
+from pagewalk.mm.page_alloc import PageFlag, rmqueue_smallest
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def compiled_without_nrt(func: _F) -> _F:
+    """``njit(cache=True)`` without Numba's reference counting (``_nrt=False``): the fault
+    loop allocates nothing, and reference counts on its array arguments would cost an
+    atomic operation per access."""
+    options: dict[str, Any] = {"cache": True, "_nrt": False}
+    return cast(_F, njit(**options)(func))
 
 
 # Stop reasons of the compiled loop.
@@ -52,8 +73,9 @@ MM_ANONPAGES, PGTABLES_BYTES = 1, 4
 
 
 @njit(cache=True, inline="always")
-def _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist, node_stat,
-                vm_events, refcount, order=0):
+def _alloc_page(flags: Any, order_of: Any, next_: Any, prev: Any, free_head: Any, nr_free: Any,
+                zonelist: Any, node_stat: Any, vm_events: Any, refcount: Any,
+                order: Any = 0) -> Any:
     """alloc_pages(order) over the zonelist; -1 when every zone is empty."""
     for i in range(zonelist.shape[0]):
         zone = zonelist[i]
@@ -77,7 +99,7 @@ def _free_pages(nr_free: npt.NDArray[np.int64], zonelist: npt.NDArray[np.int64])
 
 
 @njit(cache=True, inline="always")
-def _store_table(slot_of, pool, free_slots, nr_free_slots, pfn):
+def _store_table(slot_of: Any, pool: Any, free_slots: Any, nr_free_slots: Any, pfn: Any) -> None:
     """Give a new page-table frame a zeroed row in the physmem pool."""
     top = nr_free_slots[0] - 1
     slot = free_slots[top]
@@ -87,15 +109,17 @@ def _store_table(slot_of, pool, free_slots, nr_free_slots, pfn):
     slot_of[pfn] = slot
 
 
-@njit(cache=True, _nrt=False)
-def touch_kernel(start, count, stride, kind, levels, root_pfn, pcid, vma_flags_ok_write,
-                 thp_pmd_allowed, anon_faults, page_prot, zero_pfn, vma_start, vma_end,
-                 slot_of, pool, free_slots, nr_free_slots,
-                 flags, order_of, refcount, mapcount, head_of, next_, prev, free_head, nr_free,
-                 zonelist, node_stat, vm_events, mm_stat,
-                 tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload, tlb_clock, tlb_stats,
-                 pwc_layout, pwc_top, pwc_tags, pwc_stamps, pwc_payload, pwc_clock, pwc_stats,
-                 mmu_counters, out, records, pkru, touched):
+@compiled_without_nrt
+def touch_kernel(start: Any, count: Any, stride: Any, kind: Any, levels: Any, root_pfn: Any,
+                 pcid: Any, vma_flags_ok_write: Any, thp_pmd_allowed: Any, anon_faults: Any,
+                 page_prot: Any, zero_pfn: Any, vma_start: Any, vma_end: Any, slot_of: Any,
+                 pool: Any, free_slots: Any, nr_free_slots: Any, flags: Any, order_of: Any,
+                 refcount: Any, mapcount: Any, head_of: Any, next_: Any, prev: Any, free_head: Any,
+                 nr_free: Any, zonelist: Any, node_stat: Any, vm_events: Any, mm_stat: Any,
+                 tlb_layout: Any, tlb_routes: Any, tlb_tags: Any, tlb_stamps: Any, tlb_payload: Any,
+                 tlb_clock: Any, tlb_stats: Any, pwc_layout: Any, pwc_top: Any, pwc_tags: Any,
+                 pwc_stamps: Any, pwc_payload: Any, pwc_clock: Any, pwc_stats: Any,
+                 mmu_counters: Any, out: Any, records: Any, pkru: Any, touched: Any) -> int:
     """Accesses ``start + i * stride`` for i in [out[0], count), each through the compiled
     MMU (hw/fastmmu.py); a page fault the kernel can resolve here is resolved and the access
     retried, as Kernel.user_access does. Returns a stop reason: NEED_KERNEL when a fault
@@ -204,10 +228,12 @@ def _note_touch(vaddr: int, root_pfn: int, levels: int, slot_of: npt.NDArray[np.
         shift -= 9
 
 
-@njit(cache=True, _nrt=False)
-def _map_thp(slot, index, table, page_prot, writable, slot_of, pool, free_slots, nr_free_slots,
-             flags, order_of, refcount, head_of, next_, prev, free_head, nr_free, zonelist,
-             node_stat, vm_events, mm_stat, out, records, touched):
+@compiled_without_nrt
+def _map_thp(slot: Any, index: Any, table: Any, page_prot: Any, writable: Any, slot_of: Any,
+             pool: Any, free_slots: Any, nr_free_slots: Any, flags: Any, order_of: Any,
+             refcount: Any, head_of: Any, next_: Any, prev: Any, free_head: Any, nr_free: Any,
+             zonelist: Any, node_stat: Any, vm_events: Any, mm_stat: Any, out: Any, records: Any,
+             touched: Any) -> int:
     """do_huge_pmd_anonymous_page() -> __do_huge_pmd_anonymous_page() for a write."""
     # The kernel allocates the folio, then the deposit (pte_alloc_one); when that fails it
     # puts the folio and answers VM_FAULT_OOM. A fault that fails is Python's: hand it back
@@ -238,12 +264,14 @@ def _map_thp(slot, index, table, page_prot, writable, slot_of, pool, free_slots,
     return True
 
 
-@njit(cache=True, _nrt=False)
-def _pte_fault(vaddr, write, pcid, slot, index, page_prot, zero_pfn, slot_of, pool, free_slots,
-               nr_free_slots, flags, order_of, refcount, mapcount, next_, prev, free_head,
-               nr_free, zonelist, node_stat, vm_events, mm_stat, tlb_layout, tlb_routes,
-               tlb_tags, tlb_stamps, tlb_payload, pwc_tags, pwc_stamps, pwc_payload, out,
-               touched):
+@compiled_without_nrt
+def _pte_fault(vaddr: Any, write: Any, pcid: Any, slot: Any, index: Any, page_prot: Any,
+               zero_pfn: Any, slot_of: Any, pool: Any, free_slots: Any, nr_free_slots: Any,
+               flags: Any, order_of: Any, refcount: Any, mapcount: Any, next_: Any, prev: Any,
+               free_head: Any, nr_free: Any, zonelist: Any, node_stat: Any, vm_events: Any,
+               mm_stat: Any, tlb_layout: Any, tlb_routes: Any, tlb_tags: Any, tlb_stamps: Any,
+               tlb_payload: Any, pwc_tags: Any, pwc_stamps: Any, pwc_payload: Any, out: Any,
+               touched: Any) -> int:
     """handle_pte_fault() for private anonymous memory: 0 when resolved, 1 for Python."""
     pte = pool[slot, index]
     if pte == 0:
@@ -313,9 +341,10 @@ def _pte_fault(vaddr, write, pcid, slot, index, page_prot, zero_pfn, slot_of, po
     return 0
 
 
-@njit(cache=True, _nrt=False)
-def _flush_tlb_page(vaddr, pcid, tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload,
-                    pwc_tags, pwc_stamps, pwc_payload, vm_events):
+@compiled_without_nrt
+def _flush_tlb_page(vaddr: Any, pcid: Any, tlb_layout: Any, tlb_routes: Any, tlb_tags: Any,
+                    tlb_stamps: Any, tlb_payload: Any, pwc_tags: Any, pwc_stamps: Any,
+                    pwc_payload: Any, vm_events: Any) -> None:
     """flush_tlb_page() -> INVLPG: the TLB entries of vaddr and the page-walk caches."""
     tlb_invlpg(vaddr, pcid, tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload)
     flush_pcid(pcid, pwc_tags, pwc_stamps, pwc_payload, 48)
@@ -323,8 +352,8 @@ def _flush_tlb_page(vaddr, pcid, tlb_layout, tlb_routes, tlb_tags, tlb_stamps, t
 
 
 @njit(cache=True, inline="always")
-def _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots, node_stat, mm_stat,
-                   touched):
+def _new_anon_page(pfn: Any, flags: Any, mapcount: Any, slot_of: Any, free_slots: Any,
+                   nr_free_slots: Any, node_stat: Any, mm_stat: Any, touched: Any) -> None:
     """folio_add_new_anon_rmap() + add_mm_counter(MM_ANONPAGES) for an order-0 folio."""
     touched[pfn] = 0
     slot = slot_of[pfn]
@@ -339,9 +368,10 @@ def _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots, nod
     mm_stat[MM_ANONPAGES] += 1
 
 
-@njit(cache=True, _nrt=False)
-def _new_anon_thp(folio, flags, order_of, head_of, slot_of, free_slots, nr_free_slots,
-                  node_stat, mm_stat, touched):
+@compiled_without_nrt
+def _new_anon_thp(folio: Any, flags: Any, order_of: Any, head_of: Any, slot_of: Any,
+                  free_slots: Any, nr_free_slots: Any, node_stat: Any, mm_stat: Any,
+                  touched: Any) -> None:
     """folio_alloc(order 9) + map_anon_folio_pmd(): flags, counters (not the rmap dicts)."""
     for page in range(folio, folio + HPAGE_PMD_NR):
         touched[page] = 0

@@ -15,6 +15,7 @@ import numpy as np
 
 from pagewalk.mm import huge_memory, pkeys
 from pagewalk.mm.fastfault import NEED_DRAIN, NEED_KERNEL, NEED_SLOTS, NEED_SLOW, touch_kernel
+from pagewalk.mm.rmap import anon_vma_prepare
 from pagewalk.mm.types import VmFlags
 from pagewalk.mm.vma import find_vma
 
@@ -83,7 +84,6 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
             _drain_thp_records(k, mm, vma, out, records)
         task.min_flt += int(out[1])
         if out[2]:
-            from pagewalk.mm.memory import anon_vma_prepare
             anon_vma_prepare(vma)
         i = int(out[0])
         if reason == NEED_KERNEL:       # the MMU faulted: the kernel's part, then the retry

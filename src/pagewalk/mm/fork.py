@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import memory, pkeys, rmap
+from pagewalk.mm import pkeys, rmap
+from pagewalk.mm.huge_memory import is_huge_zero_pmd, mm_get_huge_zero_folio
+from pagewalk.mm.hugetlb import HugetlbFile, ResvMap, copy_hugetlb_page_range, hugetlb_file
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
-from pagewalk.mm.pgtable import OutOfMemory
-from pagewalk.mm.types import AnonVma, MmStat, MmStruct, Vma, VmFlags
-from pagewalk.mm.vma import vma_insert
+from pagewalk.mm.pgtable import OutOfMemory, pte_alloc
+from pagewalk.mm.tlb import flush_tlb_mm
+from pagewalk.mm.types import AnonVma, MmStat, MmStruct, Vma, VmFlags, is_cow_mapping
+from pagewalk.mm.util import vm_acct_memory
+from pagewalk.mm.vma import vm_stat_account, vma_insert
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
-
-
-def is_cow_mapping(flags: VmFlags) -> bool:
-    return flags & (VmFlags.SHARED | VmFlags.MAYWRITE) == VmFlags.MAYWRITE
 
 
 def vma_needs_copy(vma: Vma) -> bool:
@@ -42,32 +42,29 @@ def dup_mmap(k: Kernel, old: MmStruct, new: MmStruct) -> None:
     pkeys.arch_dup_pkeys(k, old, new)                # arch_dup_mmap()
     for vma in old.vmas:
         if vma.flags & VmFlags.DONTCOPY:
-            from pagewalk.mm.vma import vm_stat_account
             vm_stat_account(new, vma.flags, -(vma.length >> 12))
             continue
         if vma.flags & VmFlags.ACCOUNT:
-            k.vm_acct_memory(vma.length >> 12)
+            vm_acct_memory(k, vma.length >> 12)
         # anon_vma_fork(): the child's VMA links its parent's anon_vmas and a new one of
         # its own, so it counts as a fork child (vma_had_uncowed_parents) from now on
         anon_vma = AnonVma(vma.anon_vma.root) if vma.anon_vma else None
         child = replace(vma, anon_vma=anon_vma, anon_vma_chain=vma.anon_vma_chain + (
             (anon_vma,) if anon_vma is not None else ()))
-        if vma.is_hugetlb() and not vma.file.shared:
-            from pagewalk.mm.hugetlb import ResvMap
-            child.file = _child_hugetlb_file(vma.file, ResvMap())
+        if vma.is_hugetlb() and not hugetlb_file(vma).shared:
+            child.file = _child_hugetlb_file(hugetlb_file(vma), ResvMap())
             child.hugetlb_resv_unmapped = False     # hugetlb_dup_vma_private()
         vma_insert(new, child)
         if vma_needs_copy(vma):
             copy_page_range(k, old, new, vma, child)
     if old.khugepaged_registered:
         new.khugepaged_registered = True  # khugepaged_fork()
-    k.flush_tlb_mm(old)
+    flush_tlb_mm(k, old)
 
 
-def _child_hugetlb_file(file, resv):  # type: ignore[no-untyped-def]
+def _child_hugetlb_file(file: HugetlbFile, resv: ResvMap) -> HugetlbFile:
     """A private hugetlb mapping in the child has no reservations and owns no reservation
     map (reset_vma_resv_huge_pages) but has the same hstate and inode."""
-    from pagewalk.mm.hugetlb import HugetlbFile
     child = HugetlbFile(file.hstate, file.length, False, resv, owner=False)
     child.pages = file.pages
     child.inode = file.inode
@@ -76,7 +73,6 @@ def _child_hugetlb_file(file, resv):  # type: ignore[no-untyped-def]
 
 def copy_page_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, src: Vma, dst: Vma) -> None:
     if src.is_hugetlb():
-        from pagewalk.mm.hugetlb import copy_hugetlb_page_range
         copy_hugetlb_page_range(k, src_mm, dst_mm, src, dst)
         return
     pgt = k.pgtables
@@ -97,7 +93,7 @@ def copy_pte_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, vma: Vma, src_
     every mapped page gains a reference and a mapcount, anonymous pages lose
     PageAnonExclusive, a COW mapping's writable PTEs are write-protected in both mms."""
     pgt = k.pgtables
-    dst_table = memory.pte_alloc(k, dst_mm, dst_pmd)
+    dst_table = pte_alloc(k, dst_mm, dst_pmd)
     if dst_table == NO_PAGE:
         raise OutOfMemory(start)
     first = (start >> 12) & 511
@@ -135,15 +131,14 @@ def copy_pte_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, vma: Vma, src_
 def copy_huge_pmd(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, vma: Vma, src_pmd: int,
                   dst_pmd: int) -> None:
     """copy_huge_pmd(): deposit a table for the child, share the THP write-protected."""
-    from pagewalk.mm import huge_memory
     pgt = k.pgtables
     pmd = pgt.read(src_pmd)
     table = pgt.alloc_table_page(dst_mm, "pte")
     if table == NO_PAGE:
         raise OutOfMemory(0)
     k.deposit[dst_pmd] = table
-    if huge_memory.is_huge_zero_pmd(k, pmd):
-        k.get_huge_zero_folio(dst_mm)
+    if is_huge_zero_pmd(k, pmd):
+        mm_get_huge_zero_folio(k, dst_mm)
         pgt.set_entry(dst_mm, dst_pmd, pmd)
         return
     head = pt.huge_pfn(pmd, 21)

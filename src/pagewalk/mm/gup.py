@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from pagewalk.errors import Signal, SignalError
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import pkeys
-from pagewalk.mm.memory import FaultFlags, VmFault, handle_mm_fault
-from pagewalk.mm.types import Vma, VmFlags
+from pagewalk.mm.memory import handle_mm_fault
+from pagewalk.mm.types import FaultFlags, Vma, VmFault, VmFlags
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
@@ -33,7 +33,7 @@ def populate_vma_page_range(k: Kernel, task: Task, vma: Vma, start: int, end: in
         return  # check_vma_flags(): -EFAULT, which populate ignores (execute-only memory)
     addr = start
     while addr < end:
-        paddr, entry, shift = k.pgtables.lookup(task.mm, addr)
+        _, entry, shift = k.pgtables.lookup(task.mm, addr)
         present = bool(entry & pt._PAGE_PRESENT)
         if present and (not write or entry & pt._PAGE_RW):
             step = 1 << shift

@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import rmap
+from pagewalk.mm import compaction, rmap
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
-from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
+from pagewalk.mm.rmap import anon_vma_prepare
+from pagewalk.mm.tlb import flush_tlb_mm_range
+from pagewalk.mm.types import FaultFlags, MmStat, MmStruct, Vma, VmFault, VmFlags
 from pagewalk.mm.vmstat import NodeStat, VmEvent
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
-    from pagewalk.mm.memory import FaultFlags, VmFault
 
 THP = "/sys/kernel/mm/transparent_hugepage"
 HPAGE_PMD_ORDER = 9
@@ -115,7 +116,6 @@ def alloc_thp(k: Kernel, vma: Vma, order: int = HPAGE_PMD_ORDER) -> int:
     pfn = rmap.folio_alloc(k, order)
     if pfn != NO_PAGE or not gfp_allows_direct_compaction(k, vma):
         return pfn
-    from pagewalk.mm import compaction
     if compaction.try_to_compact_pages(k, order):
         return rmap.folio_alloc(k, order)
     return NO_PAGE
@@ -144,7 +144,6 @@ def alloc_anon_folio(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, table: int) 
 
 def do_huge_pmd_anonymous_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
                                flags: FaultFlags) -> VmFault:
-    from pagewalk.mm.memory import FaultFlags, VmFault, anon_vma_prepare
     haddr = vaddr & ~(HPAGE_PMD_SIZE - 1)
     if not thp_vma_suitable_order(vma, haddr, HPAGE_PMD_ORDER):
         return VmFault.FALLBACK
@@ -154,7 +153,7 @@ def do_huge_pmd_anonymous_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pm
         table = k.pgtables.alloc_table_page(mm, "pte")   # pte_alloc_one
         if table == NO_PAGE:
             return VmFault.OOM
-        zero = k.get_huge_zero_folio(mm)
+        zero = mm_get_huge_zero_folio(k, mm)
         if zero == NO_PAGE:
             k.pgtables.free_table_page(mm, table, "pte")
             k.vm_events[VmEvent.THP_FAULT_FALLBACK] += 1
@@ -204,10 +203,50 @@ def is_huge_zero_pmd(k: Kernel, pmd: int) -> bool:
     return k.huge_zero_pfn != NO_PAGE and pt.huge_pfn(pmd, 21) == k.huge_zero_pfn
 
 
+def get_huge_zero_folio(k: Kernel) -> int:
+    """get_huge_zero_folio(): allocated once (thp_zero_page_alloc), then kept (pagewalk
+    keeps it for the kernel's lifetime: no shrinker runs); NO_PAGE when that fails."""
+    if k.huge_zero_pfn == NO_PAGE:
+        pfn = k.buddy.alloc_pages(HPAGE_PMD_ORDER)
+        if pfn == NO_PAGE:
+            k.vm_events[VmEvent.THP_ZERO_PAGE_ALLOC_FAILED] += 1
+            return NO_PAGE
+        k.memmap.flags[pfn] |= PageFlag.HEAD
+        k.memmap.order[pfn] = HPAGE_PMD_ORDER
+        k.huge_zero_pfn = pfn
+        k.vm_events[VmEvent.THP_ZERO_PAGE_ALLOC] += 1
+    return k.huge_zero_pfn
+
+
+def mm_get_huge_zero_folio(k: Kernel, mm: MmStruct) -> int:
+    """mm_get_huge_zero_folio(): the huge zero folio, the mm marked MMF_HUGE_ZERO_FOLIO."""
+    pfn = get_huge_zero_folio(k)
+    if pfn != NO_PAGE:
+        k.huge_zero_mms.add(id(mm))
+    return pfn
+
+
+def mm_put_huge_zero_folio(k: Kernel, mm: MmStruct) -> None:
+    """mm_put_huge_zero_folio(): the mm no longer holds the huge zero folio."""
+    k.huge_zero_mms.discard(id(mm))
+
+
+def deferred_split_folio(k: Kernel, head: int) -> None:
+    """deferred_split_folio(folio, partially_mapped=true): the folio goes on the deferred
+    split queue; thp_deferred_split_page counts the first time it is marked partially
+    mapped."""
+    flags = k.memmap.flags
+    if flags[head] & PageFlag.PARTIALLY_MAPPED:
+        return
+    flags[head] |= PageFlag.PARTIALLY_MAPPED
+    k.deferred_split.add(head)
+    k.vm_events[VmEvent.THP_DEFERRED_SPLIT_PAGE] += 1
+    count_mthp_stat(k, int(k.memmap.order[head]) or HPAGE_PMD_ORDER, "split_deferred")
+
+
 def do_huge_pmd_wp_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int,
                         pmd_paddr: int) -> VmFault:
     """do_huge_pmd_wp_page(): a write to a read-only huge PMD."""
-    from pagewalk.mm.memory import VmFault, anon_vma_prepare
     if not vma.is_anonymous():
         # wp_huge_pmd(): shmem has no ->huge_fault; split and fault the PTE level
         split_huge_pmd(k, mm, vma, pmd_paddr, vaddr)
@@ -218,8 +257,8 @@ def do_huge_pmd_wp_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int,
         folio = alloc_thp(k, vma)   # do_huge_zero_wp_pmd (6.13+)
         if folio != NO_PAGE:
             map_anon_folio_pmd(k, mm, vma, pmd_paddr, folio)
-            k.flush_tlb_range(mm, vaddr & ~(HPAGE_PMD_SIZE - 1),
-                              (vaddr & ~(HPAGE_PMD_SIZE - 1)) + HPAGE_PMD_SIZE)
+            flush_tlb_mm_range(k, mm, vaddr & ~(HPAGE_PMD_SIZE - 1),
+                               (vaddr & ~(HPAGE_PMD_SIZE - 1)) + HPAGE_PMD_SIZE)
             k.vm_events[VmEvent.THP_FAULT_ALLOC] += 1
             count_mthp_stat(k, HPAGE_PMD_ORDER, "anon_fault_alloc")
             return VmFault.OK
@@ -261,7 +300,7 @@ def split_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, vaddr: int
         # __split_huge_zero_page_pmd(): 512 zero-page PTEs.
         zero = pt.mk_pte(k.zero_pfn, vma.page_prot) | pt._PAGE_SPECIAL | pt._PAGE_ACCESSED
         pgt.fill_table(table, np.full(HPAGE_PMD_NR, zero, dtype=np.uint64))
-        k.put_huge_zero_folio(mm)
+        mm_put_huge_zero_folio(k, mm)
     else:
         pfns = np.arange(head, head + HPAGE_PMD_NR, dtype=np.uint64)
         pgt.fill_table(table, (pfns << np.uint64(12)) | np.uint64(base))
@@ -269,14 +308,14 @@ def split_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, vaddr: int
         k.memmap.refcount[head] += HPAGE_PMD_NR - 1
         rmap.folio_remove_pmd_rmap(k, head)
     pgt.set_entry(mm, pmd_paddr, pt.mk_table(table))
-    k.flush_tlb_range(mm, haddr, haddr + HPAGE_PMD_SIZE)
+    flush_tlb_mm_range(k, mm, haddr, haddr + HPAGE_PMD_SIZE)
 
 
 def _split_file_pmd(k: Kernel, mm: MmStruct, pmd_paddr: int, pmd: int, haddr: int) -> None:
     """__split_huge_pmd_locked() for a file (shmem) THP: no deposit on x86; the PMD is just
     cleared and later faults map the pages again."""
     k.pgtables.set_entry(mm, pmd_paddr, 0)        # pmdp_huge_clear_flush
-    k.flush_tlb_range(mm, haddr, haddr + HPAGE_PMD_SIZE)
+    flush_tlb_mm_range(k, mm, haddr, haddr + HPAGE_PMD_SIZE)
     head = pt.huge_pfn(pmd, 21)
     rmap.folio_remove_pmd_rmap(k, head)
     rmap.folio_put(k, head)
@@ -307,7 +346,7 @@ def zap_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, pmd: int) ->
     table = k.deposit.pop(pmd_paddr)
     k.pgtables.free_table_page(mm, table, "pte")   # zap_deposited_table
     if is_huge_zero_pmd(k, pmd):
-        k.put_huge_zero_folio(mm)
+        mm_put_huge_zero_folio(k, mm)
         return
     head = pt.huge_pfn(pmd, 21)
     mm.stat[MmStat.MM_ANONPAGES] -= HPAGE_PMD_NR
@@ -390,7 +429,7 @@ def split_folio(k: Kernel, mm: MmStruct, vma: Vma, head: int, vaddr: int) -> boo
     if order == HPAGE_PMD_ORDER:
         k.vm_events[VmEvent.THP_SPLIT_PAGE] += 1
     count_mthp_stat(k, order, "split")
-    k.flush_tlb_range(mm, vaddr, vaddr + (nr_pages << 12))
+    flush_tlb_mm_range(k, mm, vaddr, vaddr + (nr_pages << 12))
     freed = np.array([head + i for i in range(nr_pages) if not mapped[i]], dtype=np.int64)
     k.physmem_drop_range_many(freed)                     # free_folio_and_swap_cache()
     k.buddy.free_pages_bulk(freed)

@@ -23,14 +23,23 @@ from typing import TYPE_CHECKING
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import page_alloc
+from pagewalk.mm import compaction, page_alloc
 from pagewalk.mm.page_alloc import MAX_PAGE_ORDER, NO_PAGE, PageFlag, list_del
-from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
+from pagewalk.mm.rmap import anon_vma_prepare
+from pagewalk.mm.tlb import flush_tlb_mm_range, flush_tlb_page
+from pagewalk.mm.types import (
+    FaultFlags,
+    MmStat,
+    MmStruct,
+    Vma,
+    VmFault,
+    VmFlags,
+    is_cow_mapping,
+)
 from pagewalk.mm.vmstat import NodeStat, VmEvent
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
-    from pagewalk.mm.memory import FaultFlags, VmFault
 
 SIZES = {2 << 20: "hugepages-2048kB", 1 << 30: "hugepages-1048576kB"}
 SYS = "/sys/kernel/mm/hugepages"
@@ -126,6 +135,11 @@ class HugetlbFile:
                 k.hugetlb.put_page(h, pfn)
             self.pages.clear()
 
+    def may_split(self, vma: Vma, addr: int) -> None:
+        """hugetlb_vm_op_split(): a cut off a huge page boundary is EINVAL."""
+        if addr & (self.huge_size - 1):
+            raise SyscallError(Errno.EINVAL, "hugetlb VMA split off a huge page boundary")
+
     def index(self, vma: Vma, vaddr: int) -> int:
         return (vma.pgoff << 12) // self.huge_size + (vaddr - vma.start) // self.huge_size
 
@@ -184,11 +198,10 @@ class HugetlbState:
             pfn = self._alloc_contig(h)
         else:
             pfn = self._alloc_above_watermarks(h.order)
-            if pfn == NO_PAGE and self._compaction_suitable(h.order):
-                # __GFP_RETRY_MAYFAIL allows direct compaction (alloc_buddy_hugetlb_folio).
-                from pagewalk.mm import compaction
-                if compaction.try_to_compact_pages(k, h.order):
-                    pfn = self._alloc_above_watermarks(h.order)
+            # __GFP_RETRY_MAYFAIL allows direct compaction (alloc_buddy_hugetlb_folio).
+            if pfn == NO_PAGE and self._compaction_suitable(h.order) and \
+                    compaction.try_to_compact_pages(k, h.order):
+                pfn = self._alloc_above_watermarks(h.order)
         if pfn == NO_PAGE:
             k.vm_events[VmEvent.HTLB_BUDDY_ALLOC_FAIL] += 1
             return NO_PAGE
@@ -356,6 +369,23 @@ class HugetlbState:
         self.publish(h)
 
 
+def hugetlb_file(vma: Vma) -> HugetlbFile:
+    """The hugetlbfs file behind a hugetlb VMA (its vm_file)."""
+    file = vma.file
+    assert isinstance(file, HugetlbFile), f"not a hugetlb VMA: {vma}"
+    return file
+
+
+def hstate_vma(vma: Vma) -> Hstate:
+    """hstate_vma(): the huge page size (hstate) of a hugetlb VMA."""
+    return hugetlb_file(vma).hstate
+
+
+def vma_kernel_pagesize(vma: Vma) -> int:
+    """vma_kernel_pagesize(): the huge page size of a hugetlb VMA, else PAGE_SIZE."""
+    return hstate_vma(vma).size if vma.is_hugetlb() else 4096
+
+
 def hstate_for(k: Kernel, huge_size: int | None) -> Hstate:
     size = huge_size or 2 << 20
     if size not in k.hugetlb.hstates:
@@ -405,7 +435,7 @@ def huge_pte_alloc(k: Kernel, mm: MmStruct, vma: Vma, addr: int) -> int:
     """huge_pte_alloc(): the entry for ``addr``, allocating the tables above it; a 2 MiB
     mapping that may share (want_pmd_share) with a none PUD entry looks for another mm's
     PMD table first (huge_pmd_share)."""
-    h: Hstate = vma.file.hstate
+    h: Hstate = hstate_vma(vma)
     pud_paddr, _ = k.pgtables.walk(mm, addr, 30, alloc=True)   # p4d_alloc, pud_alloc
     if h.size == PUD_SIZE:
         return pud_paddr
@@ -436,11 +466,11 @@ def huge_pmd_share(k: Kernel, mm: MmStruct, vma: Vma, addr: int, pud_paddr: int)
     """huge_pmd_share(): the first other mapping of the same file page (i_mmap order) that
     has a PMD table it can share (page_table_shareable) lends it: ``mm``'s PUD entry
     points at that table."""
-    file: HugetlbFile = vma.file
+    file = hugetlb_file(vma)
     idx = vma.pgoff + ((addr - vma.start) >> 12)
     for task in k.tasks.values():
         for svma in task.mm.vmas:
-            if svma is vma or not svma.is_hugetlb() or svma.file.inode is not file.inode:
+            if svma is vma or not svma.is_hugetlb() or hugetlb_file(svma).inode is not file.inode:
                 continue
             if not svma.pgoff <= idx < svma.pgoff + (svma.length >> 12):
                 continue
@@ -455,12 +485,12 @@ def huge_pmd_unshare(k: Kernel, mm: MmStruct, vma: Vma, addr: int, entry_paddr: 
     """huge_pmd_unshare(): if the PMD table holding ``entry_paddr`` is shared, ``mm`` lets
     go of it (its PUD entry cleared, its TLB flushed for the PUD range) and nothing in it
     is zapped or changed for ``mm``: True then, and the caller skips the PUD range."""
-    if vma.file.hstate.size != PMD_SIZE or not k.pgtables.pmd_is_shared(entry_paddr >> 12):
+    if hstate_vma(vma).size != PMD_SIZE or not k.pgtables.pmd_is_shared(entry_paddr >> 12):
         return False
     pud_paddr, _ = k.pgtables.walk(mm, addr, 30, alloc=False)
     k.pgtables.unshare_pmd_table(mm, pud_paddr)
     base = addr & ~(PUD_SIZE - 1)
-    k.flush_tlb_range(mm, base, base + PUD_SIZE)     # huge_pmd_unshare_flush
+    flush_tlb_mm_range(k, mm, base, base + PUD_SIZE)     # huge_pmd_unshare_flush
     return True
 
 
@@ -471,7 +501,7 @@ def hugetlb_split(k: Kernel, mm: MmStruct, vma: Vma, addr: int) -> None:
         return
     floor = addr & ~(PUD_SIZE - 1)
     if vma.start <= floor and floor + PUD_SIZE <= vma.end:
-        entry_paddr = hugetlb_walk(k, mm, vma.file.hstate, floor)
+        entry_paddr = hugetlb_walk(k, mm, hstate_vma(vma), floor)
         if entry_paddr is not None:
             huge_pmd_unshare(k, mm, vma, floor, entry_paddr)
 
@@ -480,8 +510,7 @@ def hugetlb_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, flags: FaultFla
     """hugetlb_fault() -> hugetlb_no_page(): map a pool page with a PMD or PUD leaf. The
     entry may already be present when huge_pte_alloc shared another mm's PMD table: the
     fault then only marks it young, and this mm's hugetlb_usage does not change."""
-    from pagewalk.mm.memory import FaultFlags, VmFault
-    file: HugetlbFile = vma.file
+    file = hugetlb_file(vma)
     h = file.hstate
     haddr = vaddr & ~(h.size - 1)
     entry_paddr = huge_pte_alloc(k, mm, vma, haddr)
@@ -496,7 +525,6 @@ def hugetlb_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, flags: FaultFla
         return VmFault.SIGBUS      # hugetlb_no_page(): "killed due to inadequate hugepage pool"
     index = file.index(vma, haddr)
     if not vma.flags & VmFlags.SHARED:
-        from pagewalk.mm.memory import anon_vma_prepare
         anon_vma_prepare(vma)  # hugetlb_no_page: vmf_anon_prepare() for private mappings
     pfn = file.pages.get(index, NO_PAGE) if file.shared else NO_PAGE
     if pfn == NO_PAGE:
@@ -528,8 +556,7 @@ def hugetlb_wp(k: Kernel, mm: MmStruct, vma: Vma, haddr: int, entry_paddr: int,
     taken without a reservation. When none is left, the mapping's reservation owner takes
     the page from the children instead (unmap_ref_private) and reuses it; anyone else
     gets SIGBUS."""
-    from pagewalk.mm.memory import VmFault
-    file: HugetlbFile = vma.file
+    file = hugetlb_file(vma)
     h = file.hstate
     old = pt.huge_pfn(entry, h.shift)
     if not vma.flags & VmFlags.SHARED and k.memmap.refcount[old] != 1:
@@ -540,7 +567,7 @@ def hugetlb_wp(k: Kernel, mm: MmStruct, vma: Vma, haddr: int, entry_paddr: int,
                 k.physmem.copy_frame(new + i, old + i)
             k.pgtables.set_entry(mm, entry_paddr, pt.mk_huge(new, vma.page_prot) |
                                  pt._PAGE_ACCESSED | pt._PAGE_DIRTY | pt._PAGE_RW)
-            k.flush_tlb_page(mm, haddr)
+            flush_tlb_page(k, mm, haddr)
             k.hugetlb.put_page(h, old)
             return VmFault.OK
         if not file.owner:
@@ -550,7 +577,7 @@ def hugetlb_wp(k: Kernel, mm: MmStruct, vma: Vma, haddr: int, entry_paddr: int,
             return VmFault.SIGBUS
     # wp_page_reuse: MAP_SHARED, or the only mapper (retry_avoidcopy)
     k.pgtables.set_entry(mm, entry_paddr, entry | pt._PAGE_RW | pt._PAGE_DIRTY | pt._PAGE_ACCESSED)
-    k.flush_tlb_page(mm, haddr)
+    flush_tlb_page(k, mm, haddr)
     return VmFault.OK
 
 
@@ -558,13 +585,13 @@ def unmap_ref_private(k: Kernel, mm: MmStruct, vma: Vma, pfn: int, haddr: int) -
     """unmap_ref_private(): unmap huge page ``pfn`` at ``haddr`` from every other private
     mapping of the same inode that owns no reservations (the children), marking each
     HPAGE_RESV_UNMAPPED so that their later faults there are SIGBUS."""
-    file: HugetlbFile = vma.file
+    file = hugetlb_file(vma)
     h = file.hstate
     for task in k.tasks.values():
         for other in task.mm.vmas:
-            if other is vma or not other.is_hugetlb() or other.file.inode is not file.inode:
+            if other is vma or not other.is_hugetlb() or hugetlb_file(other).inode is not file.inode:
                 continue
-            if other.flags & VmFlags.SHARED or other.file.owner or not other.contains(haddr):
+            if other.flags & VmFlags.SHARED or hugetlb_file(other).owner or not other.contains(haddr):
                 continue
             entry_paddr = hugetlb_walk(k, task.mm, h, haddr)
             if entry_paddr is None:
@@ -575,7 +602,7 @@ def unmap_ref_private(k: Kernel, mm: MmStruct, vma: Vma, pfn: int, haddr: int) -
                 continue
             other.hugetlb_resv_unmapped = True
             _zap_huge_leaf(k, task.mm, h, entry_paddr, pfn)
-            k.flush_tlb_range(task.mm, haddr, haddr + h.size)
+            flush_tlb_mm_range(k, task.mm, haddr, haddr + h.size)
 
 
 def _zap_huge_leaf(k: Kernel, mm: MmStruct, h: Hstate, entry_paddr: int, pfn: int) -> None:
@@ -596,7 +623,7 @@ def unmap_hugepage_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int
     hugetlb_vm_op_close may already have released the index's reservation: the kernel's
     HugePages_Rsvd then goes below zero (wraps) until the child lets the page go, and so
     does pagewalk's (measured: tests/data/measured/hugetlb-restore-reserve*.yaml)."""
-    file: HugetlbFile = vma.file
+    file = hugetlb_file(vma)
     h = file.hstate
     addr = start & ~(h.size - 1)
     while addr < end:
@@ -614,7 +641,7 @@ def unmap_hugepage_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int
                 file.resv.reserved.add(file.index(vma, addr))
             _zap_huge_leaf(k, mm, h, entry_paddr, pfn)
         addr += h.size
-    k.flush_tlb_range(mm, start, end)
+    flush_tlb_mm_range(k, mm, start, end)
 
 
 def hugetlb_change_protection(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
@@ -622,7 +649,7 @@ def hugetlb_change_protection(k: Kernel, mm: MmStruct, vma: Vma, start: int, end
     """hugetlb_change_protection(): every leaf that is not none (PROT_NONE ones too) takes
     the new protection (huge_pte_modify); a shared PMD table is unshared instead, so this
     mm faults its pages in again later."""
-    file: HugetlbFile = vma.file
+    file = hugetlb_file(vma)
     h = file.hstate
     addr = start
     while addr < end:
@@ -634,7 +661,7 @@ def hugetlb_change_protection(k: Kernel, mm: MmStruct, vma: Vma, start: int, end
         if not huge_pte_none(entry):
             k.pgtables.set_entry(mm, entry_paddr, pt.pte_modify(entry, newprot) | pt._PAGE_PSE)
         addr += h.size
-    k.flush_tlb_range(mm, start, end)
+    flush_tlb_mm_range(k, mm, start, end)
 
 
 def copy_hugetlb_page_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, src_vma: Vma,
@@ -642,8 +669,7 @@ def copy_hugetlb_page_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, src_v
     """copy_hugetlb_page_range(): the child gets the tables wherever the parent has them
     (huge_pte_alloc) and every leaf that is not none, PROT_NONE included: the page is
     shared, write-protected in both for a COW mapping; a shared PMD table is not copied."""
-    from pagewalk.mm.fork import is_cow_mapping
-    h: Hstate = src_vma.file.hstate
+    h: Hstate = hstate_vma(src_vma)
     cow = is_cow_mapping(src_vma.flags)
     pgt = k.pgtables
     addr = src_vma.start

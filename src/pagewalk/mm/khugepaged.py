@@ -25,16 +25,16 @@ import numpy as np
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory, rmap
+from pagewalk.mm import compaction, huge_memory, memory, rmap, shmem
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
+from pagewalk.mm.tlb import flush_tlb_mm_range, flush_tlb_page
 from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
-from pagewalk.mm.vma import vmas_in_range
+from pagewalk.mm.vma import vma_lookup, vmas_in_range
 from pagewalk.mm.vmstat import NodeStat, VmEvent
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
     from pagewalk.kernel.task import Task
-    from pagewalk.mm.shmem import PageCacheFile
 
 KHUGEPAGED = "/sys/kernel/mm/transparent_hugepage/khugepaged"
 HPAGE_PMD_SIZE = 1 << 21
@@ -125,10 +125,10 @@ def alloc_charge_folio(k: Kernel, is_khugepaged: bool) -> int:
     """alloc_charge_folio(): the new THP (GFP_TRANSHUGE may compact directly: always for
     MADV_COLLAPSE, with khugepaged/defrag for khugepaged); thp_collapse_alloc[_failed]."""
     folio = rmap.folio_alloc(k, huge_memory.HPAGE_PMD_ORDER)
-    if folio == NO_PAGE and (not is_khugepaged or k.knobs.get(f"{KHUGEPAGED}/defrag") == "1"):
-        from pagewalk.mm import compaction
-        if compaction.try_to_compact_pages(k, huge_memory.HPAGE_PMD_ORDER):
-            folio = rmap.folio_alloc(k, huge_memory.HPAGE_PMD_ORDER)
+    may_compact = not is_khugepaged or k.knobs.get(f"{KHUGEPAGED}/defrag") == "1"
+    if folio == NO_PAGE and may_compact and \
+            compaction.try_to_compact_pages(k, huge_memory.HPAGE_PMD_ORDER):
+        folio = rmap.folio_alloc(k, huge_memory.HPAGE_PMD_ORDER)
     if folio == NO_PAGE:
         k.vm_events[VmEvent.THP_COLLAPSE_ALLOC_FAILED] += 1
         return NO_PAGE
@@ -158,7 +158,7 @@ def collapse_huge_page(k: Kernel, mm: MmStruct, vma: Vma, haddr: int, pmd_paddr:
     k.memmap.refcount[folio] = 1
     k.deposit[pmd_paddr] = table               # the old table is the deposit
     pgt.set_entry(mm, pmd_paddr, huge_memory.mk_huge_pmd(vma, folio))
-    k.flush_tlb_range(mm, haddr, haddr + HPAGE_PMD_SIZE)
+    flush_tlb_mm_range(k, mm, haddr, haddr + HPAGE_PMD_SIZE)
     return Scan.SUCCEED
 
 
@@ -216,9 +216,10 @@ def _collapse_shmem_vma(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int)
     hend = end & ~(HPAGE_PMD_SIZE - 1)
     thps = 0
     last_fail = Scan.SUCCEED
+    file = vma.file
+    assert isinstance(file, shmem.PageCacheFile)      # the caller checked vma_is_shmem()
     for haddr in range(hstart, hend, HPAGE_PMD_SIZE):
-        from pagewalk.mm.shmem import file_index
-        result = hpage_collapse_scan_file(k, mm, vma.file, file_index(vma, haddr),
+        result = hpage_collapse_scan_file(k, mm, file, shmem.file_index(vma, haddr),
                                           is_khugepaged=False)
         if result is Scan.PTE_MAPPED_HUGEPAGE:
             result = collapse_pte_mapped_thp(k, mm, haddr, install_pmd=True)
@@ -232,7 +233,7 @@ def _collapse_shmem_vma(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int)
         raise SyscallError(collapse_errno(last_fail), f"collapse: {last_fail.value}")
 
 
-def hpage_collapse_scan_file(k: Kernel, mm: MmStruct, file: PageCacheFile, start: int,
+def hpage_collapse_scan_file(k: Kernel, mm: MmStruct, file: shmem.PageCacheFile, start: int,
                              is_khugepaged: bool) -> Scan:
     """hpage_collapse_scan_file(): the page cache of [start, start + 512): a THP already
     there is SCAN_PTE_MAPPED_HUGEPAGE; a page with references beyond its mappings and the
@@ -257,7 +258,7 @@ def hpage_collapse_scan_file(k: Kernel, mm: MmStruct, file: PageCacheFile, start
     return collapse_file(k, file, start, is_khugepaged)
 
 
-def collapse_file(k: Kernel, file: PageCacheFile, start: int, is_khugepaged: bool) -> Scan:
+def collapse_file(k: Kernel, file: shmem.PageCacheFile, start: int, is_khugepaged: bool) -> Scan:
     """collapse_file() for shmem: the THP is allocated first; a range with no page at all
     is SCAN_TRUNCATED. Each cached page is unmapped everywhere (try_to_unmap) and must then
     hold only the cache's reference (else SCAN_PAGE_COUNT; pages unmapped so far stay
@@ -286,6 +287,7 @@ def collapse_file(k: Kernel, file: PageCacheFile, start: int, is_khugepaged: boo
     memmap.refcount[new] = nr                    # folio_ref_add(nr - 1): the cache's references
     k.node_stat[NodeStat.NR_FILE_PAGES] += nr_none
     k.node_stat[NodeStat.NR_SHMEM] += nr_none
+    k.node_stat[NodeStat.NR_SHMEM_THPS] += nr    # collapse_file: __lruvec_stat_mod_folio
     k.node_stat[NodeStat.NR_INACTIVE_ANON] += nr_none   # the new folio on the LRU, the old off
     for i in range(nr):
         file.pages[start + i] = new + i
@@ -295,9 +297,8 @@ def collapse_file(k: Kernel, file: PageCacheFile, start: int, is_khugepaged: boo
     return Scan.SUCCEED if is_khugepaged else Scan.PTE_MAPPED_HUGEPAGE
 
 
-def _try_to_unmap_file_page(k: Kernel, file: PageCacheFile, index: int, pfn: int) -> None:
+def _try_to_unmap_file_page(k: Kernel, file: shmem.PageCacheFile, index: int, pfn: int) -> None:
     """try_to_unmap(): clear every PTE that maps this page-cache page, in every mm."""
-    from pagewalk.mm import memory
     pgt = k.pgtables
     for task in k.tasks.values():
         mm = task.mm
@@ -314,10 +315,10 @@ def _try_to_unmap_file_page(k: Kernel, file: PageCacheFile, index: int, pfn: int
             if pte & (pt._PAGE_PRESENT | pt._PAGE_PROTNONE) and pt.pte_pfn(pte) == pfn:
                 pgt.set_entry(mm, paddr, 0)
                 memory.zap_present_page(k, mm, pfn)
-                k.flush_tlb_page(mm, vaddr)
+                flush_tlb_page(k, mm, vaddr)
 
 
-def retract_page_tables(k: Kernel, file: PageCacheFile, pgoff: int) -> None:
+def retract_page_tables(k: Kernel, file: shmem.PageCacheFile, pgoff: int) -> None:
     """retract_page_tables(): in every VMA of the file over ``pgoff`` without an anon_vma
     whose aligned 2 MiB there lies inside it, free the (now empty) PTE table, so the THP can
     be mapped by PMD."""
@@ -337,15 +338,13 @@ def retract_page_tables(k: Kernel, file: PageCacheFile, pgoff: int) -> None:
                 continue
             pgt.set_entry(mm, pmd_paddr, 0)      # pmdp_collapse_flush
             pgt.free_table_page(mm, pt.pte_pfn(pmd), "pte")
-            k.flush_tlb_range(mm, addr, addr + HPAGE_PMD_SIZE)
+            flush_tlb_mm_range(k, mm, addr, addr + HPAGE_PMD_SIZE)
 
 
 def collapse_pte_mapped_thp(k: Kernel, mm: MmStruct, addr: int, install_pmd: bool) -> Scan:
     """collapse_pte_mapped_thp(): where the page cache holds a THP for this 2 MiB, take
     away the PTEs that map its pages (all must be none or map the right subpage) and their
     table, then (install_pmd, MADV_COLLAPSE) map it by PMD: set_huge_pmd -> do_set_pmd."""
-    from pagewalk.mm import shmem
-    from pagewalk.mm.vma import vma_lookup
     haddr = addr & ~(HPAGE_PMD_SIZE - 1)
     vma = vma_lookup(mm, haddr)
     if vma is None or vma.file is None or haddr + HPAGE_PMD_SIZE > vma.end:
@@ -375,11 +374,10 @@ def collapse_pte_mapped_thp(k: Kernel, mm: MmStruct, addr: int, install_pmd: boo
                 return Scan.FAIL
         for i, word in enumerate(words.tolist()):   # step 2: clear them, adjust rmap
             if word:
-                from pagewalk.mm import memory
                 memory.zap_present_page(k, mm, head + i)
         pgt.set_entry(mm, pmd_paddr, 0)           # step 4: pmdp_collapse_flush
         pgt.free_table_page(mm, table, "pte")
-        k.flush_tlb_range(mm, haddr, haddr + HPAGE_PMD_SIZE)
+        flush_tlb_mm_range(k, mm, haddr, haddr + HPAGE_PMD_SIZE)
     if not install_pmd:
         return Scan.SUCCEED
     shmem.do_set_pmd(k, mm, vma, pmd_paddr, head, write=False)

@@ -14,8 +14,10 @@ import numpy as np
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory, memory, rmap
+from pagewalk.mm import huge_memory, khugepaged, memory, rmap
+from pagewalk.mm.hugetlb import vma_kernel_pagesize
 from pagewalk.mm.page_alloc import PageFlag
+from pagewalk.mm.tlb import flush_tlb_mm_range
 from pagewalk.mm.types import MmStruct, Vma, VmFlags
 from pagewalk.mm.vma import VmaIterator, vma_modify_flags
 from pagewalk.mm.vmstat import VmEvent
@@ -41,7 +43,6 @@ def do_madvise(k: Kernel, task: Task, start: int, length: int, advice: str) -> N
     if end == start:
         return
     if advice == "collapse":
-        from pagewalk.mm import khugepaged
         khugepaged.madvise_collapse(k, task, start, end)
         return
     # madvise_walk_vmas(): a gap makes the call ENOMEM but the VMAs after it are still
@@ -71,7 +72,7 @@ def _check_vma(vma: Vma, advice: str, start: int) -> None:
     if vma.is_hugetlb():
         if advice == "free":
             raise SyscallError(Errno.EINVAL, "MADV_FREE on hugetlb")
-        if start & (vma.file.huge_size - 1):
+        if start & (vma_kernel_pagesize(vma) - 1):
             raise SyscallError(Errno.EINVAL, "MADV_DONTNEED start not huge-page aligned")
     if advice == "free" and not vma.is_anonymous():
         raise SyscallError(Errno.EINVAL, "MADV_FREE needs private anonymous memory")
@@ -83,7 +84,7 @@ def _apply(k: Kernel, task: Task, vma: Vma, start: int, end: int, advice: str) -
         hugepage_madvise(k, mm, vma, start, end, advice == "hugepage")
     elif advice == "dontneed":
         if vma.is_hugetlb():
-            mask = vma.file.huge_size - 1
+            mask = vma_kernel_pagesize(vma) - 1
             end &= ~mask       # the end rounds down to whole huge pages (start is aligned)
             if start >= end:
                 return
@@ -132,7 +133,7 @@ def madvise_free_single_vma(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: 
         va = addr
         while va < nxt:
             va += _madvise_free_pte(k, mm, vma, table, va, nxt) << 12
-    k.flush_tlb_range(mm, start, end)
+    flush_tlb_mm_range(k, mm, start, end)
 
 
 def _madvise_free_huge_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, pmd: int,

@@ -10,17 +10,17 @@ anonymous 4 KiB faults) in compiled code and must leave identical state.
 
 from __future__ import annotations
 
-import enum
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory, rmap
+from pagewalk.mm import huge_memory, hugetlb, rmap, shmem
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
-from pagewalk.mm.pgtable import OutOfMemory
-from pagewalk.mm.types import AnonVma, MmStat, MmStruct, Vma, VmFlags
-from pagewalk.mm.vma import find_mergeable_anon_vma
+from pagewalk.mm.pgtable import OutOfMemory, mk_anon_pte, pte_alloc
+from pagewalk.mm.rmap import anon_vma_prepare
+from pagewalk.mm.tlb import flush_tlb_mm_range, flush_tlb_page
+from pagewalk.mm.types import FaultFlags, MmStat, MmStruct, Vma, VmFault, VmFlags
 from pagewalk.mm.vmstat import NodeStat, VmEvent
 
 if TYPE_CHECKING:
@@ -28,32 +28,14 @@ if TYPE_CHECKING:
     from pagewalk.kernel.task import Task
 
 
-class FaultFlags(enum.IntFlag):
-    """enum fault_flag (include/linux/mm_types.h)."""
-
-    WRITE = 1 << 0
-    USER = 1 << 6
-    INSTRUCTION = 1 << 8
-    REMOTE = 1 << 7       # GUP on behalf of another path (populate): no perf accounting
-
-
-class VmFault(enum.IntFlag):
-    """vm_fault_t results (include/linux/mm_types.h)."""
-
-    OK = 0
-    OOM = 1 << 0
-    SIGBUS = 1 << 1
-    MAJOR = 1 << 2
-    SIGSEGV = 1 << 6
-    NOPAGE = 1 << 8
-    FALLBACK = 1 << 11
-    ERROR = OOM | SIGBUS | SIGSEGV
+# FaultFlags/VmFault live in mm/types.py, anon_vma_prepare in mm/rmap.py, pte_alloc and
+# mk_anon_pte in mm/pgtable.py; callers that predate the move still import them from here.
+__all__ = ["FaultFlags", "VmFault", "anon_vma_prepare", "mk_anon_pte", "pte_alloc"]
 
 
 def handle_mm_fault(k: Kernel, task: Task, vma: Vma, vaddr: int, flags: FaultFlags) -> VmFault:
     """handle_mm_fault(): resolve a fault the VMA permits, then mm_account_fault()."""
     if vma.is_hugetlb():
-        from pagewalk.mm import hugetlb
         ret = hugetlb.hugetlb_fault(k, task.mm, vma, vaddr, flags)
     else:
         ret = __handle_mm_fault(k, task.mm, vma, vaddr, flags)
@@ -108,7 +90,8 @@ def handle_pte_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: i
     if pte == 0:
         if vma.is_anonymous():
             return do_anonymous_page(k, mm, vma, vaddr, pmd_paddr, flags)
-        from pagewalk.mm import shmem
+        if vma.file is None:
+            return special_mapping_fault(k, mm, vma, vaddr, pmd_paddr)
         return shmem.do_fault(k, mm, vma, vaddr, pmd_paddr, flags)
     if not pte & pt._PAGE_PRESENT:
         return VmFault.SIGSEGV  # PROT_NONE entries never reach here (access_error)
@@ -120,33 +103,22 @@ def handle_pte_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: i
     return VmFault.OK
 
 
-def pte_alloc(k: Kernel, mm: MmStruct, pmd_paddr: int) -> int:
-    """pte_alloc(): the PMD entry's PTE table, allocated (pmd_install) when none."""
-    pgt = k.pgtables
-    pmd = pgt.read(pmd_paddr)
-    if pmd == 0:
-        pfn = pgt.alloc_table_page(mm, "pte")
-        if pfn == NO_PAGE:
-            return NO_PAGE
-        pmd = pt.mk_table(pfn)
-        pgt.set_entry(mm, pmd_paddr, pmd)
-    return pt.pte_pfn(pmd)
-
-
-def anon_vma_prepare(vma: Vma) -> None:
-    """vmf_anon_prepare() -> __anon_vma_prepare(): the first write gives the VMA an anon_vma,
-    a neighbour's where find_mergeable_anon_vma() allows, else a new one."""
-    if vma.anon_vma is None:
-        anon_vma = find_mergeable_anon_vma(vma) or AnonVma()
-        vma.anon_vma, vma.anon_vma_chain = anon_vma, (anon_vma,)
-
-
-def mk_anon_pte(vma: Vma, pfn: int) -> int:
-    """folio_mk_pte + pte_sw_mkyoung + (VM_WRITE) pte_mkwrite(pte_mkdirty())."""
-    entry = pt.mk_pte(pfn, vma.page_prot) | pt._PAGE_ACCESSED
-    if vma.flags & VmFlags.WRITE:
-        entry |= pt._PAGE_DIRTY | pt._PAGE_RW
-    return entry
+def special_mapping_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int,
+                          pmd_paddr: int) -> VmFault:
+    """do_fault() on a special mapping without pages ([vvar], [vvar_vclock]): no
+    ->map_pages, so no fault-around; special_mapping_fault -> vvar_fault inserts the
+    kernel's data page (vmf_insert_pfn: a special PTE, no refcount, no RSS: NOPAGE) or
+    answers VM_FAULT_SIGBUS."""
+    from pagewalk.kernel.exec_image import vvar_fault_pfn
+    pfn = vvar_fault_pfn(vma.name, (vaddr - vma.start) >> 12)
+    if pfn is None:
+        return VmFault.SIGBUS
+    table = pte_alloc(k, mm, pmd_paddr)
+    if table == NO_PAGE:
+        return VmFault.OOM
+    entry = pt.mk_pte(pfn, vma.page_prot) | pt._PAGE_SPECIAL   # insert_pfn: pte_mkspecial
+    k.pgtables.set_entry(mm, (table << 12) + ((vaddr >> 12) & 511) * 8, entry)
+    return VmFault.NOPAGE
 
 
 def do_anonymous_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
@@ -193,7 +165,7 @@ def do_wp_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pte_paddr: int,
     if vma.flags & (VmFlags.SHARED | VmFlags.MAYSHARE) and vma.flags & VmFlags.SHARED:
         # wp_page_shared(): shared mappings are written in place.
         k.pgtables.set_entry(mm, pte_paddr, pte | pt._PAGE_RW | pt._PAGE_DIRTY | pt._PAGE_ACCESSED)
-        k.flush_tlb_page(mm, vaddr)
+        flush_tlb_page(k, mm, vaddr)
         return VmFault.OK
     if pfn >= 0 and k.memmap.flags[pfn] & PageFlag.ANON and wp_can_reuse_anon_folio(k, pfn):
         return wp_page_reuse(k, mm, vaddr, pte_paddr, pte, pfn)
@@ -240,7 +212,7 @@ def wp_page_copy(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pte_paddr: int, 
             mm.stat[MmStat.MM_SHMEMPAGES if old_flags & PageFlag.SHMEM else MmStat.MM_FILEPAGES] -= 1
             mm.stat[MmStat.MM_ANONPAGES] += 1
     k.pgtables.set_entry(mm, pte_paddr, mk_anon_pte(vma, new))  # ptep_clear_flush + set
-    k.flush_tlb_page(mm, vaddr)
+    flush_tlb_page(k, mm, vaddr)
     if old_pfn >= 0:
         rmap.folio_remove_pte_rmap(k, old_pfn)
         rmap.folio_put(k, rmap.folio_head(k, old_pfn))
@@ -309,7 +281,6 @@ def unmap_page_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
     """unmap_page_range(): zap_pmd_range over [start, end) of one VMA (huge PMDs inside the
     range are zapped whole, huge PMDs straddling an edge are split first)."""
     if vma.is_hugetlb():
-        from pagewalk.mm import hugetlb
         hugetlb.unmap_hugepage_range(k, mm, vma, start, end)
         return
     pgt = k.pgtables
@@ -327,7 +298,7 @@ def unmap_page_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
             # (zap_pte_range: reclaim_pt_is_enabled() needs end - start >= PMD_SIZE).
             if reclaim_pt and nxt - addr == 1 << 21:
                 pgt.free_table_if_empty(mm, pmd_paddr)
-    k.flush_tlb_range(mm, start, end)
+    flush_tlb_mm_range(k, mm, start, end)
 
 
 def count_present_ptes(k: Kernel, table: int) -> int:

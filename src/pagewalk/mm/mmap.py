@@ -1,8 +1,8 @@
 """mmap, munmap and address-space teardown (mm/mmap.c, mm/vma.c, arch/x86/kernel/sys_x86_64.c).
 
 do_mmap -> __get_unmapped_area (THP alignment of hint-less anonymous mappings whose
-length is a multiple of 2 MiB: __thp_get_unmapped_area) -> arch_get_unmapped_area_topdown
--> unmapped_area_topdown; mmap_region with MAP_FIXED replacing what it covers;
+length is a multiple of 2 MiB: __thp_get_unmapped_area; shared anonymous mappings:
+shmem_get_unmapped_area) -> arch_get_unmapped_area_topdown -> unmapped_area_topdown; mmap_region with MAP_FIXED replacing what it covers;
 do_vmi_munmap with VMA splitting, zapping and free_pgtables (floor/ceiling rules).
 Every check that can fail runs before the address space changes, but one: a hugetlb
 reservation is taken after MAP_FIXED has unmapped what it replaces, as in __mmap_region.
@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import memory, pkeys
+from pagewalk.mm.tlb import flush_tlb_mm
 from pagewalk.mm.types import MmStruct, Vma, VmFlags
+from pagewalk.mm.util import __vm_enough_memory, vm_acct_memory, vm_unacct_memory
 from pagewalk.mm.vma import (
     VmaIterator,
     VmaMergeStruct,
@@ -153,12 +155,17 @@ def arch_get_unmapped_area_topdown(mm: MmStruct, addr: int, length: int, align_m
 
 
 def get_unmapped_area(mm: MmStruct, addr: int, length: int, fixed: bool, anonymous_private: bool,
-                      align_mask: int, window: int) -> int:
-    """__get_unmapped_area(): returns the address or raises ENOMEM/EINVAL."""
+                      align_mask: int, window: int, shmem_k: Kernel | None = None) -> int:
+    """__get_unmapped_area(): returns the address or raises ENOMEM/EINVAL. A shared
+    anonymous mapping (``shmem_k`` given) is placed by shmem_get_unmapped_area, as
+    mmap_region will make it a shmem file."""
     if length > mm.task_size:
         raise SyscallError(Errno.ENOMEM, "length exceeds TASK_SIZE")
     if fixed:
         result = addr
+    elif shmem_k is not None:
+        from pagewalk.mm import shmem
+        result = shmem.shmem_get_unmapped_area(shmem_k, mm, addr, length, window)
     elif anonymous_private and not addr and length % PMD_SIZE == 0:
         result = thp_get_unmapped_area(mm, length, window)
     else:
@@ -206,7 +213,7 @@ def free_pgtables(k: Kernel, mm: MmStruct, vmas: list[Vma], floor: int, ceiling:
         nxt = vmas[j + 1].start if j + 1 < len(vmas) else ceiling
         k.pgtables.free_pgd_range(mm, addr, vmas[j].end, floor, nxt)  # floor stays as given
         i = j + 1
-    k.flush_tlb_mm(mm)
+    flush_tlb_mm(k, mm)
 
 
 def detach_range(k: Kernel, mm: MmStruct, start: int, end: int) -> tuple[list[Vma], int, int]:
@@ -230,14 +237,12 @@ def detach_range(k: Kernel, mm: MmStruct, start: int, end: int) -> tuple[list[Vm
 
 
 def check_split_allowed(mm: MmStruct, start: int, end: int) -> None:
-    """A hugetlb VMA may only be split on a huge-page boundary (hugetlb_vm_op_split)."""
+    """vm_ops->may_split of every VMA the range cuts (hugetlb_vm_op_split: EINVAL off a
+    huge page boundary)."""
     for vma in vmas_in_range(mm, start, end):
-        if not vma.is_hugetlb():
-            continue
-        mask = vma.file.huge_size - 1
         for cut in (start, end):
-            if vma.start < cut < vma.end and cut & mask:
-                raise SyscallError(Errno.EINVAL, "hugetlb VMA split off a huge page boundary")
+            if vma.start < cut < vma.end and vma.file is not None:
+                vma.file.may_split(vma, cut)
 
 
 def do_munmap_range(k: Kernel, mm: MmStruct, start: int, end: int) -> None:
@@ -251,8 +256,8 @@ def do_munmap_range(k: Kernel, mm: MmStruct, start: int, end: int) -> None:
     for vma in detached:
         vm_stat_account(mm, vma.flags, -(vma.length >> 12))
         if vma.flags & VmFlags.ACCOUNT:
-            k.vm_unacct_memory(vma.length >> 12)
-        if vma.file is not None and hasattr(vma.file, "vma_close"):
+            vm_unacct_memory(k, vma.length >> 12)
+        if vma.file is not None:
             vma.file.vma_close(k, vma)
 
 
@@ -277,8 +282,8 @@ def exit_mmap(k: Kernel, mm: MmStruct) -> None:
         vma_remove(mm, vma)
         vm_stat_account(mm, vma.flags, -(vma.length >> 12))
         if vma.flags & VmFlags.ACCOUNT:
-            k.vm_unacct_memory(vma.length >> 12)
-        if vma.file is not None and hasattr(vma.file, "vma_close"):
+            vm_unacct_memory(k, vma.length >> 12)
+        if vma.file is not None:
             vma.file.vma_close(k, vma)
 
 
@@ -347,7 +352,8 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
     align_mask = hstate.size - 1 if hugetlb else 0
     if hugetlb and fixed and addr & align_mask:
         raise SyscallError(Errno.EINVAL, "MAP_HUGETLB address not huge-page aligned")
-    start = get_unmapped_area(mm, addr, length, fixed, private and not hugetlb, align_mask, window)
+    start = get_unmapped_area(mm, addr, length, fixed, private and not hugetlb, align_mask, window,
+                              shmem_k=k if shared and not hugetlb else None)
     end = start + length
     if "fixed_noreplace" in flags and vmas_in_range(mm, start, end):
         raise SyscallError(Errno.EEXIST, "MAP_FIXED_NOREPLACE range is in use")
@@ -356,7 +362,7 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
     accounted_old = sum(min(v.end, end) - max(v.start, start) for v in replaced
                         if v.flags & VmFlags.ACCOUNT) >> 12
     if accountable_mapping(vm_flags):
-        k.vm_enough_memory(mm, (length >> 12) - accounted_old)
+        __vm_enough_memory(k, mm, (length >> 12) - accounted_old)
         vm_flags |= VmFlags.ACCOUNT
     file: PageCacheFile | HugetlbFile | None = None
     if shared and not hugetlb:
@@ -372,12 +378,10 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
         file = htlb.hugetlb_file_setup(k, hstate, length, vm_flags, shared)
     # Nothing can fail from here on.
     if vm_flags & VmFlags.ACCOUNT:
-        k.vm_acct_memory(length >> 12)
+        vm_acct_memory(k, length >> 12)
     pgoff = 0 if file is not None else start >> 12
     vma = Vma(start, end, vm_flags, pgoff, vm_get_page_prot(vm_flags), file=file,
-              name=getattr(file, "map_name", ""))
-    if file is not None and hasattr(file, "vma_open"):
-        file.vma_open(k, vma)
+              name=file.map_name if file is not None else "")
     vma = insert_or_merge(k, mm, vma)
     vm_stat_account(mm, vm_flags, length >> 12)
     mm.update_hiwater_vm()

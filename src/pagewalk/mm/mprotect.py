@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory, pkeys
+from pagewalk.mm import huge_memory, hugetlb, pkeys
 from pagewalk.mm.mmap import PAGE_SIZE, calc_vm_prot_bits, vm_get_page_prot
 from pagewalk.mm.page_alloc import PageFlag
+from pagewalk.mm.tlb import flush_tlb_mm_range
 from pagewalk.mm.types import MmStruct, Vma, VmFlags
+from pagewalk.mm.util import __vm_enough_memory, vm_acct_memory, vm_unacct_memory
 from pagewalk.mm.vma import VmaIterator, find_vma, vm_stat_account, vma_modify_flags
 
 if TYPE_CHECKING:
@@ -67,8 +69,8 @@ def mprotect_fixup(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
     if newflags & VmFlags.WRITE:
         if not oldflags & (VmFlags.ACCOUNT | VmFlags.WRITE | VmFlags.HUGETLB | VmFlags.SHARED
                            | VmFlags.NORESERVE):
-            k.vm_enough_memory(mm, nrpages)
-            k.vm_acct_memory(nrpages)
+            __vm_enough_memory(k, mm, nrpages)
+            vm_acct_memory(k, nrpages)
             charged = nrpages
             newflags |= VmFlags.ACCOUNT
     elif oldflags & VmFlags.ACCOUNT and vma.is_anonymous() and vma.anon_vma is None:
@@ -76,7 +78,7 @@ def mprotect_fixup(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
     try:
         vma = vma_modify_flags(k, mm, vma, start, end, newflags)
     except SyscallError:
-        k.vm_unacct_memory(charged)
+        vm_unacct_memory(k, charged)
         raise
     vma.flags = newflags
     vma.page_prot = vm_get_page_prot(newflags)
@@ -84,7 +86,7 @@ def mprotect_fixup(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
     try_writable = bool(newflags & VmFlags.WRITE) and not newflags & VmFlags.SHARED
     change_protection(k, mm, vma, start, end, try_writable)
     if oldflags & VmFlags.ACCOUNT and not newflags & VmFlags.ACCOUNT:
-        k.vm_unacct_memory(nrpages)
+        vm_unacct_memory(k, nrpages)
     vm_stat_account(mm, oldflags, -nrpages)
     vm_stat_account(mm, newflags, nrpages)
     return vma
@@ -96,7 +98,6 @@ def change_protection(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
     pgt = k.pgtables
     newprot = vma.page_prot
     if vma.is_hugetlb():
-        from pagewalk.mm import hugetlb
         hugetlb.hugetlb_change_protection(k, mm, vma, start, end, newprot)
         return
     for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
@@ -108,7 +109,7 @@ def change_protection(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
             pmd = pgt.read(pmd_paddr)
         if pmd:
             change_pte_range(k, mm, vma, pt.pte_pfn(pmd), addr, nxt, newprot, try_writable)
-    k.flush_tlb_range(mm, start, end)
+    flush_tlb_mm_range(k, mm, start, end)
 
 
 def change_pte_range(k: Kernel, mm: MmStruct, vma: Vma, table: int, start: int, end: int,

@@ -18,6 +18,7 @@ is the table's ptdesc->pt_share_count (how many mms point at it besides the firs
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,8 +26,11 @@ from pagewalk.errors import Signal, SignalError
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.hw.physmem import PhysicalMemory
 from pagewalk.mm.page_alloc import NO_PAGE, BuddyAllocator, PageFlag
-from pagewalk.mm.types import MmStat, MmStruct
+from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
 from pagewalk.mm.vmstat import NodeStat
+
+if TYPE_CHECKING:
+    from pagewalk.kernel.kernel import Kernel
 
 PAGE_SIZE = 4096
 TABLE_BYTES = 4096
@@ -291,3 +295,26 @@ class PageTables:
 
     def table_words(self, table_pfn: int) -> list[int]:
         return [int(x) for x in self.physmem.frame_words(table_pfn)]
+
+
+def pte_alloc(k: Kernel, mm: MmStruct, pmd_paddr: int) -> int:
+    """pte_alloc(): the PMD entry's PTE table, allocated (__pte_alloc -> pmd_install) when
+    none; NO_PAGE when that allocation fails."""
+    pgt = k.pgtables
+    pmd = pgt.read(pmd_paddr)
+    if pmd == 0:
+        pfn = pgt.alloc_table_page(mm, "pte")
+        if pfn == NO_PAGE:
+            return NO_PAGE
+        pmd = pt.mk_table(pfn)
+        pgt.set_entry(mm, pmd_paddr, pmd)
+    return pt.pte_pfn(pmd)
+
+
+def mk_anon_pte(vma: Vma, pfn: int) -> int:
+    """The PTE of a new anonymous page (do_anonymous_page): folio_mk_pte + pte_sw_mkyoung
+    + (VM_WRITE) pte_mkwrite(pte_mkdirty())."""
+    entry = pt.mk_pte(pfn, vma.page_prot) | pt._PAGE_ACCESSED
+    if vma.flags & VmFlags.WRITE:
+        entry |= pt._PAGE_DIRTY | pt._PAGE_RW
+    return entry

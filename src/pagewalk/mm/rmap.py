@@ -14,12 +14,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.mm.page_alloc import PageFlag
+from pagewalk.mm.types import AnonVma, Vma
+from pagewalk.mm.vma import find_mergeable_anon_vma
 from pagewalk.mm.vmstat import NodeStat
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
 
 HPAGE_PMD_NR = 512
+
+
+def anon_vma_prepare(vma: Vma) -> None:
+    """anon_vma_prepare() -> __anon_vma_prepare(): the first anonymous fault (through
+    vmf_anon_prepare) gives the VMA an anon_vma, a neighbour's where
+    find_mergeable_anon_vma() allows, else a new one."""
+    if vma.anon_vma is None:
+        anon_vma = find_mergeable_anon_vma(vma) or AnonVma()
+        vma.anon_vma, vma.anon_vma_chain = anon_vma, (anon_vma,)
 
 
 def folio_head(k: Kernel, pfn: int) -> int:
@@ -125,7 +136,7 @@ def folio_remove_pte_rmap(k: Kernel, pfn: int) -> None:
         # queue (deferred_split_folio(folio, true)); thp_deferred_split_page counts it once.
         if folio_order(k, head) and folio_mapped_pages(k, head) and \
                 mm.flags[head] & PageFlag.ANON:
-            k.queue_deferred_split(head)
+            _deferred_split_folio(k, head)
 
 
 def folio_add_pmd_rmap(k: Kernel, head: int) -> None:
@@ -137,8 +148,11 @@ def folio_add_file_rmap_pmd(k: Kernel, head: int) -> None:
     """folio_add_file_rmap_pmd(): a page-cache THP mapped by one more PMD; its pages not
     mapped before count in NR_FILE_MAPPED."""
     before = folio_mapped_pages(k, head)
-    k.entire_mapcount[head] = k.entire_mapcount.get(head, 0) + 1
+    entire = k.entire_mapcount.get(head, 0)
+    k.entire_mapcount[head] = entire + 1
     k.node_stat[NodeStat.NR_FILE_MAPPED] += HPAGE_PMD_NR - before
+    if not entire and k.memmap.flags[head] & PageFlag.SHMEM:   # __folio_add_rmap: nr_pmdmapped
+        k.node_stat[NodeStat.NR_SHMEM_PMDMAPPED] += HPAGE_PMD_NR
 
 
 def folio_remove_pmd_rmap(k: Kernel, head: int) -> None:
@@ -149,6 +163,8 @@ def folio_remove_pmd_rmap(k: Kernel, head: int) -> None:
     if count == 0 and not k.memmap.flags[head] & PageFlag.ANON:
         still = int(np.count_nonzero(k.memmap.mapcount[head: head + HPAGE_PMD_NR] > 0))
         k.node_stat[NodeStat.NR_FILE_MAPPED] -= HPAGE_PMD_NR - still
+        if k.memmap.flags[head] & PageFlag.SHMEM:
+            k.node_stat[NodeStat.NR_SHMEM_PMDMAPPED] -= HPAGE_PMD_NR
         return
     if count == 0:
         k.node_stat[NodeStat.NR_ANON_THPS] -= HPAGE_PMD_NR
@@ -158,7 +174,7 @@ def folio_remove_pmd_rmap(k: Kernel, head: int) -> None:
         k.node_stat[NodeStat.NR_ANON_MAPPED] -= (1 << order) - still
         k.node_stat[NodeStat.NR_ACTIVE_ANON] -= (1 << order) - still
         if 0 < still < 1 << order:       # __folio_remove_rmap(): partially_mapped
-            k.queue_deferred_split(head)
+            _deferred_split_folio(k, head)
 
 
 def _account_mapped(k: Kernel, head: int, delta: int) -> None:
@@ -168,3 +184,11 @@ def _account_mapped(k: Kernel, head: int, delta: int) -> None:
         k.node_stat[NodeStat.NR_ACTIVE_ANON] += delta
     else:
         k.node_stat[NodeStat.NR_FILE_MAPPED] += delta
+
+
+def _deferred_split_folio(k: Kernel, head: int) -> None:
+    # mm/rmap.c and mm/huge_memory.c call each other (huge_memory maps folios through
+    # rmap; rmap queues partly unmapped ones for huge_memory's deferred split): this
+    # direction imports at call time, which is rare (a large folio partly unmapped).
+    from pagewalk.mm.huge_memory import deferred_split_folio
+    deferred_split_folio(k, head)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from pagewalk.kernel.kernel import Kernel
 
 
 class VmFlags(enum.IntFlag):
@@ -54,6 +57,33 @@ ARCH_VM_PKEY_FLAGS = VmFlags.PKEY_BIT0 | VmFlags.PKEY_BIT1 | VmFlags.PKEY_BIT2 |
 VMA_IGNORE_MERGE_FLAGS = VmFlags.SOFTDIRTY
 
 
+def is_cow_mapping(flags: VmFlags) -> bool:
+    """is_cow_mapping() (include/linux/mm.h): private and may be written."""
+    return flags & (VmFlags.SHARED | VmFlags.MAYWRITE) == VmFlags.MAYWRITE
+
+
+class FaultFlags(enum.IntFlag):
+    """enum fault_flag (include/linux/mm_types.h)."""
+
+    WRITE = 1 << 0
+    USER = 1 << 6
+    INSTRUCTION = 1 << 8
+    REMOTE = 1 << 7       # GUP on behalf of another path (populate): no perf accounting
+
+
+class VmFault(enum.IntFlag):
+    """vm_fault_t results (include/linux/mm_types.h)."""
+
+    OK = 0
+    OOM = 1 << 0
+    SIGBUS = 1 << 1
+    MAJOR = 1 << 2
+    SIGSEGV = 1 << 6
+    NOPAGE = 1 << 8
+    FALLBACK = 1 << 11
+    ERROR = OOM | SIGBUS | SIGSEGV
+
+
 class MmStat(enum.IntEnum):
     """Indexes of MmStruct.stat: the rss_stat counters (enum MM_*) and pgtables_bytes."""
 
@@ -75,6 +105,28 @@ class AnonVma:
         self.root = root or self
 
 
+class VmaFile(Protocol):
+    """What a VMA's file offers the VMA code: a struct file with its inode's page cache
+    and the vm_operations_struct hooks pagewalk models. mm/shmem.py PageCacheFile (shmem,
+    the program file, the vdso) and mm/hugetlb.py HugetlbFile implement it."""
+
+    kind: str                    # "shmem", "file", "vdso" or "hugetlb"
+    pages: dict[int, int]        # the inode's page cache: file index -> pfn
+
+    @property
+    def map_name(self) -> str:
+        """What /proc/PID/maps prints in the path column of a new mapping."""
+        ...
+
+    def vma_close(self, k: Kernel, vma: Vma) -> None:
+        """vm_ops->close: ``vma`` is gone (munmap, a replacing MAP_FIXED, exit)."""
+        ...
+
+    def may_split(self, vma: Vma, addr: int) -> None:
+        """vm_ops->may_split: raise EINVAL if ``vma`` may not be cut at ``addr``."""
+        ...
+
+
 @dataclass(slots=True, eq=False)
 class Vma:
     """A vm_area_struct: the half-open range [start, end) of one mapping."""
@@ -85,7 +137,7 @@ class Vma:
     pgoff: int                       # in pages; anonymous private: start >> PAGE_SHIFT
     page_prot: int                   # vm_page_prot: PTE protection bits (hw/pgtable_types)
     anon_vma: AnonVma | None = None  # set on the first anonymous write fault (anon_vma_prepare)
-    file: Any = None                 # None (anonymous), a shmem/hugetlb/program file object
+    file: VmaFile | None = None      # None: anonymous (or a special mapping without pages)
     name: str = ""                   # what /proc/PID/maps prints in the path column
     special: bool = False            # vdso/vvar: _install_special_mapping
     # hugetlb HPAGE_RESV_UNMAPPED: the reservation owner took a page from this (child's)
@@ -108,7 +160,7 @@ class Vma:
         return bool(self.flags & VmFlags.HUGETLB)
 
     def is_shmem(self) -> bool:
-        return self.file is not None and getattr(self.file, "kind", "") == "shmem"
+        return self.file is not None and self.file.kind == "shmem"
 
     def contains(self, vaddr: int) -> bool:
         return self.start <= vaddr < self.end
@@ -152,9 +204,7 @@ class MmStruct:
     def update_hiwater_rss(self) -> None:
         """update_hiwater_rss(): called before RSS drops."""
         rss = self.get_rss()
-        if rss > self.hiwater_rss:
-            self.hiwater_rss = rss
+        self.hiwater_rss = max(self.hiwater_rss, rss)
 
     def update_hiwater_vm(self) -> None:
-        if self.total_vm > self.hiwater_vm:
-            self.hiwater_vm = self.total_vm
+        self.hiwater_vm = max(self.hiwater_vm, self.total_vm)

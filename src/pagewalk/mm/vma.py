@@ -6,6 +6,11 @@ VM_SOFTDIRTY), same file and contiguous pgoff, compatible anon_vma (is_mergeable
 a fork child's anon_vma never spreads to an unfaulted neighbour). A first anonymous fault
 shares a neighbour's anon_vma where it may (find_mergeable_anon_vma), so VMAs that differ
 only in their access flags can merge later.
+
+mm/vma.c and the THP/hugetlb code call each other: a split or merge here splits huge
+PMDs and registers VMAs with khugepaged (mm/huge_memory.py, mm/hugetlb.py), whose faults
+need find_mergeable_anon_vma() from here (through rmap.anon_vma_prepare). The calls from
+here into those modules import them when called; everything else in mm/ imports at the top.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pagewalk.errors import Errno, SyscallError
+from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm.types import (
     VM_ACCESS_FLAGS,
     VMA_IGNORE_MERGE_FLAGS,
@@ -145,8 +151,7 @@ def split_huge_pmd_if_needed(k: Kernel, mm: MmStruct, vma: Vma, addr: int) -> No
     haddr = addr & ~(HPAGE_PMD_SIZE - 1)
     if haddr < vma.start or haddr + HPAGE_PMD_SIZE > vma.end:
         return
-    from pagewalk.hw import pgtable_types as pt
-    from pagewalk.mm import huge_memory
+    from pagewalk.mm import huge_memory  # mm's one cycle, see the module docstring
     pmd_paddr, shift = k.pgtables.walk(mm, addr, 21, alloc=False)
     if shift == 21 and k.pgtables.read(pmd_paddr) & pt._PAGE_PSE:
         huge_memory.split_huge_pmd(k, mm, vma, pmd_paddr, addr)
@@ -155,8 +160,8 @@ def split_huge_pmd_if_needed(k: Kernel, mm: MmStruct, vma: Vma, addr: int) -> No
 def vma_may_split(vma: Vma, addr: int) -> None:
     """vm_ops->may_split: hugetlb_vm_op_split refuses a cut off a huge page boundary,
     special_mapping_split refuses any cut (EINVAL)."""
-    if vma.is_hugetlb() and addr & (vma.file.huge_size - 1):
-        raise SyscallError(Errno.EINVAL, "hugetlb VMA split off a huge page boundary")
+    if vma.file is not None:
+        vma.file.may_split(vma, addr)
     if vma.special:
         raise SyscallError(Errno.EINVAL, "a special mapping cannot be split")
 
@@ -169,13 +174,11 @@ def split_vma(k: Kernel, mm: MmStruct, vma: Vma, addr: int) -> tuple[Vma, Vma]:
     vma_may_split(vma, addr)
     split_huge_pmd_if_needed(k, mm, vma, addr)
     if vma.is_hugetlb():
-        from pagewalk.mm import hugetlb
+        from pagewalk.mm import hugetlb  # mm's one cycle, see the module docstring
         hugetlb.hugetlb_split(k, mm, vma, addr)     # shared PMD tables straddling addr
     upper = replace(vma, start=addr, pgoff=vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT))
     vma.end = addr
     vma_insert(mm, upper)
-    if vma.file is not None and hasattr(vma.file, "vma_split"):
-        vma.file.vma_split(vma, upper)
     return vma, upper
 
 
@@ -352,7 +355,7 @@ def vma_merge_existing_range(k: Kernel, mm: MmStruct, vmg: VmaMergeStruct) -> Vm
         nxt.pgoff -= (nxt.start - vmg.start) >> PAGE_SHIFT
         nxt.start = vmg.start
         target = nxt
-    from pagewalk.mm import huge_memory
+    from pagewalk.mm import huge_memory  # mm's one cycle, see the module docstring
     huge_memory.khugepaged_enter_vma(k, mm, target)
     return target
 
@@ -382,7 +385,7 @@ def vma_merge_new_range(k: Kernel, mm: MmStruct, vmg: VmaMergeStruct) -> Vma | N
         target = nxt
     else:
         return None
-    from pagewalk.mm import huge_memory
+    from pagewalk.mm import huge_memory  # mm's one cycle, see the module docstring
     huge_memory.khugepaged_enter_vma(k, mm, target)
     return target
 

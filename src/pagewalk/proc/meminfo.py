@@ -15,8 +15,7 @@ lines out. Followed, besides meminfo_proc_show and its ``show_val_kb``:
 The line set is the one the reference machine prints (linux-mm-notes.md 9.1): with
 CONFIG_ZSWAP, without HIGHMEM, SHADOW_CALL_STACK, MEMORY_FAILURE, CMA and
 UNACCEPTED_MEMORY. Lines for things pagewalk does not simulate (swap, zswap, block
-devices, dirty page cache, mlock, vmalloc, per-CPU areas, balloons, shmem/file THPs)
-print 0.
+devices, dirty page cache, mlock, vmalloc, per-CPU areas, balloons, file THPs) print 0.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.kernel.kernel import KERNEL_TEXT_PGD_INDEX
 from pagewalk.mm.page_alloc import Watermarks, lowmem_reserve, zone_watermarks
+from pagewalk.mm.util import vm_commit_limit
 from pagewalk.mm.vmstat import NodeStat
 
 if TYPE_CHECKING:
@@ -100,13 +100,15 @@ def meminfo(k: Kernel) -> dict[str, int]:
         "PageTables": kb(NodeStat.NR_PAGETABLE),
         "SecPageTables": 0,
         "NFS_Unstable": 0, "Bounce": 0, "WritebackTmp": 0,
-        "CommitLimit": k.vm_commit_limit() * PAGE_KB,
+        "CommitLimit": vm_commit_limit(k) * PAGE_KB,
         "Committed_AS": k.committed_pages * PAGE_KB,
         "VmallocTotal": VMALLOC_TOTAL_KB[k.levels],
         # Kernel stacks are buddy pages here (no CONFIG_VMAP_STACK model): nothing vmallocs.
         "VmallocUsed": 0, "VmallocChunk": 0, "Percpu": 0,
         "AnonHugePages": kb(NodeStat.NR_ANON_THPS),      # NR_ANON_THPS is kept in pages
-        "ShmemHugePages": 0, "ShmemPmdMapped": 0, "FileHugePages": 0, "FilePmdMapped": 0,
+        "ShmemHugePages": kb(NodeStat.NR_SHMEM_THPS),     # both kept in pages, per 512
+        "ShmemPmdMapped": kb(NodeStat.NR_SHMEM_PMDMAPPED),
+        "FileHugePages": 0, "FilePmdMapped": 0,
         "Balloon": 0,
     }
     values.update(hugetlb_meminfo(k))

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory, pkeys
+from pagewalk.mm import huge_memory, hugetlb, pkeys, shmem
 from pagewalk.mm.page_alloc import PageFlag
+from pagewalk.mm.rmap import folio_head
 from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
 
 if TYPE_CHECKING:
@@ -139,8 +140,7 @@ def smaps_vma(k: Kernel, mm: MmStruct, vma: Vma) -> MemSize:
 def _smaps_hugetlb_range(k: Kernel, mm: MmStruct, vma: Vma, mss: MemSize) -> None:
     """smaps_hugetlb_range(): a present (or PROT_NONE) huge page is Shared_Hugetlb when it
     is mapped more than once or its PMD table is shared (hugetlb_pmd_shared)."""
-    from pagewalk.mm import hugetlb
-    h = vma.file.hstate
+    h = hugetlb.hstate_vma(vma)
     addr = vma.start
     while addr < vma.end:
         entry_paddr = hugetlb.hugetlb_walk(k, mm, h, addr)
@@ -153,7 +153,7 @@ def _smaps_hugetlb_range(k: Kernel, mm: MmStruct, vma: Vma, mss: MemSize) -> Non
             continue
         pfn = pt.huge_pfn(entry, h.shift)
         # A shared mapping's page cache holds one reference; every mapping holds one more.
-        mappings = int(k.memmap.refcount[pfn]) - (1 if vma.file.shared else 0)
+        mappings = int(k.memmap.refcount[pfn]) - (1 if hugetlb.hugetlb_file(vma).shared else 0)
         if mappings > 1 or (h.size == hugetlb.PMD_SIZE and
                             k.pgtables.pmd_is_shared(entry_paddr >> 12)):
             mss.shared_hugetlb += h.size
@@ -214,7 +214,6 @@ def _smaps_leaf(k: Kernel, mss: MemSize, vma: Vma, entry: int, shift: int) -> No
         return  # zero page, huge zero page, pfn maps: no struct page to account
     if shift == 12:
         pfn = pt.pte_pfn(entry)
-        from pagewalk.mm.rmap import folio_head
         head = folio_head(k, pfn)
         mapcount = int(k.memmap.mapcount[pfn]) + k.entire_mapcount.get(head, 0)
         _account(k, mss, pfn, 4096, young, dirty, mapcount)
@@ -223,8 +222,10 @@ def _smaps_leaf(k: Kernel, mss: MemSize, vma: Vma, entry: int, shift: int) -> No
     if huge_memory.is_huge_zero_pmd(k, entry):
         return
     mapcount = k.entire_mapcount.get(head, 1)
-    if k.memmap.flags[head] & PageFlag.ANON:
+    if k.memmap.flags[head] & PageFlag.ANON:          # smaps_pmd_entry()
         mss.anonymous_thp += 1 << shift
+    elif k.memmap.flags[head] & PageFlag.SHMEM:       # folio_test_swapbacked
+        mss.shmem_thp += 1 << shift
     _account(k, mss, head, 1 << shift, young, dirty, mapcount)
 
 
@@ -283,7 +284,15 @@ def _mss_lines(mss: MemSize, rollup: bool) -> list[str]:
 
 
 def thp_eligible(k: Kernel, mm: MmStruct, vma: Vma) -> bool:
-    """THPeligible: thp_vma_allowable_orders(TVA_SMAPS) for any order, and a 2 MiB block fits."""
+    """THPeligible: thp_vma_allowable_orders(TVA_SMAPS) for any order, and a 2 MiB block fits;
+    for shmem, some order whose block fits at the VMA's end and shmem_allowable_huge_orders
+    at its pgoff (__thp_vma_allowable_orders)."""
+    if vma.is_shmem() and not huge_memory.vma_thp_disabled(mm, vma):
+        if not any(huge_memory.thp_vma_suitable_order(vma, vma.end - (4096 << o), o)
+                   for o in shmem.SHMEM_ORDERS):
+            return False
+        assert isinstance(vma.file, shmem.PageCacheFile)
+        return bool(shmem.shmem_allowable_huge_orders(k, vma.file, vma, vma.pgoff))
     if not vma.is_anonymous() or huge_memory.vma_thp_disabled(mm, vma):
         return False
     orders = [o for o in huge_memory.MTHP_ORDERS if huge_memory.order_enabled(k, vma, o)]
@@ -295,13 +304,13 @@ def format_smaps(k: Kernel, task: Task) -> str:
     out = []
     for vma in task.mm.vmas:
         mss = smaps_vma(k, task.mm, vma)
-        page = vma.file.huge_size if vma.is_hugetlb() else 4096
+        page = hugetlb.vma_kernel_pagesize(vma)
         out.append(maps_line(vma))
         out.append(f"{'Size:':<16}{vma.length >> 10:>8} kB")
         out.append(f"{'KernelPageSize:':<16}{page >> 10:>8} kB")
         out.append(f"{'MMUPageSize:':<16}{page >> 10:>8} kB")
         out.extend(_mss_lines(mss, rollup=False))
-        out.append(f"THPeligible:    {int(thp_eligible(k, task.mm, vma))}")
+        out.append(f"THPeligible:    {int(thp_eligible(k, task.mm, vma)):>8}")   # "%8u"
         if pkeys.arch_pkeys_enabled(k):           # arch_show_smap(): "ProtectionKey:  %8u"
             out.append(f"ProtectionKey:  {pkeys.vma_pkey(vma):>8}")
         flags = " ".join(name for bit, name in VM_FLAG_MNEMONICS if vma.flags & bit)

@@ -12,14 +12,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pagewalk.errors import (
-    ExpectationFailed, KernelError, Location, NotImplementedStep, ScenarioError, SignalError,
+    ExpectationFailed,
+    KernelError,
+    Location,
+    NotImplementedStep,
+    ScenarioError,
+    SignalError,
     SyscallError,
 )
+from pagewalk.hw.mmu import MmuStat
 from pagewalk.hw.walker import ACCESS_READ, ACCESS_WRITE
 from pagewalk.kernel import syscalls
+from pagewalk.kernel.exec_image import START_IMAGE
 from pagewalk.kernel.task import Task
 from pagewalk.machine import Machine, MachineConfig
+from pagewalk.mm import fastpath, khugepaged
+from pagewalk.mm.types import VmFlags
+from pagewalk.mm.vma import vma_lookup
 from pagewalk.mm.vmstat import VmEvent
+from pagewalk.proc import render
 from pagewalk.proc.task_mmu import anon_huge_pages, task_mem
 from pagewalk.scenario import schema as s
 
@@ -119,14 +130,12 @@ class ScenarioRun:
         return m
 
     def _tlb_figures(self, task: Task) -> dict[str, int]:
-        from pagewalk.hw.mmu import MmuStat
         c = task.mmu_counters
         return {"tlb_accesses": int(c[MmuStat.ACCESSES]), "tlb_l1_hits": int(c[MmuStat.L1_HITS]),
                 "tlb_stlb_hits": int(c[MmuStat.STLB_HITS]), "tlb_walks": int(c[MmuStat.WALKS]),
                 "tlb_walk_refs": int(c[MmuStat.WALK_REFS]), "cr3_loads": int(c[MmuStat.CR3_LOADS])}
 
     def render(self, path: str) -> str:
-        from pagewalk.proc import render
         return render.render_path(self.kernel, path)
 
     # -- steps ----------------------------------------------------------------------------------
@@ -167,9 +176,9 @@ class ScenarioRun:
             return
         except KernelError as err:
             raise err.at(self.location(step))
-        if step.expect_error is not None or step.expect_signal is not None:
-            expected = step.expect_error.name if step.expect_error else step.expect_signal.name
-            raise ExpectationFailed(f"expected {expected}, but the step succeeded",
+        expected = step.expect_error or step.expect_signal
+        if expected is not None:
+            raise ExpectationFailed(f"expected {expected.name}, but the step succeeded",
                                     self.location(step))
 
     def _check_outcome(self, step: s.Step, err: SyscallError | SignalError) -> None:
@@ -214,7 +223,6 @@ class ScenarioRun:
         task = self.task(step)
         addr, length = self.region(step, step.range)
         access = ACCESS_WRITE if step.access == "write" else ACCESS_READ
-        from pagewalk.mm import fastpath
         fastpath.touch(self.kernel, task, addr, length, step.stride, access)
 
     def do_write(self, step: s.WriteStep) -> None:
@@ -261,9 +269,6 @@ class ScenarioRun:
         """Model the measurement conditions of the kernel oracle: after fork, its probe
         re-reads every page of its own start-image mappings and re-writes the writable ones
         (COW-breaking them) in both processes, and those faults are not counted."""
-        from pagewalk.kernel.exec_image import START_IMAGE
-        from pagewalk.mm.types import VmFlags
-        from pagewalk.mm.vma import vma_lookup
         k = self.kernel
         min_flt, maj_flt, pgfault = task.min_flt, task.maj_flt, int(k.vm_events[VmEvent.PGFAULT])
         for spec in START_IMAGE:
@@ -272,9 +277,12 @@ class ScenarioRun:
             for vaddr in range(spec.start, spec.end, 4096):
                 if vma_lookup(task.mm, vaddr) is None:
                     continue
-                k.user_access(task, vaddr, ACCESS_READ)
-                if spec.flags & VmFlags.WRITE:
-                    k.user_access(task, vaddr, ACCESS_WRITE)
+                try:
+                    k.user_access(task, vaddr, ACCESS_READ)
+                    if spec.flags & VmFlags.WRITE:
+                        k.user_access(task, vaddr, ACCESS_WRITE)
+                except SignalError:     # the scenario protected it: the probe skips it too
+                    continue
         task.min_flt, task.maj_flt = min_flt, maj_flt
         k.vm_events[VmEvent.PGFAULT] = pgfault
 
@@ -289,7 +297,6 @@ class ScenarioRun:
         self.measure(step.label, step.index)
 
     def do_khugepaged(self, step: s.KhugepagedStep) -> None:
-        from pagewalk.mm import khugepaged
         khugepaged.run_scans(self.kernel, step.scans)
 
 
@@ -298,4 +305,4 @@ def run_scenario(scenario: s.Scenario, show: tuple[str, ...] = ()) -> Report:
     return ScenarioRun(scenario, show).run()
 
 
-__all__ = ["Measurement", "Report", "ScenarioRun", "run_scenario", "NotImplementedStep"]
+__all__ = ["Measurement", "NotImplementedStep", "Report", "ScenarioRun", "run_scenario"]

@@ -21,7 +21,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pagewalk.cli import reports_errors
+from pagewalk.cli_common import reports_errors
 from pagewalk.errors import Location, ScenarioError
 from pagewalk.sweep.spec import PLOT_KINDS, PLOT_SUFFIXES, PlotSpec, ScenarioBase, Sweep
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pagewalk.cli import reports_errors, resolve_scenario
+from pagewalk.cli_common import reports_errors, resolve_scenario
 
 
 @click.command("view")

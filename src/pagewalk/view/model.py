@@ -28,10 +28,10 @@ import numpy.typing as npt
 
 from pagewalk.errors import PagewalkError
 from pagewalk.explain.cost import TABLE_BYTES, process_cost
-from pagewalk.mm.pgtable import USER_PGD_ENTRIES
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.hw.paging import LEVEL_NAMES, LINUX_LEVEL_NAMES
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
+from pagewalk.mm.pgtable import USER_PGD_ENTRIES
 from pagewalk.mm.vmstat import NodeStat, VmEvent
 from pagewalk.proc.task_mmu import VM_FLAG_MNEMONICS, anon_huge_pages, maps_line, task_mem
 from pagewalk.scenario import schema as s

@@ -1,0 +1,1 @@
+"""``pagewalk run`` and ``pagewalk examples``: run a scenario and print its report."""
