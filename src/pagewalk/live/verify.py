@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pagewalk.errors import Location
+from pagewalk.live import hugetlb_state
 from pagewalk.live import knobs as live_knobs
 from pagewalk.live.errors import LiveError
 from pagewalk.live.probe import build_probe
@@ -191,8 +192,14 @@ def run_live(scenario: s.Scenario, repeat: int = 1, notify: Notify | None = None
     exe = exe or build_probe()
     runs: list[LiveRunResult] = []
     with live_knobs.KnobGuard(note, write=root) as guard, live_knobs.thp_disabled_here():
+        held = hugetlb_state.held_outside()     # under the lock: no scenario process yet
+        hugetlb_state.check(scenario, held)
+        if not held.clean:
+            note(f"{held.describe()}; taken out of HugePages_* (this scenario uses no "
+                 "hugetlb)")
         for _ in range(max(1, repeat)):
             runs.append(_run_once(scenario, exe, guard, root, run_class))
+            hugetlb_state.take_out(runs[-1].report, held)
     for difference in runs[0].layout_differences:
         note(f"the probe's start layout differs from the simulator's start image: "
              f"{difference}")
