@@ -11,9 +11,10 @@ anonymous VMA without an anon_vma (never written) is refused. khugepaged is PMD-
 (mTHP collapse came later) and scans anonymous memory only.
 
 Shared anonymous (shmem) memory goes through the page cache: hpage_collapse_scan_file()
-and collapse_file() build the THP there (holes become zeroed subpages), unmap the small
-pages everywhere and retract the empty PTE tables; MADV_COLLAPSE then maps it by PMD in
-the calling mm (collapse_pte_mapped_thp with install_pmd).
+and collapse_file() build the THP there folio by folio (an mTHP folio is checked, unmapped,
+copied and freed whole; holes become zeroed subpages), unmap the small pages everywhere
+and retract the empty PTE tables; MADV_COLLAPSE then maps it by PMD in the calling mm
+(collapse_pte_mapped_thp with install_pmd), allocating its page tables if it has none.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import compaction, huge_memory, memory, rmap, shmem
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
+from pagewalk.mm.pgtable import OutOfMemory
 from pagewalk.mm.tlb import flush_tlb_mm_range, flush_tlb_page
 from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
 from pagewalk.mm.vma import vma_lookup, vmas_in_range
@@ -235,22 +237,19 @@ def _collapse_shmem_vma(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int)
 
 def hpage_collapse_scan_file(k: Kernel, mm: MmStruct, file: shmem.PageCacheFile, start: int,
                              is_khugepaged: bool) -> Scan:
-    """hpage_collapse_scan_file(): the page cache of [start, start + 512): a THP already
-    there is SCAN_PTE_MAPPED_HUGEPAGE; a page with references beyond its mappings and the
-    cache's is SCAN_PAGE_COUNT (is_refcount_suitable); khugepaged wants enough pages
-    (max_ptes_none); then collapse_file()."""
-    memmap = k.memmap
+    """hpage_collapse_scan_file(): the page cache of [start, start + 512), folio by folio
+    (a large folio is one multi-index entry): a PMD-sized folio at ``start`` is
+    SCAN_PTE_MAPPED_HUGEPAGE; a folio with references beyond the cache's (one a page) and
+    its mappings is SCAN_PAGE_COUNT; khugepaged wants enough pages (max_ptes_none); then
+    collapse_file()."""
     present = 0
-    for index in range(start, start + huge_memory.HPAGE_PMD_NR):
-        pfn = file.pages.get(index, NO_PAGE)
-        if pfn == NO_PAGE:
-            continue
-        head = rmap.folio_head(k, pfn)
-        if rmap.folio_order(k, head) == huge_memory.HPAGE_PMD_ORDER and index == start:
-            return Scan.PTE_MAPPED_HUGEPAGE
-        if int(memmap.refcount[pfn]) != int(memmap.mapcount[pfn]) + 1:
+    for _, head, nr in _cached_folios(k, file, start):
+        if nr == huge_memory.HPAGE_PMD_NR:
+            return Scan.PTE_MAPPED_HUGEPAGE        # folio->index == start: it is aligned
+        # folio_expected_ref_count() + the scan's own == folio_ref_count()
+        if int(k.memmap.refcount[head]) != nr + _folio_mapcount(k, head, nr):
             return Scan.PAGE_COUNT
-        present += 1
+        present += nr
     max_none = int(k.knobs.get(f"{KHUGEPAGED}/max_ptes_none"))
     if is_khugepaged and present < huge_memory.HPAGE_PMD_NR - max_none:
         k.vm_events[VmEvent.THP_SCAN_EXCEED_NONE_PTE] += 1
@@ -258,30 +257,56 @@ def hpage_collapse_scan_file(k: Kernel, mm: MmStruct, file: shmem.PageCacheFile,
     return collapse_file(k, file, start, is_khugepaged)
 
 
+def _cached_folios(k: Kernel, file: shmem.PageCacheFile,
+                   start: int) -> list[tuple[int, int, int]]:
+    """xas_for_each() over [start, start + 512): (index, head pfn, nr_pages) of each cached
+    folio, in index order. shmem folios are naturally aligned: none straddles the range."""
+    folios: list[tuple[int, int, int]] = []
+    index, end = start, start + huge_memory.HPAGE_PMD_NR
+    while index < end:
+        pfn = file.pages.get(index, NO_PAGE)
+        if pfn == NO_PAGE:
+            index += 1
+            continue
+        head = rmap.folio_head(k, pfn)
+        nr = 1 << rmap.folio_order(k, head)
+        folios.append((index - (pfn - head), head, nr))
+        index += nr - (pfn - head)
+    return folios
+
+
+def _folio_mapcount(k: Kernel, head: int, nr: int) -> int:
+    """folio_mapcount(): every PTE mapping of its pages and every PMD mapping of it."""
+    return int(k.memmap.mapcount[head: head + nr].sum()) + k.entire_mapcount.get(head, 0)
+
+
 def collapse_file(k: Kernel, file: shmem.PageCacheFile, start: int, is_khugepaged: bool) -> Scan:
     """collapse_file() for shmem: the THP is allocated first; a range with no page at all
-    is SCAN_TRUNCATED. Each cached page is unmapped everywhere (try_to_unmap) and must then
-    hold only the cache's reference (else SCAN_PAGE_COUNT; pages unmapped so far stay
-    unmapped). The THP takes their contents, holes become zeroed subpages (MADV_COLLAPSE
+    is SCAN_TRUNCATED. Each cached folio (small or large) is unmapped everywhere
+    (try_to_unmap) and must then hold only the cache's references, one a page (else
+    SCAN_PAGE_COUNT; folios unmapped so far stay unmapped). The THP takes the contents of
+    every page of every folio at its index, holes become zeroed subpages (MADV_COLLAPSE
     ignores max_ptes_none), it replaces them in the cache, and retract_page_tables() frees
     the empty PTE tables of every mapping that may map it by PMD."""
     new = alloc_charge_folio(k, is_khugepaged)
     if new == NO_PAGE:
         return Scan.ALLOC_HUGE_PAGE_FAIL
     nr = huge_memory.HPAGE_PMD_NR
-    old = {i: file.pages[start + i] for i in range(nr) if start + i in file.pages}
-    if not old:
+    folios = _cached_folios(k, file, start)
+    if not folios:
         rmap.folio_put(k, new)
         return Scan.TRUNCATED
     memmap = k.memmap
-    for i, pfn in old.items():
-        _try_to_unmap_file_page(k, file, start + i, pfn)
-        if int(memmap.refcount[pfn]) != 1:
+    for index, head, folio_nr in folios:
+        for i in range(folio_nr):
+            _try_to_unmap_file_page(k, file, index + i, head + i)
+        if int(memmap.refcount[head]) != folio_nr:    # 2 + folio_nr_pages() with the pin
             rmap.folio_put(k, new)
             return Scan.PAGE_COUNT
-    for i, pfn in old.items():
-        k.physmem.copy_frame(new + i, pfn)
-    nr_none = nr - len(old)
+    for index, head, folio_nr in folios:
+        for i in range(folio_nr):
+            k.physmem.copy_frame(new + index - start + i, head + i)
+    nr_none = nr - sum(folio_nr for _, _, folio_nr in folios)
     memmap.flags[new: new + nr] |= np.uint16(PageFlag.SHMEM)
     memmap.flags[new] |= PageFlag.DIRTY          # folio_mark_dirty()
     memmap.refcount[new] = nr                    # folio_ref_add(nr - 1): the cache's references
@@ -291,8 +316,8 @@ def collapse_file(k: Kernel, file: shmem.PageCacheFile, start: int, is_khugepage
     k.node_stat[NodeStat.NR_INACTIVE_ANON] += nr_none   # the new folio on the LRU, the old off
     for i in range(nr):
         file.pages[start + i] = new + i
-    for pfn in old.values():
-        rmap.folio_put(k, pfn)                   # the cache's reference: freed
+    for _, head, folio_nr in folios:
+        rmap.folio_put(k, head, folio_nr)        # the cache's references: freed
     retract_page_tables(k, file, start)
     return Scan.SUCCEED if is_khugepaged else Scan.PTE_MAPPED_HUGEPAGE
 
@@ -344,16 +369,17 @@ def retract_page_tables(k: Kernel, file: shmem.PageCacheFile, pgoff: int) -> Non
 def collapse_pte_mapped_thp(k: Kernel, mm: MmStruct, addr: int, install_pmd: bool) -> Scan:
     """collapse_pte_mapped_thp(): where the page cache holds a THP for this 2 MiB, take
     away the PTEs that map its pages (all must be none or map the right subpage) and their
-    table, then (install_pmd, MADV_COLLAPSE) map it by PMD: set_huge_pmd -> do_set_pmd."""
+    table, then (install_pmd, MADV_COLLAPSE) map it by PMD: set_huge_pmd -> do_set_pmd.
+    In 6.18 an mm with no PMD table there (a fork child whose tables for a shared mapping
+    were never copied) goes to the PMD install too, which allocates the missing tables
+    (measured: the child's VmPTE grows by the PUD and PMD tables it needed)."""
     haddr = addr & ~(HPAGE_PMD_SIZE - 1)
     vma = vma_lookup(mm, haddr)
     if vma is None or vma.file is None or haddr + HPAGE_PMD_SIZE > vma.end:
         return Scan.VMA_CHECK
     pgt = k.pgtables
     pmd_paddr, shift = pgt.walk(mm, haddr, 21, alloc=False)
-    if shift != 21:
-        return Scan.PMD_NULL
-    pmd = pgt.read(pmd_paddr)
+    pmd = pgt.read(pmd_paddr) if shift == 21 else 0
     if pmd & pt._PAGE_PSE:
         return Scan.PMD_MAPPED
     if huge_memory.vma_thp_disabled(mm, vma) or \
@@ -380,6 +406,11 @@ def collapse_pte_mapped_thp(k: Kernel, mm: MmStruct, addr: int, install_pmd: boo
         flush_tlb_mm_range(k, mm, haddr, haddr + HPAGE_PMD_SIZE)
     if not install_pmd:
         return Scan.SUCCEED
+    if shift != 21:
+        try:                                      # set_huge_pmd: p4d/pud/pmd_alloc
+            pmd_paddr, _ = pgt.walk(mm, haddr, 21, alloc=True)
+        except OutOfMemory:
+            return Scan.FAIL
     shmem.do_set_pmd(k, mm, vma, pmd_paddr, head, write=False)
     return Scan.SUCCEED
 
