@@ -98,7 +98,8 @@ def test_coverage_of_steps_flags_prots_advice_and_knobs() -> None:
             if kind == "touch":
                 accesses.add(fields.get("access", "write"))
     assert kinds == {"mmap", "munmap", "mprotect", "madvise", "touch", "write", "read",
-                     "fork", "exit", "set", "measure"}
+                     "fork", "exit", "set", "measure",
+                     "brk", "mremap", "mlock", "munlock", "mlockall", "munlockall"}
     assert flags == set(s.MMAP_FLAGS)
     assert prots == {"none", "r", "w", "x", "rw", "rx", "wx", "rwx"}
     assert advice == set(s.MADVISE_ADVICE)

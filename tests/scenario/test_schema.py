@@ -388,8 +388,8 @@ def test_step_must_have_one_key() -> None:
 
 
 def test_unknown_step_type() -> None:
-    assert_refused(scenario_text(MMAP_A, "mlock: {region: a}"), 1, "steps[1].mlock",
-                   "unknown step type 'mlock'", "khugepaged")
+    assert_refused(scenario_text(MMAP_A, "mbind: {region: a}"), 1, "steps[1].mbind",
+                   "unknown step type 'mbind'", "khugepaged")
 
 
 def test_step_value_must_be_a_map() -> None:

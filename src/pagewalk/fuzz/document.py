@@ -23,8 +23,10 @@ from pagewalk.units import GiB, KiB, MiB
 Doc = dict[str, Any]
 SIZE_FIELDS = ("length", "offset", "stride", "page_size")
 ADDRESS_FIELDS = ("addr",)
-REGION_STEPS = ("munmap", "mprotect", "madvise", "touch", "write", "read")
-CALL_STEPS = ("mmap", "munmap", "mprotect", "madvise", "fork")       # may expect_error
+REGION_STEPS = ("munmap", "mprotect", "madvise", "touch", "write", "read", "mremap", "mlock",
+                "munlock")
+CALL_STEPS = ("mmap", "munmap", "mprotect", "madvise", "fork", "brk", "mremap", "mlock",
+              "munlock", "mlockall", "munlockall")                   # may expect_error
 ACCESS_STEPS = ("touch", "write", "read")                            # may expect_signal
 GLOBAL_STEPS = ("set", "measure", "khugepaged")                      # carry no process
 
@@ -149,9 +151,9 @@ def repair(doc: Doc) -> Doc:
             if proc not in alive:
                 continue
             region = value.get("region") if kind in REGION_STEPS else None
-            if region is not None and region not in alive[proc]:
+            if region is not None and region != s.HEAP_REGION and region not in alive[proc]:
                 continue
-            if kind == "mmap":
+            if kind == "mmap" or (kind == "mremap" and "name" in value):
                 if value["name"] in alive[proc]:
                     continue
                 alive[proc].add(value["name"])

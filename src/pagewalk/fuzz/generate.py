@@ -48,6 +48,11 @@ MAX_POOL_1G = 2
 SPARSE_MIN = 256 * MiB            # a mapping this long is touched only sparsely
 MAPPED_MAX = 192 * MiB            # dense (touchable) anonymous bytes mapped in a scenario
 SPARSE_TOUCHES = 32
+START_BRK = 0x4D9000              # version 2: the heap at scenario start, [start_brk, brk)
+INITIAL_BRK = 0x4FB000            # the spec: the break never goes below it
+HEAP = "[heap]"
+HEAP_KEEP = INITIAL_BRK - START_BRK   # the first part of [heap]: never unmapped or written
+BRK_MAX = 64 * MiB                # how far the break grows above the initial one
 STEP_RANGE = MappingProxyType({"basic": (8, 20), "thp": (8, 20), "hugetlb": (6, 16),
                                "processes": (8, 22), "knobs": (8, 18), "mixed": (10, 24)})
 
@@ -86,9 +91,15 @@ class ProcModel:
     name: str
     maps: dict[str, MapModel] = field(default_factory=dict)
     arena: list[tuple[int, int]] = field(default_factory=list)   # mapped [start, end)
+    brk_low: int = 0             # the lowest the break can be (a grow may have failed)
+    brk_high: int = 0            # the highest it can be (every grow succeeded)
+
+    def __post_init__(self) -> None:
+        self.brk_low = self.brk_low or INITIAL_BRK
+        self.brk_high = self.brk_high or INITIAL_BRK
 
     def child(self, name: str) -> ProcModel:
-        return ProcModel(name, dict(self.maps), list(self.arena))
+        return ProcModel(name, dict(self.maps), list(self.arena), self.brk_low, self.brk_high)
 
     def occupy(self, start: int, end: int) -> None:
         self.vacate(start, end)
@@ -396,6 +407,8 @@ MUNMAP_RANGES = (35, 15, 15, 15, 10, 5, 5)
 MPROTECT_RANGES = (30, 15, 15, 20, 12, 5, 3)
 MADVISE_RANGES = (35, 15, 15, 15, 12, 5, 3)
 TOUCH_RANGES = (50, 15, 15, 10, 10, 0, 0)
+MLOCK_RANGES = (40, 15, 15, 15, 10, 5, 0)
+MREMAP_RANGES = (0, 40, 10, 30, 10, 10, 0)
 
 
 def _ranged(gen: Gen, kind: str, weights: Sequence[float]) -> tuple[ProcModel, MapModel,
@@ -447,6 +460,13 @@ def _madvise(gen: Gen) -> Doc | None:
 
 def _touch(gen: Gen) -> Doc | None:
     """Reads or writes at a stride over a range; sparse mappings only at large strides."""
+    heap_proc = gen.pick_proc()
+    if heap_proc is not None and heap_proc.brk_low > INITIAL_BRK and gen.chance(0.15):
+        heap = _heap_range(gen, heap_proc, destructive=False)   # version 2: [heap]
+        if heap is not None:
+            if heap_proc.name != "main":
+                heap["process"] = heap_proc.name
+            return {"touch": heap}
     got = _ranged(gen, "touch", TOUCH_RANGES)
     if got is None:
         return None
@@ -645,6 +665,182 @@ def _initial_sysfs(gen: Gen) -> Doc:
     return sysfs
 
 
+# -- version 2: the program break, mremap, memory locking -------------------------------------
+
+def _brk(gen: Gen) -> Doc | None:
+    """brk(break + delta): grows (sometimes by an unaligned amount), shrinks (never below
+    the initial break, by the lowest the break can be), or 0."""
+    proc = gen.pick_proc()
+    if proc is None:
+        return None
+    rng = gen.rng
+    shrink_room = proc.brk_low - INITIAL_BRK
+    grow_room = INITIAL_BRK + BRK_MAX - proc.brk_high
+    choice = gen.pick(("grow", "shrink", "zero", "below"), (50, 35 if shrink_room else 0, 5, 3))
+    if choice == "grow" and grow_room >= PAGE:
+        delta = gen.pick((rng.randint(1, 64) * PAGE, rng.randint(1, 8) * HUGE_2M,
+                          rng.randint(1, PAGE * 4), rng.randint(1, 16) * MiB + 100))
+        delta = min(delta, grow_room)
+        proc.brk_high += delta
+        gen.mapped += _align_up(delta, PAGE)
+    elif choice == "shrink" and shrink_room:
+        delta = -gen.pick((shrink_room, rng.randint(1, shrink_room),
+                           min(shrink_room, rng.randint(1, 64) * PAGE)))
+        proc.brk_low += delta
+        proc.brk_high += delta
+    elif choice == "below":
+        delta = -(proc.brk_high - START_BRK + gen.pick((PAGE, 8 * MiB)))   # ENOMEM, stays
+    else:
+        delta = 0
+    fields: Doc = {"delta": delta}
+    if proc.name != "main":
+        fields["process"] = proc.name
+    return {"brk": fields}
+
+
+def _heap_range(gen: Gen, proc: ProcModel, destructive: bool) -> Doc | None:
+    """A range of [heap]: anywhere for touch and lock steps; above its first part (the
+    program's own data) for a step that may unmap, discard or move."""
+    rng = gen.rng
+    low = HEAP_KEEP if destructive else 0
+    top = proc.brk_low - START_BRK
+    if top <= low:
+        return None
+    offset = low + rng.randint(0, (top - low) // PAGE - 1) * PAGE if top - low >= PAGE else low
+    fields: Doc = {"region": HEAP, "offset": offset}
+    if gen.chance(0.6):
+        fields["length"] = rng.randint(1, max(1, (top - offset) // PAGE)) * PAGE
+    elif destructive:
+        fields["length"] = top - offset        # the break may be higher: stay below it
+    return fields
+
+
+def _mlock_range(gen: Gen, destructive: bool = False) -> tuple[ProcModel, Doc] | None:
+    """A range for mlock/munlock/mremap: a mapping's, or [heap]'s sometimes."""
+    proc = gen.pick_proc()
+    if proc is None:
+        return None
+    if proc.maps and not (gen.chance(0.15) and proc.brk_low > INITIAL_BRK):
+        m = gen.pick_map(proc)
+        fields = _range(gen, proc, m, MLOCK_RANGES)
+        if m.sparse:            # locking populates: keep it to a few MiB of a sparse one
+            fields["length"] = min(int(fields.get("length", 4 * MiB)), 4 * MiB)
+    else:
+        got = _heap_range(gen, proc, destructive)
+        if got is None:
+            return None
+        fields = got
+    if proc.name != "main":
+        fields["process"] = proc.name
+    return proc, fields
+
+
+def _mlock(gen: Gen) -> Doc | None:
+    got = _mlock_range(gen)
+    if got is None:
+        return None
+    fields = got[1]
+    if gen.chance(0.3):
+        fields["flags"] = ["onfault"]
+    return {"mlock": fields}
+
+
+def _munlock(gen: Gen) -> Doc | None:
+    got = _mlock_range(gen)
+    return None if got is None else {"munlock": got[1]}
+
+
+def _mlockall(gen: Gen) -> Doc | None:
+    """mlockall: MCL_CURRENT populates everything (not with sparse mappings around);
+    MCL_FUTURE always with MCL_ONFAULT (a later sparse mapping is not populated)."""
+    proc = gen.pick_proc()
+    if proc is None:
+        return None
+    sparse = any(m.sparse for m in proc.maps.values())
+    options = [["future", "onfault"], ["current", "future", "onfault"], ["current", "onfault"]]
+    if not sparse:
+        options += [["current"], ["current"]]
+    fields: Doc = {"flags": gen.pick(options)}
+    if proc.name != "main":
+        fields["process"] = proc.name
+    return {"mlockall": fields}
+
+
+def _munlockall(gen: Gen) -> Doc | None:
+    proc = gen.pick_proc()
+    if proc is None:
+        return None
+    return {"munlockall": {"process": proc.name} if proc.name != "main" else {}}
+
+
+def _mremap(gen: Gen) -> Doc | None:
+    """mremap of a mapping (or the heap above its first part): shrink, grow in place or
+    moving, MREMAP_FIXED into the arena (2 MiB-aligned or not), MREMAP_DONTUNMAP."""
+    proc = gen.pick_proc(with_maps=True)
+    if proc is None:
+        return None
+    rng = gen.rng
+    m = gen.pick_map(proc)
+    fields: Doc = {"region": m.name}
+    # Linux 6.18 leaks hugetlb reservations (HugePages_Rsvd, for good) when part of a
+    # private hugetlb VMA moves: a live run would spoil the machine, so hugetlb mappings
+    # are only remapped whole (reproducer: the issue note of this step).
+    if gen.chance(0.3) and m.kind != "hugetlb":
+        fields.update(_range(gen, proc, m, MREMAP_RANGES))
+    offset = int(fields.get("offset", 0))
+    old = int(fields.get("length", max(m.length - offset, 0)))
+    grain = m.page if m.page != GiB else HUGE_2M
+    mode = gen.pick(("shrink", "grow", "move", "fixed", "dontunmap"), (15, 25, 25, 25, 10))
+    if m.sparse:
+        mode = gen.pick(("shrink", "fixed"))
+    if m.kind == "hugetlb" and mode in ("move", "dontunmap"):
+        mode = "grow"                  # EINVAL: hugetlb memory does not grow
+    if mode == "shrink":
+        new = max(grain, _align_up(old // 2, grain)) if gen.chance(0.8) else old
+    elif mode == "dontunmap":
+        new = old
+    else:
+        new = old + gen.pick((grain, rng.randint(1, 8) * grain, HUGE_2M, rng.randint(1, 16) * MiB))
+        new = min(new, old + 32 * MiB)
+        if mode == "fixed" and (gen.chance(0.4) or m.kind == "hugetlb"):
+            new = old                  # a whole hugetlb VMA moves without a leak
+    flags: list[str] = []
+    if mode in ("move", "fixed", "dontunmap"):
+        flags.append("maymove")
+    if mode == "fixed":
+        flags.append("fixed")
+        addr = _arena_addr(gen, proc, _align_up(max(new, PAGE), HUGE_2M) + HUGE_2M)
+        if gen.chance(0.4):
+            addr += gen.pick((PAGE, 5 * PAGE, MiB))
+        fields["addr"] = addr
+    if mode == "dontunmap":
+        flags.append("dontunmap")
+        fields["name"] = gen.counter("r")
+    fields["new_length"] = new
+    if flags:
+        fields["flags"] = flags
+    if proc.name != "main":
+        fields["process"] = proc.name
+    gen.mapped += max(0, _align_up(new, PAGE) - old)
+    if mode == "dontunmap":
+        proc.maps[fields["name"]] = MapModel(fields["name"], _align_up(max(new, PAGE), m.page),
+                                             m.kind, m.page)
+    elif mode == "fixed":
+        if m.start is not None:
+            proc.vacate(m.start + offset, m.start + offset + old)
+        gen.forget(proc, fields["addr"], fields["addr"] + _align_up(max(new, PAGE), m.page))
+        proc.occupy(fields["addr"], fields["addr"] + _align_up(max(new, PAGE), m.page))
+        if m.name in proc.maps:
+            proc.maps[m.name] = MapModel(m.name, _align_up(max(new, PAGE), m.page), m.kind,
+                                         m.page, fields["addr"], m.sparse)
+        else:
+            proc.maps[m.name] = m
+    elif mode != "shrink" or offset:
+        proc.maps[m.name] = MapModel(m.name, max(m.length, _align_up(new, m.page)), m.kind,
+                                     m.page, None, m.sparse)
+    return {"mremap": fields}
+
+
 # -- the table -------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -677,6 +873,13 @@ STEP_KINDS: tuple[StepKind, ...] = (
     StepKind("exit", "exit", _exit, _w(0, 0, 0, 1.5, 0.2, 0.5)),
     StepKind("set", "set", _set, _w(0.2, 1.5, 1.5, 0.3, 6, 1.5)),
     StepKind("measure", "measure", _measure, _w(2, 2, 2, 2, 2, 2)),
+    # version 2
+    StepKind("brk", "brk", _brk, _w(1, 1, 0.3, 0.7, 0.3, 1)),
+    StepKind("mremap", "mremap", _mremap, _w(1.5, 1.5, 1, 0.7, 0.5, 1.5)),
+    StepKind("mlock", "mlock", _mlock, _w(1, 1, 0.7, 0.7, 0.3, 1)),
+    StepKind("munlock", "munlock", _munlock, _w(0.5, 0.5, 0.3, 0.3, 0.2, 0.5)),
+    StepKind("mlockall", "mlockall", _mlockall, _w(0.2, 0.2, 0.2, 0.3, 0.1, 0.3)),
+    StepKind("munlockall", "munlockall", _munlockall, _w(0.2, 0.2, 0.2, 0.3, 0.1, 0.3)),
 )
 #: what a scenario of the class starts with (after its first mappings)
 OPENING: Mapping[str, tuple[str, ...]] = MappingProxyType({"processes": ("fork",)})

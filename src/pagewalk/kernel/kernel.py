@@ -63,6 +63,7 @@ class Kernel:
         self.entire_mapcount: dict[int, int] = {}
         self.deposit: dict[int, int] = {}          # PMD entry paddr -> deposited PTE table
         self.deferred_split: set[int] = set()
+        self.mlock_count: dict[int, int] = {}       # PG_mlocked folio head -> mlock_count
         self.mthp_stats: dict[tuple[int, str], int] = {}
         self.huge_zero_pfn = NO_PAGE
         self.huge_zero_mms: set[int] = set()        # id(mm) with MMF_HUGE_ZERO_FOLIO

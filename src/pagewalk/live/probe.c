@@ -2,8 +2,9 @@
  * probe.c - executes one pagewalk scenario's memory steps on the real kernel.
  *
  * pagewalk's live runner (src/pagewalk/live) builds this file with `gcc -O2 -static`
- * and drives it; it is the kernel oracle's probe (shared/oracle/probe.c) with one
- * addition, the "notype" mmap flag.  Keep the code small and unchanged otherwise: the
+ * and drives it; it is the kernel oracle's probe (shared/oracle/probe.c, version 2 and 3
+ * commands included) with two additions: the "notype" mmap flag, and a warm-up that
+ * skips pages the scenario unmapped.  Keep the code small and unchanged otherwise: the
  * binary's layout is the spec's "process at scenario start", and the runner checks it.
  *
  * Driven by the controller through a line protocol: one command per line on
@@ -20,12 +21,32 @@
  *                               without shared: MAP_PRIVATE unless notype
  *                               -> "ok ADDR" | "err ENAME"
  *   munmap ADDR LEN / mprotect ADDR LEN PROT / madvise ADDR LEN ADVICE
- *   touch ADDR LEN STRIDE r|w   -> "ok N" | "sig SIGSEGV ADDR N" (N accesses done);
- *                               a write access stores the byte 0x01
+ *   touch ADDR LEN STRIDE r|w [INFLIGHT [all]]  -> "ok N" | "sig SIGSEGV ADDR N" (N accesses
+ *                               done); a write access stores the byte 0x01.  With
+ *                               INFLIGHT (a disk's sysfs inflight file), after every
+ *                               access that faulted, wait until the disk has no read in
+ *                               flight, so readahead never races with the next access
+ *                               (with "all": no write either, so swap-out writeback
+ *                               completes before the next access; version 3)
  *   write ADDR HEX              -> "ok" | "sig ..."
  *   read ADDR LEN               -> "ok HEX" | "sig ..."
  *   fork CMDFIFO RESPFIFO       -> parent "ok CHILDPID"; the child opens the
  *                                  FIFOs and answers "ready PID" there
+ * Version 2 (files are named by a path the probe opens O_RDWR for each step;
+ * the controller passes /proc/CONTROLLER/fd/N so that unlinked files and
+ * memfds stay reachable):
+ *   mmap LEN PROT FLAGS ADDR PATH OFF   a file mapping (one fresh open per mmap,
+ *                               so each mapping has its own readahead state)
+ *   mremap ADDR OLDLEN NEWLEN FLAGS NEWADDR   FLAGS: MREMAP_* bits -> "ok ADDR"
+ *   mlock ADDR LEN FLAGS (mlock2 bits) / munlock ADDR LEN
+ *   mlockall FLAGS (MCL_* bits) / munlockall / msync ADDR LEN FLAGS (MS_* bits)
+ *   brk DELTA                   raw brk(current + DELTA) -> "ok NEWBRK" | "err ENOMEM";
+ *                               DELTA 0 only asks for the current break
+ *   fcreate KIND SIZE PATH      KIND f: creat PATH, write SIZE zero bytes in
+ *                               4 KiB write(2)s, fsync; KIND m: memfd_create +
+ *                               ftruncate -> "ok FD" (the fd stays open)
+ *   close FD / ftrunc PATH SIZE / fadv PATH (fsync + FADV_DONTNEED, whole file)
+ *   unlink PATH
  *   warm                        -> re-touch the probe's own pages, "ok"
  *   ping                        -> "ok PID"
  *   exit                        -> _exit(0), no reply
@@ -59,6 +80,22 @@
 #define MAP_HUGE_SHIFT 26
 #endif
 #define MAP_HUGE_2MB_ (21 << MAP_HUGE_SHIFT)
+/* raw system call numbers (x86_64), so no new libc wrappers change the probe's layout */
+#define NR_brk 12
+#define NR_mremap 25
+#define NR_msync 26
+#define NR_fsync 74
+#define NR_ftruncate 77
+#define NR_unlink 87
+#define NR_mlock 149
+#define NR_munlock 150
+#define NR_mlockall 151
+#define NR_munlockall 152
+#define NR_fadvise64 221
+#define NR_memfd_create 319
+#define NR_mlock2 325
+#define NR_nanosleep 35
+#define NR_getrusage 98
 #define MAP_HUGE_1GB_ (30 << MAP_HUGE_SHIFT)
 
 #define PAGE 4096UL
@@ -144,6 +181,26 @@ static const char *errname(int e)
 static void reply_err(int e) { put("err "); put(errname(e)); flush_line(); }
 static void reply_ok(void) { put("ok"); flush_line(); }
 
+static long sys4(long n, long a, long b, long c, long d)
+{
+	long r;
+	register long r10 __asm__("r10") = d;
+	__asm__ volatile ("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10)
+			  : "rcx", "r11", "memory");
+	return r;
+}
+static long sys5(long n, long a, long b, long c, long d, long e)
+{
+	long r;
+	register long r10 __asm__("r10") = d;
+	register long r8 __asm__("r8") = e;
+	__asm__ volatile ("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8)
+			  : "rcx", "r11", "memory");
+	return r;
+}
+/* "ok" or "err ENAME" for a raw system call's result */
+static void reply_sys(long r) { if (r < 0 && r > -4096) reply_err((int)-r); else reply_ok(); }
+
 /* ---------- parsing ---------- */
 static char *tok(char **p)
 {
@@ -202,6 +259,14 @@ static int advice_of(const char *s)
 	if (!strcmp(s, "free")) return MADV_FREE;
 	if (!strcmp(s, "collapse")) return MADV_COLLAPSE;
 	if (!strcmp(s, "willneed")) return MADV_WILLNEED;
+	if (!strcmp(s, "populate_read")) return 22;
+	if (!strcmp(s, "populate_write")) return 23;
+	if (!strcmp(s, "remove")) return MADV_REMOVE;
+	if (!strcmp(s, "cold")) return 20;
+	if (!strcmp(s, "pageout")) return 21;
+	if (!strcmp(s, "random")) return MADV_RANDOM;
+	if (!strcmp(s, "sequential")) return MADV_SEQUENTIAL;
+	if (!strcmp(s, "normal")) return MADV_NORMAL;
 	return -1;
 }
 static int hexval(int c) { return c <= '9' ? c - '0' : (c | 32) - 'a' + 10; }
@@ -240,24 +305,22 @@ static void record_own_ranges(void)
 /* Read every page of the probe's own mappings, write every writable one.  A page the
  * scenario unmapped or protected (a range that ran into [vdso], say) faults: it is
  * skipped, as the simulator's warm-up skips it. */
-static volatile int warm_i;
 static volatile uintptr_t warm_a;
 
 static void warm(void)
 {
-	warm_i = 0;
-	warm_a = nown ? own[0].start : 0;
-	if (sigsetjmp(jb, 1))
-		warm_a += PAGE;                 /* the page at warm_a faulted: skip it */
-	in_access = 1;
-	for (; warm_i < nown; warm_i++, warm_a = warm_i < nown ? own[warm_i].start : 0) {
-		for (; warm_a < own[warm_i].end; warm_a += PAGE) {
+	for (int i = 0; i < nown; i++) {
+		warm_a = own[i].start;
+		if (sigsetjmp(jb, 1))
+			warm_a += PAGE;         /* the page at warm_a faulted: skip it */
+		in_access = 1;
+		for (; warm_a < own[i].end; warm_a += PAGE) {
 			volatile char *c = (volatile char *)warm_a;
 			char v = *c;
-			if (own[warm_i].writable) *c = v;
+			if (own[i].writable) *c = v;
 		}
+		in_access = 0;
 	}
-	in_access = 0;
 }
 
 static void __attribute__((noinline)) grow_stack(void)
@@ -274,7 +337,9 @@ static void do_mmap(char *p)
 	int prot = prot_of(tok(&p));
 	char *flags = tok(&p);
 	unsigned long addr = num(tok(&p));
-	int f = MAP_ANONYMOUS;
+	char *path = tok(&p);
+	unsigned long foff = num(tok(&p));
+	int f = path ? 0 : MAP_ANONYMOUS, fd = -1;
 	if (!flags) flags = "-";
 	/* "notype": neither MAP_PRIVATE nor MAP_SHARED, which the kernel refuses (EINVAL) */
 	if (has_flag(flags, "shared")) f |= MAP_SHARED;
@@ -286,9 +351,74 @@ static void do_mmap(char *p)
 	if (has_flag(flags, "hugetlb")) f |= MAP_HUGETLB;
 	if (has_flag(flags, "huge2m")) f |= MAP_HUGE_2MB_;
 	if (has_flag(flags, "huge1g")) f |= MAP_HUGE_1GB_;
-	void *r = mmap((void *)addr, len, prot, f, -1, 0);
-	if (r == MAP_FAILED) { reply_err(errno); return; }
+	if (path && (fd = open(path, O_RDWR)) < 0) { reply_err(errno); return; }
+	void *r = mmap((void *)addr, len, prot, f, fd, (off_t)foff);
+	int e = errno;
+	if (fd >= 0) close(fd);
+	if (r == MAP_FAILED) { reply_err(e); return; }
 	put("ok "); putx((unsigned long)r); flush_line();
+}
+
+static void do_brk(char *p)
+{
+	char *d = tok(&p);
+	long delta = (d && d[0] == '-') ? -(long)num(d + 1) : (long)num(d);
+	unsigned long cur = (unsigned long)sys4(NR_brk, 0, 0, 0, 0);
+	if (delta) {
+		unsigned long want = cur + (unsigned long)delta;
+		unsigned long got = (unsigned long)sys4(NR_brk, (long)want, 0, 0, 0);
+		if (got != want) { reply_err(ENOMEM); return; }
+		cur = got;
+	}
+	put("ok "); putx(cur); flush_line();
+}
+
+static void do_fcreate(char *p)
+{
+	char *kind = tok(&p);
+	unsigned long size = num(tok(&p));
+	char *path = tok(&p);
+	int fd;
+	if (!kind || !path) { reply_err(EINVAL); return; }
+	if (kind[0] == 'm') {
+		fd = (int)sys4(NR_memfd_create, (long)path, 0, 0, 0);
+		if (fd < 0) { reply_err(-fd); return; }
+		long r = sys4(NR_ftruncate, fd, (long)size, 0, 0);
+		if (r < 0) { close(fd); reply_err((int)-r); return; }
+	} else {
+		fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+		if (fd < 0) { reply_err(errno); return; }
+		/* mapsbuf is all zeros after start-up; one page per write(2) */
+		for (unsigned long off = 0; off < size;) {
+			size_t n = size - off < PAGE ? (size_t)(size - off) : PAGE;
+			ssize_t w = write(fd, mapsbuf, n);
+			if (w < 0) {
+				if (errno == EINTR) continue;
+				int e = errno; close(fd); reply_err(e); return;
+			}
+			off += (unsigned long)w;
+		}
+		long r = sys4(NR_fsync, fd, 0, 0, 0);
+		if (r < 0) { close(fd); reply_err((int)-r); return; }
+	}
+	put("ok "); putu((unsigned long)fd); flush_line();
+}
+
+/* open PATH, run one system call on the fd, close */
+static void do_fileop(int op, char *p)
+{
+	char *path = tok(&p);
+	unsigned long arg = num(tok(&p));
+	int fd = path ? open(path, O_RDWR) : -1;
+	long r;
+	if (fd < 0) { reply_err(path ? errno : EINVAL); return; }
+	if (op == 't') r = sys4(NR_ftruncate, fd, (long)arg, 0, 0);
+	else {
+		r = sys4(NR_fsync, fd, 0, 0, 0);
+		if (r >= 0) r = sys4(NR_fadvise64, fd, 0, 0, POSIX_FADV_DONTNEED);
+	}
+	close(fd);
+	reply_sys(r);
 }
 
 static void reply_sig(int sig, unsigned long done)
@@ -299,6 +429,32 @@ static void reply_sig(int sig, unsigned long done)
 }
 
 static volatile unsigned long touched;
+static long ru[18]; /* struct rusage: ru_minflt, ru_majflt are longs 8 and 9 */
+
+static long faults_now(void)
+{
+	sys4(NR_getrusage, 0, (long)ru, 0, 0);
+	return ru[8] + ru[9];
+}
+
+/* wait (at most ~2 s) until the disk's inflight file reads "0 ..." (with all:
+ * "0 0", no write in flight either: swap-out writeback, version 3) */
+static int settle_all;
+static void settle(const char *inflight)
+{
+	static const long ts[2] = {0, 20000};
+	for (int t = 0; t < 100000; t++) {
+		int fd = open(inflight, O_RDONLY);
+		ssize_t n = fd < 0 ? -1 : read(fd, databuf, 64);
+		if (fd >= 0) close(fd);
+		if (n <= 0) return;
+		databuf[n] = 0;
+		for (ssize_t k = 0; k < n; k++) if (databuf[k] == '\n') databuf[k] = ' ';
+		char *q = (char *)databuf;
+		if (!num(tok(&q)) && (!settle_all || !num(tok(&q)))) return;
+		sys4(NR_nanosleep, (long)ts, 0, 0, 0);
+	}
+}
 
 static void do_touch(char *p)
 {
@@ -306,7 +462,11 @@ static void do_touch(char *p)
 	unsigned long len = num(tok(&p));
 	unsigned long stride = num(tok(&p));
 	char *mode = tok(&p);
+	char *inflight = tok(&p);
+	char *all = tok(&p);
+	settle_all = all && all[0] == 'a';
 	int wr = mode && mode[0] == 'w';
+	long f0 = inflight ? faults_now() : 0;
 	if (!stride) stride = PAGE;
 	touched = 0;
 	int sig = sigsetjmp(jb, 1);
@@ -317,6 +477,10 @@ static void do_touch(char *p)
 		volatile char *c = (volatile char *)(addr + off);
 		if (wr) *c = 1; else (void)*c;
 		touched++;
+		if (inflight) {
+			long f = faults_now();
+			if (f != f0) { settle(inflight); f0 = f; }
+		}
 	}
 	in_access = 0;
 	put("ok "); putu(touched); flush_line();
@@ -430,6 +594,7 @@ int main(int argc, char **argv)
 	memset(out, 0, sizeof(out));
 	memset(databuf, 0, sizeof(databuf));
 	record_own_ranges();
+	memset(mapsbuf, 0, sizeof(mapsbuf)); /* from now on: the zero source for fcreate */
 	warm();
 	warm();
 
@@ -457,6 +622,30 @@ int main(int argc, char **argv)
 		else if (!strcmp(cmd, "write")) do_write(p);
 		else if (!strcmp(cmd, "read")) do_read(p);
 		else if (!strcmp(cmd, "fork")) do_fork(p);
+		else if (!strcmp(cmd, "mremap")) {
+			unsigned long a = num(tok(&p)), ol = num(tok(&p)), nl = num(tok(&p));
+			unsigned long fl = num(tok(&p)), na = num(tok(&p));
+			long r = sys5(NR_mremap, (long)a, (long)ol, (long)nl, (long)fl, (long)na);
+			if (r < 0 && r > -4096) reply_err((int)-r);
+			else { put("ok "); putx((unsigned long)r); flush_line(); }
+		} else if (!strcmp(cmd, "mlock")) {
+			unsigned long a = num(tok(&p)), l = num(tok(&p)), fl = num(tok(&p));
+			reply_sys(fl ? sys4(NR_mlock2, (long)a, (long)l, (long)fl, 0)
+				     : sys4(NR_mlock, (long)a, (long)l, 0, 0));
+		} else if (!strcmp(cmd, "munlock")) {
+			unsigned long a = num(tok(&p)), l = num(tok(&p));
+			reply_sys(sys4(NR_munlock, (long)a, (long)l, 0, 0));
+		} else if (!strcmp(cmd, "mlockall")) reply_sys(sys4(NR_mlockall, (long)num(tok(&p)), 0, 0, 0));
+		else if (!strcmp(cmd, "munlockall")) reply_sys(sys4(NR_munlockall, 0, 0, 0, 0));
+		else if (!strcmp(cmd, "msync")) {
+			unsigned long a = num(tok(&p)), l = num(tok(&p)), fl = num(tok(&p));
+			reply_sys(sys4(NR_msync, (long)a, (long)l, (long)fl, 0));
+		} else if (!strcmp(cmd, "brk")) do_brk(p);
+		else if (!strcmp(cmd, "fcreate")) do_fcreate(p);
+		else if (!strcmp(cmd, "close")) { close((int)num(tok(&p))); reply_ok(); }
+		else if (!strcmp(cmd, "ftrunc")) do_fileop('t', p);
+		else if (!strcmp(cmd, "fadv")) do_fileop('f', p);
+		else if (!strcmp(cmd, "unlink")) { char *path = tok(&p); reply_sys(path ? sys4(NR_unlink, (long)path, 0, 0, 0) : -EINVAL); }
 		else if (!strcmp(cmd, "warm")) { warm(); reply_ok(); }
 		else if (!strcmp(cmd, "ping")) { put("ok "); putu((unsigned long)getpid()); flush_line(); }
 		else if (!strcmp(cmd, "exit")) _exit(0);

@@ -29,6 +29,8 @@ them here (NumPy, for one, asks for THP on its large arrays).
 from __future__ import annotations
 
 import collections
+import ctypes
+import mmap
 import os
 import shutil
 import signal
@@ -47,6 +49,7 @@ from pagewalk.errors import (
     SignalError,
     SyscallError,
 )
+from pagewalk.kernel.exec_image import BRK, START_BRK
 from pagewalk.live import probe as probe_mod
 from pagewalk.live import procfs
 from pagewalk.live.errors import LiveError, ProbeError
@@ -55,6 +58,12 @@ from pagewalk.scenario import schema as s
 from pagewalk.scenario.runner import EVENT_FIELDS, PROCESS_FIELDS, SIZE_FIELDS
 
 MEMINFO_FIELDS = ("HugePages_Total", "HugePages_Free", "HugePages_Rsvd", "HugePages_Surp")
+MEMINFO_DELTA_FIELDS = ("Mlocked",)        # version 2: changes since the start, kB
+LOCK_STEPS = (s.MlockStep, s.MunlockStep, s.MlockallStep, s.MunlockallStep)
+MREMAP_BITS = {"maymove": 1, "fixed": 2, "dontunmap": 4}      # MREMAP_*
+MCL_BITS = {"current": 1, "future": 2, "onfault": 4}          # MCL_*
+SYS_MOVE_PAGES = 279
+MPOL_MF_MOVE = 2
 VMSTAT_FIELDS = tuple(EVENT_FIELDS)        # thp_fault_alloc ... pgfault
 CHUNK = 4096                               # bytes per probe write/read command
 IDLE_PINGS = 3                             # commands sent to check the probe adds no fault
@@ -73,6 +82,8 @@ class LiveProcess:
     fault_base: tuple[int, int] = (0, 0)         # (minflt, majflt) not scenario work
     maps: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (start, length)
     alive: bool = True
+    start_brk: int = 0                           # [heap] is [start_brk, brk)
+    brk: int = 0                                 # the break, tracked from brk(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +126,12 @@ class LiveRun:
         self.popen: Any = None
         self.tmpdir = Path(tempfile.mkdtemp(prefix="pagewalk-live-"))
         self.pgfault_adjust = 0        # warm-up faults of forks (not scenario work)
+        self.pgmajfault_adjust = 0     # the major ones among them
+        self.own_maj_base = 0
+        # With memory locking in the scenario, every CPU's folio batches are drained before
+        # the baseline and each measurement, so Mlocked is up to date (lru_drain_all).
+        self.locking = any(isinstance(step, LOCK_STEPS) for step in scenario.steps)
+        self.drain_page: mmap.mmap | None = None
         self.exited_faults = 0         # faults of processes that exited
         self.base_sizes: dict[str, int] = {}
         self.base_system: dict[str, int] = {}
@@ -135,10 +152,15 @@ class LiveRun:
         self.layout = probe_mod.start_layout_differences(main.pid)
         self.idle_faults = self._idle_faults(main)
         self._quiet_window(QUIET_SECONDS)
+        main.start_brk = read_start_brk(main.pid)
+        main.brk = int(main.channel.ask("brk 0").split()[1], 16)
         main.fault_base = procfs.read_faults(main.pid)
         self.base_sizes = self._sizes(main.pid)
+        if self.locking:
+            self.lru_drain_all()
         self.base_system = self._system()
         self.own_base = procfs.own_faults()
+        self.own_maj_base = own_major_faults()
         self.started = time.monotonic()
 
     @staticmethod
@@ -203,10 +225,26 @@ class LiveRun:
 
     @staticmethod
     def _system() -> dict[str, int]:
+        refresh_vmstat()
         meminfo, vmstat = procfs.read_meminfo(), procfs.read_vmstat()
-        system = {key: meminfo.get(key, 0) for key in MEMINFO_FIELDS}
+        system = {key: meminfo.get(key, 0) for key in MEMINFO_FIELDS + MEMINFO_DELTA_FIELDS}
         system.update({key: vmstat.get(key, 0) for key in VMSTAT_FIELDS})
         return system
+
+    def lru_drain_all(self) -> None:
+        """lru_add_drain_all(), as the oracle does it: munlock by munmap or exit is queued
+        per CPU and reaches Mlocked only when the batch drains (Mlocked lagged by 8-56 kB
+        without it). move_pages(2) of one of our own pages to its node drains every CPU
+        and moves nothing."""
+        if self.drain_page is None:
+            self.drain_page = mmap.mmap(-1, 4096)
+            self.drain_page[0:1] = b"\1"
+        libc = ctypes.CDLL(None, use_errno=True)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(self.drain_page))
+        pages = (ctypes.c_void_p * 1)(addr)
+        nodes = (ctypes.c_int * 1)(page_node(addr))
+        status = (ctypes.c_int * 1)(0)
+        libc.syscall(SYS_MOVE_PAGES, 0, 1, pages, nodes, status, MPOL_MF_MOVE)
 
     def measure(self, step: s.MeasureStep) -> None:
         processes = {}
@@ -221,11 +259,16 @@ class LiveRun:
             figures.update({key: sizes[key] - self.base_sizes[key] for key in SIZE_FIELDS})
             processes[proc.name] = {key: figures[key] for key in PROCESS_FIELDS}
             accounted += figures["minflt"] + figures["majflt"]
+        if self.locking:
+            self.lru_drain_all()
         own = procfs.own_faults() - self.own_base
+        own_maj = own_major_faults() - self.own_maj_base
         now = self._system()
         system = {key: now[key] for key in MEMINFO_FIELDS}
         system.update({key: now[key] - self.base_system[key] for key in VMSTAT_FIELDS})
+        system.update({key: now[key] - self.base_system[key] for key in MEMINFO_DELTA_FIELDS})
         system["pgfault"] -= self.pgfault_adjust + own
+        system["pgmajfault"] -= self.pgmajfault_adjust + own_maj
         self.measurements.append({"label": step.label, "step": step.index,
                                   "processes": processes, "system": system})
         self.noise.append(MeasureNoise(step.label, own, system["pgfault"], accounted))
@@ -243,6 +286,11 @@ class LiveRun:
 
     def region(self, step: s.Step, rng: s.Range) -> tuple[int, int]:
         """(address, length) of a range, resolved as the simulator's runner does."""
+        if rng.region == s.HEAP_REGION:
+            proc = self.proc(step)
+            heap_length = max(proc.brk - proc.start_brk, 0)
+            return proc.start_brk + rng.offset, rng.length if rng.length is not None else \
+                max(heap_length - rng.offset, 0)
         maps = self.proc(step).maps
         if rng.region not in maps:
             raise ScenarioError(f"{rng.region!r} is not a mapping of process {step.process!r} "
@@ -287,6 +335,8 @@ class LiveRun:
         flags = sorted(step.flags - {"anonymous"})
         if not {"private", "shared"} & step.flags:
             flags.append("notype")           # the kernel answers EINVAL, as it should
+        if "fixed" in step.flags or "fixed_noreplace" in step.flags:
+            self.guard_heap(step, step.addr or 0, step.length, "MAP_FIXED would replace", "addr")
         huge = 4096
         if "hugetlb" in step.flags:
             huge = step.page_size or 2 << 20
@@ -300,6 +350,7 @@ class LiveRun:
     def do_munmap(self, step: s.MunmapStep) -> None:
         proc = self.proc(step)
         addr, length = self.region(step, step.range)
+        self.guard_heap(step, addr, length, "the range overlaps", "region")
         if self.outcome(proc.channel.ask(f"munmap {addr:#x} {length}"), step):
             for name, (start, size) in list(proc.maps.items()):
                 if addr <= start and start + size <= addr + length:
@@ -307,11 +358,15 @@ class LiveRun:
 
     def do_mprotect(self, step: s.MprotectStep) -> None:
         addr, length = self.region(step, step.range)
+        if step.prot not in (s.PROT_READ | s.PROT_WRITE, s.PROT_READ | s.PROT_WRITE | s.PROT_EXEC):
+            self.guard_heap(step, addr, length, "the range overlaps", "region")
         self.outcome(self.proc(step).channel.ask(
             f"mprotect {addr:#x} {length} {_prot_letters(step.prot)}"), step)
 
     def do_madvise(self, step: s.MadviseStep) -> None:
         addr, length = self.region(step, step.range)
+        if step.advice in ("dontneed", "free"):
+            self.guard_heap(step, addr, length, "the range overlaps", "region")
         self.outcome(self.proc(step).channel.ask(
             f"madvise {addr:#x} {length} {step.advice}"), step)
 
@@ -324,6 +379,7 @@ class LiveRun:
     def do_write(self, step: s.WriteStep) -> None:
         proc = self.proc(step)
         addr, _ = self.region(step, s.Range(step.region, step.offset))
+        self.guard_heap(step, addr, len(step.data), "the data would overwrite", "data")
         for pos in range(0, max(len(step.data), 1), CHUNK):   # the probe's lines are bounded
             reply = proc.channel.ask(f"write {addr + pos:#x} {step.data[pos:pos + CHUNK].hex()}")
             if not self.outcome(reply, step):
@@ -360,11 +416,13 @@ class LiveRun:
         warm = (after[0] - before[0], after[1] - before[1])
         parent.fault_base = (parent.fault_base[0] + warm[0], parent.fault_base[1] + warm[1])
         channel = probe_mod.Channel(step.name, int(reply.split()[1]), write_fd, read_fd)
-        child = LiveProcess(step.name, channel.pid, channel, maps=dict(parent.maps))
+        child = LiveProcess(step.name, channel.pid, channel, maps=dict(parent.maps),
+                            start_brk=parent.start_brk, brk=parent.brk)
         self.procs[step.name] = child
         channel.expect_ready()
         child.fault_base = procfs.read_faults(child.pid)
         self.pgfault_adjust += sum(warm) + sum(child.fault_base)
+        self.pgmajfault_adjust += warm[1] + child.fault_base[1]
 
     def do_exit(self, step: s.ExitStep) -> None:
         proc = self.proc(step)
@@ -398,9 +456,116 @@ class LiveRun:
     def do_measure(self, step: s.MeasureStep) -> None:
         self.measure(step)
 
+    # -- version 2: the program break, mremap, memory locking --------------------------------
+    def guard_heap(self, step: s.Step, addr: int, length: int, what: str, fieldname: str) -> None:
+        """The initial heap holds the probe's own data (glibc's thread control block): a
+        step may not unmap, discard, protect, move or overwrite it (the spec's rule; the
+        simulator's runner refuses the same steps)."""
+        if length > 0 and addr < BRK and addr + length > START_BRK:
+            raise ScenarioError(f"{what} the initial heap {START_BRK:#x}-{BRK:#x}, which holds "
+                                "the program's own data; a scenario may not change it",
+                                self.location(step, fieldname))
+
+    def do_brk(self, step: s.BrkStep) -> None:
+        proc = self.proc(step)
+        new = proc.brk + step.delta
+        if proc.start_brk <= new < BRK:
+            self.guard_heap(step, new, BRK - new, "the break would unmap part of", "delta")
+        reply = proc.channel.ask(f"brk {step.delta}")
+        if self.outcome(reply, step):
+            proc.brk = int(reply.split()[1], 16)
+
+    def do_mremap(self, step: s.MremapStep) -> None:
+        proc = self.proc(step)
+        addr, length = self.region(step, step.range)
+        new_length = -(-step.new_length // 4096) * 4096
+        old_length = -(-length // 4096) * 4096
+        if step.flags:
+            self.guard_heap(step, addr, length, "it may move", "region")
+        elif new_length < length:
+            self.guard_heap(step, addr + new_length, length - new_length,
+                            "it would unmap part of", "new_length")
+        if "fixed" in step.flags:
+            self.guard_heap(step, step.addr or 0, step.new_length, "the new range overlaps",
+                            "addr")
+        bits = sum(MREMAP_BITS[flag] for flag in step.flags)
+        reply = proc.channel.ask(f"mremap {addr:#x} {length} {step.new_length} {bits} "
+                                 f"{step.addr or 0:#x}")
+        if not self.outcome(reply, step):
+            return
+        new_addr = int(reply.split()[1], 16)
+        gone = []
+        if "fixed" in step.flags:
+            gone.append((new_addr, new_length))          # whatever was there is replaced
+        if "dontunmap" not in step.flags:
+            if new_addr != addr:
+                gone.append((addr, old_length))
+            elif new_length < old_length:
+                gone.append((addr + new_length, old_length - new_length))
+        for lo, size in gone:
+            for name, (start, mlen) in list(proc.maps.items()):
+                if lo <= start and start + mlen <= lo + size:
+                    del proc.maps[name]
+        if step.name is not None:
+            proc.maps[step.name] = (new_addr, new_length)
+        elif step.range.region != s.HEAP_REGION:
+            proc.maps[step.range.region] = (new_addr, new_length)
+
+    def do_mlock(self, step: s.MlockStep) -> None:
+        addr, length = self.region(step, step.range)
+        self.outcome(self.proc(step).channel.ask(
+            f"mlock {addr:#x} {length} {1 if step.onfault else 0}"), step)
+
+    def do_munlock(self, step: s.MunlockStep) -> None:
+        addr, length = self.region(step, step.range)
+        self.outcome(self.proc(step).channel.ask(f"munlock {addr:#x} {length}"), step)
+
+    def do_mlockall(self, step: s.MlockallStep) -> None:
+        bits = sum(MCL_BITS[flag] for flag in step.flags)
+        self.outcome(self.proc(step).channel.ask(f"mlockall {bits}"), step)
+
+    def do_munlockall(self, step: s.MunlockallStep) -> None:
+        self.outcome(self.proc(step).channel.ask("munlockall"), step)
+
     def do_khugepaged(self, step: s.KhugepagedStep) -> None:
         raise LiveError("the khugepaged step is simulator-only: it cannot be replayed on a "
                         "live kernel", self.location(step, "khugepaged"))
+
+
+def read_start_brk(pid: int) -> int:
+    """start_brk: field 47 of /proc/PID/stat (fs/proc/array.c do_task_stat)."""
+    text = procfs.read_text(f"/proc/{pid}/stat")
+    return int(text[text.rindex(")") + 2:].split()[44])
+
+
+def refresh_vmstat() -> None:
+    """Fold the per-CPU vmstat deltas into the global counters (/proc/sys/vm/stat_refresh):
+    without it a 32-page mlock did not show in /proc/meminfo's Mlocked at all."""
+    try:
+        with open("/proc/sys/vm/stat_refresh", "w", encoding="ascii") as f:
+            f.write("1")
+    except OSError:
+        pass
+
+
+def own_major_faults() -> int:
+    """Major page faults of this (the measuring) process so far."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+
+
+def page_node(addr: int) -> int:
+    """The NUMA node of our page at ``addr`` (/proc/self/numa_maps), 0 if unknown."""
+    try:
+        with open("/proc/self/numa_maps", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(f"{addr:x} "):
+                    for word in line.split():
+                        if word.startswith("N") and "=" in word:
+                            return int(word[1:word.index("=")])
+    except OSError:
+        pass
+    return 0
 
 
 def _prot_letters(prot: int) -> str:

@@ -51,6 +51,7 @@ def _fast_path_applies(k: Kernel, task: Task, vaddr: int, access: int) -> tuple[
         huge_memory.order_enabled(k, vma, o) for o in huge_memory.MTHP_ORDERS[:-1]))
     # access_error() refuses by protection key first: then every fault is Python's
     anon = anon and pkeys.arch_vma_access_permitted(k, vma, access == 1)
+    anon = anon and not vma.flags & VmFlags.LOCKED   # faults there mlock: mm/mlock.py
     return True, bool(anon)
 
 

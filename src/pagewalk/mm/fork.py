@@ -21,7 +21,15 @@ from pagewalk.mm.hugetlb import HugetlbFile, ResvMap, copy_hugetlb_page_range, h
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import OutOfMemory, pte_alloc
 from pagewalk.mm.tlb import flush_tlb_mm
-from pagewalk.mm.types import AnonVma, MmStat, MmStruct, Vma, VmFlags, is_cow_mapping
+from pagewalk.mm.types import (
+    VM_LOCKED_MASK,
+    AnonVma,
+    MmStat,
+    MmStruct,
+    Vma,
+    VmFlags,
+    is_cow_mapping,
+)
 from pagewalk.mm.util import vm_acct_memory
 from pagewalk.mm.vma import vm_stat_account, vma_insert
 
@@ -51,6 +59,7 @@ def dup_mmap(k: Kernel, old: MmStruct, new: MmStruct) -> None:
         anon_vma = AnonVma(vma.anon_vma.root) if vma.anon_vma else None
         child = replace(vma, anon_vma=anon_vma, anon_vma_chain=vma.anon_vma_chain + (
             (anon_vma,) if anon_vma is not None else ()))
+        child.flags &= ~VM_LOCKED_MASK               # dup_mmap(): locks are not inherited
         if vma.is_hugetlb() and not hugetlb_file(vma).shared:
             child.file = _child_hugetlb_file(hugetlb_file(vma), ResvMap())
             child.hugetlb_resv_unmapped = False     # hugetlb_dup_vma_private()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pagewalk.errors import Signal, SignalError
+from pagewalk.errors import Errno, Signal, SignalError
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import pkeys
 from pagewalk.mm.memory import handle_mm_fault
 from pagewalk.mm.types import FaultFlags, Vma, VmFault, VmFlags
+from pagewalk.mm.vma import vmas_in_range
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
@@ -45,3 +46,20 @@ def populate_vma_page_range(k: Kernel, task: Task, vma: Vma, start: int, end: in
             if ret & VmFault.OOM:
                 raise SignalError(Signal.SIGBUS, addr, "out of memory while populating")
             return  # populate stops quietly; later accesses fault again
+
+
+def mm_populate(k: Kernel, task: Task, start: int, end: int, ignore_errors: bool) -> Errno | None:
+    """__mm_populate(): populate_vma_page_range over every VMA of [start, end), skipping
+    VM_IO/VM_PFNMAP ones. Its per-VMA rules: VM_LOCKONFAULT populates nothing, PROT_NONE is
+    -EFAULT. The first error stops the walk and is returned unless ``ignore_errors``."""
+    for vma in vmas_in_range(task.mm, start, end):
+        if vma.flags & (VmFlags.IO | VmFlags.PFNMAP):
+            continue
+        if vma.flags & VmFlags.LOCKONFAULT:
+            continue
+        if not vma.flags & (VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC):
+            if ignore_errors:
+                continue
+            return Errno.EFAULT
+        populate_vma_page_range(k, task, vma, max(start, vma.start), min(end, vma.end))
+    return None

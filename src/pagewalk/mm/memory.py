@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory, hugetlb, rmap, shmem
+from pagewalk.mm import huge_memory, hugetlb, mlock, rmap, shmem
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import OutOfMemory, mk_anon_pte, pte_alloc
 from pagewalk.mm.rmap import anon_vma_prepare
@@ -39,6 +39,8 @@ def handle_mm_fault(k: Kernel, task: Task, vma: Vma, vaddr: int, flags: FaultFla
         ret = hugetlb.hugetlb_fault(k, task.mm, vma, vaddr, flags)
     else:
         ret = __handle_mm_fault(k, task.mm, vma, vaddr, flags)
+    if vma.flags & VmFlags.LOCKED and not ret & VmFault.ERROR:
+        mlock.mlock_fault(k, task.mm, vma, vaddr)   # folio_add_lru_vma -> mlock_new_folio
     mm_account_fault(k, task, ret)
     return ret
 

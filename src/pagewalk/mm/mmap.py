@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import memory, pkeys
+from pagewalk.mm import memory, mlock, pkeys
 from pagewalk.mm.tlb import flush_tlb_mm
-from pagewalk.mm.types import MmStruct, Vma, VmFlags
+from pagewalk.mm.types import VM_LOCKED_MASK, MmStruct, Vma, VmFlags
 from pagewalk.mm.util import __vm_enough_memory, vm_acct_memory, vm_unacct_memory
 from pagewalk.mm.vma import (
     VmaIterator,
     VmaMergeStruct,
+    can_vma_merge_after,
     find_vma,
     next_of_addr,
     prev_of_addr,
@@ -194,6 +195,7 @@ def thp_get_unmapped_area(mm: MmStruct, length: int, window: int) -> int:
 def unmap_vmas(k: Kernel, mm: MmStruct, vmas: list[Vma], floor: int, ceiling: int) -> None:
     """unmap_region(): zap the pages of detached VMAs, then free_pgtables()."""
     for vma in vmas:
+        mlock.munlock_vma_range(k, mm, vma, vma.start, vma.end)   # folio_remove_rmap_*
         memory.unmap_page_range(k, mm, vma, vma.start, vma.end)
     free_pgtables(k, mm, vmas, floor, ceiling)
 
@@ -255,6 +257,8 @@ def do_munmap_range(k: Kernel, mm: MmStruct, start: int, end: int) -> None:
     unmap_vmas(k, mm, detached, floor, ceiling)
     for vma in detached:
         vm_stat_account(mm, vma.flags, -(vma.length >> 12))
+        if vma.flags & VmFlags.LOCKED:      # vms_gather_munmap_vmas(): vms->locked_vm
+            mm.locked_vm -= vma.length >> 12
         if vma.flags & VmFlags.ACCOUNT:
             vm_unacct_memory(k, vma.length >> 12)
         if vma.file is not None:
@@ -276,6 +280,7 @@ def exit_mmap(k: Kernel, mm: MmStruct) -> None:
     """exit_mmap(): zap every VMA, free every page table, then the VMAs themselves."""
     vmas = list(mm.vmas)
     for vma in vmas:
+        mlock.munlock_vma_range(k, mm, vma, vma.start, vma.end)
         memory.unmap_page_range(k, mm, vma, vma.start, vma.end)
     free_pgtables(k, mm, vmas, 0, 0)
     for vma in vmas:
@@ -339,6 +344,7 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
         raise SyscallError(Errno.ENOMEM, "length overflows")
     length = aligned_len
     vm_flags = calc_vm_prot_bits(prot) | VmFlags.MAYREAD | VmFlags.MAYWRITE | VmFlags.MAYEXEC
+    vm_flags |= mm.def_flags                          # VM_LOCKED after mlockall(MCL_FUTURE)
     vm_flags |= pkeys.mmap_pkey_flags(k, mm, prot)   # PROT_EXEC alone: execute_only_pkey()
     if shared:
         vm_flags |= VmFlags.SHARED | VmFlags.MAYSHARE
@@ -379,6 +385,12 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
     # Nothing can fail from here on.
     if vm_flags & VmFlags.ACCOUNT:
         vm_acct_memory(k, length >> 12)
+    if vm_flags & VmFlags.LOCKED:
+        # __mmap_region(): VM_SPECIAL and hugetlb VMAs are never locked
+        if hugetlb or vm_flags & (VmFlags.IO | VmFlags.DONTEXPAND | VmFlags.PFNMAP):
+            vm_flags &= ~VM_LOCKED_MASK
+        else:
+            mm.locked_vm += length >> 12
     pgoff = 0 if file is not None else start >> 12
     vma = Vma(start, end, vm_flags, pgoff, vm_get_page_prot(vm_flags), file=file,
               name=file.map_name if file is not None else "")
@@ -388,3 +400,85 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
     from pagewalk.mm import huge_memory
     huge_memory.khugepaged_enter_vma(k, mm, vma)
     return start
+
+
+# --- brk ---------------------------------------------------------------------------------
+
+def sys_brk(k: Kernel, mm: MmStruct, brk: int) -> tuple[int, bool]:
+    """brk(2) (mm/mmap.c SYSCALL_DEFINE1(brk)): returns (the break, whether VM_LOCKED asks
+    the caller to populate [old, new) after growing). A refused request leaves the break
+    where it was and returns it. Without CONFIG_COMPAT_BRK the floor is start_brk; root's
+    RLIMIT_DATA is unlimited (check_data_rlimit passes)."""
+    origbrk = mm.brk
+    if brk < mm.start_brk:
+        return origbrk, False
+    newbrk = _page_align(brk)
+    oldbrk = _page_align(mm.brk)
+    if oldbrk == newbrk:
+        mm.brk = brk
+        return brk, False
+    if brk <= mm.brk:          # always allow shrinking brk
+        found = vmas_in_range(mm, newbrk, oldbrk)
+        if not found or found[0].start >= oldbrk:
+            return origbrk, False  # the range holds no brk VMA
+        mm.brk = brk
+        try:
+            do_munmap_range(k, mm, newbrk, oldbrk)
+        except SyscallError:
+            mm.brk = origbrk
+            return origbrk, False
+        return brk, False
+    length = newbrk - oldbrk
+    if length > mm.task_size or oldbrk > mm.task_size - length:   # check_brk_limits()
+        return origbrk, False
+    # only a VMA within stack_guard_gap of the expansion is in the way
+    nxt = next_of_addr(mm, oldbrk)
+    overlapping = vmas_in_range(mm, oldbrk, newbrk + PAGE_SIZE + STACK_GUARD_GAP)
+    if overlapping:
+        nxt = overlapping[0]
+    if nxt is not None and nxt.start < newbrk + PAGE_SIZE + STACK_GUARD_GAP and \
+            newbrk + PAGE_SIZE > vm_start_gap(nxt):
+        return origbrk, False
+    prev = prev_of_addr(mm, oldbrk)
+    brkvma = prev if prev is not None and prev.end > mm.start_brk else None  # vma_prev_limit
+    try:
+        do_brk_flags(k, mm, brkvma, oldbrk, length)
+    except SyscallError:
+        return origbrk, False
+    mm.brk = brk
+    return brk, bool(mm.def_flags & VmFlags.LOCKED)
+
+
+def _page_align(addr: int) -> int:
+    return (addr + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def do_brk_flags(k: Kernel, mm: MmStruct, vma: Vma | None, addr: int, length: int) -> None:
+    """do_brk_flags(): VM_DATA_DEFAULT_FLAGS | VM_ACCOUNT | mm->def_flags; the heap VMA
+    grows in place when it ends at ``addr`` and may merge (VMG_FLAG_JUST_EXPAND: with the
+    previous VMA only), else a new anonymous VMA; then VM_SOFTDIRTY."""
+    flags = (VmFlags.READ | VmFlags.WRITE | VmFlags.MAYREAD | VmFlags.MAYWRITE
+             | VmFlags.MAYEXEC | VmFlags.ACCOUNT | mm.def_flags)
+    pages = length >> 12
+    if len(mm.vmas) > k.max_map_count:
+        raise SyscallError(Errno.ENOMEM, "vm.max_map_count reached")
+    __vm_enough_memory(k, mm, pages)                 # security_vm_enough_memory_mm()
+    vm_acct_memory(k, pages)
+    target: Vma | None = None
+    if vma is not None and vma.end == addr:
+        vmg = VmaMergeStruct(addr, addr + length, flags, addr >> 12, None, vma.name, None,
+                             prev=vma)
+        if can_vma_merge_after(vmg):
+            vma.end = addr + length
+            target = vma
+            from pagewalk.mm import huge_memory
+            huge_memory.khugepaged_enter_vma(k, mm, vma)
+    if target is None:
+        target = Vma(addr, addr + length, flags, addr >> 12, vm_get_page_prot(flags),
+                     name="[heap]")
+        vma_insert(mm, target)
+    vm_stat_account(mm, flags, pages)
+    if flags & VmFlags.LOCKED:
+        mm.locked_vm += pages
+    target.flags |= VmFlags.SOFTDIRTY
+    mm.update_hiwater_vm()

@@ -35,6 +35,7 @@ class VmFlags(enum.IntFlag):
     IO = 0x4000
     DONTCOPY = 0x20000
     DONTEXPAND = 0x40000
+    LOCKONFAULT = 0x80000          # VM_LOCKONFAULT: mlock2(MLOCK_ONFAULT), mlockall(MCL_ONFAULT)
     ACCOUNT = 0x100000
     NORESERVE = 0x200000
     HUGETLB = 0x400000
@@ -50,6 +51,7 @@ class VmFlags(enum.IntFlag):
 
 
 VM_STACK = VmFlags.GROWSDOWN
+VM_LOCKED_MASK = VmFlags.LOCKED | VmFlags.LOCKONFAULT
 VM_ACCESS_FLAGS = VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC
 VM_PKEY_SHIFT = 32
 ARCH_VM_PKEY_FLAGS = VmFlags.PKEY_BIT0 | VmFlags.PKEY_BIT1 | VmFlags.PKEY_BIT2 | VmFlags.PKEY_BIT3
@@ -195,6 +197,7 @@ class MmStruct:
     # mm->context (init_new_context_pkeys): key 0 is allocated implicitly; -1: no key yet
     pkey_allocation_map: int = 0x1
     execute_only_pkey: int = -1
+    def_flags: VmFlags = VmFlags.NONE   # mm->def_flags: VM_LOCKED(|VM_LOCKONFAULT) after MCL_FUTURE
 
     def get_rss(self) -> int:
         """get_mm_rss(): resident pages (file + anon + shmem)."""

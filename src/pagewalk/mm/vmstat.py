@@ -35,6 +35,8 @@ class NodeStat(enum.IntEnum):
     NR_RESERVED = 16        # pages the kernel keeps for itself at boot (image, mem_map)
     NR_SHMEM_THPS = 17      # ShmemHugePages: PMD-sized shmem folios in the page cache
     NR_SHMEM_PMDMAPPED = 18  # ShmemPmdMapped: shmem THPs mapped by at least one PMD
+    NR_MLOCK = 19           # Mlocked: pages of PG_mlocked folios
+    NR_UNEVICTABLE = 20     # Unevictable: pages on the unevictable LRU
 
 
 NR_NODE_STATS = len(NodeStat)
@@ -86,6 +88,13 @@ class VmEvent(enum.IntEnum):
     THP_MIGRATION_FAIL = 40
     THP_MIGRATION_SPLIT = 41
     PGREUSE = 42
+    UNEVICTABLE_PGCULLED = 43     # unevictable_pgs_culled (mm/mlock.c)
+    UNEVICTABLE_PGSCANNED = 44
+    UNEVICTABLE_PGRESCUED = 45
+    UNEVICTABLE_PGMLOCKED = 46
+    UNEVICTABLE_PGMUNLOCKED = 47
+    UNEVICTABLE_PGCLEARED = 48
+    UNEVICTABLE_PGSTRANDED = 49
 
 
 NR_VM_EVENTS = len(VmEvent)

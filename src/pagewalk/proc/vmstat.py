@@ -29,11 +29,13 @@ HPAGE_PMD_NR = 512
 VMSTAT_ITEMS: tuple[tuple[str, NodeStat | VmEvent], ...] = (
     # zone_stat_item
     ("nr_free_pages", NodeStat.NR_FREE_PAGES),
+    ("nr_mlock", NodeStat.NR_MLOCK),
     # node_stat_item
     ("nr_inactive_anon", NodeStat.NR_INACTIVE_ANON),
     ("nr_active_anon", NodeStat.NR_ACTIVE_ANON),
     ("nr_inactive_file", NodeStat.NR_INACTIVE_FILE),
     ("nr_active_file", NodeStat.NR_ACTIVE_FILE),
+    ("nr_unevictable", NodeStat.NR_UNEVICTABLE),
     ("nr_slab_reclaimable", NodeStat.NR_SLAB_RECLAIMABLE),
     ("nr_slab_unreclaimable", NodeStat.NR_SLAB_UNRECLAIMABLE),
     ("nr_anon_pages", NodeStat.NR_ANON_MAPPED),
@@ -64,6 +66,13 @@ VMSTAT_ITEMS: tuple[tuple[str, NodeStat | VmEvent], ...] = (
     ("compact_success", VmEvent.COMPACT_SUCCESS),
     ("htlb_buddy_alloc_success", VmEvent.HTLB_BUDDY_ALLOC_SUCCESS),
     ("htlb_buddy_alloc_fail", VmEvent.HTLB_BUDDY_ALLOC_FAIL),
+    ("unevictable_pgs_culled", VmEvent.UNEVICTABLE_PGCULLED),
+    ("unevictable_pgs_scanned", VmEvent.UNEVICTABLE_PGSCANNED),
+    ("unevictable_pgs_rescued", VmEvent.UNEVICTABLE_PGRESCUED),
+    ("unevictable_pgs_mlocked", VmEvent.UNEVICTABLE_PGMLOCKED),
+    ("unevictable_pgs_munlocked", VmEvent.UNEVICTABLE_PGMUNLOCKED),
+    ("unevictable_pgs_cleared", VmEvent.UNEVICTABLE_PGCLEARED),
+    ("unevictable_pgs_stranded", VmEvent.UNEVICTABLE_PGSTRANDED),
     ("thp_fault_alloc", VmEvent.THP_FAULT_ALLOC),
     ("thp_fault_fallback", VmEvent.THP_FAULT_FALLBACK),
     ("thp_fault_fallback_charge", VmEvent.THP_FAULT_FALLBACK_CHARGE),

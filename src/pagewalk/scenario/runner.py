@@ -23,26 +23,32 @@ from pagewalk.errors import (
 from pagewalk.hw.mmu import MmuStat
 from pagewalk.hw.walker import ACCESS_READ, ACCESS_WRITE
 from pagewalk.kernel import syscalls
-from pagewalk.kernel.exec_image import START_IMAGE
+from pagewalk.kernel.exec_image import BRK, START_BRK, START_IMAGE
 from pagewalk.kernel.task import Task
 from pagewalk.machine import Machine, MachineConfig
 from pagewalk.mm import fastpath, khugepaged
+from pagewalk.mm.mlock import MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT
+from pagewalk.mm.mremap import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 from pagewalk.mm.types import VmFlags
 from pagewalk.mm.vma import vma_lookup
-from pagewalk.mm.vmstat import VmEvent
+from pagewalk.mm.vmstat import NodeStat, VmEvent
 from pagewalk.proc import render
 from pagewalk.proc.task_mmu import anon_huge_pages, task_mem
 from pagewalk.scenario import schema as s
+from pagewalk.scenario.schema import PROT_EXEC, PROT_READ, PROT_WRITE
 
 PROCESS_FIELDS = ("minflt", "majflt", "VmRSS", "RssAnon", "RssShmem", "VmPTE", "VmSize",
-                  "AnonHugePages", "HugetlbPages")
-SIZE_FIELDS = ("VmRSS", "RssAnon", "RssShmem", "VmPTE", "VmSize", "AnonHugePages", "HugetlbPages")
+                  "AnonHugePages", "HugetlbPages", "RssFile", "VmLck", "VmSwap")
+MREMAP_BITS = {"maymove": MREMAP_MAYMOVE, "fixed": MREMAP_FIXED, "dontunmap": MREMAP_DONTUNMAP}
+SIZE_FIELDS = ("VmRSS", "RssAnon", "RssShmem", "VmPTE", "VmSize", "AnonHugePages", "HugetlbPages",
+               "RssFile", "VmLck", "VmSwap")
 EVENT_FIELDS = {
     "thp_fault_alloc": VmEvent.THP_FAULT_ALLOC,
     "thp_fault_fallback": VmEvent.THP_FAULT_FALLBACK,
     "thp_split_pmd": VmEvent.THP_SPLIT_PMD,
     "thp_collapse_alloc": VmEvent.THP_COLLAPSE_ALLOC,
     "pgfault": VmEvent.PGFAULT,
+    "pgmajfault": VmEvent.PGMAJFAULT,      # version 2
 }
 EXTRA_EVENT_FIELDS = {
     "thp_deferred_split_page": VmEvent.THP_DEFERRED_SPLIT_PAGE,
@@ -100,6 +106,7 @@ class ScenarioRun:
         self.maps["main"] = {}
         self.base_sizes = self._sizes(main)
         self.base_events = self.kernel.vm_events.copy()
+        self.base_mlock = int(self.kernel.node_stat[NodeStat.NR_MLOCK])
         self.exited_faults: dict[str, tuple[int, int]] = {}
         self.measurements: list[Measurement] = []
 
@@ -124,6 +131,7 @@ class ScenarioRun:
                   "HugePages_Rsvd": h.resv_huge_pages_shown, "HugePages_Surp": h.surplus_huge_pages}
         for key, event in (EVENT_FIELDS | EXTRA_EVENT_FIELDS).items():
             system[key] = int(k.vm_events[event] - self.base_events[event])
+        system["Mlocked"] = (int(k.node_stat[NodeStat.NR_MLOCK]) - self.base_mlock) * 4
         views = {path: self.render(path) for path in self.show}
         m = Measurement(label, index, processes, system, views)
         self.measurements.append(m)
@@ -158,6 +166,11 @@ class ScenarioRun:
     def region(self, step: s.Step, rng: s.Range) -> tuple[int, int]:
         """(address, length) of a step's range: offset into the named mapping, length to its
         end unless given (as the oracle resolves it)."""
+        if rng.region == s.HEAP_REGION:        # [start_brk, brk) of the process, now
+            mm = self.task(step).mm
+            heap_length = max(mm.brk - mm.start_brk, 0)
+            length_out = rng.length if rng.length is not None else max(heap_length - rng.offset, 0)
+            return mm.start_brk + rng.offset, length_out
         maps = self.maps.get(step.process, {})
         if rng.region not in maps:
             raise ScenarioError(f"{rng.region!r} is not a mapping of process {step.process!r} "
@@ -195,8 +208,19 @@ class ScenarioRun:
             err.message += f" (expected {expected.name}, got {got})"
         raise err.at(self.location(step))
 
+    def guard_heap(self, step: s.Step, addr: int, length: int, what: str, fieldname: str) -> None:
+        """The spec's scenario-level rule: the heap a process starts with, [start_brk, the
+        initial break), holds the program's own data; no step may unmap, discard, protect,
+        move or overwrite it (the kernel runner could not replay such a step)."""
+        if length > 0 and addr < BRK and addr + length > START_BRK:
+            raise ScenarioError(f"{what} the initial heap {START_BRK:#x}-{BRK:#x}, which holds "
+                                "the program's own data; a scenario may not change it",
+                                self.location(step, fieldname))
+
     def do_mmap(self, step: s.MmapStep) -> None:
         task = self.task(step)
+        if "fixed" in step.flags or "fixed_noreplace" in step.flags:
+            self.guard_heap(step, step.addr or 0, step.length, "MAP_FIXED would replace", "addr")
         addr = syscalls.sys_mmap(self.kernel, task, step.addr or 0, step.length, step.prot,
                                  step.flags, step.page_size)
         huge = (step.page_size or 2 << 20) if "hugetlb" in step.flags else 4096
@@ -205,6 +229,7 @@ class ScenarioRun:
     def do_munmap(self, step: s.MunmapStep) -> None:
         task = self.task(step)
         addr, length = self.region(step, step.range)
+        self.guard_heap(step, addr, length, "the range overlaps", "region")
         syscalls.sys_munmap(self.kernel, task, addr, length)
         maps = self.maps[step.process]
         for name, (start, size) in list(maps.items()):
@@ -213,10 +238,14 @@ class ScenarioRun:
 
     def do_mprotect(self, step: s.MprotectStep) -> None:
         addr, length = self.region(step, step.range)
+        if step.prot != PROT_READ | PROT_WRITE and step.prot != PROT_READ | PROT_WRITE | PROT_EXEC:
+            self.guard_heap(step, addr, length, "the range overlaps", "region")
         syscalls.sys_mprotect(self.kernel, self.task(step), addr, length, step.prot)
 
     def do_madvise(self, step: s.MadviseStep) -> None:
         addr, length = self.region(step, step.range)
+        if step.advice in ("dontneed", "free"):
+            self.guard_heap(step, addr, length, "the range overlaps", "region")
         syscalls.sys_madvise(self.kernel, self.task(step), addr, length, step.advice)
 
     def do_touch(self, step: s.TouchStep) -> None:
@@ -228,6 +257,7 @@ class ScenarioRun:
     def do_write(self, step: s.WriteStep) -> None:
         task = self.task(step)
         addr, _ = self.region(step, s.Range(step.region, step.offset))
+        self.guard_heap(step, addr, len(step.data), "the data would overwrite", "data")
         self._copy(task, addr, step.data)
 
     def _copy(self, task: Task, addr: int, data: bytes) -> None:
@@ -298,6 +328,63 @@ class ScenarioRun:
 
     def do_khugepaged(self, step: s.KhugepagedStep) -> None:
         khugepaged.run_scans(self.kernel, step.scans)
+
+    # -- version 2: the program break, memory locking, mremap ------------------------------
+    def do_brk(self, step: s.BrkStep) -> None:
+        task = self.task(step)
+        new = task.mm.brk + step.delta
+        if task.mm.start_brk <= new < BRK:
+            self.guard_heap(step, new, BRK - new, "the break would unmap part of", "delta")
+        syscalls.sys_sbrk(self.kernel, task, step.delta)
+
+    def do_mremap(self, step: s.MremapStep) -> None:
+        task = self.task(step)
+        addr, length = self.region(step, step.range)
+        new_length = -(-step.new_length // 4096) * 4096
+        old_length = -(-length // 4096) * 4096
+        if step.flags:
+            self.guard_heap(step, addr, length, "it may move", "region")
+        elif new_length < length:
+            self.guard_heap(step, addr + new_length, length - new_length,
+                            "it would unmap part of", "new_length")
+        if "fixed" in step.flags:
+            self.guard_heap(step, step.addr or 0, step.new_length, "the new range overlaps",
+                            "addr")
+        bits = sum(MREMAP_BITS[flag] for flag in step.flags)
+        new_addr = syscalls.sys_mremap(self.kernel, task, addr, length, step.new_length, bits,
+                                       step.addr or 0)
+        maps = self.maps[step.process]
+        gone = []
+        if "fixed" in step.flags:
+            gone.append((new_addr, new_length))          # whatever was there is replaced
+        if "dontunmap" not in step.flags:
+            if new_addr != addr:
+                gone.append((addr, old_length))
+            elif new_length < old_length:
+                gone.append((addr + new_length, old_length - new_length))
+        for lo, size in gone:
+            for name, (start, mlen) in list(maps.items()):
+                if lo <= start and start + mlen <= lo + size:
+                    del maps[name]
+        if step.name is not None:
+            maps[step.name] = (new_addr, new_length)
+        elif step.range.region != s.HEAP_REGION:
+            maps[step.range.region] = (new_addr, new_length)
+
+    def do_mlock(self, step: s.MlockStep) -> None:
+        addr, length = self.region(step, step.range)
+        syscalls.sys_mlock(self.kernel, self.task(step), addr, length, step.onfault)
+
+    def do_munlock(self, step: s.MunlockStep) -> None:
+        addr, length = self.region(step, step.range)
+        syscalls.sys_munlock(self.kernel, self.task(step), addr, length)
+
+    def do_mlockall(self, step: s.MlockallStep) -> None:
+        bits = {"current": MCL_CURRENT, "future": MCL_FUTURE, "onfault": MCL_ONFAULT}
+        syscalls.sys_mlockall(self.kernel, self.task(step), sum(bits[f] for f in step.flags))
+
+    def do_munlockall(self, step: s.MunlockallStep) -> None:
+        syscalls.sys_munlockall(self.kernel, self.task(step))
 
 
 def run_scenario(scenario: s.Scenario, show: tuple[str, ...] = ()) -> Report:

@@ -74,6 +74,10 @@ MMAP_FLAGS = ("private", "shared", "anonymous", "fixed", "fixed_noreplace", "nor
 DEFAULT_MMAP_FLAGS: frozenset[str] = frozenset({"private", "anonymous"})
 MADVISE_ADVICE = ("hugepage", "nohugepage", "dontneed", "free", "collapse", "willneed")
 ACCESS_KINDS = ("read", "write")
+MREMAP_FLAGS = ("maymove", "fixed", "dontunmap")
+MLOCK_FLAGS = ("onfault",)
+MLOCKALL_FLAGS = ("current", "future", "onfault")
+HEAP_REGION = "[heap]"           # version 2: [start_brk, brk) of the process
 HUGETLB_PAGE_SIZES = (2 * MiB, 1 * GiB)
 MAIN_PROCESS = "main"
 EXPECTABLE_SIGNALS = (Signal.SIGSEGV, Signal.SIGBUS)   # what an access can raise
@@ -212,6 +216,46 @@ class KhugepagedStep(Step):
     scans: int = 1                     # full passes over every registered mm
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrkStep(Step):
+    kind: ClassVar[str] = "brk"
+    delta: int                         # bytes, may be negative: brk(break + delta)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MremapStep(Step):
+    kind: ClassVar[str] = "mremap"
+    range: Range                       # the old range
+    new_length: int
+    flags: frozenset[str] = frozenset()   # of MREMAP_FLAGS
+    addr: int | None = None            # with fixed
+    name: str | None = None            # with dontunmap: the new mapping's name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MlockStep(Step):
+    kind: ClassVar[str] = "mlock"
+    range: Range
+    onfault: bool = False              # mlock2(MLOCK_ONFAULT)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MunlockStep(Step):
+    kind: ClassVar[str] = "munlock"
+    range: Range
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MlockallStep(Step):
+    kind: ClassVar[str] = "mlockall"
+    flags: frozenset[str]              # of MLOCKALL_FLAGS, with current or future
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MunlockallStep(Step):
+    kind: ClassVar[str] = "munlockall"
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
@@ -326,6 +370,48 @@ def _size(value: object, where: _Where) -> int:
     except ValueError as err:
         raise where.error(str(err)) from None
     return _below_limit(size, "size", where)
+
+
+def _signed_size(value: object, where: _Where) -> int:
+    """A size that may be negative: ``-64KiB``, ``-4096``."""
+    negative = False
+    if isinstance(value, str) and value.strip().startswith("-"):
+        negative, value = True, value.strip()[1:]
+    elif isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        negative, value = True, -value
+    size = _size(value, where)
+    return -size if negative else size
+
+
+def _region_name(value: object, where: _Where) -> str:
+    """A mapping name, or the reserved ``[heap]``."""
+    if value == HEAP_REGION:
+        return HEAP_REGION
+    return _object_name(value, where)
+
+
+def _mapping_name(value: object, where: _Where) -> str:
+    """The name a step gives a new mapping; ``[heap]`` is reserved."""
+    if value == HEAP_REGION:
+        raise where.error(f"{HEAP_REGION!r} is reserved for the heap; choose another name")
+    return _object_name(value, where)
+
+
+def _flag_list(allowed: tuple[str, ...]) -> Callable[[object, _Where], frozenset[str]]:
+    def convert(value: object, where: _Where) -> frozenset[str]:
+        if value is None:
+            return frozenset()
+        if not isinstance(value, list):
+            raise where.error(f"expected a list of flags ({', '.join(allowed)}), "
+                              f"got {_show(value)}")
+        for position, flag in enumerate(value):
+            if flag not in allowed:
+                raise where.child(position).error(
+                    f"unknown flag {_show(flag)}; allowed: {', '.join(allowed)}")
+            if value.index(flag) != position:
+                raise where.child(position).error(f"flag '{flag}' is listed twice")
+        return frozenset(value)
+    return convert
 
 
 def _positive_size(value: object, where: _Where) -> int:
@@ -464,7 +550,7 @@ def _base(fields: _Fields, index: int) -> dict[str, Any]:
 
 
 def _range(fields: _Fields) -> Range:
-    return Range(region=fields.required("region", _object_name),
+    return Range(region=fields.required("region", _region_name),
                  offset=fields.optional("offset", _size, 0),
                  length=fields.optional("length", _size, None))
 
@@ -472,7 +558,7 @@ def _range(fields: _Fields) -> Range:
 def _parse_mmap(fields: _Fields, index: int) -> Step:
     flags = fields.optional("flags", _mmap_flags, DEFAULT_MMAP_FLAGS)
     return MmapStep(**_base(fields, index),
-                    name=fields.required("name", _object_name),
+                    name=fields.required("name", _mapping_name),
                     length=fields.required("length", _size),
                     prot=fields.optional("prot", _prot, PROT_READ | PROT_WRITE),
                     flags=flags,
@@ -510,7 +596,7 @@ def _parse_write(fields: _Fields, index: int) -> Step:
 def _parse_read(fields: _Fields, index: int) -> Step:
     expect = fields.optional("expect", _utf8, None)
     return ReadStep(**_base(fields, index),
-                    region=fields.required("region", _object_name),
+                    region=fields.required("region", _region_name),
                     offset=fields.optional("offset", _size, 0),
                     length=_read_length(fields, expect),
                     expect=expect)
@@ -538,6 +624,51 @@ def _parse_exit(fields: _Fields, index: int) -> Step:
 
 def _parse_khugepaged(fields: _Fields, index: int) -> Step:
     return KhugepagedStep(index=index, scans=fields.optional("scans", _count, 1))
+
+
+def _parse_brk(fields: _Fields, index: int) -> Step:
+    return BrkStep(**_base(fields, index), delta=fields.required("delta", _signed_size))
+
+
+def _parse_mremap(fields: _Fields, index: int) -> Step:
+    flags = fields.optional("flags", _flag_list(MREMAP_FLAGS), frozenset())
+    where = fields.where
+    addr = fields.optional("addr", _addr, None)
+    name = fields.optional("name", _mapping_name, None)
+    if "fixed" in flags and addr is None:
+        raise where.child("addr").error("missing field 'addr': it is required with flag 'fixed'")
+    if "fixed" not in flags and addr is not None:
+        raise where.child("addr").error("field 'addr' needs flag 'fixed'")
+    if "dontunmap" in flags and name is None:
+        raise where.child("name").error("missing field 'name': it is required with flag "
+                                        "'dontunmap' (the name of the new mapping)")
+    if "dontunmap" not in flags and name is not None:
+        raise where.child("name").error("field 'name' needs flag 'dontunmap'")
+    return MremapStep(**_base(fields, index), range=_range(fields),
+                      new_length=fields.required("new_length", _size),
+                      flags=flags, addr=addr, name=name)
+
+
+def _parse_mlock(fields: _Fields, index: int) -> Step:
+    flags = fields.optional("flags", _flag_list(MLOCK_FLAGS), frozenset())
+    return MlockStep(**_base(fields, index), range=_range(fields), onfault="onfault" in flags)
+
+
+def _parse_munlock(fields: _Fields, index: int) -> Step:
+    return MunlockStep(**_base(fields, index), range=_range(fields))
+
+
+def _parse_mlockall(fields: _Fields, index: int) -> Step:
+    flags = fields.required("flags", _flag_list(MLOCKALL_FLAGS))
+    if not flags & {"current", "future"}:
+        raise fields.where.child("flags").error(
+            "expected at least one of 'current' and 'future' (with 'onfault' alone "
+            "mlockall is EINVAL)")
+    return MlockallStep(**_base(fields, index), flags=flags)
+
+
+def _parse_munlockall(fields: _Fields, index: int) -> Step:
+    return MunlockallStep(**_base(fields, index))
 
 
 def _map_step(kind: str, parse: Callable[[_Fields, int], Step], allowed: tuple[str, ...],
@@ -591,6 +722,13 @@ _STEP_PARSERS: Mapping[str, _StepParser] = MappingProxyType({
     "set": _parse_set,
     "measure": _parse_measure,
     "khugepaged": _map_step("khugepaged", _parse_khugepaged, ("scans",), accepts_none=True),
+    "brk": _map_step("brk", _parse_brk, ("delta",) + _CALL),
+    "mremap": _map_step("mremap", _parse_mremap,
+                        _RANGE + ("new_length", "flags", "addr", "name") + _CALL),
+    "mlock": _map_step("mlock", _parse_mlock, _RANGE + ("flags",) + _CALL),
+    "munlock": _map_step("munlock", _parse_munlock, _RANGE + _CALL),
+    "mlockall": _map_step("mlockall", _parse_mlockall, ("flags",) + _CALL),
+    "munlockall": _map_step("munlockall", _parse_munlockall, _CALL, accepts_none=True),
 })
 
 
@@ -657,7 +795,7 @@ class _Timeline:
 
     def _require_region(self, step: Step, where: _Where) -> None:
         region = _region_of(step)
-        if region is None or region in self.mappings[step.process]:
+        if region is None or region == HEAP_REGION or region in self.mappings[step.process]:
             return
         known = ", ".join(self.mappings[step.process]) or "none"
         raise where.error(f"process {_show(step.process)} has no mapping named "
@@ -666,6 +804,8 @@ class _Timeline:
     def _record(self, step: Step, where: _Where) -> None:
         if isinstance(step, MmapStep):
             self._mmap(step, where.child("name"))
+        elif isinstance(step, MremapStep) and step.name is not None:
+            self._new_name(step.process, step.name, step.index, where.child("name"))
         elif isinstance(step, ForkStep):
             self._fork(step, where.child("name"))
         elif isinstance(step, ExitStep):
@@ -673,12 +813,15 @@ class _Timeline:
             self.exited[step.process] = step.index
 
     def _mmap(self, step: MmapStep, where: _Where) -> None:
-        names = self.mappings[step.process]
-        if step.name in names:
-            raise where.error(f"process {_show(step.process)} already has a mapping named "
-                              f"{_show(step.name)} (step {names[step.name]}); mapping names "
+        self._new_name(step.process, step.name, step.index, where)
+
+    def _new_name(self, process: str, name: str, index: int, where: _Where) -> None:
+        names = self.mappings[process]
+        if name in names:
+            raise where.error(f"process {_show(process)} already has a mapping named "
+                              f"{_show(name)} (step {names[name]}); mapping names "
                               "are unique in a process")
-        names[step.name] = step.index
+        names[name] = index
 
     def _fork(self, step: ForkStep, where: _Where) -> None:
         if step.name in self.mappings:
@@ -689,7 +832,8 @@ class _Timeline:
 
 def _region_of(step: Step) -> str | None:
     """The mapping a step works on, if any."""
-    if isinstance(step, (MunmapStep, MprotectStep, MadviseStep, TouchStep)):
+    if isinstance(step, (MunmapStep, MprotectStep, MadviseStep, TouchStep, MremapStep,
+                         MlockStep, MunlockStep)):
         return step.range.region
     if isinstance(step, (WriteStep, ReadStep)):
         return step.region
@@ -814,9 +958,40 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 __all__ = [
-    "ACCESS_KINDS", "DEFAULT_MMAP_FLAGS", "EXPECTABLE_SIGNALS", "HUGETLB_PAGE_SIZES",
-    "MADVISE_ADVICE", "MAIN_PROCESS", "MMAP_FLAGS", "PROT_EXEC", "PROT_NONE", "PROT_READ",
-    "PROT_WRITE", "ExitStep", "ForkStep", "KhugepagedStep", "MadviseStep", "MeasureStep",
-    "MmapStep", "MprotectStep", "MunmapStep", "Range", "ReadStep", "Scenario", "SetStep",
-    "Step", "SystemConfig", "TouchStep", "WriteStep", "load_scenario", "parse_scenario",
+    "ACCESS_KINDS",
+    "DEFAULT_MMAP_FLAGS",
+    "EXPECTABLE_SIGNALS",
+    "HEAP_REGION",
+    "HUGETLB_PAGE_SIZES",
+    "MADVISE_ADVICE",
+    "MAIN_PROCESS",
+    "MMAP_FLAGS",
+    "PROT_EXEC",
+    "PROT_NONE",
+    "PROT_READ",
+    "PROT_WRITE",
+    "BrkStep",
+    "ExitStep",
+    "ForkStep",
+    "KhugepagedStep",
+    "MadviseStep",
+    "MeasureStep",
+    "MlockStep",
+    "MlockallStep",
+    "MmapStep",
+    "MprotectStep",
+    "MremapStep",
+    "MunlockStep",
+    "MunlockallStep",
+    "MunmapStep",
+    "Range",
+    "ReadStep",
+    "Scenario",
+    "SetStep",
+    "Step",
+    "SystemConfig",
+    "TouchStep",
+    "WriteStep",
+    "load_scenario",
+    "parse_scenario",
 ]
