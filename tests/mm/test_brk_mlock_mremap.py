@@ -144,6 +144,43 @@ def test_locks_are_not_inherited_by_fork() -> None:
     assert not vma_lookup(child.mm, BASE).flags & VmFlags.LOCKED  # type: ignore[union-attr]
 
 
+def test_mprotect_rw_of_locked_private_memory_breaks_cow_at_once() -> None:
+    """mprotect_fixup(): a private VM_LOCKED VMA made writable is populated with write
+    faults (populate_vma_page_range, FOLL_WRITE): the zero page mlock mapped read-only is
+    replaced by a locked anonymous page, one more minor fault; MLOCK_ONFAULT populates
+    nothing (populate_vma_page_range returns at once for VM_LOCKONFAULT)."""
+    k, t = kernel_task()
+    syscalls.sys_mmap(k, t, BASE, 4096, 1, FIXED)
+    syscalls.sys_mmap(k, t, BASE + MiB, 4096, 1, FIXED)
+    syscalls.sys_mlock(k, t, BASE, 4096, onfault=False)
+    syscalls.sys_mlock(k, t, BASE + MiB, 4096, onfault=True)
+    assert t.min_flt == 1 and mlocked_kb(k) == 0       # the zero page is never mlocked
+    syscalls.sys_mprotect(k, t, BASE, 4096, 3)
+    assert t.min_flt == 2 and mlocked_kb(k) == 4
+    _, entry, _ = k.pgtables.lookup(t.mm, BASE)
+    assert entry & pt._PAGE_RW and pt.pte_pfn(entry) != k.zero_pfn
+    syscalls.sys_mprotect(k, t, BASE + MiB, 4096, 3)
+    assert t.min_flt == 2 and mlocked_kb(k) == 4
+
+
+def test_cow_copy_in_a_locked_vma_munlocks_the_page_left_behind() -> None:
+    """A grandchild mlocks a page it shares with its parent: mlock_pte_range locks the
+    shared folio, populate's write fault copies it (wp_page_copy -> mlock_new_folio) and
+    folio_remove_rmap -> munlock_vma_folio unlocks the old one: one page stays Mlocked."""
+    k, t = kernel_task()
+    syscalls.sys_mmap(k, t, BASE, 4096, 3, FIXED)
+    child = syscalls.sys_fork(k, t, "child")
+    fastpath.touch(k, child, BASE, 4096, 4096, ACCESS_WRITE)
+    grandchild = syscalls.sys_fork(k, child, "grandchild")
+    syscalls.sys_mlock(k, grandchild, BASE, 4096, onfault=False)
+    assert mlocked_kb(k) == 4
+    _, in_child, _ = k.pgtables.lookup(child.mm, BASE)
+    _, in_grandchild, _ = k.pgtables.lookup(grandchild.mm, BASE)
+    assert pt.pte_pfn(in_child) != pt.pte_pfn(in_grandchild)
+    assert not mlock.folio_test_mlocked(k, pt.pte_pfn(in_child))
+    assert mlock.folio_test_mlocked(k, pt.pte_pfn(in_grandchild))
+
+
 def test_mlockall_current_skips_special_vmas_and_future_locks_new_mmaps() -> None:
     """mlockall: vvar/vdso (VM_SPECIAL) stay unlocked; MCL_FUTURE sets mm->def_flags."""
     k, t = kernel_task()
@@ -248,6 +285,23 @@ def test_mremap_dontunmap_leaves_the_old_vma_empty_and_unlocked() -> None:
     assert t.mm.total_vm == total + 256 and mlocked_kb(k) == 1024
     _, entry, _ = k.pgtables.lookup(t.mm, new)
     assert entry & pt._PAGE_PRESENT
+
+
+def test_mremap_move_of_locked_memory_and_locked_vm() -> None:
+    """vrm_stat_account() adds new_len to mm->locked_vm for a VM_LOCKED move; a plain move
+    then unmaps the old range (vms_complete_munmap_vmas: -old_len), while DONTUNMAP only
+    clears VM_LOCKED_MASK on the old VMA (dontunmap_complete): VmLck counts both."""
+    k, t = kernel_task()
+    syscalls.sys_mmap(k, t, BASE, MiB, 3, FIXED)
+    syscalls.sys_mlock(k, t, BASE, MiB, onfault=False)
+    syscalls.sys_mmap(k, t, BASE + MiB, 4096, 3, FIXED)     # no room to grow in place
+    moved = syscalls.sys_mremap(k, t, BASE, MiB, 2 * MiB, mremap.MREMAP_MAYMOVE, 0)
+    assert moved != BASE and t.mm.locked_vm == 512 and mlocked_kb(k) == 2048
+    syscalls.sys_mremap(k, t, moved, 2 * MiB, 2 * MiB,
+                        mremap.MREMAP_MAYMOVE | mremap.MREMAP_DONTUNMAP, 0)
+    assert t.mm.locked_vm == 1024 and mlocked_kb(k) == 2048
+    syscalls.sys_munmap(k, t, moved, 2 * MiB)     # the old VMA is unlocked: nothing to drop
+    assert t.mm.locked_vm == 1024
 
 
 def test_growing_hugetlb_is_einval() -> None:

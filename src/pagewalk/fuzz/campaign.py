@@ -295,6 +295,7 @@ class Settings:
     out_dir: Path | None = None
     shrink_runs: int = 150
     shrink_seconds: float = 900.0
+    hugetlb: bool = True           # False (--no-hugetlb): scenarios without hugetlb
 
 
 @dataclass(slots=True)
@@ -331,7 +332,7 @@ def run_campaign(seeds: Iterable[int], side: Side, settings: Settings,
                  listener: Listener) -> CampaignResult:
     result = CampaignResult(side.name)
     for seed in seeds:
-        doc = generate(seed, settings.gen_class)
+        doc = generate(seed, settings.gen_class, hugetlb=settings.hugetlb)
         gen_class = doc["name"].split("-")[1]
         listener.seed_started(seed, gen_class)
         started = time.monotonic()

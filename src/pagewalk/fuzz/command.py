@@ -147,6 +147,17 @@ def _live_notes(reporter: Reporter) -> Callable[[str], None]:
     return notify
 
 
+def _warn_unmeasurable_hugetlb(reporter: Reporter) -> None:
+    """Say once, before the first seed, that this kernel's hugetlb figures cannot be
+    measured (its scenarios that use hugetlb will not run); the scenarios stay as asked."""
+    from pagewalk.live import hugetlb_state
+    held = hugetlb_state.held_outside()
+    if not held.clean:
+        reporter.note(f"hugetlb figures cannot be measured on this kernel now: "
+                      f"{held.describe()}; scenarios that use hugetlb will not run "
+                      f"(pass --no-hugetlb to generate none)")
+
+
 @click.command("fuzz")
 @click.option("--seed", type=click.IntRange(0), default=None,
               help="First seed (alone: just that seed). Same seed, same scenario.")
@@ -163,13 +174,16 @@ def _live_notes(reporter: Reporter) -> Callable[[str], None]:
               help=f"Where mismatching scenarios are kept (default: {MEASURED} in a "
                    f"checkout, else ./{FALLBACK_OUT}; with --simulator-only: not kept).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
+@click.option("--no-hugetlb", is_flag=True,
+              help="Generate no hugetlb mapping and set no hugetlb pool knob (for a kernel "
+                   "whose hugetlb figures cannot be measured).")
 @click.option("--simulator-only", is_flag=True,
               help="No kernel: check that the simulator runs every scenario (valid by "
                    "construction, no crash, annotated runs replay).")
 @reports_errors
 def fuzz_command(seed: int | None, seeds: str | None, gen_class: str, count: int | None,
                  keep_going: bool, no_shrink: bool, shrink_runs: int, out_dir: str | None,
-                 as_json: bool, simulator_only: bool) -> None:
+                 as_json: bool, no_hugetlb: bool, simulator_only: bool) -> None:
     """Random scenarios run on the live kernel and in the simulator; each new mismatch
     class is shrunk and kept as fuzz-CLASS-SEED.yaml with its .kernel.json.
 
@@ -183,8 +197,10 @@ def fuzz_command(seed: int | None, seeds: str | None, gen_class: str, count: int
     except click.UsageError as err:
         fail(escape(err.format_message()), EXIT_BAD_INPUT)
         return
+    if no_hugetlb and gen_class == "hugetlb":
+        fail("--class hugetlb cannot be generated with --no-hugetlb", EXIT_BAD_INPUT)
     settings = Settings(gen_class=gen_class, keep_going=keep_going, shrink=not no_shrink,
-                        shrink_runs=shrink_runs)
+                        shrink_runs=shrink_runs, hugetlb=not no_hugetlb)
     if out_dir is not None:
         settings.out_dir = Path(out_dir)
     elif not simulator_only:
@@ -204,6 +220,8 @@ def fuzz_command(seed: int | None, seeds: str | None, gen_class: str, count: int
             except LiveError as err:
                 reporter.stop()
                 fail(escape(str(err)), EXIT_UNAVAILABLE)
+            if not no_hugetlb:
+                _warn_unmeasurable_hugetlb(reporter)
             side = LiveSide(notify=_live_notes(reporter))
             result = run_campaign(seed_list, side, settings, reporter)
     finally:

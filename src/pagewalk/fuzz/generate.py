@@ -36,6 +36,7 @@ Doc = dict[str, Any]
 T = TypeVar("T")
 
 CLASSES = ("basic", "thp", "hugetlb", "processes", "knobs", "mixed")
+NO_HUGETLB_CLASSES = tuple(c for c in CLASSES if c != "hugetlb")   # --no-hugetlb
 ALL = "all"
 ARENA = 0x600000000000            # empty in the start image: MAP_FIXED mappings go here
 ARENA_1G = 0x640000000000         # 1 GiB-aligned arena for 1 GiB hugetlb pages
@@ -126,10 +127,12 @@ class ProcModel:
 class Gen:
     """The state of one generation: the random source, the steps so far and the model."""
 
-    def __init__(self, seed: int, cls: str) -> None:
+    def __init__(self, seed: int, cls: str, hugetlb: bool = True) -> None:
         self.rng = random.Random(f"pagewalk-fuzz:{seed}:{cls}")
         self.seed = seed
-        self.cls = self.rng.choice(CLASSES) if cls == ALL else cls
+        self.hugetlb = hugetlb       # False: no hugetlb mapping, no hugetlb pool knob
+        classes = CLASSES if hugetlb else NO_HUGETLB_CLASSES
+        self.cls = self.rng.choice(classes) if cls == ALL else cls
         self.steps: list[Doc] = []
         self.procs: dict[str, ProcModel] = {"main": ProcModel("main")}
         self.counters: dict[str, int] = {}
@@ -330,7 +333,8 @@ def _mmap_fixed(gen: Gen) -> Doc | None:
     pool = gen.pool(2048) + int(gen.knobs[f"{registry.HUGEPAGES}/hugepages-2048kB/"
                                           "nr_overcommit_hugepages"])
     kind = gen.pick(("private", "shared", "hugetlb"),
-                    (5, 2, 0 if gen.cls == "basic" else (2 if pool else 0.4)))
+                    (5, 2, 0 if gen.cls == "basic" or not gen.hugetlb else
+                     (2 if pool else 0.4)))
     page = HUGE_2M if kind == "hugetlb" else PAGE
     if kind == "hugetlb":
         length = _huge_length(gen, HUGE_2M)
@@ -604,7 +608,10 @@ KNOB_PATHS: tuple[str, ...] = tuple(spec.path for spec in registry.KNOB_SPECS
 
 
 def _knob_path(gen: Gen) -> str:
-    group = gen.pick(KNOB_GROUPS, KNOB_GROUP_WEIGHTS[gen.cls])
+    weights = KNOB_GROUP_WEIGHTS[gen.cls]
+    if not gen.hugetlb:
+        weights = [0 if g == "hugetlb" else w for g, w in zip(KNOB_GROUPS, weights, strict=True)]
+    group = gen.pick(KNOB_GROUPS, weights)
     paths = [p for p in KNOB_PATHS if _knob_group(p) == group]
     if group == "thp":
         return gen.pick(paths, [4 if p.endswith("/enabled") else 1 for p in paths])
@@ -647,7 +654,8 @@ def _initial_sysfs(gen: Gen) -> Doc:
     if cls in ("thp",) or gen.chance(0.6):
         sysfs[thp] = gen.pick(("always", "madvise", "never"),
                               (5, 4, 0.5) if cls == "thp" else (2, 2, 3))
-    if cls in ("hugetlb",) or (cls in ("mixed", "knobs", "processes") and gen.chance(0.4)):
+    if gen.hugetlb and (cls in ("hugetlb",) or (cls in ("mixed", "knobs", "processes")
+                                               and gen.chance(0.4))):
         path = gen.pick((f"{registry.VM}/nr_hugepages",
                          f"{registry.HUGEPAGES}/hugepages-2048kB/nr_hugepages"))
         sysfs[path] = gen.rng.randint(0, 32)
@@ -884,12 +892,14 @@ STEP_KINDS: tuple[StepKind, ...] = (
 #: what a scenario of the class starts with (after its first mappings)
 OPENING: Mapping[str, tuple[str, ...]] = MappingProxyType({"processes": ("fork",)})
 MAKES_MAPPINGS = frozenset(k.name for k in STEP_KINDS if k.step == "mmap")
+HUGETLB_KINDS = frozenset({"mmap-hugetlb"})     # left out with --no-hugetlb
 
 
 def _choose(gen: Gen, kinds: Sequence[StepKind]) -> Doc:
     """A step from ``kinds`` by the class's weights; makers that cannot apply now
     (no mapping to name, too many processes) are passed over."""
-    pool = [k for k in kinds if k.weights[gen.cls] > 0]
+    pool = [k for k in kinds if k.weights[gen.cls] > 0 and
+            (gen.hugetlb or k.name not in HUGETLB_KINDS)]
     while pool:
         kind = gen.pick(pool, [k.weights[gen.cls] for k in pool])
         step = kind.make(gen)
@@ -899,14 +909,18 @@ def _choose(gen: Gen, kinds: Sequence[StepKind]) -> Doc:
     raise AssertionError("no step kind applies")   # measure always applies
 
 
-def generate(seed: int, cls: str = ALL) -> Doc:
+def generate(seed: int, cls: str = ALL, hugetlb: bool = True) -> Doc:
     """The scenario (as YAML-ready data) of ``seed`` in class ``cls`` (one of CLASSES or
-    ``all``, which picks a class from the seed)."""
+    ``all``, which picks a class from the seed). ``hugetlb=False`` (--no-hugetlb): no
+    hugetlb mapping and no hugetlb pool knob, ``all`` never picks the hugetlb class."""
     if cls != ALL and cls not in CLASSES:
         raise ValueError(f"unknown class {cls!r}; one of {', '.join(CLASSES)} or all")
-    gen = Gen(seed, cls)
+    if cls == "hugetlb" and not hugetlb:
+        raise ValueError("the hugetlb class cannot be generated without hugetlb")
+    gen = Gen(seed, cls, hugetlb)
     doc: Doc = {"name": f"fuzz-{gen.cls}-{seed}",
-                "description": f"pagewalk fuzz seed {seed}, class {gen.cls}"}
+                "description": f"pagewalk fuzz seed {seed}, class {gen.cls}" +
+                ("" if hugetlb else ", no hugetlb")}
     sysfs = _initial_sysfs(gen)
     if sysfs:
         doc["system"] = {"sysfs": sysfs}
@@ -924,5 +938,5 @@ def generate(seed: int, cls: str = ALL) -> Doc:
     return doc
 
 
-__all__ = ["ALL", "ARENA", "ARENA_1G", "CLASSES", "KNOB_PATHS", "STEP_KINDS", "UNWRITABLE",
-           "Doc", "StepKind", "generate"]
+__all__ = ["ALL", "ARENA", "ARENA_1G", "CLASSES", "KNOB_PATHS", "NO_HUGETLB_CLASSES",
+           "STEP_KINDS", "UNWRITABLE", "Doc", "StepKind", "generate"]

@@ -62,7 +62,7 @@ def sys_munmap(k: Kernel, task: Task, addr: int, length: int) -> None:
 
 def sys_mprotect(k: Kernel, task: Task, addr: int, length: int, prot: int) -> None:
     with _Syscall(k, task):
-        mprotect.do_mprotect(k, task.mm, addr, length, prot)
+        mprotect.do_mprotect(k, task, addr, length, prot)
 
 
 def sys_madvise(k: Kernel, task: Task, addr: int, length: int, advice: str) -> None:

@@ -28,6 +28,8 @@ def populate_vma_page_range(k: Kernel, task: Task, vma: Vma, start: int, end: in
     if vma.flags & (VmFlags.IO | VmFlags.PFNMAP) or not vma.flags & (
             VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC):
         return
+    if vma.flags & VmFlags.LOCKONFAULT:
+        return  # populate_vma_page_range(): VM_LOCKONFAULT never breaks COW here
     if write is None:
         write = vma.flags & (VmFlags.WRITE | VmFlags.SHARED) == VmFlags.WRITE
     if not pkeys.arch_vma_access_permitted(k, vma, bool(write)):

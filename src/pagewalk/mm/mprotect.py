@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory, hugetlb, pkeys
+from pagewalk.mm import gup, huge_memory, hugetlb, pkeys
 from pagewalk.mm.mmap import PAGE_SIZE, calc_vm_prot_bits, vm_get_page_prot
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.tlb import flush_tlb_mm_range
@@ -21,14 +21,16 @@ from pagewalk.mm.vma import VmaIterator, find_vma, vm_stat_account, vma_modify_f
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
+    from pagewalk.kernel.task import Task
 
 VM_MAY_SHIFT = 4
 
 
-def do_mprotect(k: Kernel, mm: MmStruct, start: int, length: int, prot: int) -> None:
-    """do_mprotect_pkey(): VMA by VMA from ``start`` (for_each_vma_range, which resumes at
+def do_mprotect(k: Kernel, task: Task, start: int, length: int, prot: int) -> None:
+    """do_mprotect_pkey() of ``task`` (current): VMA by VMA from ``start`` (for_each_vma_range, which resumes at
     the end of the VMA mprotect_fixup left, merged or split); a hole or a failing VMA stops
     the walk with its error after the VMAs before it were changed (as Linux does)."""
+    mm = task.mm
     if start & (PAGE_SIZE - 1):
         raise SyscallError(Errno.EINVAL, "start not page aligned")
     if not length:
@@ -50,17 +52,19 @@ def do_mprotect(k: Kernel, mm: MmStruct, start: int, length: int, prot: int) -> 
         if (newflags & ~(VmFlags(int(newflags) >> VM_MAY_SHIFT))) & (
                 VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC):
             raise SyscallError(Errno.EACCES, "protection exceeds VM_MAY*")
-        mprotect_fixup(k, mm, vma, nstart, min(vma.end, end), newflags)
+        mprotect_fixup(k, task, vma, nstart, min(vma.end, end), newflags)
         nstart = tmp = vmi.vma_iter_end()
     if tmp < end:
         raise SyscallError(Errno.ENOMEM, "range has a hole")
 
 
-def mprotect_fixup(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
+def mprotect_fixup(k: Kernel, task: Task, vma: Vma, start: int, end: int,
                    newflags: VmFlags) -> Vma:
     """mprotect_fixup(): charge private memory that becomes writable, give the charge back
     for an anonymous VMA that never faulted (no anon_vma) made read-only (since 6.7),
-    merge or split, change the entries. Returns the VMA that now covers [start, end)."""
+    merge or split, change the entries; a private VM_LOCKED VMA made writable is populated
+    with write faults (COW broken now). Returns the VMA that now covers [start, end)."""
+    mm = task.mm
     oldflags = vma.flags
     if newflags == oldflags:
         return vma
@@ -87,6 +91,9 @@ def mprotect_fixup(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
     change_protection(k, mm, vma, start, end, try_writable)
     if oldflags & VmFlags.ACCOUNT and not newflags & VmFlags.ACCOUNT:
         vm_unacct_memory(k, nrpages)
+    if oldflags & (VmFlags.WRITE | VmFlags.SHARED | VmFlags.LOCKED) == VmFlags.LOCKED and \
+            newflags & VmFlags.WRITE:
+        gup.populate_vma_page_range(k, task, vma, start, end)   # avoids a COW fault later
     vm_stat_account(mm, oldflags, -nrpages)
     vm_stat_account(mm, newflags, nrpages)
     return vma

@@ -217,6 +217,8 @@ def move_vma(k: Kernel, mm: MmStruct, vma: Vma, old_addr: int, old_len: int, new
         account_end = vma.end > old_addr + old_len
     hiwater_vm = mm.hiwater_vm
     vm_stat_account(mm, vma.flags, new_len >> 12)
+    if vm_flags & VmFlags.LOCKED:   # vrm_stat_account(): the new VMA's pages, DONTUNMAP too
+        mm.locked_vm += new_len >> 12
     if dontunmap:
         vma.flags &= ~VM_LOCKED_MASK                  # always cleared on the old VMA
         if vma.start == old_addr and vma.end == old_addr + old_len:
@@ -225,9 +227,7 @@ def move_vma(k: Kernel, mm: MmStruct, vma: Vma, old_addr: int, old_len: int, new
                 vma.pgoff = vma.start >> 12
         mm.update_hiwater_vm()
         return new_addr, None
-    do_munmap_range(k, mm, old_addr, old_addr + old_len)
-    if vm_flags & VmFlags.LOCKED:
-        mm.locked_vm += new_len >> 12
+    do_munmap_range(k, mm, old_addr, old_addr + old_len)   # unlocks old_len of locked_vm
     mm.hiwater_vm = hiwater_vm
     if account_start:
         before = vma_lookup(mm, old_addr - 1)
