@@ -23,17 +23,19 @@ if TYPE_CHECKING:
 
 
 def populate_vma_page_range(k: Kernel, task: Task, vma: Vma, start: int, end: int,
-                            write: bool | None = None) -> None:
-    """Fault in [start, end) of one VMA; FOLL_WRITE for private writable mappings."""
+                            write: bool | None = None) -> Errno | None:
+    """Fault in [start, end) of one VMA; FOLL_WRITE for private writable mappings.
+    A fault answered with SIGBUS or SIGSEGV stops it with -EFAULT (faultin_page), which
+    callers that ignore errors (MAP_POPULATE, mprotect) drop."""
     if vma.flags & (VmFlags.IO | VmFlags.PFNMAP) or not vma.flags & (
             VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC):
-        return
+        return None
     if vma.flags & VmFlags.LOCKONFAULT:
-        return  # populate_vma_page_range(): VM_LOCKONFAULT never breaks COW here
+        return None  # populate_vma_page_range(): VM_LOCKONFAULT never breaks COW here
     if write is None:
         write = vma.flags & (VmFlags.WRITE | VmFlags.SHARED) == VmFlags.WRITE
     if not pkeys.arch_vma_access_permitted(k, vma, bool(write)):
-        return  # check_vma_flags(): -EFAULT, which populate ignores (execute-only memory)
+        return None  # check_vma_flags(): -EFAULT, which populate ignores (execute-only)
     addr = start
     while addr < end:
         _, entry, shift = k.pgtables.lookup(task.mm, addr)
@@ -47,7 +49,8 @@ def populate_vma_page_range(k: Kernel, task: Task, vma: Vma, start: int, end: in
         if ret & VmFault.ERROR:
             if ret & VmFault.OOM:
                 raise SignalError(Signal.SIGBUS, addr, "out of memory while populating")
-            return  # populate stops quietly; later accesses fault again
+            return Errno.EFAULT  # faultin_page: VM_FAULT_SIGBUS/SIGSEGV; later accesses fault again
+    return None
 
 
 def mm_populate(k: Kernel, task: Task, start: int, end: int, ignore_errors: bool) -> Errno | None:
@@ -63,5 +66,8 @@ def mm_populate(k: Kernel, task: Task, start: int, end: int, ignore_errors: bool
             if ignore_errors:
                 continue
             return Errno.EFAULT
-        populate_vma_page_range(k, task, vma, max(start, vma.start), min(end, vma.end))
+        error = populate_vma_page_range(k, task, vma, max(start, vma.start),
+                                        min(end, vma.end))
+        if error is not None and not ignore_errors:
+            return error
     return None

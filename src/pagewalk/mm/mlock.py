@@ -248,7 +248,7 @@ def do_mlock(k: Kernel, task: Task, start: int, length: int, flags: VmFlags) -> 
     apply_vma_lock_flags(k, task.mm, start, length, flags)
     error = gup.mm_populate(k, task, start, start + length, ignore_errors=False)
     if error == Errno.EFAULT:
-        raise SyscallError(Errno.ENOMEM, "mlock could not populate the range (PROT_NONE)")
+        raise SyscallError(Errno.ENOMEM, "mlock could not populate the range (PROT_NONE, or a fault answered SIGBUS: __mlock_posix_error_return)")
     if error == Errno.ENOMEM:
         raise SyscallError(Errno.EAGAIN, "mlock ran out of memory while populating")
 
