@@ -327,8 +327,6 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
 
     Returns the start address or raises SyscallError before anything changes."""
     shared, private = "shared" in flags, "private" in flags
-    if shared == private:
-        raise SyscallError(Errno.EINVAL, "exactly one of MAP_SHARED and MAP_PRIVATE is needed")
     fixed = "fixed" in flags or "fixed_noreplace" in flags
     hugetlb = "hugetlb" in flags
     if hugetlb:
@@ -358,11 +356,14 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
     align_mask = hstate.size - 1 if hugetlb else 0
     if hugetlb and fixed and addr & align_mask:
         raise SyscallError(Errno.EINVAL, "MAP_HUGETLB address not huge-page aligned")
-    start = get_unmapped_area(mm, addr, length, fixed, private and not hugetlb, align_mask, window,
-                              shmem_k=k if shared and not hugetlb else None)
+    start = get_unmapped_area(mm, addr, length, fixed, not shared and not hugetlb, align_mask,
+                              window, shmem_k=k if shared and not hugetlb else None)
     end = start + length
     if "fixed_noreplace" in flags and vmas_in_range(mm, start, end):
         raise SyscallError(Errno.EEXIST, "MAP_FIXED_NOREPLACE range is in use")
+    # do_mmap() looks at MAP_TYPE only after the address is found (ENOMEM, EEXIST first)
+    if shared == private:
+        raise SyscallError(Errno.EINVAL, "exactly one of MAP_SHARED and MAP_PRIVATE is needed")
     check_split_allowed(mm, start, end)
     replaced = vmas_in_range(mm, start, end) if fixed else []
     accounted_old = sum(min(v.end, end) - max(v.start, start) for v in replaced
