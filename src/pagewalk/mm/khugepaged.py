@@ -26,7 +26,7 @@ import numpy as np
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import compaction, huge_memory, memory, rmap, shmem
+from pagewalk.mm import compaction, huge_memory, memory, mlock, rmap, shmem
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import OutOfMemory
 from pagewalk.mm.tlb import flush_tlb_mm_range, flush_tlb_page
@@ -340,6 +340,8 @@ def _try_to_unmap_file_page(k: Kernel, file: shmem.PageCacheFile, index: int, pf
             if pte & (pt._PAGE_PRESENT | pt._PAGE_PROTNONE) and pt.pte_pfn(pte) == pfn:
                 pgt.set_entry(mm, paddr, 0)
                 memory.zap_present_page(k, mm, pfn)
+                if vma.flags & VmFlags.LOCKED:   # folio_remove_rmap_pte -> munlock_vma_folio
+                    mlock.munlock_folio(k, rmap.folio_head(k, pfn))
                 flush_tlb_page(k, mm, vaddr)
 
 

@@ -156,7 +156,8 @@ def arch_get_unmapped_area_topdown(mm: MmStruct, addr: int, length: int, align_m
 
 
 def get_unmapped_area(mm: MmStruct, addr: int, length: int, fixed: bool, anonymous_private: bool,
-                      align_mask: int, window: int, shmem_k: Kernel | None = None) -> int:
+                      align_mask: int, window: int, shmem_k: Kernel | None = None,
+                      shmem_pgoff: int | None = None) -> int:
     """__get_unmapped_area(): returns the address or raises ENOMEM/EINVAL. A shared
     anonymous mapping (``shmem_k`` given) is placed by shmem_get_unmapped_area, as
     mmap_region will make it a shmem file."""
@@ -166,7 +167,7 @@ def get_unmapped_area(mm: MmStruct, addr: int, length: int, fixed: bool, anonymo
         result = addr
     elif shmem_k is not None:
         from pagewalk.mm import shmem
-        result = shmem.shmem_get_unmapped_area(shmem_k, mm, addr, length, window)
+        result = shmem.shmem_get_unmapped_area(shmem_k, mm, addr, length, window, shmem_pgoff)
     elif anonymous_private and not addr and length % PMD_SIZE == 0:
         result = thp_get_unmapped_area(mm, length, window)
     else:

@@ -58,18 +58,8 @@ def sys_mremap(k: Kernel, task: Task, addr: int, old_len: int, new_len: int, fla
     the mapping is VM_LOCKED and grew, or None). Raises SyscallError before changing
     anything where the kernel refuses up front."""
     mm = task.mm
-    if flags & ~(MREMAP_FIXED | MREMAP_MAYMOVE | MREMAP_DONTUNMAP):
-        raise SyscallError(Errno.EINVAL, "unknown mremap flags")
-    if flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE:
-        raise SyscallError(Errno.EINVAL, "MREMAP_FIXED needs MREMAP_MAYMOVE")
-    if flags & MREMAP_DONTUNMAP and (not flags & MREMAP_MAYMOVE or old_len != new_len):
-        raise SyscallError(Errno.EINVAL, "MREMAP_DONTUNMAP needs MREMAP_MAYMOVE and "
-                                         "old_len == new_len")
-    if addr & (PAGE_SIZE - 1):
-        raise SyscallError(Errno.EINVAL, "address not page aligned")
     old_len, new_len = _page_align(old_len), _page_align(new_len)
-    if not new_len:
-        raise SyscallError(Errno.EINVAL, "new length 0")
+    check_mremap_params(k, mm, addr, old_len, new_len, flags, new_addr)
     vma = vma_lookup(mm, addr)
     if vma is None:
         raise SyscallError(Errno.EFAULT, "no mapping at the old address")
@@ -104,14 +94,44 @@ def sys_mremap(k: Kernel, task: Task, addr: int, old_len: int, new_len: int, fla
         return addr, None
     if not flags & MREMAP_MAYMOVE:
         raise SyscallError(Errno.ENOMEM, "cannot grow in place and MREMAP_MAYMOVE not given")
-    new_addr = _unmapped_area(k, mm, vma, 0, new_len, fixed=False)
+    new_addr = _unmapped_area(k, mm, vma, addr, 0, new_len, fixed=False)
     return move_vma(k, mm, vma, addr, old_len, new_len, new_addr, flags)
 
 
-def _unmapped_area(k: Kernel, mm: MmStruct, vma: Vma, addr: int, length: int,
+def check_mremap_params(k: Kernel, mm: MmStruct, addr: int, old_len: int, new_len: int,
+                        flags: int, new_addr: int) -> None:
+    """check_mremap_params() (6.17+): every check that needs no VMA, before vma_lookup, so a
+    MREMAP_FIXED overlap is EINVAL even when the old address is a hole (not EFAULT)."""
+    if flags & ~(MREMAP_FIXED | MREMAP_MAYMOVE | MREMAP_DONTUNMAP):
+        raise SyscallError(Errno.EINVAL, "unknown mremap flags")
+    if addr & (PAGE_SIZE - 1):
+        raise SyscallError(Errno.EINVAL, "address not page aligned")
+    if not new_len:
+        raise SyscallError(Errno.EINVAL, "new length 0")
+    if new_len > mm.task_size:
+        raise SyscallError(Errno.EINVAL, "new length beyond TASK_SIZE")
+    if not flags & (MREMAP_FIXED | MREMAP_DONTUNMAP):   # vrm_implies_new_addr()
+        return
+    if new_addr > mm.task_size - new_len:
+        raise SyscallError(Errno.EINVAL, "new range beyond TASK_SIZE")
+    if new_addr & (PAGE_SIZE - 1):
+        raise SyscallError(Errno.EINVAL, "new address not page aligned")
+    if not flags & MREMAP_MAYMOVE:
+        raise SyscallError(Errno.EINVAL, "MREMAP_FIXED/MREMAP_DONTUNMAP need MREMAP_MAYMOVE")
+    if flags & MREMAP_DONTUNMAP and old_len != new_len:
+        raise SyscallError(Errno.EINVAL, "MREMAP_DONTUNMAP needs old_len == new_len")
+    if addr + old_len > new_addr and new_addr + new_len > addr:   # vrm_overlaps()
+        raise SyscallError(Errno.EINVAL, "old and new ranges overlap")
+    if len(mm.vmas) + 2 >= k.max_map_count - 3:
+        raise SyscallError(Errno.ENOMEM, "vm.max_map_count reached")
+
+
+def _unmapped_area(k: Kernel, mm: MmStruct, vma: Vma, old_addr: int, addr: int, length: int,
                    fixed: bool) -> int:
-    """get_unmapped_area(vma->vm_file, addr, len, pgoff, MAP_SHARED if VM_MAYSHARE): the
-    placement of a new mapping like this one (THP-aligned anonymous, shmem, hugetlb)."""
+    """vrm_set_new_addr(): get_unmapped_area(vma->vm_file, addr, len, pgoff, MAP_SHARED if
+    VM_MAYSHARE) with pgoff that of old_addr: the placement of a new mapping like this one
+    (THP-aligned anonymous, shmem with its file, hugetlb)."""
+    pgoff = vma.pgoff + ((old_addr - vma.start) >> 12)
     align_mask = 0
     if vma.is_hugetlb():
         from pagewalk.mm.hugetlb import vma_kernel_pagesize
@@ -119,7 +139,8 @@ def _unmapped_area(k: Kernel, mm: MmStruct, vma: Vma, addr: int, length: int,
     shared = bool(vma.flags & VmFlags.MAYSHARE) and not vma.is_hugetlb()
     anonymous = vma.file is None and not vma.special
     return get_unmapped_area(mm, addr, length, fixed, anonymous and not shared, align_mask,
-                             k.default_map_window, shmem_k=k if shared else None)
+                             k.default_map_window, shmem_k=k if shared else None,
+                             shmem_pgoff=pgoff)
 
 
 def vma_to_resize(mm: MmStruct, addr: int, old_len: int, new_len: int, flags: int) -> Vma:
@@ -181,7 +202,8 @@ def mremap_to(k: Kernel, task: Task, addr: int, old_len: int, new_addr: int, new
         do_munmap(k, mm, addr + new_len, old_len - new_len)
         old_len = new_len
     vma = vma_to_resize(mm, addr, old_len, new_len, flags)
-    found = _unmapped_area(k, mm, vma, new_addr, new_len, fixed=bool(flags & MREMAP_FIXED))
+    found = _unmapped_area(k, mm, vma, addr, new_addr, new_len,
+                           fixed=bool(flags & MREMAP_FIXED))
     if not flags & MREMAP_FIXED:
         new_addr = found
     return move_vma(k, mm, vma, addr, old_len, new_len, new_addr, flags)

@@ -270,13 +270,14 @@ def shmem_get_folio(k: Kernel, vma: Vma, vaddr: int, file: PageCacheFile, index:
 
 
 def shmem_get_unmapped_area(k: Kernel, mm: MmStruct, addr: int, length: int,
-                            window: int) -> int:
+                            window: int, pgoff: int | None = None) -> int:
     """shmem_get_unmapped_area() for a new shared anonymous mapping (pgoff 0, no
     MAP_FIXED): the plain search, then, unless the hint was taken or no large folio can
     be used, a search for length + size - 4 KiB rounded up to the size of the highest
     order anonymous shmem may use (per-size always/within_size/advise, inherit unless
     shmem_enabled is never; 2 MiB under force, and when no size is in use but
-    shmem_enabled is not never). -1 when nothing fits."""
+    shmem_enabled is not never). -1 when nothing fits. ``pgoff`` given: the VMA's shmem file
+    (mremap), whose sb skips the mTHP orders and whose offset the alignment keeps."""
     from pagewalk.mm.mmap import arch_get_unmapped_area_topdown
     found = arch_get_unmapped_area_topdown(mm, addr, length, 0, window)
     huge = k.knobs.get(SHMEM_ENABLED)
@@ -284,22 +285,29 @@ def shmem_get_unmapped_area(k: Kernel, mm: MmStruct, addr: int, length: int,
         return found
     hpage_size = HPAGE_PMD_SIZE
     if huge != "force":
-        orders = huge_shmem_orders(k, "always") | huge_shmem_orders(k, "within_size") | \
-            huge_shmem_orders(k, "advise")
-        if huge != "never":
-            orders |= huge_shmem_orders(k, "inherit")
+        orders = 0
+        if pgoff is None:                # no file: the highest anonymous shmem mTHP order
+            orders = huge_shmem_orders(k, "always") | huge_shmem_orders(k, "within_size") | \
+                huge_shmem_orders(k, "advise")
+            if huge != "never":
+                orders |= huge_shmem_orders(k, "inherit")
         if orders:
             hpage_size = 4096 << (orders.bit_length() - 1)
         elif huge == "never":
             return found                 # the mount's huge=never and no size in use
-    if length < hpage_size or found & (hpage_size - 1) == 0:
+    if length < hpage_size:
+        return found
+    offset = ((pgoff or 0) << 12) & (hpage_size - 1)
+    if offset and offset + length < 2 * hpage_size:
+        return found
+    if found & (hpage_size - 1) == offset:
         return found
     inflated = arch_get_unmapped_area_topdown(mm, addr, length + hpage_size - 4096, 0, window)
     if inflated < 0:
         return found
-    offset = inflated & (hpage_size - 1)
-    inflated -= offset
-    if offset:
+    inflated_offset = inflated & (hpage_size - 1)
+    inflated += offset - inflated_offset
+    if inflated_offset > offset:
         inflated += hpage_size
     return found if inflated > mm.task_size - length else inflated
 
