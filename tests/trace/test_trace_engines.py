@@ -211,7 +211,7 @@ def test_the_pipeline_over_many_slices_agrees_with_the_reference(
     threads (and a bad record in a late slice) give the reference's counts and state."""
     from pagewalk.trace import replay
     monkeypatch.setattr(replay, "SLICE_RECORDS", 1 << 11)
-    monkeypatch.setattr(replay, "PARALLEL_MIN_RECORDS", 1)
+    monkeypatch.setattr(replay, "PARALLEL_MIN_WALKS", 1)
     rng = np.random.default_rng(11)
     vaddrs = np.where(rng.random(24_000) < 0.6, BASE + rng.integers(0, 4 * MiB, 24_000),
                       BASE + rng.integers(0, 2 * GiB, 24_000))
@@ -221,3 +221,143 @@ def test_the_pipeline_over_many_slices_agrees_with_the_reference(
     fast_run, reference_run = replay_both(words)
     assert_same(fast_run, reference_run)
     assert fast_run.stats().accesses == (bad_at if bad_at is not None else 24_000)
+
+
+# -- same-page runs (fast.tlb_stage counts them without a lookup) ----------------------------
+# Pages of a few kinds: neighbours, pages 16 apart (one set of the reference L1 dTLB, 16
+# sets of 4 ways: the fifth evicts), 2 MiB and 1 GiB neighbours, code low in memory.
+run_pages = st.sampled_from([BASE + n * 4096 for n in (0, 1, 2, 16, 32, 48, 64, 80)] +
+                            [BASE + 2 * MiB, BASE + 3 * GiB, 0x400000, 0x401000])
+
+
+@st.composite
+def same_page_runs(draw: st.DrawFn) -> list[tuple[int, int]]:
+    """Runs of accesses: to one page (loads and stores mixed, or fetches), or two pages
+    interleaved (a fetch page and a data page, as real programs do), long enough for the
+    block scans, in 8-byte steps that may cross into the next page or at random offsets."""
+    accesses: list[tuple[int, int]] = []
+    for _ in range(draw(st.integers(1, 8))):
+        shape = draw(st.sampled_from(["data", "fetch", "interleaved", "stride"]))
+        length = draw(st.sampled_from([1, 2, 7, 8, 9, 63, 64, 65, 700, 2500]))
+        page, other = draw(run_pages), draw(run_pages)
+        start = draw(st.integers(0, 4095))
+        seed = draw(st.integers(0, 2**32 - 1))
+        rng = np.random.default_rng(seed)
+        stores = rng.random(length) < 0.3
+        for n in range(length):
+            if shape == "data":
+                accesses.append((page + int(rng.integers(0, 4096)), int(stores[n])))
+            elif shape == "fetch":
+                accesses.append((page + int(rng.integers(0, 4096)), 2))
+            elif shape == "interleaved":
+                accesses.append((page + (start + 4 * n) % 4096, 2) if n % 2 else
+                                (other + int(rng.integers(0, 4096)), int(stores[n])))
+            else:                                      # 8-byte steps across the page end
+                accesses.append((page + start + 8 * n, int(stores[n])))
+    return accesses
+
+
+@SETTINGS
+@given(same_page_runs(), st.sampled_from(["4KiB", "2MiB", "1GiB"]))
+def test_engines_agree_on_same_page_runs(accesses: list[tuple[int, int]], pages: str) -> None:
+    """Runs counted in bulk give the serial model's counts, stamps and clock."""
+    assert_same(*replay_both(to_words(accesses), pages=pages))
+
+
+@SETTINGS
+@given(same_page_runs(), page_maps())
+def test_engines_agree_on_same_page_runs_with_a_page_size_map(
+        accesses: list[tuple[int, int]], page_map: PageSizeMap) -> None:
+    """With a map a run's key is a 4 KiB piece: pieces of one huge page share its entry."""
+    assert_same(*replay_both(to_words(accesses), page_map=page_map))
+
+
+@SETTINGS
+@given(same_page_runs(), models(), st.sampled_from(["4KiB", "2MiB"]))
+def test_engines_agree_on_same_page_runs_in_other_geometries(
+        accesses: list[tuple[int, int]], model: TraceModel, pages: str) -> None:
+    """Tiny sets evict a run's entry, a unified L1 array serves both classes' runs."""
+    assert_same(*replay_both(to_words(accesses), model=model, pages=pages))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.data_too_large])
+@given(same_page_runs(), st.lists(st.integers(1, 5000), min_size=1, max_size=6))
+def test_runs_continue_across_chunks_and_slices(accesses: list[tuple[int, int]],
+                                                cuts: list[int]) -> None:
+    """The run state carries over from slice to slice and chunk to chunk."""
+    from pagewalk.trace import replay
+    words = to_words(accesses)
+    pieces = TraceReplayer()
+    first = 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(replay, "SLICE_RECORDS", 1 << 9)
+        for cut in sorted(set(cuts)) + [len(words)]:
+            if cut > first:
+                pieces.feed(Chunk(words[first:cut], first, 8 * cut))
+                first = cut
+    whole = TraceReplayer(engine="reference")
+    whole.feed(Chunk(words, 0, words.nbytes))
+    assert_same(pieces, whole)
+
+
+@pytest.mark.parametrize("bad_word, reason", [
+    ((1 << 58) | BASE, "bits 57..61"),
+    ((3 << 62) | 0x400000, "kind 3"),
+    ((1 << 47) | BASE, "non-canonical"),
+])
+@pytest.mark.parametrize("kind", [0, 2])
+def test_a_bad_record_inside_a_run_stops_it_there(bad_word: int, reason: str,
+                                                  kind: int) -> None:
+    """A bad record on a run's page (same page bits) is never counted as a hit of it."""
+    page = 0x400000 if kind == 2 else BASE
+    words = to_words([(page + 8 * (i % 512), kind) for i in range(3000)])
+    words[1500] = np.uint64(bad_word)
+    fast_run, reference_run = replay_both(words)
+    assert_same(fast_run, reference_run)
+    assert fast_run.stats().accesses == 1500
+    with pytest.raises(TraceError, match=f"record 1500 \\(byte 12000\\): .*{reason}"):
+        TraceReplayer().feed(Chunk(words, 0, words.nbytes))
+
+
+def small_l1_model(l1_serves: tuple[str, ...], ways: int) -> TraceModel:
+    """L1 arrays of one set of ``ways`` entries (a page beyond them evicts), a roomy STLB."""
+    arrays = [TlbArray(f"L1 {serves}", 1, serves, (12, 21, 30), ways, ways)
+              for serves in l1_serves]
+    arrays.append(TlbArray("STLB", 2, "unified", (12, 21, 30), 64, 4))
+    return TraceModel("small", TlbGeometry("small", tuple(arrays)), PwcGeometry(), 4)
+
+
+X, Y, CODE_X, CODE_Y = BASE, BASE + 4096, 0x400000, 0x401000
+
+
+@pytest.mark.parametrize("l1_serves, ways, pattern", [
+    (("data", "instruction"), 1, [(X, 0), (Y, 1), (X, 0)]),
+    (("data", "instruction"), 1, [(CODE_X, 2), (CODE_Y, 2), (CODE_X, 2)]),
+    (("unified",), 1, [(CODE_X, 2), (X, 0), (CODE_X, 2), (X, 1)]),
+    (("unified",), 1, [(X, 0), (CODE_X, 2), (X, 1), (CODE_X, 2)]),
+    (("unified",), 2, [(X, 0), (Y, 0), (CODE_X, 2), (X, 0)]),      # a fetch evicts data
+    (("unified",), 2, [(CODE_X, 2), (CODE_Y, 2), (X, 1), (CODE_X, 2)]),  # and back
+])
+def test_a_run_ends_when_another_access_evicts_its_entry(
+        l1_serves: tuple[str, ...], ways: int, pattern: list[tuple[int, int]]) -> None:
+    """Runs of 20 on more pages than an L1 set holds (one class's, or two classes' in an
+    L1 array serving both): a return to a page whose entry was taken is an STLB hit,
+    never a run's hit."""
+    accesses = [(page + 8 * n, kind) for page, kind in pattern for n in range(20)] * 3
+    fast_run, reference_run = replay_both(to_words(accesses),
+                                          model=small_l1_model(l1_serves, ways))
+    assert_same(fast_run, reference_run)
+    stats = fast_run.stats()
+    assert stats.walks == len({page for page, _ in pattern})
+    assert stats.stlb_hits > 0 and stats.l1_hits > len(accesses) * 9 // 10
+
+
+def test_a_stream_is_one_walk_per_page_and_hits_for_the_rest() -> None:
+    """8-byte steps over 64 pages: 64 faults and walks, every other access an L1 hit."""
+    words = to_words([(BASE + 8 * i, i % 4 == 3) for i in range(64 * 512)])
+    fast_run, reference_run = replay_both(words)
+    assert_same(fast_run, reference_run)
+    stats = fast_run.stats()
+    assert (stats.walks, stats.faults, stats.l1_hits) == (64, 64, 64 * 511)
+    assert (stats.loads, stats.stores) == (64 * 384, 64 * 128)

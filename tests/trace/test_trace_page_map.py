@@ -3,6 +3,7 @@ the simulated kernel's page tables, ``--page-map`` from ``pagewalk inspect --rep
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ def test_ranges_are_the_sizes_the_kernel_mapped(files: tuple[Path, Path]) -> Non
     assert (SMALL_BASE, SMALL_BASE + 64 * KiB, 12) in ranges
     starts = [r[0] for r in ranges]
     assert starts == sorted(starts)
-    assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))   # no overlap
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))   # no overlap
 
 
 def test_scenario_mix_faults_each_page_once_at_its_size(files: tuple[Path, Path]) -> None:

@@ -23,9 +23,11 @@ def test_presets_are_listed_reference_first() -> None:
 
 
 def test_the_reference_preset_is_the_spec_model() -> None:
-    model = load_model("reference")
+    """presets/reference.yaml describes the model `--tlb reference` replays through."""
+    model = load_model(str(PRESET_DIR / "reference.yaml"))
     assert model.tlb.arrays == REFERENCE_TLB.arrays
     assert model.pwc == REFERENCE_PWC and model.paging_levels == 4
+    assert load_model("reference").tlb == model.tlb and load_model("reference").name == model.name
 
 
 def test_skylake_publishes_the_reference_figures() -> None:

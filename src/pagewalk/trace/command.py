@@ -30,63 +30,20 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
-from pagewalk.errors import ConfigError, PagewalkError, ScenarioError, TraceError
+from pagewalk.cli_common import OneLineUsageErrors, reports_errors
+from pagewalk.errors import ConfigError, TraceError
 from pagewalk.trace.formats import FORMATS, iter_chunks, iter_lackey, trace_size
 from pagewalk.trace.replay import ENGINES, PageSizeMap, TraceModel, TraceReplayer, TraceStats
 
-F = TypeVar("F", bound=Callable[..., Any])
-EXIT_BAD_INPUT = 2
-EXIT_RUN_FAILED = 1
-EXIT_INTERNAL = 70
 PROGRESS_MIN_BYTES = 32 << 20        # smaller traces replay in well under a second
 RECORD_CHUNK_BYTES = 4 << 20
 
 
-def _fail(message: str, status: int) -> None:
-    from rich.console import Console
-    Console(stderr=True, highlight=False).print(
-        f"[bold red]error:[/] {message.replace('[', chr(92) + '[')}", soft_wrap=True)
-    sys.exit(status)
-
-
-def _reports_errors(func: F) -> F:
-    """pagewalk's error tree -> one red line and an exit status (as cli.reports_errors)."""
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (TraceError, ConfigError, ScenarioError) as err:
-            _fail(str(err), EXIT_BAD_INPUT)
-        except PagewalkError as err:
-            _fail(str(err), EXIT_RUN_FAILED)
-        except (KeyboardInterrupt, BrokenPipeError):
-            sys.exit(130)
-        except Exception as err:  # an internal bug: still one line unless debugging
-            if os.environ.get("PAGEWALK_DEBUG"):
-                raise
-            _fail(f"internal error: {type(err).__name__}: {err} "
-                  "(set PAGEWALK_DEBUG=1 for a traceback)", EXIT_INTERNAL)
-    return wrapper  # type: ignore[return-value]
-
-
-class _OneLineErrors(click.Command):
-    """Usage errors (unknown option, bad choice) as one red line and exit status 2."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as err:
-            _fail(f"{err.format_message()} (see `pagewalk trace --help`)", EXIT_BAD_INPUT)
-            raise  # unreachable: _fail exits
-
-
-@click.command("trace", cls=_OneLineErrors,
+@click.command("trace", cls=OneLineUsageErrors,
                context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="TRACE | -- PROGRAM [ARGS]...")
 @click.option("--pages", default=None, metavar="4KiB|2MiB|1GiB",
@@ -111,7 +68,7 @@ class _OneLineErrors(click.Command):
               help="TLB model: a preset (reference, skylake, haswell, zen) or a model file.")
 @click.option("--record", is_flag=True,
               help="Run PROGRAM under valgrind lackey and replay its trace as it streams.")
-@_reports_errors
+@reports_errors
 def trace_command(args: tuple[str, ...], pages: str | None, scenario_file: str | None,
                   process: str, label: str | None, page_map_file: str | None,
                   fmt: str | None, as_json: bool, engine: str, tlb_model: str,
@@ -164,7 +121,6 @@ def _replay_file(path: str, model: TraceModel, pages: str, page_map: PageSizeMap
     if not Path(path).is_file():
         raise TraceError(f"no such trace file: {path}")
     total = trace_size(path)
-    _skip_scipy_blas_probe()
     with _progress(not as_json and total >= PROGRESS_MIN_BYTES, total) as advance:
         for chunk in iter_chunks(path, fmt, model.va_bits):
             replayer.feed(chunk)
@@ -182,7 +138,6 @@ def _record(program: list[str], model: TraceModel, pages: str, page_map: PageSiz
         raise TraceError(f"no such program: {program[0]!r}")
     replayer = TraceReplayer(model, pages, page_map=page_map, engine=engine,
                              name=f"valgrind lackey {program[0]}")
-    _skip_scipy_blas_probe()
     read_fd, write_fd = os.pipe()
     command = [valgrind, "--tool=lackey", "--trace-mem=yes", f"--log-fd={write_fd}", *program]
     process = subprocess.Popen(command, pass_fds=(write_fd,),
@@ -211,20 +166,6 @@ def _stderr_fd() -> int:
         return sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):   # io.UnsupportedOperation is both
         return subprocess.DEVNULL
-
-
-def _skip_scipy_blas_probe() -> None:
-    """Numba's first compiled-code load imports ``numba.np.arraymath``, whose BLAS probe
-    imports SciPy's linear algebra when SciPy is installed (a quarter of a second, a third
-    of this command's start-up). The replay kernels use no BLAS; in this command's own
-    process the probe is let to fail fast."""
-    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
-        return
-    sys.modules["scipy.linalg"] = None  # type: ignore[assignment]  # its import now fails
-    try:
-        import numba.np.arraymath  # noqa: F401
-    finally:
-        del sys.modules["scipy.linalg"]
 
 
 @contextmanager

@@ -23,7 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from pagewalk.errors import Location, TraceError
-from pagewalk.trace.fast import compiled_loop
+from pagewalk.trace import kernels
+from pagewalk.trace.kernels import LACKEY_NON_CANONICAL, LACKEY_OK
 
 FORMATS = ("lackey", "pwt", "npy")
 RECORD_BYTES = 8
@@ -33,9 +34,6 @@ KIND_SHIFT = 62
 CHUNK_RECORDS = 1 << 22          # 32 MiB of binary records per chunk
 CHUNK_TEXT_BYTES = 1 << 24       # 16 MiB of lackey text per chunk
 
-# bytes of lackey lines
-_NL, _COMMA, _SPACE, _EQ, _DASH = 10, 44, 32, 61, 45
-_LETTER_I, _LETTER_L, _LETTER_S, _LETTER_M = 73, 76, 83, 77
 _PAD = bytes(3)                    # so that peeking at a line's first three bytes stays inside
 
 
@@ -210,89 +208,20 @@ def _parse_buffer(buffer: bytearray, length: int, name: str, first_line: int, va
                   skip_valgrind_notes: bool) -> tuple[npt.NDArray[np.uint64], int]:
     """Parse the whole lines in ``buffer[:length]`` (at least 3 more bytes follow).
 
-    One compiled pass over the bytes (:func:`lackey_scan`), no Python loop per line. (A
+    One compiled pass over the bytes (trace/fast.py lackey_scan), no Python loop per line. (A
     NumPy-vectorised version, lines split at newlines and addresses converted eight hex
     digits at a time with SWAR arithmetic, ran at 100-150 MB/s here, too close to the
     100 MB/s issue 6 asks; this scan runs at about 900 MB/s.)"""
     buf = np.frombuffer(buffer, dtype=np.uint8)
     words = np.empty(length // _SHORTEST_LINE + 1, dtype=np.uint64)
-    count, nr_lines, bad_line, reason = lackey_scan(buf, length, words, va_bits,
-                                                    skip_valgrind_notes)
+    count, nr_lines, bad_line, reason = kernels.compiled().lackey_scan(
+        buf, length, words, va_bits, skip_valgrind_notes)
     if reason != LACKEY_OK:
         _raise_bad_line(bytes(buffer[:length]), name, first_line, bad_line, reason, va_bits)
     return words[:count], nr_lines
 
 
-LACKEY_OK = 0
-LACKEY_BAD_LINE = 1
-LACKEY_NON_CANONICAL = 2
 _SHORTEST_LINE = 7                # "I  0,1\n"
-
-
-@compiled_loop
-def lackey_scan(buf: npt.NDArray[np.uint8], length: int, words: npt.NDArray[np.uint64],
-                va_bits: int, skip_valgrind_notes: bool) -> tuple[int, int, int, int]:
-    """Parse ``buf[:length]`` (whole lines) into ``words``; returns ``(records, lines,
-    bad line index or -1, LACKEY_* reason)``. ``buf`` has 3 bytes of padding."""
-    i = 0
-    line = 0
-    count = 0
-    top_ones = (np.uint64(1) << np.uint64(65 - va_bits)) - np.uint64(1)
-    while i < length:
-        c0, c1 = buf[i], buf[i + 1]
-        if c0 == _NL:                                          # a blank line
-            i += 1
-            line += 1
-            continue
-        if (c0 == _EQ and c1 == _EQ) or (skip_valgrind_notes and c0 == _DASH and c1 == _DASH):
-            while buf[i] != _NL:                               # "==PID== ..." (or "--PID--")
-                i += 1
-            i += 1
-            line += 1
-            continue
-        if buf[i + 2] != _SPACE:
-            return count, line, line, LACKEY_BAD_LINE
-        if c0 == _LETTER_I and c1 == _SPACE:
-            kind = 2
-        elif c0 == _SPACE and c1 == _LETTER_L:
-            kind = 0
-        elif c0 == _SPACE and (c1 == _LETTER_S or c1 == _LETTER_M):   # M: one store
-            kind = 1
-        else:
-            return count, line, line, LACKEY_BAD_LINE
-        i += 3
-        vaddr = np.uint64(0)
-        digits = 0
-        while True:                                            # ADDR: hex, no 0x
-            c = buf[i]
-            if 48 <= c <= 57:
-                nibble = c - 48
-            elif 97 <= c <= 102:
-                nibble = c - 87
-            elif 65 <= c <= 70:
-                nibble = c - 55
-            else:
-                break
-            vaddr = (vaddr << np.uint64(4)) | np.uint64(nibble)
-            digits += 1
-            i += 1
-        if buf[i] != _COMMA or digits == 0 or digits > 16:
-            return count, line, line, LACKEY_BAD_LINE
-        i += 1
-        size_digits = 0
-        while 48 <= buf[i] <= 57:                              # SIZE: decimal
-            i += 1
-            size_digits += 1
-        if buf[i] != _NL or size_digits == 0:
-            return count, line, line, LACKEY_BAD_LINE
-        top = vaddr >> np.uint64(va_bits - 1)
-        if top != 0 and top != top_ones:
-            return count, line, line, LACKEY_NON_CANONICAL
-        words[count] = (vaddr & np.uint64(VA_MASK)) | (np.uint64(kind) << np.uint64(KIND_SHIFT))
-        count += 1
-        i += 1
-        line += 1
-    return count, line, -1, LACKEY_OK
 
 
 def _raise_bad_line(text: bytes, name: str, first_line: int, index: int, reason: int,

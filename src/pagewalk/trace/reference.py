@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from pagewalk.hw.pwc import PageWalkCaches
 from pagewalk.hw.tlb import SIZE_CODE, VA_FIELD_MASK, TlbHierarchy
-from pagewalk.trace.fast import (
+from pagewalk.trace.kernels import (
     C_ACCESSES,
     C_FAULTS,
     C_L1_HITS,

@@ -24,7 +24,7 @@ import numpy.typing as npt
 from pagewalk.errors import Location, TraceError
 from pagewalk.hw.pwc import PWC_NAMES, REFERENCE_PWC, PageWalkCaches, PwcGeometry
 from pagewalk.hw.tlb import REFERENCE_TLB, TlbGeometry, TlbHierarchy
-from pagewalk.trace import fast
+from pagewalk.trace import kernels
 from pagewalk.trace.formats import (
     Chunk,
     describe_record,
@@ -38,7 +38,7 @@ from pagewalk.units import GiB, KiB, MiB, format_size, parse_size
 ENGINES = ("fast", "reference")
 PAGE_SHIFT_OF_SIZE = {4 * KiB: 12, 2 * MiB: 21, 1 * GiB: 30}
 MAPPED_INITIAL_SLOTS = 1 << 16
-PARALLEL_MIN_RECORDS = 1 << 16     # smaller chunks are not worth a second thread
+PARALLEL_MIN_WALKS = 1 << 14       # fewer walks in a slice are not worth a thread's hand-off
 SLICE_RECORDS = 1 << 18            # the pipeline's step: 2 MiB of walk buffer per slice
 Progress = Callable[[int, int], None]      # (bytes done, bytes total or 0 if unknown)
 
@@ -80,7 +80,7 @@ class PageSizeMap:
             if shift not in (12, 21, 30):
                 raise ValueError(f"range {start:#x}-{end:#x}: page shift {shift} is not "
                                  "12, 21 or 30")
-            if not 0 <= start < end <= fast.VA_MASK + 1:
+            if not 0 <= start < end <= kernels.VA_MASK + 1:
                 raise ValueError(f"range {start:#x}-{end:#x} is empty or out of bounds")
             if (start | end) & ((1 << shift) - 1):
                 raise ValueError(f"range {start:#x}-{end:#x} is not aligned to its "
@@ -177,14 +177,17 @@ class TraceReplayer:
         self.name = name
         self.tlb = TlbHierarchy(model.tlb)
         self.pwc = PageWalkCaches(model.pwc, model.paging_levels)
-        self.counters = np.zeros(fast.NR_COUNTERS, dtype=np.int64)
+        self.counters = np.zeros(kernels.NR_COUNTERS, dtype=np.int64)
         self.mapped = np.full(MAPPED_INITIAL_SLOTS, -1, dtype=np.int64)
         # stage two's counters (walk references, faults), apart from stage one's
         self._walk_counters = np.zeros(2, dtype=np.int64)
         self._walk_buffers = (np.empty(SLICE_RECORDS, dtype=np.int64),
                               np.empty(SLICE_RECORDS, dtype=np.int64))
+        # the same-page runs stage one continues from one slice to the next
+        self.run_state = np.array(kernels.new_run_state(), dtype=np.int64)
         self.reference = ReferenceReplay(self.tlb, self.pwc, self.counters)
         self._no_map = np.zeros(0, dtype=np.int64)
+        self._kernels: kernels.Kernels | None = None
 
     def feed(self, chunk: Chunk) -> None:
         """Replay one chunk; a bad record raises TraceError naming it (the records before
@@ -210,78 +213,89 @@ class TraceReplayer:
         return self.page_shift
 
     def _feed_fast(self, chunk: Chunk) -> None:
-        """The stages of fast.py over the chunk, as a pipeline of slices: the TLBs and the
-        faults of slice j in this thread while the page-walk caches take the walks of
-        slice j - 1 in another. Stops at the first bad record, having replayed every
-        record before it."""
+        """The stages of fast.py over the chunk, as a pipeline of slices: the TLBs of
+        slice j in this thread while the walks of slice j - 1 fault pages in and go
+        through the page-walk caches in another (when there are enough of them to pay
+        for the hand-off). Stops at the first bad record, having replayed every record
+        before it."""
         words = np.ascontiguousarray(chunk.words, dtype=np.uint64).view(np.int64)
         nr_records = words.shape[0]
         page_map = self.page_map
         starts, ends, shifts = ((page_map.starts, page_map.ends, page_map.shifts)
                                 if page_map is not None else (self._no_map,) * 3)
         tlb = self.tlb
-        parallel = nr_records >= PARALLEL_MIN_RECORDS
+        compiled = self._compiled()
         pending: _Background | None = None
-        stop, status = nr_records, fast.DONE
+        stop, status = nr_records, kernels.DONE
         try:
             for slice_no, low in enumerate(range(0, nr_records, SLICE_RECORDS)):
                 high = min(nr_records, low + SLICE_RECORDS)
                 walks = self._walk_buffers[slice_no & 1]
-                stop, status, nr_walks = fast.tlb_stage(
+                stop, status, nr_walks = compiled.tlb_stage(
                     words, low, high, self.model.va_bits, self.page_shift, starts, ends,
                     shifts, tlb.layout, tlb.routes, tlb.storage.tags, tlb.storage.stamps,
-                    tlb.storage.payload, tlb.storage.clock, tlb.stats, walks, self.counters)
-                self._fault_stage(walks, int(nr_walks))
+                    tlb.storage.payload, tlb.storage.clock, tlb.stats, self.run_state, walks,
+                    self.counters)
                 if pending is not None:
                     pending.result()             # frees the other buffer for the next slice
                     pending = None
-                if parallel:
-                    pending = _Background(self._walk_stage, walks, int(nr_walks))
+                if nr_walks >= PARALLEL_MIN_WALKS:
+                    pending = _Background(self._walks_stage, walks, int(nr_walks))
                 else:
-                    self._walk_stage(walks, int(nr_walks))
-                if status != fast.DONE:
+                    self._walks_stage(walks, int(nr_walks))
+                if status != kernels.DONE:
                     break
         finally:
             if pending is not None:
                 pending.result()
-        if status != fast.DONE:
+        if status != kernels.DONE:
             reason = describe_record(int(words[stop]) & ((1 << 64) - 1), self.model.va_bits)
             raise record_error(self.name, chunk.first_record + int(stop), reason or "bad record")
+
+    def _walks_stage(self, walks: npt.NDArray[np.int64], nr_walks: int) -> None:
+        """Stage two over a slice's walks: their faults, then the page-walk caches."""
+        self._fault_stage(walks, nr_walks)
+        self._walk_stage(walks, nr_walks)
 
     def _fault_stage(self, walks: npt.NDArray[np.int64], nr_walks: int) -> None:
         """fast.fault_stage over a slice's walks, growing the set of mapped pages when it
         asks."""
-        index: fast.Int = 0
+        index = 0
         while True:
-            index, status = fast.fault_stage(walks, index, nr_walks, self.mapped,
-                                             self._walk_counters)
-            if status != fast.GROW_MAPPED:
+            index, status = self._compiled().fault_stage(walks, index, nr_walks,
+                                                         self.mapped, self._walk_counters)
+            if status != kernels.GROW_MAPPED:
                 return
             self._grow_mapped()
 
     def _walk_stage(self, walks: npt.NDArray[np.int64], nr_walks: int) -> None:
         pwc = self.pwc
-        fast.walk_stage(walks, nr_walks, pwc.top_row, pwc.layout, pwc.storage.tags,
-                        pwc.storage.stamps, pwc.storage.payload, pwc.storage.clock, pwc.stats,
-                        self._walk_counters)
+        self._compiled().walk_stage(walks, nr_walks, pwc.top_row, pwc.layout,
+                                    pwc.storage.tags, pwc.storage.stamps, pwc.storage.payload,
+                                    pwc.storage.clock, pwc.stats, self._walk_counters)
 
     def _grow_mapped(self) -> None:
         bigger = np.full(self.mapped.shape[0] * 2, -1, dtype=np.int64)
-        fast.mapped_rehash(self.mapped, bigger)
+        self._compiled().mapped_rehash(self.mapped, bigger)
         self.mapped = bigger
+
+    def _compiled(self) -> kernels.Kernels:
+        if self._kernels is None:
+            self._kernels = kernels.compiled()
+        return self._kernels
 
     def stats(self) -> TraceStats:
         counters = self.counters
         # the reference engine counts these in ``counters``, the fast one's stage two apart
-        walk_refs = int(counters[fast.C_WALK_REFS] + self._walk_counters[0])
-        faults = int(counters[fast.C_FAULTS] + self._walk_counters[1])
+        walk_refs = int(counters[kernels.C_WALK_REFS] + self._walk_counters[0])
+        faults = int(counters[kernels.C_FAULTS] + self._walk_counters[1])
         pwc_hits = {name: int(self.pwc.stats[row, 0]) for row, name in enumerate(PWC_NAMES)}
         pages = "mix" if self.page_map is not None else format_size(1 << self.page_shift)
         return TraceStats(
-            accesses=int(counters[fast.C_ACCESSES]), loads=int(counters[fast.C_LOADS]),
-            stores=int(counters[fast.C_STORES]), ifetches=int(counters[fast.C_IFETCHES]),
-            l1_hits=int(counters[fast.C_L1_HITS]), stlb_hits=int(counters[fast.C_STLB_HITS]),
-            walks=int(counters[fast.C_WALKS]), walk_refs=walk_refs,
+            accesses=int(counters[kernels.C_ACCESSES]), loads=int(counters[kernels.C_LOADS]),
+            stores=int(counters[kernels.C_STORES]), ifetches=int(counters[kernels.C_IFETCHES]),
+            l1_hits=int(counters[kernels.C_L1_HITS]), stlb_hits=int(counters[kernels.C_STLB_HITS]),
+            walks=int(counters[kernels.C_WALKS]), walk_refs=walk_refs,
             pwc_hits_pml4e=pwc_hits["pml4e"], pwc_hits_pdpte=pwc_hits["pdpte"],
             pwc_hits_pde=pwc_hits["pde"], faults=faults,
             pwc_hits_pml5e=pwc_hits["pml5e"], model=self.model.name, pages=pages,
