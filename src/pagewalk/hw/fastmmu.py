@@ -7,7 +7,7 @@ sets A in every entry it uses and D in the leaf on a write, fills the page-walk 
 with the upper-level entries it read and the TLBs with the leaf; the protection key of a
 leaf (cached in the TLB with it) against PKRU, on hits and walks (hw/walker.py
 pkey_denies); a fault drops the TLB entries of the address (SDM vol. 3A §4.10.4.1). INVLPG and the PCID flush are here too.
-The LRU primitives are the trace model's (trace/fast.py), so both keep one LRU rule.
+The LRU and TLB primitives are hw/fasttlb.py's (the trace replay uses them too): one LRU rule.
 """
 
 from __future__ import annotations
@@ -16,10 +16,17 @@ import numpy as np
 from numba import njit
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.hw.mmu import MmuStat
-from pagewalk.trace.fast import (
-    LEVEL_L1, lru_fill, lru_find, lru_touch, set_base, tlb_fill, tlb_lookup, tlb_tag,
+from pagewalk.hw.fasttlb import (
+    LEVEL_L1,
+    lru_fill,
+    lru_find,
+    lru_touch,
+    set_base,
+    tlb_fill,
+    tlb_lookup,
+    tlb_tag,
 )
+from pagewalk.hw.mmu import MmuStat
 
 P = np.uint64(pt._PAGE_PRESENT)
 RW = np.uint64(pt._PAGE_RW)
@@ -131,6 +138,15 @@ def mmu_translate(vaddr, kind, pcid, root_pfn, levels, slot_of, pool,
     return TRANSLATED
 
 
+@njit(cache=True, inline="always")
+def _routed_before(routes, level, kind, code):  # type: ignore[no-untyped-def]
+    """An earlier kind reaches the same array for this size: INVLPG has searched it."""
+    for earlier in range(kind):
+        if routes[level, earlier, code] == routes[level, kind, code]:
+            return True
+    return False
+
+
 @njit(cache=True, _nrt=False)
 def tlb_invlpg(vaddr, pcid, layout, routes, tags, stamps, payload):  # type: ignore[no-untyped-def]
     """INVLPG: the entries of every page size covering ``vaddr`` in every TLB array."""
@@ -138,7 +154,7 @@ def tlb_invlpg(vaddr, pcid, layout, routes, tags, stamps, payload):  # type: ign
         for kind in range(routes.shape[1]):
             for code in range(routes.shape[2]):
                 index = routes[level, kind, code]
-                if index < 0:
+                if index < 0 or _routed_before(routes, level, kind, code):
                     continue
                 shift = 12 + 9 * code
                 first = set_base(layout, index, vaddr, shift)
