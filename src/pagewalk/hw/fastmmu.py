@@ -12,6 +12,8 @@ The LRU and TLB primitives are hw/fasttlb.py's (the trace replay uses them too):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit
 
@@ -27,6 +29,9 @@ from pagewalk.hw.fasttlb import (
     tlb_tag,
 )
 from pagewalk.hw.mmu import MmuStat
+
+# Numba's stubs do not know its private _nrt switch (no reference-counting runtime).
+_njit_no_nrt: Any = njit
 
 P = np.uint64(pt._PAGE_PRESENT)
 RW = np.uint64(pt._PAGE_RW)
@@ -63,10 +68,10 @@ def _pkey_denies(leaf, kind, pkru):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, inline="always")
-def mmu_translate(vaddr, kind, pcid, root_pfn, levels, slot_of, pool,
+def mmu_translate(vaddr, kind, pcid, root_pfn, levels, slot_of, pool,  # type: ignore[no-untyped-def]
                   tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload, tlb_clock,
                   tlb_stats, pwc_layout, pwc_top, pwc_tags, pwc_stamps, pwc_payload, pwc_clock,
-                  pwc_stats, counters, pkru):  # type: ignore[no-untyped-def]
+                  pwc_stats, counters, pkru):
     """One user-mode access: 0 when translated, else the #PF error code (> 0). ``pkru`` is
     the PKRU in force (Mmu.active_pkru: 0 without CR4.PKE)."""
     write = kind == 1
@@ -147,7 +152,7 @@ def _routed_before(routes, level, kind, code):  # type: ignore[no-untyped-def]
     return False
 
 
-@njit(cache=True, _nrt=False)
+@_njit_no_nrt(cache=True, _nrt=False)
 def tlb_invlpg(vaddr, pcid, layout, routes, tags, stamps, payload):  # type: ignore[no-untyped-def]
     """INVLPG: the entries of every page size covering ``vaddr`` in every TLB array."""
     for level in range(routes.shape[0]):
@@ -165,7 +170,7 @@ def tlb_invlpg(vaddr, pcid, layout, routes, tags, stamps, payload):  # type: ign
                     payload[found] = 0
 
 
-@njit(cache=True, _nrt=False)
+@_njit_no_nrt(cache=True, _nrt=False)
 def flush_pcid(pcid, tags, stamps, payload, pcid_shift):  # type: ignore[no-untyped-def]
     """INVPCID single-context over one storage (TLB: shift 47, page-walk caches: 48)."""
     for i in range(tags.shape[0]):
