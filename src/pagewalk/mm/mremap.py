@@ -196,6 +196,9 @@ def mremap_to(k: Kernel, task: Task, addr: int, old_len: int, new_addr: int, new
         raise SyscallError(Errno.EINVAL, "old and new ranges overlap")
     if len(mm.vmas) + 2 >= k.max_map_count - 3:
         raise SyscallError(Errno.ENOMEM, "vm.max_map_count reached")
+    # 6.17+ do_mremap: vma_lookup and check_prep_vma (EFAULT) run before mremap_to
+    # unmaps the destination, which then survives a refused call
+    vma_to_resize(mm, addr, min(old_len, new_len), new_len, flags)
     if flags & MREMAP_FIXED:
         do_munmap(k, mm, new_addr, new_len)
     if old_len > new_len:
