@@ -1,10 +1,14 @@
 """Touching 4 GiB of private anonymous memory: pagewalk against the real kernel.
 
-Issue 3: 4 KiB pages (1,048,576 faults) through `pagewalk run`, as a whole process, must
-take no longer than the real kernel doing the same (a small mmap-and-write program run
-here), with at most 512 MiB of host memory for 8 GiB of simulated RAM.
-Issue 4: the same with THP (2048 huge faults); both ratios are printed and the THP path
-must not be slower per byte than the 4 KiB path.
+4 KiB pages (1,048,576 faults) through `pagewalk run`, as a whole process, must take at
+most a third of the time the real kernel takes doing the same (a small mmap-and-write
+program, benchmarks/c/touch.c, run here in the same benchmark run), with at most 512 MiB
+of host memory for 8 GiB of simulated RAM; the same with THP (2048 huge faults) must not
+be slower per byte than the 4 KiB path. The two sides run alternately, ``--repeat`` times
+each, and the best time of each counts (the machine may be shared). pagewalk runs as an
+installed package does: its modules byte-compiled once (pip does that at install time;
+this machine's environment may set PYTHONDONTWRITEBYTECODE) and its compiled code built
+by a first, untimed run.
 
     python benchmarks/bench_touch.py [--size-mib 4096] [--repeat 3]
 """
@@ -12,11 +16,16 @@ must not be slower per byte than the 4 KiB path.
 from __future__ import annotations
 
 import argparse
+import compileall
+import importlib.util
 import json
 import tempfile
 from pathlib import Path
 
 from _common import build_c, pagewalk_argv, time_process
+
+TARGET = 1 / 3          # pagewalk's time over the kernel's, 4 KiB pages
+HOST_LIMIT_KIB = 512 * 1024
 
 SCENARIO = """name: bench-touch-{mode}
 system:
@@ -35,23 +44,31 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     touch = build_c("touch")
+    package = importlib.util.find_spec("pagewalk")
+    if package is not None and package.submodule_search_locations:
+        compileall.compile_dir(package.submodule_search_locations[0], quiet=1)
     tmp = Path(tempfile.mkdtemp(prefix="pagewalk-bench-"))
     results = {}
     for mode, advice in (("4k", "nohugepage"), ("thp", "hugepage")):
         path = tmp / f"touch-{mode}.yaml"
         path.write_text(SCENARIO.format(mode=mode, size=args.size_mib, advice=advice))
         argv = pagewalk_argv("run", str(path), "--json")
-        time_process(argv, repeat=1)  # warm the Numba cache (first run compiles)
-        sim_s, sim_kib, out = time_process(argv, args.repeat)
+        time_process(argv, repeat=1)  # warm the caches (the first run compiles)
+        sim_s, kern_s, sim_kib = float("inf"), float("inf"), 0
+        for _ in range(args.repeat):  # alternate, so that both see the same load
+            seconds, kib, out = time_process(argv, 1)
+            sim_s, sim_kib = min(sim_s, seconds), max(sim_kib, kib)
+            seconds, _, kout = time_process([str(touch), str(args.size_mib), mode], 1)
+            kern_s = min(kern_s, seconds)
         faults = json.loads(out)["measurements"][0]["processes"]["main"]["minflt"]
-        kern_s, _, kout = time_process([str(touch), str(args.size_mib), mode], args.repeat)
         results[mode] = (sim_s, kern_s)
         print(f"{mode:>4}: pagewalk {sim_s:6.2f} s ({faults} faults, peak host memory "
               f"{sim_kib / 1024:.0f} MiB) | kernel {kern_s:6.2f} s ({kout.strip()} faults) | "
               f"pagewalk/kernel = {sim_s / kern_s:.2f}")
         if mode == "4k":
-            print(f"      target: pagewalk/kernel <= 1.00 -> {'PASS' if sim_s <= kern_s else 'FAIL'};"
-                  f" host memory <= 512 MiB -> {'PASS' if sim_kib <= 512 * 1024 else 'FAIL'}")
+            fast = sim_s <= kern_s * TARGET
+            print(f"      target: pagewalk/kernel <= {TARGET:.2f} -> {'PASS' if fast else 'FAIL'};"
+                  f" host memory <= 512 MiB -> {'PASS' if sim_kib <= HOST_LIMIT_KIB else 'FAIL'}")
     per_byte = results["thp"][0] / results["4k"][0]
     print(f"THP/4k time per byte in pagewalk = {per_byte:.2f} -> "
           f"{'PASS' if per_byte <= 1.0 else 'FAIL'} (THP must not be slower per byte)")

@@ -136,7 +136,11 @@ def mmu_translate(vaddr, kind, pcid, root_pfn, levels, slot_of, pool,  # type: i
     counters[WALK_REFS] += refs
     if code >= 0:
         counters[PAGE_FAULTS] += 1
-        tlb_invlpg(vaddr, pcid, tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload)
+        if level == 0:      # the lookup found nothing where it searched: search the rest
+            _invlpg_unsearched(vaddr, kind, pcid, tlb_layout, tlb_routes, tlb_tags,
+                               tlb_stamps, tlb_payload)
+        else:
+            tlb_invlpg(vaddr, pcid, tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload)
         return code
     tlb_fill(vaddr, kind, leaf_shift, pcid, leaf_entry, tlb_layout, tlb_routes, tlb_tags,
              tlb_stamps, tlb_payload, tlb_clock)
@@ -150,6 +154,27 @@ def _routed_before(routes, level, kind, code):  # type: ignore[no-untyped-def]
         if routes[level, earlier, code] == routes[level, kind, code]:
             return True
     return False
+
+
+@njit(cache=True, inline="always")
+def _invlpg_unsearched(vaddr, kind, pcid, layout, routes, tags, stamps, payload):  # type: ignore[no-untyped-def]
+    """tlb_invlpg() after a lookup of ``kind`` missed in every array it searched (each
+    size of that kind's L1 and STLB arrays): only the other arrays can hold an entry of
+    ``vaddr``, so only they are searched (the same TLBs, fewer searches)."""
+    for level in range(routes.shape[0]):
+        for other in range(routes.shape[1]):
+            for code in range(routes.shape[2]):
+                index = routes[level, other, code]
+                if index < 0 or index == routes[level, kind, code] or \
+                        _routed_before(routes, level, other, code):
+                    continue
+                shift = 12 + 9 * code
+                first = set_base(layout, index, vaddr, shift)
+                found = lru_find(tags, first, layout[index, 2], tlb_tag(vaddr, shift, pcid))
+                if found >= 0:
+                    tags[found] = -1
+                    stamps[found] = 0
+                    payload[found] = 0
 
 
 @_njit_no_nrt(cache=True, _nrt=False)

@@ -6,16 +6,87 @@ always (they are written as soon as they are allocated), data frames when a
 rows; ``slot_of[pfn]`` is the row of a stored frame or -1, and a frame without a
 row reads as zeros (the allocator hands out zeroed pages, so an unstored frame
 and a zeroed one are the same thing). The arrays are plain NumPy so compiled
-code (mm/fastpath.py) can read and write entries without crossing into Python.
+code (mm/fastfault.py) can read and write entries without crossing into Python: it
+takes them as one :class:`PhysArrays` bundle, and the frame operations below
+(``frame_store``, ``frame_drop``, ``frame_copy``) are compiled once and called by
+both the Python methods and the compiled fault path.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import numpy.typing as npt
 
+from pagewalk.hw.compiled import bundle, compiled
+
 FRAME_WORDS = 512
 FRAME_SIZE = 4096
+
+
+class PhysArrays(NamedTuple):
+    """The arrays of one PhysicalMemory, as compiled code takes them (``pool`` is replaced
+    when it grows: take a fresh bundle after ``reserve_slots``)."""
+
+    slot_of: npt.NDArray[np.int32]       # pfn -> pool row, -1: not stored (reads as zeros)
+    pool: npt.NDArray[np.uint64]         # [rows, 512] stored frames
+    free_slots: npt.NDArray[np.int32]    # stack of unused rows: free_slots[:nr_free_slots[0]]
+    nr_free_slots: npt.NDArray[np.int64]  # [1]
+    touched: npt.NDArray[np.uint8]       # pfn -> 1: a `touch` stored a byte not kept
+
+
+bundle(PhysArrays, "i1 Q2 i1 q1 B1")
+
+
+# -- frame operations (compiled; the caller has reserved the rows a store needs) ------------
+
+@compiled(entry="PhysArrays i", result="i", inline=True)
+def frame_store(phys: PhysArrays, pfn: int) -> int:
+    """The pool row of ``pfn``, given a zeroed row first if it has none."""
+    slot = phys.slot_of[pfn]
+    if slot >= 0:
+        return int(slot)
+    top = phys.nr_free_slots[0] - 1
+    slot = phys.free_slots[top]
+    phys.nr_free_slots[0] = top
+    for word in range(FRAME_WORDS):
+        phys.pool[slot, word] = 0
+    phys.slot_of[pfn] = slot
+    return int(slot)
+
+
+@compiled(entry="PhysArrays i", inline=True)
+def frame_drop(phys: PhysArrays, pfn: int) -> None:
+    """Forget a frame's contents (freed, or zeroed by __GFP_ZERO): it reads as zeros."""
+    phys.touched[pfn] = 0
+    slot = phys.slot_of[pfn]
+    if slot < 0:
+        return
+    phys.slot_of[pfn] = -1
+    top = phys.nr_free_slots[0]
+    phys.free_slots[top] = slot
+    phys.nr_free_slots[0] = top + 1
+
+
+@compiled(entry="PhysArrays i i", inline=True)
+def frame_drop_range(phys: PhysArrays, pfn: int, nr_frames: int) -> None:
+    """frame_drop() for every frame of [pfn, pfn + nr_frames)."""
+    for frame in range(pfn, pfn + nr_frames):
+        frame_drop(phys, frame)
+
+
+@compiled(entry="PhysArrays i i")
+def frame_copy(phys: PhysArrays, dst_pfn: int, src_pfn: int) -> None:
+    """copy_page(): dst gets src's contents (an unstored src leaves dst unstored)."""
+    src = phys.slot_of[src_pfn]
+    if src < 0:
+        frame_drop(phys, dst_pfn)
+    else:
+        dst = frame_store(phys, dst_pfn)
+        for word in range(FRAME_WORDS):
+            phys.pool[dst, word] = phys.pool[src, word]
+    phys.touched[dst_pfn] = phys.touched[src_pfn]
 
 
 class PhysicalMemory:
@@ -36,8 +107,18 @@ class PhysicalMemory:
         # spec leaves its value unspecified; the kernel runner stores 0x01), so the frame
         # is not all zeros. Cleared with the frame's contents, copied with them.
         self.touched: npt.NDArray[np.uint8] = np.zeros(self.nr_frames, dtype=np.uint8)
+        self._arrays: PhysArrays | None = None
 
     # -- pool management -------------------------------------------------------------------
+    @property
+    def arrays(self) -> PhysArrays:
+        """The arrays as one bundle for compiled code (a new one once the pool grew)."""
+        if self._arrays is None or self._arrays.pool is not self.pool \
+                or self._arrays.free_slots is not self.free_slots:
+            self._arrays = PhysArrays(self.slot_of, self.pool, self.free_slots,
+                                      self.nr_free_slots, self.touched)
+        return self._arrays
+
     @property
     def stored_frames(self) -> int:
         return int(self.pool.shape[0] - self.nr_free_slots[0])
@@ -64,36 +145,15 @@ class PhysicalMemory:
         if slot >= 0:
             return slot
         self.reserve_slots(1)
-        top = int(self.nr_free_slots[0]) - 1
-        slot = int(self.free_slots[top])
-        self.nr_free_slots[0] = top
-        self.pool[slot, :] = 0
-        self.slot_of[pfn] = slot
-        return slot
+        return frame_store(self.arrays, pfn)
 
     def drop(self, pfn: int) -> None:
         """Forget a frame's contents (it was freed or zeroed): it reads as zeros again."""
-        self.touched[pfn] = 0
-        slot = int(self.slot_of[pfn])
-        if slot < 0:
-            return
-        self.slot_of[pfn] = -1
-        top = int(self.nr_free_slots[0])
-        self.free_slots[top] = slot
-        self.nr_free_slots[0] = top + 1
+        frame_drop(self.arrays, pfn)
 
     def drop_range(self, pfn: int, nr_frames: int) -> None:
         """drop() for every frame of [pfn, pfn + nr_frames)."""
-        self.touched[pfn: pfn + nr_frames] = 0
-        window = self.slot_of[pfn: pfn + nr_frames]
-        stored = np.nonzero(window >= 0)[0]
-        if stored.size == 0:
-            return
-        slots = window[stored]
-        top = int(self.nr_free_slots[0])
-        self.free_slots[top: top + slots.size] = slots
-        self.nr_free_slots[0] = top + slots.size
-        window[stored] = -1
+        frame_drop_range(self.arrays, pfn, nr_frames)
 
     def is_stored(self, pfn: int) -> bool:
         return bool(self.slot_of[pfn] >= 0)
@@ -147,14 +207,8 @@ class PhysicalMemory:
 
     def copy_frame(self, dst_pfn: int, src_pfn: int) -> None:
         """copy_page(): dst gets src's contents (an unstored src leaves dst unstored)."""
-        touched = self.touched[src_pfn]
-        src = int(self.slot_of[src_pfn])
-        if src < 0:
-            self.drop(dst_pfn)
-        else:
-            dst = self._store(dst_pfn)
-            self.pool[dst, :] = self.pool[int(self.slot_of[src_pfn])]
-        self.touched[dst_pfn] = touched
+        self.reserve_slots(1)
+        frame_copy(self.arrays, dst_pfn, src_pfn)
 
     def clear_frame(self, pfn: int) -> None:
         """clear_page()."""

@@ -1,394 +1,474 @@
-"""The compiled fault loop of the `touch` step (STYLE rule 12; driver in mm/fastpath.py).
+"""The fault path's array work, compiled once, and the compiled loop of the `touch` step.
 
-Per access: the compiled MMU (hw/fastmmu.py: TLBs, page-walk caches, the walk with A/D);
-on a page fault, what the kernel's path does for a private anonymous VMA: the software
-walk allocating missing tables (p4d/pud/pmd/pte_alloc), a PMD THP for a write where the
-VMA is eligible (do_huge_pmd_anonymous_page), the zero page for a read and a new zeroed
-page for a write (do_anonymous_page), a zero-page or shared small page copied on a write
-(wp_page_copy, with flush_tlb_page), an exclusive one reused (wp_page_reuse); the same
-counters as the Python path (RSS, pgtables_bytes, NR_*, PGFAULT, THP_FAULT_ALLOC), then
-the access is retried as Kernel.user_access retries it. Anything else goes back to
-Python: the huge zero page, huge-PMD write faults, large folios, file and shmem pages,
-PROT_NONE, SIGSEGV, allocation failures (fallback, compaction, OOM).
+The readable fault path (mm/memory.py, mm/huge_memory.py, mm/rmap.py) decides what a
+fault does; the array work it then does is done by compiled primitives (STYLE rule 12),
+which the compiled loop ``touch_kernel`` calls too, so each rule is written once:
+
+=========================  ==============================================================
+page_alloc.folio_alloc     vma_alloc_folio(): allocate, prep_compound_page, __GFP_ZERO
+pgtable.walk               p4d/pud/pmd_alloc on the way down (pgtable_alloc: NR_PAGETABLE,
+pgtable.pte_alloc_install  pgtables_bytes), __pte_alloc -> pmd_install
+new_anon_rmap              folio_add_new_anon_rmap(): flags, mapcount, NR_ANON_*
+remove_rmap_pte            folio_remove_rmap_pte() of an order-0 folio
+set_anon_ptes              do_anonymous_page(): rmap, references, set_ptes, MM_ANONPAGES
+set_zero_pte               do_anonymous_page() on a read: the shared zero page
+wp_can_reuse_anon_folio    wp_can_reuse_anon_folio()
+wp_reuse_pte               wp_page_reuse(): exclusive again, writable in place, PGREUSE
+wp_page_copy_pte           wp_page_copy(): copy_user_highpage, rmap, RSS by type, the PTE
+map_anon_folio_pmd         map_anon_folio_pmd(): rmap, reference, the PMD, MM_ANONPAGES
+set_huge_zero_pmd          set_huge_zero_folio(): the huge zero PMD
+=========================  ==============================================================
+
+``touch_kernel`` runs one access after another through the compiled MMU (hw/fastmmu.py:
+TLBs, page-walk caches, the walk with A/D bits). On a page fault in a private anonymous
+VMA it does what Kernel.do_user_addr_fault -> handle_mm_fault does for the common kinds,
+from the same primitives: a PMD THP (do_huge_pmd_anonymous_page) or the huge zero page,
+the zero page on a read and a new page on a write (do_anonymous_page), the copy of the
+zero page or of a shared page on a write (wp_page_copy, with flush_tlb_page) or the reuse
+of an exclusive one (wp_page_reuse); it counts the fault (mm_account_fault) and retries
+the access as Kernel.user_access does. What needs a decision only Python makes goes back
+with the access not yet retried: huge-PMD faults, large folios, file and shmem pages,
+spurious faults, PROT_NONE, SIGSEGV, allocation failures (fallback, compaction, OOM),
+the first use of the huge zero folio. Python keeps what lives in dicts (the deposited
+tables, entire mapcounts, mTHP counters): the loop records each PMD it maps for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+import enum
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.hw.fastmmu import (
-    ACC,
-    DIRTY,
-    PF_PK,
-    PFN_MASK,
-    PSE,
-    RW,
-    P,
-    flush_pcid,
-    mmu_translate,
-    tlb_invlpg,
+from pagewalk.hw.compiled import bundle, compiled
+from pagewalk.hw.physmem import frame_copy
+from pagewalk.mm.page_alloc import NO_PAGE, KernelArrays, PageFlag, folio_alloc
+from pagewalk.mm.pgtable import (
+    WALK_OOM,
+    anon_pmd,
+    anon_pte,
+    pfn_of,
+    pgtable_alloc,
+    pte_alloc_install,
+    read_entry,
+    set_pte,
+    walk,
 )
-from pagewalk.mm.page_alloc import PageFlag, rmqueue_smallest
+from pagewalk.mm.types import MmStat
+from pagewalk.mm.vmstat import NodeStat, VmEvent
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+if TYPE_CHECKING:  # the MMU's compiled code: imported when Numba compiles (needs=), not here
+    from pagewalk.hw.fastmmu import flush_pcid, mmu_translate, tlb_invlpg  # noqa: TC004
+
+Ints = npt.NDArray[np.int64]
+FASTMMU = "pagewalk.hw.fastmmu"
 
 
-def compiled_without_nrt(func: _F) -> _F:
-    """``njit(cache=True)`` without Numba's reference counting (``_nrt=False``): the fault
-    loop allocates nothing, and reference counts on its array arguments would cost an
-    atomic operation per access."""
-    options: dict[str, Any] = {"cache": True, "_nrt": False}
-    return cast(_F, njit(**options)(func))
+class MmuArrays(NamedTuple):
+    """The MMU's state as hw/fastmmu.py takes it: TLB and page-walk-cache storage and
+    statistics, the running task's translation counters."""
+
+    tlb_layout: Ints
+    tlb_routes: Ints
+    tlb_tags: Ints
+    tlb_stamps: Ints
+    tlb_payload: npt.NDArray[np.uint64]
+    tlb_clock: Ints
+    tlb_stats: Ints
+    pwc_layout: Ints
+    pwc_top: int
+    pwc_tags: Ints
+    pwc_stamps: Ints
+    pwc_payload: npt.NDArray[np.uint64]
+    pwc_clock: Ints
+    pwc_stats: Ints
+    counters: Ints
+
+
+class TouchRun(NamedTuple):
+    """The accesses of one run: ``start + i * stride`` for i < ``nr_accesses``, all of
+    ``kind`` (0 read, 1 write), in one VMA of the running task."""
+
+    start: int
+    nr_accesses: int
+    stride: int
+    kind: int
+
+
+class FaultVma(NamedTuple):
+    """What a fault in the VMA of a run needs of the VMA, its mm and the CPU."""
+
+    start: int
+    end: int
+    page_prot: np.uint64         # vm_page_prot
+    writable: bool               # VM_WRITE
+    anon_faults: bool            # private anonymous, no mTHP order: the loop resolves faults
+    thp_pmd: bool                # thp_vma_allowable_order(PMD_ORDER) for a page fault
+    huge_zero_pfn: int           # the huge zero folio; HUGE_ZERO_ABSENT, HUGE_ZERO_OFF
+    zero_pfn: int
+    pgd_pfn: int
+    levels: int
+    pcid: int
+    pkru: int
+
+
+bundle(MmuArrays, "q2 q3 q1 q1 Q1 q1 q2 q2 i q1 q1 Q1 q1 q2 q1")
+bundle(TouchRun, "i i i i")
+bundle(FaultVma, "i i u ? ? ? i i i i i i")
+
+
+class Out(enum.IntEnum):
+    """Indexes of the loop's ``out`` array (its progress and what Python must finish)."""
+
+    NEXT = 0            # the next access to do
+    FAULTS = 1          # faults resolved (task.min_flt)
+    ANON_WRITTEN = 2    # 1: an anonymous fault ran (the VMA needs its anon_vma)
+    RECORDS = 3         # PMDs recorded in ``records``
+    ERROR_CODE = 4      # the #PF error code of the fault handed back (NEED_KERNEL)
+    CACHE_REGION = 5    # vaddr >> 21 of the last PTE table the loop walked to, or -1
+    CACHE_TABLE = 6     # that PTE table's pfn
+    SIZE = 7
 
 
 # Stop reasons of the compiled loop.
 DONE = 0
-NEED_SLOW = 1   # this access needs the Python path
-NEED_SLOTS = 2  # the physmem row pool must grow first
+NEED_SLOTS = 2       # the physmem row pool must grow first
+NEED_DRAIN = 3       # the record buffer is full
+NEED_KERNEL = 4      # a fault only the Python kernel handles (out[ERROR_CODE]: its code)
 
+HUGE_ZERO_ABSENT = -1   # use_zero_page, but the huge zero folio is not allocated yet
+HUGE_ZERO_OFF = -2      # use_zero_page is 0: a read fault allocates a THP as a write does
+HPAGE_PMD_NR = 512
+HPAGE_PMD_SIZE = HPAGE_PMD_NR * 4096
+RESOLVED = 0
+HAND_BACK = 1
+
+P = np.uint64(pt._PAGE_PRESENT)
+RW = np.uint64(pt._PAGE_RW)
+ACC = np.uint64(pt._PAGE_ACCESSED)
+DIRTY = np.uint64(pt._PAGE_DIRTY)
+PSE = np.uint64(pt._PAGE_PSE)
 SPECIAL = np.uint64(pt._PAGE_SPECIAL)
-TABLE = np.uint64(pt._PAGE_TABLE)
 F_ANON = np.uint16(PageFlag.ANON)
 F_EXCL = np.uint16(PageFlag.ANON_EXCLUSIVE)
-F_TABLE = np.uint16(PageFlag.TABLE)
 F_DIRTY = np.uint16(PageFlag.DIRTY)
-F_LAZY = np.uint16(PageFlag.LAZYFREE)
+F_SHMEM = np.uint16(PageFlag.SHMEM)
 F_HEAD = np.uint16(PageFlag.HEAD)
-F_TAIL = np.uint16(PageFlag.TAIL)
-HPAGE_PMD_NR = 512
-
-# Indexes into the small parameter/counter arrays (kept in step with mm/vmstat.py, mm/types.py).
-NR_FREE_PAGES, NR_ANON_MAPPED, NR_ANON_THPS, NR_PAGETABLE, NR_ACTIVE_ANON = 0, 1, 5, 6, 10
-PGALLOC_BASE, PGFAULT, THP_FAULT_ALLOC, PGREUSE = 0, 4, 6, 42
-NEED_DRAIN = 3  # the THP record buffer is full
-NEED_KERNEL = 4  # a fault only the Python kernel handles (out[4]: its error code)
-TLB_FLUSH_ONE = 32
-MM_ANONPAGES, PGTABLES_BYTES = 1, 4
+F_LARGE = np.uint16(PageFlag.HEAD | PageFlag.TAIL)
+F_NOT_LAZY = np.uint16(~PageFlag.LAZYFREE & 0xFFFF)
 
 
-@njit(cache=True, inline="always")
-def _alloc_page(flags: Any, order_of: Any, next_: Any, prev: Any, free_head: Any, nr_free: Any,
-                zonelist: Any, node_stat: Any, vm_events: Any, refcount: Any,
-                order: Any = 0) -> Any:
-    """alloc_pages(order) over the zonelist; -1 when every zone is empty."""
-    for i in range(zonelist.shape[0]):
-        zone = zonelist[i]
-        pfn = rmqueue_smallest(flags, order_of, next_, prev, free_head, nr_free, zone, order)
-        if pfn >= 0:
-            node_stat[NR_FREE_PAGES] -= 1 << order
-            vm_events[PGALLOC_BASE + zone] += 1 << order
-            refcount[pfn] = 1
-            return pfn
-    return -1
+# -- rmap (mm/rmap.c) -------------------------------------------------------------------------
+
+@compiled(entry="KernelArrays i i ?", inline=True)
+def new_anon_rmap(ka: KernelArrays, head: int, nr_pages: int, pmd_mapped: bool) -> None:
+    """folio_add_new_anon_rmap(): a fresh folio, exclusive to one mm, dirty; PTE-mapped
+    pages get a mapcount of 1 (a PMD mapping's entire mapcount is Kernel.entire_mapcount,
+    Python's); NR_ANON_MAPPED (and the LRU's NR_ACTIVE_ANON) count the folio's pages,
+    NR_ANON_THPS a PMD-mapped one."""
+    pages, node = ka.pages, ka.vmstat.node
+    nr = 1 << np.int64(pages.order[head]) if pages.flags[head] & F_HEAD else 1
+    for page in range(head, head + nr):
+        pages.flags[page] |= F_ANON | F_EXCL
+    pages.flags[head] |= F_DIRTY
+    if pmd_mapped:
+        node[NodeStat.NR_ANON_THPS] += HPAGE_PMD_NR
+    else:
+        for page in range(head, head + nr_pages):
+            pages.mapcount[page] = 1
+    node[NodeStat.NR_ANON_MAPPED] += nr
+    node[NodeStat.NR_ACTIVE_ANON] += nr
 
 
-@njit(cache=True, inline="always")
-def _free_pages(nr_free: npt.NDArray[np.int64], zonelist: npt.NDArray[np.int64]) -> int:
-    """Free pages over the zonelist's zones (any one of them serves an order-0 request)."""
+@compiled(entry="KernelArrays i")
+def remove_rmap_pte(ka: KernelArrays, pfn: int) -> None:
+    """folio_remove_rmap_pte() of an order-0 folio: its last mapping gone, it leaves
+    NR_ANON_MAPPED (and NR_ACTIVE_ANON) or NR_FILE_MAPPED."""
+    pages, node = ka.pages, ka.vmstat.node
+    pages.mapcount[pfn] -= 1
+    if pages.mapcount[pfn] != 0:
+        return
+    if pages.flags[pfn] & F_ANON:
+        node[NodeStat.NR_ANON_MAPPED] -= 1
+        node[NodeStat.NR_ACTIVE_ANON] -= 1
+    else:
+        node[NodeStat.NR_FILE_MAPPED] -= 1
+
+
+# -- PTE faults (mm/memory.c) -----------------------------------------------------------------
+
+@compiled(entry="KernelArrays q1 i i i u ?", inline=True)
+def set_anon_ptes(ka: KernelArrays, mm_stat: Ints, pte_paddr: int, pfn: int, nr_pages: int,
+                  page_prot: np.uint64, writable: bool) -> None:
+    """The tail of do_anonymous_page() for a new folio of ``nr_pages`` pages mapped from
+    ``pte_paddr`` on: folio_add_new_anon_rmap, one reference per PTE (folio_ref_add),
+    set_ptes, add_mm_counter(MM_ANONPAGES)."""
+    new_anon_rmap(ka, pfn, nr_pages, False)
+    ka.pages.refcount[pfn] = nr_pages
+    for i in range(nr_pages):
+        set_pte(ka.phys, pte_paddr + 8 * i, anon_pte(pfn + i, page_prot, writable))
+    mm_stat[MmStat.MM_ANONPAGES] += nr_pages
+
+
+@compiled(entry="KernelArrays i i u", inline=True)
+def set_zero_pte(ka: KernelArrays, pte_paddr: int, zero_pfn: int, page_prot: np.uint64) -> None:
+    """do_anonymous_page() on a read: a special, young, read-only PTE of the zero page
+    (no reference, no RSS)."""
+    set_pte(ka.phys, pte_paddr, (np.uint64(zero_pfn) << np.uint64(12)) | page_prot | SPECIAL | ACC)
+
+
+@compiled(entry="KernelArrays i", result="?", inline=True)
+def wp_can_reuse_anon_folio(ka: KernelArrays, pfn: int) -> bool:
+    """wp_can_reuse_anon_folio(): PageAnonExclusive, or an order-0 folio whose only
+    reference is this mapping (__wp_can_reuse_large_anon_folio: a large folio that is not
+    exclusive is not reused here)."""
+    flags = ka.pages.flags[pfn]
+    if flags & F_EXCL:
+        return True
+    return not flags & F_LARGE and ka.pages.refcount[pfn] == 1
+
+
+@compiled(entry="KernelArrays i u i")
+def wp_reuse_pte(ka: KernelArrays, pte_paddr: int, pte: np.uint64, pfn: int) -> None:
+    """wp_page_reuse(): the page becomes exclusive (a lazily freed one is dirty again) and
+    the PTE writable, dirty and young in place; PGREUSE."""
+    ka.pages.flags[pfn] |= F_EXCL
+    ka.pages.flags[pfn] &= F_NOT_LAZY
+    set_pte(ka.phys, pte_paddr, pte | RW | DIRTY | ACC)
+    ka.vmstat.events[VmEvent.PGREUSE] += 1
+
+
+@compiled(entry="KernelArrays q1 i i i u ?")
+def wp_page_copy_pte(ka: KernelArrays, mm_stat: Ints, pte_paddr: int, new: int, old: int,
+                     page_prot: np.uint64, writable: bool) -> None:
+    """wp_page_copy() once the new folio is allocated: copy_user_highpage (``old`` -1: the
+    zero page, whose copy is the zeroed folio as allocated; the caller reserved a physmem
+    row), folio_add_new_anon_rmap, the RSS moves to MM_ANONPAGES from the old page's type,
+    the new PTE (ptep_clear_flush + set_pte_at). The old page's rmap and reference are
+    the caller's (folio_remove_rmap_pte, folio_put), after the flush."""
+    if old >= 0:
+        frame_copy(ka.phys, new, old)
+    new_anon_rmap(ka, new, 1, False)
+    mm_stat[MmStat.MM_ANONPAGES] += 1
+    if old >= 0:
+        old_flags = ka.pages.flags[old]
+        if old_flags & F_ANON:
+            mm_stat[MmStat.MM_ANONPAGES] -= 1
+        elif old_flags & F_SHMEM:
+            mm_stat[MmStat.MM_SHMEMPAGES] -= 1
+        else:
+            mm_stat[MmStat.MM_FILEPAGES] -= 1
+    set_pte(ka.phys, pte_paddr, anon_pte(new, page_prot, writable))
+
+
+# -- PMD faults (mm/huge_memory.c) ------------------------------------------------------------
+
+@compiled(entry="KernelArrays q1 i i u ?")
+def map_anon_folio_pmd(ka: KernelArrays, mm_stat: Ints, pmd_paddr: int, folio: int,
+                       page_prot: np.uint64, writable: bool) -> None:
+    """map_anon_folio_pmd(): rmap, one reference, the PMD (folio_mk_pmd, pmd_mkdirty,
+    maybe_pmd_mkwrite; young), add_mm_counter(MM_ANONPAGES, HPAGE_PMD_NR)."""
+    new_anon_rmap(ka, folio, HPAGE_PMD_NR, True)
+    ka.pages.refcount[folio] = 1
+    set_pte(ka.phys, pmd_paddr, anon_pmd(folio, page_prot, writable))
+    mm_stat[MmStat.MM_ANONPAGES] += HPAGE_PMD_NR
+
+
+@compiled(entry="KernelArrays i i u")
+def set_huge_zero_pmd(ka: KernelArrays, pmd_paddr: int, zero: int, page_prot: np.uint64) -> None:
+    """set_huge_zero_folio(): a special, young, read-only PMD of the huge zero folio."""
+    set_pte(ka.phys, pmd_paddr,
+            (np.uint64(zero) << np.uint64(12)) | page_prot | PSE | ACC | SPECIAL)
+
+
+@compiled(inline=True)
+def _free_pages_total(ka: KernelArrays) -> int:
+    """Free pages over the zonelist's zones."""
     total = 0
-    for i in range(zonelist.shape[0]):
-        for order in range(nr_free.shape[1]):
-            total += nr_free[zonelist[i], order] << order
+    for zone in ka.pages.zonelist:
+        for order in range(ka.pages.nr_free.shape[1]):
+            total += ka.pages.nr_free[zone, order] << order
     return total
 
 
-@njit(cache=True, inline="always")
-def _store_table(slot_of: Any, pool: Any, free_slots: Any, nr_free_slots: Any, pfn: Any) -> None:
-    """Give a new page-table frame a zeroed row in the physmem pool."""
-    top = nr_free_slots[0] - 1
-    slot = free_slots[top]
-    nr_free_slots[0] = top
-    for word in range(512):
-        pool[slot, word] = 0
-    slot_of[pfn] = slot
+# -- the compiled fault handler -----------------------------------------------------------------
+
+@compiled(needs=(f"{FASTMMU}:tlb_invlpg", f"{FASTMMU}:flush_pcid"))
+def _flush_tlb_page(vaddr: int, vma: FaultVma, mmu: MmuArrays, events: Ints) -> None:
+    """flush_tlb_page() of the running mm -> INVLPG: the TLB entries of vaddr and the
+    page-walk caches (mm/tlb.py flush_tlb_page, hw/mmu.py invlpg)."""
+    tlb_invlpg(vaddr, vma.pcid, mmu.tlb_layout, mmu.tlb_routes, mmu.tlb_tags, mmu.tlb_stamps,
+               mmu.tlb_payload)
+    flush_pcid(vma.pcid, mmu.pwc_tags, mmu.pwc_stamps, mmu.pwc_payload, 48)
+    events[VmEvent.TLB_FLUSH_ONE] += 1
 
 
-@compiled_without_nrt
-def touch_kernel(start: Any, count: Any, stride: Any, kind: Any, levels: Any, root_pfn: Any,
-                 pcid: Any, vma_flags_ok_write: Any, thp_pmd_allowed: Any, anon_faults: Any,
-                 page_prot: Any, zero_pfn: Any, vma_start: Any, vma_end: Any, slot_of: Any,
-                 pool: Any, free_slots: Any, nr_free_slots: Any, flags: Any, order_of: Any,
-                 refcount: Any, mapcount: Any, head_of: Any, next_: Any, prev: Any, free_head: Any,
-                 nr_free: Any, zonelist: Any, node_stat: Any, vm_events: Any, mm_stat: Any,
-                 tlb_layout: Any, tlb_routes: Any, tlb_tags: Any, tlb_stamps: Any, tlb_payload: Any,
-                 tlb_clock: Any, tlb_stats: Any, pwc_layout: Any, pwc_top: Any, pwc_tags: Any,
-                 pwc_stamps: Any, pwc_payload: Any, pwc_clock: Any, pwc_stats: Any,
-                 mmu_counters: Any, out: Any, records: Any, pkru: Any, touched: Any) -> int:
-    """Accesses ``start + i * stride`` for i in [out[0], count), each through the compiled
-    MMU (hw/fastmmu.py); a page fault the kernel can resolve here is resolved and the access
-    retried, as Kernel.user_access does. Returns a stop reason: NEED_KERNEL when a fault
-    needs the Python kernel (out[4] holds its error code, the failed translation already
-    counted), NEED_SLOW before anything of the access was done, NEED_SLOTS, NEED_DRAIN.
-    out[0]: next access; out[1]: faults resolved; out[2]: 1 once an anonymous page was
-    written (the VMA needs its anon_vma); out[3]: THPs recorded in ``records`` as
-    (PMD entry paddr, deposited table, folio) for Python's rmap dicts. A write stores a
-    byte: ``touched`` (PhysicalMemory.touched) marks its frame."""
-    write = kind == 1
-    shift0 = 39 if levels == 4 else 48
-    i = out[0]
-    while i < count:
-        vaddr = start + i * stride
-        if nr_free_slots[0] < levels + 1:
-            out[0] = i
-            return NEED_SLOTS
-        if out[3] >= records.shape[0]:
-            out[0] = i
-            return NEED_DRAIN
-        code = mmu_translate(vaddr, kind, pcid, root_pfn, levels, slot_of, pool,
-                             tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload,
-                             tlb_clock, tlb_stats, pwc_layout, pwc_top, pwc_tags, pwc_stamps,
-                             pwc_payload, pwc_clock, pwc_stats, mmu_counters, pkru)
-        if code == 0:
-            if write:
-                _note_touch(vaddr, root_pfn, levels, slot_of, pool, touched)
-            i += 1
-            continue
-        # do_user_addr_fault(): what only Python handles goes back with the error code.
-        out[0] = i
-        out[4] = code
-        if (write and not vma_flags_ok_write) or (code & 1 and not write) or not anon_faults \
-                or code & PF_PK:                 # access_error(): X86_PF_PK is SIGSEGV
-            return NEED_KERNEL
-        # __handle_mm_fault(): the kernel's software walk (no A bits), allocating tables.
-        table = root_pfn
-        shift = shift0
-        resolved = False
-        while shift > 12:
-            slot = slot_of[table]
-            index = (vaddr >> shift) & 511
-            entry = pool[slot, index]
-            if entry & PSE:
-                return NEED_KERNEL               # huge PMD: do_huge_pmd_wp_page and friends
-            if entry == 0 and shift == 21 and thp_pmd_allowed:
-                haddr = vaddr & ~(HPAGE_PMD_NR * 4096 - 1)
-                if haddr >= vma_start and haddr + HPAGE_PMD_NR * 4096 <= vma_end:
-                    if not write:
-                        return NEED_KERNEL       # the huge zero page
-                    if not _map_thp(slot, index, table, page_prot, vma_flags_ok_write,
-                                    slot_of, pool, free_slots, nr_free_slots, flags, order_of,
-                                    refcount, head_of, next_, prev, free_head, nr_free,
-                                    zonelist, node_stat, vm_events, mm_stat, out, records,
-                                    touched):
-                        return NEED_KERNEL       # fallback or compaction: Python decides
-                    resolved = True
-                    break
-            if entry == 0:
-                new = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist,
-                                  node_stat, vm_events, refcount)
-                if new < 0:
-                    return NEED_KERNEL
-                _store_table(slot_of, pool, free_slots, nr_free_slots, new)
-                flags[new] |= F_TABLE
-                node_stat[NR_PAGETABLE] += 1
-                if shift != 48:                  # a P4D table has no VmPTE counter
-                    mm_stat[PGTABLES_BYTES] += 4096
-                entry = (np.uint64(new) << np.uint64(12)) | TABLE
-                pool[slot, index] = entry
-            table = np.int64((entry & PFN_MASK) >> np.uint64(12))
-            shift -= 9
-        if not resolved:
-            slot = slot_of[table]
-            index = (vaddr >> 12) & 511
-            status = _pte_fault(vaddr, write, pcid, slot, index, page_prot, zero_pfn,
-                                slot_of, pool, free_slots, nr_free_slots, flags, order_of,
-                                refcount, mapcount, next_, prev, free_head, nr_free, zonelist,
-                                node_stat, vm_events, mm_stat, tlb_layout, tlb_routes,
-                                tlb_tags, tlb_stamps, tlb_payload, pwc_tags, pwc_stamps,
-                                pwc_payload, out, touched)
-            if status != 0:
-                return NEED_KERNEL
-        out[1] += 1                              # mm_account_fault()
-        vm_events[PGFAULT] += 1
-        # the access is retried (same i): the MMU translates it now
-    out[0] = i
-    return DONE
+@compiled
+def _huge_pmd_fault(write: bool, vma: FaultVma, ka: KernelArrays, mm_stat: Ints,
+                    pmd_paddr: int, out: Ints, records: Ints) -> int:
+    """do_huge_pmd_anonymous_page() for a suitable range: the huge zero page on a read
+    (use_zero_page), else a new THP with its deposited PTE table. Anything that could
+    fail goes back before it changes anything."""
+    if not write and vma.huge_zero_pfn != HUGE_ZERO_OFF:
+        if vma.huge_zero_pfn == HUGE_ZERO_ABSENT:
+            return HAND_BACK                 # get_huge_zero_folio() allocates it: Python
+        table = pgtable_alloc(ka, mm_stat, 0, True)  # pte_alloc_one
+        if table == NO_PAGE:
+            return HAND_BACK
+        set_huge_zero_pmd(ka, pmd_paddr, vma.huge_zero_pfn, vma.page_prot)
+        folio = NO_PAGE
+    else:
+        # The kernel allocates the folio, then the deposit; when that fails it puts the
+        # folio and answers VM_FAULT_OOM: Python's, so go back unless both will succeed.
+        if _free_pages_total(ka) <= HPAGE_PMD_NR:
+            return HAND_BACK
+        folio = folio_alloc(ka, 9)
+        if folio == NO_PAGE:
+            return HAND_BACK                 # fallback or compaction: Python decides
+        table = pgtable_alloc(ka, mm_stat, 0, True)
+        map_anon_folio_pmd(ka, mm_stat, pmd_paddr, folio, vma.page_prot, vma.writable)
+        ka.vmstat.events[VmEvent.THP_FAULT_ALLOC] += 1
+    row = out[Out.RECORDS]
+    records[row, 0] = pmd_paddr
+    records[row, 1] = table
+    records[row, 2] = folio
+    out[Out.RECORDS] = row + 1
+    out[Out.ANON_WRITTEN] = 1                # anon_vma_prepare() ran
+    return RESOLVED
 
 
-@njit(cache=True, inline="always")
-def _note_touch(vaddr: int, root_pfn: int, levels: int, slot_of: npt.NDArray[np.int32],
-                pool: npt.NDArray[np.uint64], touched: npt.NDArray[np.uint8]) -> None:
-    """The store of a write access that translated: mark the frame it reached (a walk of
-    the tables the MMU has just used; every entry on the way is present)."""
-    table = np.int64(root_pfn)
-    shift = 39 if levels == 4 else 48
+@compiled
+def _wp_fault(vaddr: int, vma: FaultVma, ka: KernelArrays, mm_stat: Ints, mmu: MmuArrays,
+              pte_paddr: int, pte: np.uint64, out: Ints) -> int:
+    """do_wp_page() in a private anonymous VMA: reuse an exclusive page (wp_page_reuse),
+    copy the zero page or an order-0 page others map too (wp_page_copy)."""
+    old = NO_PAGE
+    if not pte & SPECIAL:                    # vm_normal_page(): none for special PTEs
+        old = pfn_of(pte)
+        flags = ka.pages.flags[old]
+        if not flags & F_ANON:
+            return HAND_BACK                 # a file page: Python
+        if wp_can_reuse_anon_folio(ka, old):
+            wp_reuse_pte(ka, pte_paddr, pte, old)
+            return RESOLVED
+        if flags & F_LARGE:
+            return HAND_BACK                 # a large folio: Python
+    new = folio_alloc(ka, 0)
+    if new == NO_PAGE:
+        return HAND_BACK
+    out[Out.ANON_WRITTEN] = 1                # anon_vma_prepare() ran
+    wp_page_copy_pte(ka, mm_stat, pte_paddr, new, old, vma.page_prot, vma.writable)
+    _flush_tlb_page(vaddr, vma, mmu, ka.vmstat.events)
+    if old != NO_PAGE:
+        remove_rmap_pte(ka, old)
+        ka.pages.refcount[old] -= 1          # folio_put(): others map it (a sole one is reused)
+    return RESOLVED
+
+
+@compiled(inline=True)
+def _anon_fault(vaddr: int, write: bool, vma: FaultVma, ka: KernelArrays, mm_stat: Ints,
+                mmu: MmuArrays, out: Ints, records: Ints) -> int:
+    """__handle_mm_fault() -> handle_pte_fault() for a private anonymous VMA: RESOLVED, or
+    HAND_BACK for Python to handle the fault (what was allocated on the way, tables, it
+    finds in place, as the kernel would after a retry)."""
+    region = vaddr >> 21
+    if out[Out.CACHE_REGION] == region:      # the walk below was done for this 2 MiB
+        table = out[Out.CACHE_TABLE]
+    else:
+        pmd_paddr, shift = walk(ka, mm_stat, vma.pgd_pfn, vma.levels, False, vaddr, 21, True)
+        if shift == WALK_OOM:
+            return HAND_BACK
+        pmd = read_entry(ka.phys, pmd_paddr)
+        if pmd == 0 and vma.thp_pmd:
+            haddr = vaddr & ~(HPAGE_PMD_SIZE - 1)
+            if haddr >= vma.start and haddr + HPAGE_PMD_SIZE <= vma.end:
+                return _huge_pmd_fault(write, vma, ka, mm_stat, pmd_paddr, out, records)
+        elif pmd & PSE:
+            return HAND_BACK                 # huge PMD: do_huge_pmd_wp_page and friends
+        table = pte_alloc_install(ka, mm_stat, pmd_paddr)
+        if table == NO_PAGE:
+            return HAND_BACK
+        out[Out.CACHE_REGION] = region
+        out[Out.CACHE_TABLE] = table
+    pte_paddr = table * 4096 + ((vaddr >> 12) & 511) * 8
+    pte = read_entry(ka.phys, pte_paddr)
+    if pte == 0:                             # do_anonymous_page()
+        if not write:
+            set_zero_pte(ka, pte_paddr, vma.zero_pfn, vma.page_prot)
+            return RESOLVED
+        pfn = folio_alloc(ka, 0)
+        if pfn == NO_PAGE:
+            return HAND_BACK
+        set_anon_ptes(ka, mm_stat, pte_paddr, pfn, 1, vma.page_prot, vma.writable)
+        out[Out.ANON_WRITTEN] = 1
+        return RESOLVED
+    if not pte & P or not write or pte & RW:
+        return HAND_BACK                     # PROT_NONE, spurious: the Python path
+    return _wp_fault(vaddr, vma, ka, mm_stat, mmu, pte_paddr, pte, out)
+
+
+@compiled(inline=True)
+def _frame_of(vaddr: int, vma: FaultVma, ka: KernelArrays, out: Ints) -> int:
+    """The 4 KiB frame an access that just translated reached (the tables it used are all
+    present): through the PTE table of the last fault when the address is in its 2 MiB."""
+    if out[Out.CACHE_REGION] == vaddr >> 21:
+        return pfn_of(read_entry(ka.phys, out[Out.CACHE_TABLE] * 4096 + ((vaddr >> 12) & 511) * 8))
+    table = vma.pgd_pfn
+    shift = 39 if vma.levels == 4 else 48
     while True:
-        entry = pool[slot_of[table], (vaddr >> shift) & 511]
-        pfn = np.int64((entry & PFN_MASK) >> np.uint64(12))
+        entry = read_entry(ka.phys, table * 4096 + ((vaddr >> shift) & 511) * 8)
+        pfn = pfn_of(entry)
         if shift == 12 or entry & PSE:
-            span = (1 << (shift - 12)) - 1       # 4 KiB frames in the leaf, less one
-            touched[(pfn & ~span) + ((vaddr >> 12) & span)] = 1
-            return
+            span = (1 << (shift - 12)) - 1   # 4 KiB frames in the leaf, less one
+            return (pfn & ~span) + ((vaddr >> 12) & span)
         table = pfn
         shift -= 9
 
 
-@compiled_without_nrt
-def _map_thp(slot: Any, index: Any, table: Any, page_prot: Any, writable: Any, slot_of: Any,
-             pool: Any, free_slots: Any, nr_free_slots: Any, flags: Any, order_of: Any,
-             refcount: Any, head_of: Any, next_: Any, prev: Any, free_head: Any, nr_free: Any,
-             zonelist: Any, node_stat: Any, vm_events: Any, mm_stat: Any, out: Any, records: Any,
-             touched: Any) -> int:
-    """do_huge_pmd_anonymous_page() -> __do_huge_pmd_anonymous_page() for a write."""
-    # The kernel allocates the folio, then the deposit (pte_alloc_one); when that fails it
-    # puts the folio and answers VM_FAULT_OOM. A fault that fails is Python's: hand it back
-    # before allocating anything when no page would be left for the deposit.
-    if _free_pages(nr_free, zonelist) <= HPAGE_PMD_NR:
-        return False
-    folio = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist,
-                        node_stat, vm_events, refcount, 9)
-    if folio < 0:
-        return False
-    deposit = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist,
-                          node_stat, vm_events, refcount, 0)
-    _store_table(slot_of, pool, free_slots, nr_free_slots, deposit)
-    flags[deposit] |= F_TABLE
-    node_stat[NR_PAGETABLE] += 1
-    mm_stat[PGTABLES_BYTES] += 4096
-    _new_anon_thp(folio, flags, order_of, head_of, slot_of, free_slots, nr_free_slots,
-                  node_stat, mm_stat, touched)
-    pool[slot, index] = (np.uint64(folio) << np.uint64(12)) | page_prot | PSE | ACC | DIRTY | (
-        RW if writable else np.uint64(0))
-    r = out[3]
-    records[r, 0] = (np.int64(table) << 12) + index * 8
-    records[r, 1] = deposit
-    records[r, 2] = folio
-    out[3] = r + 1
-    out[2] = 1
-    vm_events[THP_FAULT_ALLOC] += 1
-    return True
-
-
-@compiled_without_nrt
-def _pte_fault(vaddr: Any, write: Any, pcid: Any, slot: Any, index: Any, page_prot: Any,
-               zero_pfn: Any, slot_of: Any, pool: Any, free_slots: Any, nr_free_slots: Any,
-               flags: Any, order_of: Any, refcount: Any, mapcount: Any, next_: Any, prev: Any,
-               free_head: Any, nr_free: Any, zonelist: Any, node_stat: Any, vm_events: Any,
-               mm_stat: Any, tlb_layout: Any, tlb_routes: Any, tlb_tags: Any, tlb_stamps: Any,
-               tlb_payload: Any, pwc_tags: Any, pwc_stamps: Any, pwc_payload: Any, out: Any,
-               touched: Any) -> int:
-    """handle_pte_fault() for private anonymous memory: 0 when resolved, 1 for Python."""
-    pte = pool[slot, index]
-    if pte == 0:
-        if not write:                            # do_anonymous_page: the zero page
-            pool[slot, index] = (np.uint64(zero_pfn) << np.uint64(12)) | page_prot | SPECIAL | ACC
-            return 0
-        pfn = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist,
-                          node_stat, vm_events, refcount)
-        if pfn < 0:
-            return 1
-        _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots, node_stat,
-                       mm_stat, touched)
-        pool[slot, index] = (np.uint64(pfn) << np.uint64(12)) | page_prot | ACC | DIRTY | RW
-        out[2] = 1
-        return 0
-    if not pte & P or not write or pte & RW:
-        return 1                                 # PROT_NONE, spurious: the Python path
-    if pte & SPECIAL:                            # wp_page_copy from the zero page
-        if (pte & PFN_MASK) >> np.uint64(12) != np.uint64(zero_pfn):
-            return 1
-        pfn = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist,
-                          node_stat, vm_events, refcount)
-        if pfn < 0:
-            return 1
-        _new_anon_page(pfn, flags, mapcount, slot_of, free_slots, nr_free_slots, node_stat,
-                       mm_stat, touched)
-        pool[slot, index] = (np.uint64(pfn) << np.uint64(12)) | page_prot | ACC | DIRTY | RW
-        _flush_tlb_page(vaddr, pcid, tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload,
-                        pwc_tags, pwc_stamps, pwc_payload, vm_events)
-        out[2] = 1
-        return 0
-    pfn = np.int64((pte & PFN_MASK) >> np.uint64(12))
-    small = not flags[pfn] & (F_HEAD | F_TAIL)
-    if not flags[pfn] & F_ANON or not (small or flags[pfn] & F_EXCL):
-        return 1                                 # file pages, large folios: Python decides
-    if flags[pfn] & F_EXCL or refcount[pfn] == 1:   # wp_can_reuse_anon_folio -> wp_page_reuse
-        flags[pfn] |= F_EXCL
-        flags[pfn] &= ~F_LAZY
-        pool[slot, index] = pte | RW | DIRTY | ACC
-        vm_events[PGREUSE] += 1
-        return 0
-    if refcount[pfn] < 2:
-        return 1
-    new = _alloc_page(flags, order_of, next_, prev, free_head, nr_free, zonelist, node_stat,
-                      vm_events, refcount)
-    if new < 0:
-        return 1
-    _new_anon_page(new, flags, mapcount, slot_of, free_slots, nr_free_slots, node_stat, mm_stat,
-                   touched)
-    mm_stat[MM_ANONPAGES] -= 1                   # an anonymous page replaces another
-    old_slot = slot_of[pfn]
-    if old_slot >= 0:                            # copy_user_highpage(): the data moves along
-        _store_table(slot_of, pool, free_slots, nr_free_slots, new)
-        new_slot = slot_of[new]
-        for word in range(512):
-            pool[new_slot, word] = pool[old_slot, word]
-    touched[new] = touched[pfn]
-    pool[slot, index] = (np.uint64(new) << np.uint64(12)) | page_prot | ACC | DIRTY | RW
-    _flush_tlb_page(vaddr, pcid, tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload,
-                    pwc_tags, pwc_stamps, pwc_payload, vm_events)
-    mapcount[pfn] -= 1                           # folio_remove_rmap_pte + folio_put
-    if mapcount[pfn] == 0:
-        node_stat[NR_ANON_MAPPED] -= 1
-        node_stat[NR_ACTIVE_ANON] -= 1
-    refcount[pfn] -= 1
-    out[2] = 1
-    return 0
-
-
-@compiled_without_nrt
-def _flush_tlb_page(vaddr: Any, pcid: Any, tlb_layout: Any, tlb_routes: Any, tlb_tags: Any,
-                    tlb_stamps: Any, tlb_payload: Any, pwc_tags: Any, pwc_stamps: Any,
-                    pwc_payload: Any, vm_events: Any) -> None:
-    """flush_tlb_page() -> INVLPG: the TLB entries of vaddr and the page-walk caches."""
-    tlb_invlpg(vaddr, pcid, tlb_layout, tlb_routes, tlb_tags, tlb_stamps, tlb_payload)
-    flush_pcid(pcid, pwc_tags, pwc_stamps, pwc_payload, 48)
-    vm_events[TLB_FLUSH_ONE] += 1
-
-
-@njit(cache=True, inline="always")
-def _new_anon_page(pfn: Any, flags: Any, mapcount: Any, slot_of: Any, free_slots: Any,
-                   nr_free_slots: Any, node_stat: Any, mm_stat: Any, touched: Any) -> None:
-    """folio_add_new_anon_rmap() + add_mm_counter(MM_ANONPAGES) for an order-0 folio."""
-    touched[pfn] = 0
-    slot = slot_of[pfn]
-    if slot >= 0:                                # __GFP_ZERO: forget old contents
-        slot_of[pfn] = -1
-        free_slots[nr_free_slots[0]] = slot
-        nr_free_slots[0] += 1
-    flags[pfn] |= F_ANON | F_EXCL | F_DIRTY
-    mapcount[pfn] = 1
-    node_stat[NR_ANON_MAPPED] += 1
-    node_stat[NR_ACTIVE_ANON] += 1
-    mm_stat[MM_ANONPAGES] += 1
-
-
-@compiled_without_nrt
-def _new_anon_thp(folio: Any, flags: Any, order_of: Any, head_of: Any, slot_of: Any,
-                  free_slots: Any, nr_free_slots: Any, node_stat: Any, mm_stat: Any,
-                  touched: Any) -> None:
-    """folio_alloc(order 9) + map_anon_folio_pmd(): flags, counters (not the rmap dicts)."""
-    for page in range(folio, folio + HPAGE_PMD_NR):
-        touched[page] = 0
-        slot = slot_of[page]
-        if slot >= 0:
-            slot_of[page] = -1
-            free_slots[nr_free_slots[0]] = slot
-            nr_free_slots[0] += 1
-        flags[page] |= F_ANON | F_EXCL
-        if page != folio:
-            flags[page] |= F_TAIL
-            head_of[page] = folio
-    flags[folio] |= F_HEAD | F_DIRTY
-    order_of[folio] = 9
-    node_stat[NR_ANON_THPS] += HPAGE_PMD_NR
-    node_stat[NR_ANON_MAPPED] += HPAGE_PMD_NR
-    node_stat[NR_ACTIVE_ANON] += HPAGE_PMD_NR
-    mm_stat[MM_ANONPAGES] += HPAGE_PMD_NR
-
-
+@compiled(entry="TouchRun FaultVma KernelArrays q1 MmuArrays q1 q2", result="i",
+          needs=(f"{FASTMMU}:mmu_translate",))
+def touch_kernel(run: TouchRun, vma: FaultVma, ka: KernelArrays, mm_stat: Ints,
+                 mmu: MmuArrays, out: Ints, records: Ints) -> int:
+    """Accesses ``run.start + i * run.stride`` for i in [out[NEXT], run.nr_accesses), each
+    through the compiled MMU; a page fault the loop can resolve is resolved and the access
+    retried, as Kernel.user_access does. Returns a stop reason: NEED_KERNEL when a fault
+    needs the Python kernel (out[ERROR_CODE] holds its error code, the failed translation
+    already counted), NEED_SLOTS or NEED_DRAIN before the access. A write stores a byte:
+    ``touched`` (PhysicalMemory.touched) marks its frame. ``records`` gets (PMD entry
+    paddr, deposited table, folio or NO_PAGE for the huge zero page) per PMD mapped."""
+    write = run.kind == 1
+    i = out[Out.NEXT]
+    while i < run.nr_accesses:
+        vaddr = run.start + i * run.stride
+        if ka.phys.nr_free_slots[0] < vma.levels + 1:    # new tables, a copied page
+            out[Out.NEXT] = i
+            return NEED_SLOTS
+        if out[Out.RECORDS] >= records.shape[0]:
+            out[Out.NEXT] = i
+            return NEED_DRAIN
+        code = mmu_translate(vaddr, run.kind, vma.pcid, vma.pgd_pfn, vma.levels,
+                             ka.phys.slot_of, ka.phys.pool, mmu.tlb_layout, mmu.tlb_routes,
+                             mmu.tlb_tags, mmu.tlb_stamps, mmu.tlb_payload, mmu.tlb_clock,
+                             mmu.tlb_stats, mmu.pwc_layout, mmu.pwc_top, mmu.pwc_tags,
+                             mmu.pwc_stamps, mmu.pwc_payload, mmu.pwc_clock, mmu.pwc_stats,
+                             mmu.counters, vma.pkru)
+        if code == 0:
+            if write:
+                ka.phys.touched[_frame_of(vaddr, vma, ka, out)] = 1
+            i += 1
+            continue
+        # do_user_addr_fault(): what only Python handles goes back with the error code.
+        out[Out.NEXT] = i
+        out[Out.ERROR_CODE] = code
+        if (write and not vma.writable) or (code & pt.X86_PF_PROT and not write) \
+                or not vma.anon_faults or code & pt.X86_PF_PK:   # access_error(), X86_PF_PK
+            return NEED_KERNEL
+        if _anon_fault(vaddr, write, vma, ka, mm_stat, mmu, out, records) != RESOLVED:
+            return NEED_KERNEL
+        out[Out.FAULTS] += 1                 # mm_account_fault()
+        ka.vmstat.events[VmEvent.PGFAULT] += 1
+        # the access is retried (same i): the MMU translates it now
+    out[Out.NEXT] = i
+    return DONE

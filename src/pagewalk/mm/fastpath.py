@@ -4,7 +4,8 @@
 do_user_addr_fault, handle_mm_fault): the readable path, and the definition of what the
 compiled loop (mm/fastfault.py) must do. ``touch`` hands runs of accesses within one VMA
 to the compiled loop and takes over for each access it hands back; tests check that
-both paths leave identical page tables, counters, TLBs and page-walk caches.
+both paths leave identical page tables, counters, TLBs and page-walk caches
+(tests/mm/test_fault_paths_property.py).
 """
 
 from __future__ import annotations
@@ -12,16 +13,31 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from pagewalk.mm import huge_memory, pkeys
-from pagewalk.mm.fastfault import NEED_DRAIN, NEED_KERNEL, NEED_SLOTS, NEED_SLOW, touch_kernel
+from pagewalk.mm.fastfault import (
+    HUGE_ZERO_ABSENT,
+    HUGE_ZERO_OFF,
+    NEED_DRAIN,
+    NEED_KERNEL,
+    NEED_SLOTS,
+    FaultVma,
+    MmuArrays,
+    Out,
+    TouchRun,
+    touch_kernel,
+)
+from pagewalk.mm.page_alloc import NO_PAGE
 from pagewalk.mm.rmap import anon_vma_prepare
-from pagewalk.mm.types import VmFlags
+from pagewalk.mm.types import MmStruct, Vma, VmFlags
 from pagewalk.mm.vma import find_vma
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
     from pagewalk.kernel.task import Task
+
+RECORDS = 1024     # PMDs the compiled loop maps between two drains
 
 
 def touch_reference(k: Kernel, task: Task, start: int, length: int, stride: int,
@@ -62,9 +78,8 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
     i = 0
     k.switch_to(task)
     mm = task.mm
-    out = np.zeros(5, dtype=np.int64)
-    records = np.zeros((1024, 3), dtype=np.int64)
-    zonelist = np.array(k.buddy.zonelist(), dtype=np.int64)
+    out = np.zeros(int(Out.SIZE), dtype=np.int64)
+    records = np.zeros((RECORDS, 3), dtype=np.int64)
     while i < count_total:
         vaddr = start + i * stride
         ok, anon_faults = _fast_path_applies(k, task, vaddr, access)
@@ -75,61 +90,67 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
         vma = find_vma(mm, vaddr)
         assert vma is not None
         seg_count = min(count_total, (min(end, vma.end) - start + stride - 1) // stride)
-        thp = huge_memory.thp_vma_allowable_pmd(k, mm, vma)
-        out[:] = (i, 0, 0, 0, 0)
+        run = TouchRun(start, seg_count, stride, access)
+        fault_vma = _fault_vma(k, mm, vma, anon_faults)
+        out[:] = 0
+        out[Out.NEXT] = i
+        out[Out.CACHE_REGION] = -1
         reason = NEED_SLOTS
         while reason in (NEED_SLOTS, NEED_DRAIN):
             k.physmem.reserve_slots(64)
-            reason = _run_kernel(k, mm, vma, start, seg_count, stride, access, thp,
-                                 anon_faults, out, zonelist, records)
-            _drain_thp_records(k, mm, vma, out, records)
-        task.min_flt += int(out[1])
-        if out[2]:
+            reason = int(touch_kernel(run, fault_vma, k.pgtables.arrays, mm.stat,
+                                      _mmu_arrays(k), out, records))
+            _drain_pmd_records(k, mm, vma, out, records)
+        task.min_flt += int(out[Out.FAULTS])
+        if out[Out.ANON_WRITTEN]:
             anon_vma_prepare(vma)
-        i = int(out[0])
+        i = int(out[Out.NEXT])
         if reason == NEED_KERNEL:       # the MMU faulted: the kernel's part, then the retry
             vaddr = start + i * stride
             k.kernel_entry()
             try:
-                k.do_user_addr_fault(task, vaddr, int(out[4]))
+                k.do_user_addr_fault(task, vaddr, int(out[Out.ERROR_CODE]))
             finally:
                 k.kernel_exit()
             user_touch(k, task, vaddr, access)
             i += 1
-        elif reason == NEED_SLOW and i < count_total:
-            user_touch(k, task, start + i * stride, access)
-            i += 1
-        
 
-def _drain_thp_records(k: Kernel, mm, vma, out: np.ndarray, records: np.ndarray) -> None:  # type: ignore[no-untyped-def]
-    """The rmap side of the THPs the compiled loop mapped (kept in dicts, not arrays)."""
-    count = int(out[3])
+
+def _fault_vma(k: Kernel, mm: MmStruct, vma: Vma, anon_faults: bool) -> FaultVma:
+    """What the compiled loop needs of the VMA, its mm and the CPU (the decisions that
+    read Python state made here, by the reference path's own functions)."""
+    if huge_memory.use_zero_page(k):
+        huge_zero = HUGE_ZERO_ABSENT if k.huge_zero_pfn == NO_PAGE else k.huge_zero_pfn
+    else:
+        huge_zero = HUGE_ZERO_OFF
+    thp = anon_faults and huge_memory.thp_vma_allowable_pmd(k, mm, vma)
+    return FaultVma(vma.start, vma.end, np.uint64(vma.page_prot), bool(vma.flags & VmFlags.WRITE),
+                    anon_faults, thp, huge_zero, k.zero_pfn, mm.pgd_pfn, k.levels, k.mmu.pcid,
+                    k.mmu.active_pkru)
+
+
+def _mmu_arrays(k: Kernel) -> MmuArrays:
+    mmu = k.mmu
+    tlb, pwc = mmu.tlb, mmu.pwc
+    return MmuArrays(tlb.layout, tlb.routes, tlb.storage.tags, tlb.storage.stamps,
+                     tlb.storage.payload, tlb.storage.clock, tlb.stats, pwc.layout, pwc.top_row,
+                     pwc.storage.tags, pwc.storage.stamps, pwc.storage.payload,
+                     pwc.storage.clock, pwc.stats, mmu.counters)
+
+
+def _drain_pmd_records(k: Kernel, mm: MmStruct, vma: Vma, out: npt.NDArray[np.int64],
+                       records: npt.NDArray[np.int64]) -> None:
+    """The dict side of the PMDs the compiled loop mapped (pgtable_trans_huge_deposit, the
+    entire mapcount, mTHP counters, MMF_HUGE_ZERO_FOLIO, khugepaged_enter_vma)."""
+    count = int(out[Out.RECORDS])
     if not count:
         return
     for pmd_paddr, table, folio in records[:count].tolist():
         k.deposit[pmd_paddr] = table
-        k.entire_mapcount[folio] = 1
-    key = (huge_memory.HPAGE_PMD_ORDER, "anon_fault_alloc")
-    k.mthp_stats[key] = k.mthp_stats.get(key, 0) + count
+        if folio == NO_PAGE:
+            huge_memory.mm_get_huge_zero_folio(k, mm)
+        else:
+            k.entire_mapcount[folio] = 1
+            huge_memory.count_mthp_stat(k, huge_memory.HPAGE_PMD_ORDER, "anon_fault_alloc")
     huge_memory.khugepaged_enter_vma(k, mm, vma)
-    out[3] = 0
-
-
-def _run_kernel(k: Kernel, mm, vma, start: int, count: int, stride: int, access: int,  # type: ignore[no-untyped-def]
-                thp: bool, anon_faults: bool, out: np.ndarray, zonelist: np.ndarray,
-                records: np.ndarray) -> int:
-    pm, memmap, buddy, mmu = k.physmem, k.memmap, k.buddy, k.mmu
-    tlb, pwc = mmu.tlb, mmu.pwc
-    return int(touch_kernel(
-        start, count, stride, access, k.levels, mm.pgd_pfn, mmu.pcid,
-        bool(vma.flags & VmFlags.WRITE), thp and anon_faults, anon_faults,
-        np.uint64(vma.page_prot), k.zero_pfn, vma.start, vma.end,
-        pm.slot_of, pm.pool, pm.free_slots, pm.nr_free_slots,
-        memmap.flags, memmap.order, memmap.refcount, memmap.mapcount, memmap.head, memmap.next,
-        memmap.prev, buddy.free_head, buddy.nr_free, zonelist,
-        k.node_stat, k.vm_events, mm.stat,
-        tlb.layout, tlb.routes, tlb.storage.tags, tlb.storage.stamps, tlb.storage.payload,
-        tlb.storage.clock, tlb.stats,
-        pwc.layout, pwc.top_row, pwc.storage.tags, pwc.storage.stamps, pwc.storage.payload,
-        pwc.storage.clock, pwc.stats, mmu.counters, out, records, mmu.active_pkru,
-        pm.touched))
+    out[Out.RECORDS] = 0

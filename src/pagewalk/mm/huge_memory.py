@@ -10,6 +10,8 @@ the physical address of its PMD entry, and used again when the PMD is split. A s
 THP mapped by PMD has no deposit: zap and split just clear the PMD. split_folio()
 (split_huge_page_to_list_to_order) splits an anonymous large folio itself and maps its
 all-zero subpages to the shared zero page (remap_page with RMP_USE_SHARED_ZEROPAGE).
+The array work of a PMD fault (map_anon_folio_pmd, set_huge_zero_folio) is compiled in
+mm/fastfault.py, where the compiled touch loop calls it too.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import compaction, rmap
+from pagewalk.mm import compaction, fastfault, rmap
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
+from pagewalk.mm.pgtable import anon_pmd
 from pagewalk.mm.rmap import anon_vma_prepare
 from pagewalk.mm.tlb import flush_tlb_mm_range
 from pagewalk.mm.types import FaultFlags, MmStat, MmStruct, Vma, VmFault, VmFlags
@@ -81,6 +84,11 @@ def thp_vma_suitable_order(vma: Vma, vaddr: int, order: int) -> bool:
         return False
     haddr = vaddr & ~(size - 1)
     return haddr >= vma.start and haddr + size <= vma.end
+
+
+def use_zero_page(k: Kernel) -> bool:
+    """transparent_hugepage/use_zero_page: a read fault maps the huge zero folio."""
+    return k.knobs.get(f"{THP}/use_zero_page") == "1"
 
 
 def count_mthp_stat(k: Kernel, order: int, item: str) -> None:
@@ -149,7 +157,7 @@ def do_huge_pmd_anonymous_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pm
         return VmFault.FALLBACK
     anon_vma_prepare(vma)
     khugepaged_enter_vma(k, mm, vma)
-    if not flags & FaultFlags.WRITE and k.knobs.get(f"{THP}/use_zero_page") == "1":
+    if not flags & FaultFlags.WRITE and use_zero_page(k):
         table = k.pgtables.alloc_table_page(mm, "pte")   # pte_alloc_one
         if table == NO_PAGE:
             return VmFault.OOM
@@ -178,25 +186,21 @@ def do_huge_pmd_anonymous_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pm
 
 def mk_huge_pmd(vma: Vma, pfn: int) -> int:
     """folio_mk_pmd + pmd_mkdirty + maybe_pmd_mkwrite."""
-    entry = pt.mk_huge(pfn, vma.page_prot) | pt._PAGE_ACCESSED | pt._PAGE_DIRTY
-    if vma.flags & VmFlags.WRITE:
-        entry |= pt._PAGE_RW
-    return entry
+    return int(anon_pmd(pfn, np.uint64(vma.page_prot), bool(vma.flags & VmFlags.WRITE)))
 
 
 def map_anon_folio_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, folio: int) -> None:
     """map_anon_folio_pmd(): rmap, RSS and the PMD entry of a fresh exclusive THP."""
-    rmap.folio_add_new_anon_rmap(k, folio, HPAGE_PMD_NR, pmd_mapped=True)
-    k.memmap.refcount[folio] = 1
-    k.pgtables.set_entry(mm, pmd_paddr, mk_huge_pmd(vma, folio))
-    mm.stat[MmStat.MM_ANONPAGES] += HPAGE_PMD_NR
+    fastfault.map_anon_folio_pmd(k.pgtables.arrays, mm.stat, pmd_paddr, folio,
+                                 np.uint64(vma.page_prot), bool(vma.flags & VmFlags.WRITE))
+    k.entire_mapcount[folio] = 1
 
 
 def set_huge_zero_folio(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, table: int,
                         zero: int) -> None:
-    entry = pt.mk_huge(zero, vma.page_prot) | pt._PAGE_ACCESSED | pt._PAGE_SPECIAL
+    """set_huge_zero_folio(): the huge zero PMD, its deposited table."""
     k.deposit[pmd_paddr] = table
-    k.pgtables.set_entry(mm, pmd_paddr, entry)
+    fastfault.set_huge_zero_pmd(k.pgtables.arrays, pmd_paddr, zero, np.uint64(vma.page_prot))
 
 
 def is_huge_zero_pmd(k: Kernel, pmd: int) -> bool:

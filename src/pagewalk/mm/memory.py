@@ -4,8 +4,10 @@ handle_mm_fault -> __handle_mm_fault -> (THP: mm/huge_memory.c) -> handle_pte_fa
 do_anonymous_page / do_fault (shmem) / do_wp_page; mm_account_fault counts the fault.
 zap_page_range_single / unmap_page_range -> zap_pte_range take pages out of page tables.
 
-This is the readable reference path. mm/fastpath.py runs the common case (private
-anonymous 4 KiB faults) in compiled code and must leave identical state.
+This is the readable reference path: it decides, and the array work of each decision is
+a compiled primitive of mm/fastfault.py (set_anon_ptes, set_zero_pte, wp_reuse_pte,
+wp_page_copy_pte, ...) that the compiled touch loop calls too (mm/fastpath.py runs the
+common kinds of fault there); tests check both leave identical machines.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory, hugetlb, mlock, rmap, shmem
+from pagewalk.mm import fastfault, huge_memory, hugetlb, mlock, rmap, shmem
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import OutOfMemory, mk_anon_pte, pte_alloc
 from pagewalk.mm.rmap import anon_vma_prepare
@@ -126,31 +128,31 @@ def special_mapping_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int,
 def do_anonymous_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
                       flags: FaultFlags) -> VmFault:
     """do_anonymous_page(): the zero page on a read, a new zeroed folio on a write."""
-    pgt = k.pgtables
     if vma.flags & VmFlags.SHARED:
         return VmFault.SIGBUS
     table = pte_alloc(k, mm, pmd_paddr)
     if table == NO_PAGE:
         return VmFault.OOM
+    prot = np.uint64(vma.page_prot)
     if not flags & FaultFlags.WRITE:
-        entry = pt.mk_pte(k.zero_pfn, vma.page_prot) | pt._PAGE_SPECIAL | pt._PAGE_ACCESSED
-        pgt.set_entry(mm, (table << 12) + ((vaddr >> 12) & 511) * 8, entry)
+        fastfault.set_zero_pte(k.pgtables.arrays, pte_paddr(table, vaddr), k.zero_pfn, prot)
         return VmFault.OK
     anon_vma_prepare(vma)
     pfn, order = huge_memory.alloc_anon_folio(k, mm, vma, vaddr, table)
     nr_pages = 1 << order
     if pfn == NO_PAGE:
         return VmFault.OOM
-    rmap.folio_add_new_anon_rmap(k, pfn, nr_pages, pmd_mapped=False)
-    k.memmap.refcount[pfn] = nr_pages  # one reference per PTE mapping (folio_ref_add)
-    start = vaddr & ~((nr_pages << 12) - 1)
-    for i in range(nr_pages):
-        va = start + (i << 12)
-        pgt.set_entry(mm, (table << 12) + ((va >> 12) & 511) * 8, mk_anon_pte(vma, pfn + i))
-    mm.stat[MmStat.MM_ANONPAGES] += nr_pages
+    first = pte_paddr(table, vaddr & ~((nr_pages << 12) - 1))
+    fastfault.set_anon_ptes(k.pgtables.arrays, mm.stat, first, pfn, nr_pages, prot,
+                            bool(vma.flags & VmFlags.WRITE))
     if order:
         huge_memory.count_mthp_stat(k, order, "anon_fault_alloc")
     return VmFault.OK
+
+
+def pte_paddr(table: int, vaddr: int) -> int:
+    """pte_offset_map(): where the PTE of ``vaddr`` is in PTE table ``table``."""
+    return (table << 12) + ((vaddr >> 12) & 511) * 8
 
 
 def vm_normal_page(k: Kernel, pte: int) -> int:
@@ -177,22 +179,13 @@ def do_wp_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pte_paddr: int,
 def wp_can_reuse_anon_folio(k: Kernel, pfn: int) -> bool:
     """PageAnonExclusive, or a folio whose only reference is this mapping
     (wp_can_reuse_anon_folio / __wp_can_reuse_large_anon_folio)."""
-    memmap = k.memmap
-    if memmap.flags[pfn] & PageFlag.ANON_EXCLUSIVE:
-        return True
-    head = rmap.folio_head(k, pfn)
-    if rmap.folio_order(k, head) == 0:
-        return bool(memmap.refcount[head] == 1)
-    return False
+    return bool(fastfault.wp_can_reuse_anon_folio(k.pgtables.arrays, pfn))
 
 
 def wp_page_reuse(k: Kernel, mm: MmStruct, vaddr: int, pte_paddr: int, pte: int,
                   pfn: int) -> VmFault:
     """wp_page_reuse(): make the PTE writable+dirty in place; the page becomes exclusive."""
-    k.memmap.flags[pfn] |= PageFlag.ANON_EXCLUSIVE
-    k.memmap.flags[pfn] &= ~PageFlag.LAZYFREE
-    k.pgtables.set_entry(mm, pte_paddr, pte | pt._PAGE_RW | pt._PAGE_DIRTY | pt._PAGE_ACCESSED)
-    k.vm_events[VmEvent.PGREUSE] += 1
+    fastfault.wp_reuse_pte(k.pgtables.arrays, pte_paddr, np.uint64(pte), pfn)
     return VmFault.OK
 
 
@@ -203,20 +196,14 @@ def wp_page_copy(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pte_paddr: int, 
     new = rmap.folio_alloc(k, 0)
     if new == NO_PAGE:
         return VmFault.OOM
-    if old_pfn >= 0:
-        k.physmem.copy_frame(new, old_pfn)
-    rmap.folio_add_new_anon_rmap(k, new, 1, pmd_mapped=False)
-    if old_pfn < 0:
-        mm.stat[MmStat.MM_ANONPAGES] += 1
-    else:
-        old_flags = int(k.memmap.flags[old_pfn])
-        if not old_flags & PageFlag.ANON:
-            mm.stat[MmStat.MM_SHMEMPAGES if old_flags & PageFlag.SHMEM else MmStat.MM_FILEPAGES] -= 1
-            mm.stat[MmStat.MM_ANONPAGES] += 1
-    k.pgtables.set_entry(mm, pte_paddr, mk_anon_pte(vma, new))  # ptep_clear_flush + set
+    k.physmem.reserve_slots(1)                  # the copy may need a row
+    fastfault.wp_page_copy_pte(k.pgtables.arrays, mm.stat, pte_paddr, new, old_pfn,
+                               np.uint64(vma.page_prot), bool(vma.flags & VmFlags.WRITE))
     flush_tlb_page(k, mm, vaddr)
     if old_pfn >= 0:
         rmap.folio_remove_pte_rmap(k, old_pfn)
+        if vma.flags & VmFlags.LOCKED:   # __folio_remove_rmap() -> munlock_vma_folio()
+            mlock.munlock_folio(k, rmap.folio_head(k, old_pfn))
         rmap.folio_put(k, rmap.folio_head(k, old_pfn))
     return VmFault.OK
 

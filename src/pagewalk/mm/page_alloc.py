@@ -12,8 +12,11 @@ than running out: the zone watermarks (``zone_watermarks``) are computed from th
 pages as the kernel would set them, and only the callers that model a watermark check
 (``zone_watermark_ok``: hugetlb pool pages) apply one.
 
-The list operations are Numba-compiled functions over NumPy arrays, shared by the Python
-fault path and the compiled fast path in ``mm/fastpath.py``.
+The allocator's array work is compiled once (Numba) over NumPy arrays and shared by the
+Python path (BuddyAllocator's methods call it) and the compiled fault path
+(mm/fastfault.py): the free-list operations, ``alloc_pages``, ``folio_alloc`` and
+``free_pages``, which take mem_map and the free areas as one :class:`PageArrays` bundle
+and the counters they bump as one :class:`VmStatArrays`.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from math import isqrt
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
+from pagewalk.hw.compiled import bundle, compiled
+from pagewalk.hw.physmem import PhysArrays, frame_drop_range
 from pagewalk.mm.vmstat import NodeStat, VmEvent
 from pagewalk.units import GiB, MiB
 
@@ -58,9 +62,10 @@ class PageFlag(enum.IntFlag):
 
 
 _BUDDY = np.uint16(1)  # PageFlag.BUDDY, as a constant Numba can fold
+_HEAD = np.uint16(PageFlag.HEAD)
+_TAIL = np.uint16(PageFlag.TAIL)
 ZONE_NAMES = ("DMA", "DMA32", "Normal")
 ZONE_LIMITS = (16 * MiB, 4 * GiB, 1 << 62)
-PGALLOC_EVENT = (VmEvent.PGALLOC_DMA, VmEvent.PGALLOC_DMA32, VmEvent.PGALLOC_NORMAL)
 
 
 class MemMap:
@@ -81,9 +86,49 @@ class MemMap:
                                              self.mapcount, self.head, self.next, self.prev)))
 
 
-# --- free-list primitives (plain functions; compiled again by mm/fastpath.py) -------------
+class PageArrays(NamedTuple):
+    """mem_map and the zones' free areas, as compiled code takes them."""
 
-@njit(cache=True)
+    flags: npt.NDArray[np.uint16]        # PageFlag bits per pfn
+    order: npt.NDArray[np.int8]          # buddy order of a free block / folio order of a head
+    refcount: npt.NDArray[np.int32]      # on the head of a large folio
+    mapcount: npt.NDArray[np.int32]      # PTE mappings per page
+    head: npt.NDArray[np.int32]          # compound head of a tail page, else NO_PAGE
+    next: npt.NDArray[np.int32]          # free-list links
+    prev: npt.NDArray[np.int32]
+    free_head: npt.NDArray[np.int32]     # [zone, order] first free block or NO_PAGE
+    nr_free: npt.NDArray[np.int64]       # [zone, order] free blocks
+    zone_start: npt.NDArray[np.int64]    # [zone] first pfn
+    zone_end: npt.NDArray[np.int64]      # [zone] pfn past the end
+    zonelist: npt.NDArray[np.int64]      # GFP_HIGHUSER_MOVABLE's fallback order of zones
+
+
+class VmStatArrays(NamedTuple):
+    """The node counters and VM events (mm/vmstat.py), as compiled code takes them."""
+
+    node: npt.NDArray[np.int64]          # indexed by NodeStat
+    events: npt.NDArray[np.int64]        # indexed by VmEvent
+
+
+class KernelArrays(NamedTuple):
+    """Everything the kernel's compiled code works on besides one mm's counters and the
+    MMU: physical memory, mem_map with the free areas, the node counters and events
+    (PageTables.arrays builds it; take a fresh one after physmem's pool grew)."""
+
+    phys: PhysArrays
+    pages: PageArrays
+    vmstat: VmStatArrays
+
+
+bundle(PageArrays, "H1 b1 i1 i1 i1 i1 i1 i2 q2 q1 q1 q1")
+bundle(VmStatArrays, "q1 q1")
+bundle(KernelArrays, "PhysArrays PageArrays VmStatArrays")
+LISTS = "H1 b1 i1 i1 i2 q2"     # the arrays of the free-list operations
+
+
+# --- free-list primitives (compiled; the Python path and mm/fastfault.py share them) -------
+
+@compiled(entry=LISTS + " i i i", inline=True)
 def list_add(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
              next_: npt.NDArray[np.int32], prev: npt.NDArray[np.int32],
              free_head: npt.NDArray[np.int32], nr_free: npt.NDArray[np.int64],
@@ -100,7 +145,7 @@ def list_add(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
     order_of[pfn] = order
 
 
-@njit(cache=True)
+@compiled(entry=LISTS + " i i i", inline=True)
 def list_del(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
              next_: npt.NDArray[np.int32], prev: npt.NDArray[np.int32],
              free_head: npt.NDArray[np.int32], nr_free: npt.NDArray[np.int64],
@@ -121,7 +166,7 @@ def list_del(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
     order_of[pfn] = 0
 
 
-@njit(cache=True)
+@compiled(entry=LISTS + " i i", result="i", inline=True)
 def rmqueue_smallest(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
                      next_: npt.NDArray[np.int32], prev: npt.NDArray[np.int32],
                      free_head: npt.NDArray[np.int32], nr_free: npt.NDArray[np.int64],
@@ -142,7 +187,7 @@ def rmqueue_smallest(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int
     return NO_PAGE
 
 
-@njit(cache=True)
+@compiled(entry=LISTS + " q1 q1 i i i")
 def free_one_page(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
                   next_: npt.NDArray[np.int32], prev: npt.NDArray[np.int32],
                   free_head: npt.NDArray[np.int32], nr_free: npt.NDArray[np.int64],
@@ -161,19 +206,72 @@ def free_one_page(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
     list_add(flags, order_of, next_, prev, free_head, nr_free, zone, pfn, order)
 
 
-@njit(cache=True)
-def _free_bulk(flags: npt.NDArray[np.uint16], order_of: npt.NDArray[np.int8],
-               next_: npt.NDArray[np.int32], prev: npt.NDArray[np.int32],
-               free_head: npt.NDArray[np.int32], nr_free: npt.NDArray[np.int64],
-               zone_start: npt.NDArray[np.int64], zone_end: npt.NDArray[np.int64],
-               pfns: npt.NDArray[np.int64]) -> None:
+@compiled(entry="PageArrays VmStatArrays i i", result="i", inline=True)
+def alloc_pages_zone(pages: PageArrays, vmstat: VmStatArrays, zone: int, order: int) -> int:
+    """rmqueue() from one zone + post_alloc_hook(): a block of 2**order pages with one
+    reference, or NO_PAGE."""
+    pfn = rmqueue_smallest(pages.flags, pages.order, pages.next, pages.prev, pages.free_head,
+                           pages.nr_free, zone, order)
+    if pfn == NO_PAGE:
+        return NO_PAGE
+    vmstat.node[NodeStat.NR_FREE_PAGES] -= 1 << order
+    vmstat.events[VmEvent.PGALLOC_DMA + zone] += 1 << order
+    pages.refcount[pfn] = 1              # set_page_refcounted()
+    return pfn
+
+
+@compiled(entry="PageArrays VmStatArrays i", result="i", inline=True)
+def alloc_pages(pages: PageArrays, vmstat: VmStatArrays, order: int) -> int:
+    """__alloc_pages() for GFP_HIGHUSER_MOVABLE / GFP_PGTABLE_USER over the zonelist."""
+    for zone in pages.zonelist:
+        pfn = alloc_pages_zone(pages, vmstat, zone, order)
+        if pfn != NO_PAGE:
+            return pfn
+    return NO_PAGE
+
+
+@compiled(entry="KernelArrays i", result="i", inline=True)
+def folio_alloc(ka: KernelArrays, order: int) -> int:
+    """vma_alloc_folio()/folio_prealloc(): a zeroed folio of 2**order pages (prep_compound_page
+    for order > 0; __GFP_ZERO: an unstored frame reads as zeros), or NO_PAGE."""
+    pages = ka.pages
+    pfn = alloc_pages(pages, ka.vmstat, order)
+    if pfn == NO_PAGE:
+        return NO_PAGE
+    if order:
+        pages.flags[pfn] |= _HEAD
+        pages.order[pfn] = order
+        for tail in range(pfn + 1, pfn + (1 << order)):
+            pages.flags[tail] |= _TAIL
+            pages.head[tail] = pfn
+    frame_drop_range(ka.phys, pfn, 1 << order)
+    return pfn
+
+
+@compiled(entry="PageArrays VmStatArrays q1")
+def free_pages_bulk(pages: PageArrays, vmstat: VmStatArrays, pfns: npt.NDArray[np.int64]) -> None:
+    """free_unref_folios() for many order-0 pages, freed in the given order."""
     for i in range(pfns.shape[0]):
-        pfn = pfns[i]
-        zone = 0
-        while pfn >= zone_end[zone]:
-            zone += 1
-        free_one_page(flags, order_of, next_, prev, free_head, nr_free, zone_start, zone_end,
-                      zone, pfn, 0)
+        free_pages(pages, vmstat, pfns[i], 0)
+
+
+@compiled(entry="PageArrays VmStatArrays i i")
+def free_pages(pages: PageArrays, vmstat: VmStatArrays, pfn: int, order: int) -> None:
+    """__free_pages() after the last reference: clear the struct pages, PGFREE, then
+    __free_one_page() into the zone holding ``pfn``."""
+    for page in range(pfn, pfn + (1 << order)):
+        pages.flags[page] = 0
+        pages.refcount[page] = 0
+        pages.mapcount[page] = 0
+        pages.order[page] = 0
+        pages.head[page] = NO_PAGE
+    vmstat.events[VmEvent.PGFREE] += 1 << order
+    zone = 0
+    while pfn >= pages.zone_end[zone]:
+        zone += 1
+    free_one_page(pages.flags, pages.order, pages.next, pages.prev, pages.free_head,
+                  pages.nr_free, pages.zone_start, pages.zone_end, zone, pfn, order)
+    vmstat.node[NodeStat.NR_FREE_PAGES] += 1 << order
 
 
 class BuddyAllocator:
@@ -199,6 +297,11 @@ class BuddyAllocator:
         self.nr_free: npt.NDArray[np.int64] = np.zeros((len(ZONE_NAMES), NR_PAGE_ORDERS),
                                                        dtype=np.int64)
         self.managed_pages: npt.NDArray[np.int64] = np.zeros(len(ZONE_NAMES), dtype=np.int64)
+        zonelist = np.array(self.zonelist(), dtype=np.int64)
+        self.arrays = PageArrays(memmap.flags, memmap.order, memmap.refcount, memmap.mapcount,
+                                 memmap.head, memmap.next, memmap.prev, self.free_head,
+                                 self.nr_free, self.zone_start, self.zone_end, zonelist)
+        self.vmstat = VmStatArrays(node_stat, vm_events)
 
     # -- zones -----------------------------------------------------------------------------
     def zone_of(self, pfn: int) -> int:
@@ -237,49 +340,20 @@ class BuddyAllocator:
     # -- allocation ---------------------------------------------------------------------------
     def alloc_pages(self, order: int) -> int:
         """__alloc_pages() for GFP_HIGHUSER_MOVABLE / GFP_PGTABLE_USER: a pfn or NO_PAGE."""
-        for zone in self.zonelist():
-            pfn = self.alloc_pages_zone(zone, order)
-            if pfn != NO_PAGE:
-                return pfn
-        return NO_PAGE
+        return int(alloc_pages(self.arrays, self.vmstat, order))
 
     def alloc_pages_zone(self, zone: int, order: int) -> int:
-        mm = self.memmap
-        pfn = rmqueue_smallest(mm.flags, mm.order, mm.next, mm.prev, self.free_head,
-                               self.nr_free, zone, order)
-        if pfn == NO_PAGE:
-            return NO_PAGE
-        self.node_stat[NodeStat.NR_FREE_PAGES] -= 1 << order
-        self.vm_events[PGALLOC_EVENT[zone]] += 1 << order
-        mm.refcount[pfn] = 1  # set_page_refcounted() in post_alloc_hook
-        return pfn
+        return int(alloc_pages_zone(self.arrays, self.vmstat, zone, order))
 
     def free_pages(self, pfn: int, order: int) -> None:
         """__free_pages(): the caller dropped the last reference."""
-        mm = self.memmap
-        end = pfn + (1 << order)
-        mm.flags[pfn:end] = 0
-        mm.refcount[pfn:end] = 0
-        mm.mapcount[pfn:end] = 0
-        mm.order[pfn:end] = 0
-        mm.head[pfn:end] = NO_PAGE
-        self.vm_events[VmEvent.PGFREE] += 1 << order
-        self._free(self.zone_of(pfn), pfn, order)
+        free_pages(self.arrays, self.vmstat, pfn, order)
 
     def free_pages_bulk(self, pfns: npt.NDArray[np.int64]) -> None:
         """free_unref_folios() for many order-0 pages, freed in the given order."""
         if pfns.size == 0:
             return
-        mm = self.memmap
-        mm.flags[pfns] = 0
-        mm.refcount[pfns] = 0
-        mm.mapcount[pfns] = 0
-        mm.order[pfns] = 0
-        mm.head[pfns] = NO_PAGE
-        self.vm_events[VmEvent.PGFREE] += pfns.size
-        _free_bulk(mm.flags, mm.order, mm.next, mm.prev, self.free_head, self.nr_free,
-                   self.zone_start, self.zone_end, pfns)
-        self.node_stat[NodeStat.NR_FREE_PAGES] += pfns.size
+        free_pages_bulk(self.arrays, self.vmstat, pfns.astype(np.int64, copy=False))
 
     def _free(self, zone: int, pfn: int, order: int) -> None:
         mm = self.memmap

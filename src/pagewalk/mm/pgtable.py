@@ -13,6 +13,9 @@ A PMD table of a shared hugetlb mapping may be pointed at by the PUD entries of 
 mms (huge_pmd_share, CONFIG_HUGETLB_PMD_PAGE_TABLE_SHARING): each sharer counts it in
 its VmPTE (mm_inc_nr_pmds), NR_PAGETABLE counts the one page, and ``pmd_share_count``
 is the table's ptdesc->pt_share_count (how many mms point at it besides the first).
+
+The array work (``pgtable_alloc``, ``set_entry``, ``walk``) is compiled once and shared
+by PageTables' methods and the compiled fault path (mm/fastfault.py).
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from pagewalk.errors import Signal, SignalError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.hw.physmem import PhysicalMemory
-from pagewalk.mm.page_alloc import NO_PAGE, BuddyAllocator, PageFlag
+from pagewalk.hw.compiled import compiled
+from pagewalk.hw.physmem import PhysArrays, PhysicalMemory, frame_drop, frame_store
+from pagewalk.mm.page_alloc import NO_PAGE, BuddyAllocator, KernelArrays, PageFlag, alloc_pages
 from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
 from pagewalk.mm.vmstat import NodeStat
 
@@ -38,6 +43,111 @@ TABLE_BYTES = 4096
 TABLE_KIND_BELOW = {48: "p4d", 39: "pud", 30: "pmd", 21: "pte"}
 COUNTED_IN_VMPTE = {"pud", "pmd", "pte"}
 USER_PGD_ENTRIES = 256  # pgd entries 0..255 map user space (both paging modes)
+WALK_OOM = -1           # walk(): a table the walk needed could not be allocated
+_TABLE = np.uint16(PageFlag.TABLE)
+_PTE_TABLE = np.uint64(pt._PAGE_TABLE)
+_PFN_MASK = np.uint64(pt.PTE_PFN_MASK)
+_PSE = np.uint64(pt._PAGE_PSE)
+_PRESENT = np.uint64(pt._PAGE_PRESENT)
+_NX = np.uint64(pt._PAGE_NX)
+_ACCESSED = np.uint64(pt._PAGE_ACCESSED)
+_DIRTY = np.uint64(pt._PAGE_DIRTY)
+_RW = np.uint64(pt._PAGE_RW)
+
+
+# -- compiled array work (the caller reserved the physmem rows a store may need) -------------
+
+@compiled(entry="KernelArrays q1 i ?", result="i")
+def pgtable_alloc(ka: KernelArrays, mm_stat: npt.NDArray[np.int64], order: int,
+                  vmpte: bool) -> int:
+    """pagetable_alloc() + pagetable_*_ctor(): zeroed table frames (stored: page tables
+    always are), PG_table, NR_PAGETABLE; mm_inc_nr_{ptes,pmds,puds} when ``vmpte`` (a
+    PUD, PMD or PTE table). NO_PAGE when the allocation fails."""
+    pfn = alloc_pages(ka.pages, ka.vmstat, order)
+    if pfn == NO_PAGE:
+        return NO_PAGE
+    for frame in range(pfn, pfn + (1 << order)):
+        frame_drop(ka.phys, frame)
+        frame_store(ka.phys, frame)
+        ka.pages.flags[frame] |= _TABLE
+    ka.vmstat.node[NodeStat.NR_PAGETABLE] += 1 << order
+    if vmpte:
+        mm_stat[MmStat.PGTABLES_BYTES] += TABLE_BYTES
+    return pfn
+
+
+@compiled(inline=True)
+def pfn_of(entry: np.uint64) -> int:
+    """pte_pfn() / pmd_pfn() of a 4 KiB or huge leaf, or of a table entry."""
+    return int(np.int64((entry & _PFN_MASK) >> np.uint64(12)))
+
+
+@compiled(entry="PhysArrays i", result="u", inline=True)
+def read_entry(phys: PhysArrays, entry_paddr: int) -> np.uint64:
+    """The entry at ``entry_paddr`` (0 in a frame never stored)."""
+    slot = phys.slot_of[entry_paddr >> 12]
+    return phys.pool[slot, (entry_paddr & 0xFFF) >> 3] if slot >= 0 else np.uint64(0)
+
+
+@compiled(entry="PhysArrays i u", inline=True)
+def set_pte(phys: PhysArrays, entry_paddr: int, value: np.uint64) -> None:
+    """set_pte_at/set_pmd_at/...: one entry below the PGD (its table is stored)."""
+    phys.pool[frame_store(phys, entry_paddr >> 12), (entry_paddr & 0xFFF) >> 3] = value
+
+
+@compiled(entry="PhysArrays i ? i u")
+def set_entry(phys: PhysArrays, pgd_pfn: int, pti: bool, entry_paddr: int,
+              value: np.uint64) -> None:
+    """set_pte/set_pmd/set_pud/set_p4d/set_pgd; with PTI a user PGD entry is also written
+    to the user PGD (__pti_set_user_pgtbl: the user copy plain, the kernel copy NX)."""
+    index = (entry_paddr & 0xFFF) >> 3
+    if pti and entry_paddr >> 12 == pgd_pfn and index < USER_PGD_ENTRIES:
+        set_pte(phys, entry_paddr + 4096, value)
+        if value & _PRESENT:
+            value |= _NX
+    set_pte(phys, entry_paddr, value)
+
+
+@compiled(entry="KernelArrays q1 i", result="i", inline=True)
+def pte_alloc_install(ka: KernelArrays, mm_stat: npt.NDArray[np.int64], pmd_paddr: int) -> int:
+    """pte_alloc(): the PTE table the PMD entry points at, allocated (__pte_alloc ->
+    pmd_install) when the entry is none; NO_PAGE when that allocation fails."""
+    pmd = read_entry(ka.phys, pmd_paddr)
+    if pmd == 0:
+        table = pgtable_alloc(ka, mm_stat, 0, True)
+        if table == NO_PAGE:
+            return NO_PAGE
+        pmd = (np.uint64(table) << np.uint64(12)) | _PTE_TABLE
+        set_pte(ka.phys, pmd_paddr, pmd)
+    return pfn_of(pmd)
+
+
+@compiled(entry="KernelArrays q1 i i ? i i ?", result="ii")
+def walk(ka: KernelArrays, mm_stat: npt.NDArray[np.int64], pgd_pfn: int, levels: int,
+         pti: bool, vaddr: int, target_shift: int, alloc: bool) -> tuple[int, int]:
+    """The entry mapping ``vaddr`` at level ``target_shift`` (30 pud, 21 pmd, 12 pte),
+    walking from the PGD and, when ``alloc``, allocating missing tables (p4d_alloc,
+    pud_alloc, pmd_alloc, __pte_alloc): ``(entry_paddr, shift)``, ``shift`` larger than
+    ``target_shift`` where the walk stopped at a none entry (not ``alloc``) or a huge
+    leaf; shift WALK_OOM when a table could not be allocated."""
+    shift = 39 if levels == 4 else 48
+    paddr = (pgd_pfn << 12) + ((vaddr >> shift) & 511) * 8
+    while shift != target_shift:
+        entry = read_entry(ka.phys, paddr)
+        if entry == 0:
+            if not alloc:
+                return paddr, shift
+            # a P4D table has no VmPTE counter (mm_inc_nr_puds etc. start below)
+            table = pgtable_alloc(ka, mm_stat, 0, shift != 48)
+            if table == NO_PAGE:
+                return paddr, WALK_OOM
+            entry = (np.uint64(table) << np.uint64(12)) | _PTE_TABLE
+            set_entry(ka.phys, pgd_pfn, pti, paddr, entry)
+        elif entry & _PSE:
+            return paddr, shift
+        shift -= 9
+        paddr = pfn_of(entry) * 4096 + ((vaddr >> shift) & 511) * 8
+    return paddr, shift
 
 
 class OutOfMemory(SignalError):
@@ -60,21 +170,25 @@ class PageTables:
         self.shifts = (48, 39, 30, 21, 12) if levels == 5 else (39, 30, 21, 12)
         self.pti = pti
         self.kernel_pgd_entries: dict[int, int] = {}  # swapper_pg_dir's kernel half
+        self._no_mm_stat = np.zeros(int(MmStat.NR_STATS), dtype=np.int64)  # PGD: no mm yet
+        self._arrays: KernelArrays | None = None
         self.pmd_share_count: dict[int, int] = {}     # shared PMD table pfn -> pt_share_count
+
+    @property
+    def arrays(self) -> KernelArrays:
+        """The kernel's arrays for compiled code (physmem's pool as it is now)."""
+        phys = self.physmem.arrays
+        if self._arrays is None or self._arrays.phys is not phys:
+            self._arrays = KernelArrays(phys, self.buddy.arrays, self.buddy.vmstat)
+        return self._arrays
 
     # -- table pages ---------------------------------------------------------------------
     def alloc_table_page(self, mm: MmStruct | None, kind: str, order: int = 0) -> int:
         """pagetable_alloc() + pagetable_*_ctor(): a zeroed table page, NR_PAGETABLE += 1."""
-        pfn = self.buddy.alloc_pages(order)
-        if pfn == NO_PAGE:
-            return NO_PAGE
-        for i in range(1 << order):
-            self.physmem.write_u64((pfn + i) << 12, 0)  # stored (page tables always are)
-            self.memmap.flags[pfn + i] |= PageFlag.TABLE
-        self.node_stat[NodeStat.NR_PAGETABLE] += 1 << order
-        if mm is not None and kind in COUNTED_IN_VMPTE:
-            mm.stat[MmStat.PGTABLES_BYTES] += TABLE_BYTES  # mm_inc_nr_{ptes,pmds,puds}
-        return pfn
+        self.physmem.reserve_slots(1 << order)
+        vmpte = mm is not None and kind in COUNTED_IN_VMPTE
+        mm_stat = mm.stat if mm is not None else self._no_mm_stat
+        return int(pgtable_alloc(self.arrays, mm_stat, order, vmpte))
 
     def free_table_page(self, mm: MmStruct | None, pfn: int, kind: str, order: int = 0) -> None:
         """pagetable_dtor() + pagetable_free()."""
@@ -132,13 +246,8 @@ class PageTables:
     def set_entry(self, mm: MmStruct, entry_paddr: int, value: int) -> None:
         """set_pte/set_pmd/set_pud/set_p4d/set_pgd; a PGD write also updates PTI's user PGD
         (__pti_set_user_pgtbl: the user copy plain, the kernel copy of a user entry NX)."""
-        if self.pti and entry_paddr >> 12 == mm.pgd_pfn:
-            index = (entry_paddr & 0xFFF) >> 3
-            if index < USER_PGD_ENTRIES:
-                self.physmem.write_u64(entry_paddr + 4096, value)
-                if value & pt._PAGE_PRESENT:
-                    value |= pt._PAGE_NX
-        self.physmem.write_u64(entry_paddr, value)
+        self.physmem.reserve_slots(2)
+        set_entry(self.physmem.arrays, mm.pgd_pfn, self.pti, entry_paddr, np.uint64(value))
 
     def fill_table(self, table_pfn: int, words: np.ndarray, first: int = 0) -> None:
         """Write entries [first, first + len(words)) of a PTE table at once: a split filling
@@ -165,25 +274,13 @@ class PageTables:
         when found; a larger shift means the walk stopped at an entry of that level that is
         none (alloc False) or a huge leaf. Raises OutOfMemory if a table cannot be allocated.
         """
-        paddr = self.pgd_entry_paddr(mm, vaddr)
-        for level, shift in enumerate(self.shifts):
-            if shift == target_shift:
-                return paddr, shift
-            entry = self.physmem.read_u64(paddr)
-            if entry == 0:
-                if not alloc:
-                    return paddr, shift
-                kind = TABLE_KIND_BELOW[shift]
-                pfn = self.alloc_table_page(mm, kind)
-                if pfn == NO_PAGE:
-                    raise OutOfMemory(vaddr)
-                entry = pt.mk_table(pfn)
-                self.set_entry(mm, paddr, entry)
-            elif entry & pt._PAGE_PSE:
-                return paddr, shift
-            next_shift = self.shifts[level + 1]
-            paddr = (pt.pte_pfn(entry) << 12) + ((vaddr >> next_shift) & 511) * 8
-        raise AssertionError("target level below PTE")
+        if alloc:
+            self.physmem.reserve_slots(2 * self.levels)
+        paddr, shift = walk(self.arrays, mm.stat, mm.pgd_pfn, self.levels, self.pti, vaddr,
+                            target_shift, alloc)
+        if shift == WALK_OOM:
+            raise OutOfMemory(vaddr)
+        return int(paddr), int(shift)
 
     def pmd_ranges(self, mm: MmStruct, start: int, end: int) -> Iterator[tuple[int, int, int]]:
         """The PMD-sized pieces [addr, next) of [start, end) that have a PMD table, with the
@@ -300,21 +397,30 @@ class PageTables:
 def pte_alloc(k: Kernel, mm: MmStruct, pmd_paddr: int) -> int:
     """pte_alloc(): the PMD entry's PTE table, allocated (__pte_alloc -> pmd_install) when
     none; NO_PAGE when that allocation fails."""
-    pgt = k.pgtables
-    pmd = pgt.read(pmd_paddr)
-    if pmd == 0:
-        pfn = pgt.alloc_table_page(mm, "pte")
-        if pfn == NO_PAGE:
-            return NO_PAGE
-        pmd = pt.mk_table(pfn)
-        pgt.set_entry(mm, pmd_paddr, pmd)
-    return pt.pte_pfn(pmd)
+    k.physmem.reserve_slots(1)
+    return int(pte_alloc_install(k.pgtables.arrays, mm.stat, pmd_paddr))
+
+
+@compiled(entry="i u ?", result="u", inline=True)
+def anon_pte(pfn: int, page_prot: np.uint64, writable: bool) -> np.uint64:
+    """The PTE of a new anonymous page (do_anonymous_page): folio_mk_pte + pte_sw_mkyoung
+    + (VM_WRITE) pte_mkwrite(pte_mkdirty())."""
+    entry = (np.uint64(pfn) << np.uint64(12)) | page_prot | _ACCESSED
+    if writable:
+        entry |= _DIRTY | _RW
+    return entry
+
+
+@compiled(entry="i u ?", result="u")
+def anon_pmd(pfn: int, page_prot: np.uint64, writable: bool) -> np.uint64:
+    """The PMD of a new anonymous THP: folio_mk_pmd + pmd_mkdirty (+ young) +
+    maybe_pmd_mkwrite (VM_WRITE)."""
+    entry = (np.uint64(pfn) << np.uint64(12)) | page_prot | _PSE | _ACCESSED | _DIRTY
+    if writable:
+        entry |= _RW
+    return entry
 
 
 def mk_anon_pte(vma: Vma, pfn: int) -> int:
-    """The PTE of a new anonymous page (do_anonymous_page): folio_mk_pte + pte_sw_mkyoung
-    + (VM_WRITE) pte_mkwrite(pte_mkdirty())."""
-    entry = pt.mk_pte(pfn, vma.page_prot) | pt._PAGE_ACCESSED
-    if vma.flags & VmFlags.WRITE:
-        entry |= pt._PAGE_DIRTY | pt._PAGE_RW
-    return entry
+    """anon_pte() for ``vma``'s protection and VM_WRITE."""
+    return int(anon_pte(pfn, np.uint64(vma.page_prot), bool(vma.flags & VmFlags.WRITE)))

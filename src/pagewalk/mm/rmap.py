@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pagewalk.mm import fastfault, page_alloc
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.types import AnonVma, Vma
 from pagewalk.mm.vma import find_mergeable_anon_vma
@@ -44,19 +45,9 @@ def folio_order(k: Kernel, head: int) -> int:
 
 
 def folio_alloc(k: Kernel, order: int, anon: bool = True) -> int:
-    """vma_alloc_folio()/folio_prealloc(): a zeroed folio of 2**order pages, or -1."""
-    pfn = k.buddy.alloc_pages(order)
-    if pfn < 0:
-        return pfn
-    mm = k.memmap
-    nr = 1 << order
-    if order:
-        mm.flags[pfn] |= PageFlag.HEAD
-        mm.order[pfn] = order
-        mm.flags[pfn + 1: pfn + nr] |= np.uint16(PageFlag.TAIL)
-        mm.head[pfn + 1: pfn + nr] = pfn
-    k.physmem.drop_range(pfn, nr)  # __GFP_ZERO: an unstored frame reads as zeros
-    return pfn
+    """vma_alloc_folio()/folio_prealloc(): a zeroed folio of 2**order pages, or -1
+    (page_alloc.folio_alloc, the compiled fault path's too)."""
+    return int(page_alloc.folio_alloc(k.pgtables.arrays, order))
 
 
 def folio_get(k: Kernel, head: int, nr: int = 1) -> None:
@@ -81,19 +72,11 @@ def free_folio(k: Kernel, head: int) -> None:
 
 
 def folio_add_new_anon_rmap(k: Kernel, head: int, nr_pages: int, pmd_mapped: bool) -> None:
-    """folio_add_new_anon_rmap(): a fresh anonymous folio, exclusive to one mm."""
-    mm = k.memmap
-    order = folio_order(k, head)
-    nr = 1 << order
-    mm.flags[head: head + nr] |= np.uint16(PageFlag.ANON | PageFlag.ANON_EXCLUSIVE)
-    mm.flags[head] |= PageFlag.DIRTY
+    """folio_add_new_anon_rmap(): a fresh anonymous folio, exclusive to one mm (the
+    arrays: fastfault.new_anon_rmap, the compiled fault path's too)."""
+    fastfault.new_anon_rmap(k.pgtables.arrays, head, nr_pages, pmd_mapped)
     if pmd_mapped:
         k.entire_mapcount[head] = 1
-        k.node_stat[NodeStat.NR_ANON_THPS] += HPAGE_PMD_NR
-    else:
-        mm.mapcount[head: head + nr_pages] = 1
-    k.node_stat[NodeStat.NR_ANON_MAPPED] += nr
-    k.node_stat[NodeStat.NR_ACTIVE_ANON] += nr
 
 
 def folio_mapped_pages(k: Kernel, head: int) -> int:
@@ -128,8 +111,11 @@ def folio_remove_pte_rmap(k: Kernel, pfn: int) -> None:
     """folio_remove_rmap_pte(): one PTE mapping of ``pfn`` is gone."""
     mm = k.memmap
     head = folio_head(k, pfn)
+    assert mm.mapcount[pfn] > 0, f"page {pfn:#x} mapcount underflow"
+    if folio_order(k, head) == 0:       # the compiled fault path's rule for order 0
+        fastfault.remove_rmap_pte(k.pgtables.arrays, pfn)
+        return
     mm.mapcount[pfn] -= 1
-    assert mm.mapcount[pfn] >= 0, f"page {pfn:#x} mapcount underflow"
     if mm.mapcount[pfn] == 0 and k.entire_mapcount.get(head, 0) == 0:
         _account_mapped(k, head, -1)
         # An anonymous large folio that lost part of its mappings goes on the deferred split
