@@ -86,10 +86,13 @@ def copy_page_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, src: Vma, dst
         return
     pgt = k.pgtables
     for addr, nxt, pmd_paddr in pgt.pmd_ranges(src_mm, src.start, src.end):
+        # copy_pud_range/copy_pmd_range allocate the child's PUD and PMD tables before
+        # they look at the parent's entries, so an empty PMD (a PTE table freed by
+        # MADV_DONTNEED's PT_RECLAIM) still costs the child its upper tables
+        dst_pmd, _ = pgt.walk(dst_mm, addr, 21, alloc=True)
         pmd = pgt.read(pmd_paddr)
         if pmd == 0:
             continue
-        dst_pmd, _ = pgt.walk(dst_mm, addr, 21, alloc=True)
         if pmd & pt._PAGE_PSE:
             copy_huge_pmd(k, src_mm, dst_mm, src, pmd_paddr, dst_pmd)
         else:
