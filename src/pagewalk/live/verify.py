@@ -192,14 +192,9 @@ def run_live(scenario: s.Scenario, repeat: int = 1, notify: Notify | None = None
     exe = exe or build_probe()
     runs: list[LiveRunResult] = []
     with live_knobs.KnobGuard(note, write=root) as guard, live_knobs.thp_disabled_here():
-        held = hugetlb_state.held_outside()     # under the lock: no scenario process yet
-        hugetlb_state.check(scenario, held)
-        if not held.clean:
-            note(f"{held.describe()}; taken out of HugePages_* (this scenario uses no "
-                 "hugetlb)")
+        hugetlb_state.check(scenario, hugetlb_state.held_outside())   # before any knob
         for _ in range(max(1, repeat)):
             runs.append(_run_once(scenario, exe, guard, root, run_class))
-            hugetlb_state.take_out(runs[-1].report, held)
     for difference in runs[0].layout_differences:
         note(f"the probe's start layout differs from the simulator's start image: "
              f"{difference}")
@@ -216,7 +211,15 @@ def _run_once(scenario: s.Scenario, exe: Path, guard: live_knobs.KnobGuard,
             guard.prepare(dict(scenario.system.sysfs), decoy)
         else:
             decoy.start()
-        return run.run()
+        # under the lock, pools at their boot values, no scenario process yet
+        held = hugetlb_state.held_outside()
+        hugetlb_state.check(scenario, held)
+        if not held.clean:
+            guard.notify(f"{held.describe()}; taken out of HugePages_* (this scenario uses "
+                         "no hugetlb)")
+        result = run.run()
+        hugetlb_state.take_out(result.report, held)
+        return result
     finally:
         run.cleanup()
         decoy.stop()
