@@ -195,30 +195,66 @@ def _use_numba(fresh: bool = False) -> None:
 
 
 def _use_native() -> None:
+    """The machine code as a shared library (built with the C compiler's linker; loaded
+    by ctypes: neither Numba nor llvmlite imported), else as an object file loaded by
+    llvmlite's JIT linker; built first when neither is cached."""
+    entries = sorted(k for k, kernel in _State.kernels.items() if kernel.entry is not None)
+    base = cache_base(entries)
+    shared, plain = base.with_suffix(".so"), base.with_suffix(".o")
+    if not shared.exists() and _read_object(plain) is None:
+        code, pic = build_object(entries)
+        _write_object(plain, code)
+        _link_shared(pic, shared)
+    if shared.exists():
+        library = ctypes.CDLL(str(shared))
+        address = {key: ctypes.cast(getattr(library, _symbol(key)), ctypes.c_void_p).value
+                   for key in entries}
+        _State.engine = library
+    else:
+        address = _load_object(plain, entries)
+    for key in entries:
+        if not address[key]:
+            raise RuntimeError(f"{_symbol(key)} missing from {base}")
+        _State.kernels[key]._call = _caller(_State.kernels[key], int(address[key] or 0))
+    _State.mode = "native"
+
+
+def _load_object(path: Path, entries: list[str]) -> dict[str, int | None]:
+    """Load an object file with llvmlite's JIT linker: the entries' addresses."""
     import llvmlite.binding as llvm  # type: ignore[import-untyped]
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    entries = sorted(k for k, kernel in _State.kernels.items() if kernel.entry is not None)
-    path = cache_path(llvm, entries)
     code = _read_object(path)
     if code is None:
-        code = build_object(entries)
-        _write_object(path, code)
+        raise RuntimeError(f"{path} unreadable")
     target = llvm.Target.from_default_triple()
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""),
                                         target.create_target_machine(codemodel="jitdefault"))
     engine.add_object_file(llvm.ObjectFileRef.from_data(code))
     engine.finalize_object()
-    callers = {}
-    for key in entries:
-        address = engine.get_function_address(_symbol(key))
-        if not address:
-            raise RuntimeError(f"{_symbol(key)} missing from {path}")
-        callers[key] = _caller(_State.kernels[key], address)
-    for key, caller in callers.items():
-        _State.kernels[key]._call = caller
     _State.engine = engine
-    _State.mode = "native"
+    return {key: engine.get_function_address(_symbol(key)) for key in entries}
+
+
+def _link_shared(pic: bytes, shared: Path) -> None:
+    """Link position-independent object code into a shared library, if there is a C
+    compiler to drive the linker (else the object file is loaded by llvmlite)."""
+    import shutil
+    import subprocess
+    import tempfile
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="pagewalk-link-") as work:
+        obj, out = Path(work) / "code.o", Path(work) / "code.so"
+        obj.write_bytes(pic)
+        done = subprocess.run([compiler, "-shared", "-o", str(out), str(obj)],
+                              capture_output=True, timeout=120, check=False)
+        if done.returncode != 0:
+            return
+        temporary = shared.with_name(f"{shared.name}.{os.getpid()}.tmp")
+        shutil.copyfile(out, temporary)
+        os.replace(temporary, shared)
 
 
 def _symbol(key: str) -> str:
@@ -284,7 +320,8 @@ def _caller(kernel: Kernel, address: int) -> Callable[..., Any]:
     descriptors = _Descriptors()
     out = (ctypes.c_int64 * 2)()
     namespace: dict[str, Any] = {
-        "function": ctypes.CFUNCTYPE(ctypes.c_int64, *c_args, ctypes.c_void_p)(address),
+        # PYFUNCTYPE keeps the GIL: calls do not overlap (``out``, the simulator's arrays)
+        "function": ctypes.PYFUNCTYPE(ctypes.c_int64, *c_args, ctypes.c_void_p)(address),
         "out": out, "out_address": ctypes.addressof(out), "descriptors": descriptors,
         "describe": descriptors.address}
     params = [f"a{i}" for i in range(len(kinds))]
@@ -337,8 +374,27 @@ def _source_files() -> list[Path]:
     return paths
 
 
-def cache_path(llvm: Any, entries: list[str]) -> Path:
-    """The object file for these entries and sources, this Numba and llvmlite, this CPU."""
+def _cpu_identity() -> str:
+    """What the machine code depends on in this CPU: /proc/cpuinfo's model and flags on
+    Linux (cheap), else llvmlite's view of the host; and Numba's CPU settings."""
+    settings = "|".join(os.environ.get(name, "") for name in (
+        "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_OPT"))
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    wanted = [line for line in lines if line.split(":")[0].strip() in ("model name", "flags")]
+    if len(wanted) >= 2:
+        return "|".join(sorted(set(wanted))) + settings
+    import llvmlite.binding as llvm
+    llvm.initialize_native_target()
+    return "|".join((llvm.get_process_triple(), llvm.get_host_cpu_name(),
+                     llvm.get_host_cpu_features().flatten())) + settings
+
+
+def cache_base(entries: list[str]) -> Path:
+    """The cached machine code for these entries and sources, this Numba and llvmlite,
+    this CPU (without a suffix: ".so" a shared library, ".o" an object file)."""
     digest = hashlib.sha256()
     for key in entries:
         kernel = _State.kernels[key]
@@ -349,12 +405,12 @@ def cache_path(llvm: Any, entries: list[str]) -> Path:
     if numba_spec is None or numba_spec.origin is None:
         raise RuntimeError("Numba is not installed")
     digest.update((Path(numba_spec.origin).parent / "_version.py").read_bytes())
-    import llvmlite
-    for part in (llvmlite.__version__, llvm.get_process_triple(), llvm.get_host_cpu_name(),
-                 llvm.get_host_cpu_features().flatten(), os.environ.get("NUMBA_CPU_NAME", ""),
-                 os.environ.get("NUMBA_CPU_FEATURES", ""), os.environ.get("NUMBA_OPT", "")):
-        digest.update(part.encode() + b"\0")
-    return cache_dir() / f"compiled-{digest.hexdigest()[:24]}.o"
+    llvmlite_spec = importlib.util.find_spec("llvmlite")
+    if llvmlite_spec is None or llvmlite_spec.origin is None:
+        raise RuntimeError("llvmlite is not installed")
+    digest.update((Path(llvmlite_spec.origin).parent / "_version.py").read_bytes())
+    digest.update(f"{sys.platform}|{_cpu_identity()}".encode())
+    return cache_dir() / f"compiled-{digest.hexdigest()[:24]}"
 
 
 def _read_object(path: Path) -> bytes | None:
@@ -377,10 +433,11 @@ def _write_object(path: Path, code: bytes) -> None:
 
 # -- building the object file (imports Numba) ----------------------------------------------
 
-def build_object(entries: list[str]) -> bytes:
+def build_object(entries: list[str]) -> tuple[bytes, bytes]:
     """Compile each entry behind a C function ``pagewalk_compiled_MODULE_NAME`` taking
     descriptor addresses and integers, link them into one module and return its machine
-    code; raises if that code calls anything outside itself and libc's memset/memcpy."""
+    code, for llvmlite's JIT linker and position-independent (for a shared library);
+    raises if that code calls anything outside itself and libc's memset/memcpy."""
     from llvmlite import ir
     from numba import njit, types
     from numba.core.compiler_lock import global_compiler_lock
@@ -421,11 +478,17 @@ def build_object(entries: list[str]) -> bytes:
         library.add_linking_library(linked)
     with global_compiler_lock:
         library.finalize()
-        code: bytes = library._codegen._tm.emit_object(library._final_module)
+        codegen: Any = library._codegen
+        code: bytes = codegen._tm.emit_object(library._final_module)
+        import llvmlite.binding as llvm
+        machine = llvm.Target.from_default_triple().create_target_machine(
+            cpu=codegen._get_host_cpu_name(), features=codegen._get_host_cpu_features(),
+            opt=3, reloc="pic", codemodel="default")
+        pic: bytes = machine.emit_object(library._final_module)
     missing = set(undefined_symbols(code)) - LIBC
     if missing:
         raise RuntimeError(f"compiled code calls outside itself: {sorted(missing)}")
-    return code
+    return code, pic
 
 
 def _wrapper_source(kernel: Kernel) -> tuple[str, dict[str, Any]]:
