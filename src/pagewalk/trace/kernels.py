@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from pagewalk.hw.compiled import undefined_symbols  # the ELF reader the fault path's loader uses
+
 # -- counters (replay.TraceReplayer reads them back by these indexes) ----------------------
 C_ACCESSES = 0
 C_LOADS = 1          # C_LOADS + kind: loads, stores, instruction fetches
@@ -343,27 +345,3 @@ def _wrapper_source(name: str, kinds: list[str], nr_results: int) -> tuple[list[
         lines.append(f"    kernel({', '.join(call_args)})")
     lines.append("    return 0")
     return flat, f"def wrapper({', '.join(params)}):\n" + "\n".join(lines) + "\n"
-
-
-def undefined_symbols(code: bytes) -> list[str]:
-    """Names an ELF64 object file uses but does not define (its symbol table's entries
-    in section 0, SHN_UNDEF)."""
-    import struct
-    if code[:4] != b"\x7fELF" or code[4] != 2:
-        raise RuntimeError("not an ELF64 object file")
-    section_offset, = struct.unpack_from("<Q", code, 0x28)
-    entry_size, count = struct.unpack_from("<HH", code, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", code, section_offset + i * entry_size)
-                for i in range(count)]
-    names = []
-    for _, kind, _, _, offset, size, link, _, _, symbol_size in sections:
-        if kind != 2:                                       # SHT_SYMTAB
-            continue
-        strings = sections[link][4]
-        for k in range(size // symbol_size):
-            name_at, _, _, section, _, _ = struct.unpack_from("<IBBHQQ", code,
-                                                             offset + k * symbol_size)
-            if section == 0 and name_at:
-                end = code.index(b"\0", strings + name_at)
-                names.append(code[strings + name_at:end].decode())
-    return names
