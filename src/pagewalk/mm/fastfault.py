@@ -10,6 +10,7 @@ pgtable.walk               p4d/pud/pmd_alloc on the way down (pgtable_alloc: NR_
 pgtable.pte_alloc_install  pgtables_bytes), __pte_alloc -> pmd_install
 new_anon_rmap              folio_add_new_anon_rmap(): flags, mapcount, NR_ANON_*
 remove_rmap_pte            folio_remove_rmap_pte() of an order-0 folio
+zap_order0_pages           zap_present_folio_ptes() of order-0 pages: RSS, rmap, folio_put
 set_anon_ptes              do_anonymous_page(): rmap, references, set_ptes, MM_ANONPAGES
 set_zero_pte               do_anonymous_page() on a read: the shared zero page
 wp_can_reuse_anon_folio    wp_can_reuse_anon_folio()
@@ -195,6 +196,26 @@ def remove_rmap_pte(ka: KernelArrays, pfn: int) -> None:
         node[NodeStat.NR_ACTIVE_ANON] -= 1
     else:
         node[NodeStat.NR_FILE_MAPPED] -= 1
+
+
+@compiled(entry="KernelArrays q1 q1 B1")
+def zap_order0_pages(ka: KernelArrays, mm_stat: Ints, pfns: Ints, freed: npt.NDArray[np.uint8]) -> None:
+    """zap_present_folio_ptes() for order-0 pages whose PTEs were just cleared, in order:
+    RSS by type (mm_counter), folio_remove_rmap_pte, folio_put; ``freed[i]`` is set when
+    the last reference of ``pfns[i]`` went (the caller frees them: free_unref_folios)."""
+    pages = ka.pages
+    for i in range(pfns.shape[0]):
+        pfn = pfns[i]
+        flags = pages.flags[pfn]
+        if flags & F_ANON:
+            mm_stat[MmStat.MM_ANONPAGES] -= 1
+        elif flags & F_SHMEM:
+            mm_stat[MmStat.MM_SHMEMPAGES] -= 1
+        else:
+            mm_stat[MmStat.MM_FILEPAGES] -= 1
+        remove_rmap_pte(ka, pfn)
+        pages.refcount[pfn] -= 1
+        freed[i] = pages.refcount[pfn] == 0
 
 
 # -- PTE faults (mm/memory.c) -----------------------------------------------------------------

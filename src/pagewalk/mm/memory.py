@@ -214,7 +214,8 @@ def zap_pte_range(k: Kernel, mm: MmStruct, vma: Vma, table: int, start: int, end
     """zap_pte_range(): clear the PTEs of [start, end) in one PTE table and drop the pages,
     as one batch: RSS by type, rmap counts, references; pages whose last reference goes are
     freed in address order (free_unref_folios). Pages of large folios take the per-page path
-    (their rmap bookkeeping and the deferred split queue live in Python)."""
+    (their rmap bookkeeping and the deferred split queue live in Python); order-0 pages
+    go through fastfault.zap_order0_pages, the rule the fault path's COW copy uses."""
     pgt = k.pgtables
     first = (start >> 12) & 511
     last = first + ((end - start) >> 12)
@@ -234,22 +235,11 @@ def zap_pte_range(k: Kernel, mm: MmStruct, vma: Vma, table: int, start: int, end
     small = pfns[~large]
     if small.size == 0:
         return
-    page_flags = memmap.flags[small]
-    anon = (page_flags & np.uint16(PageFlag.ANON)) != 0
-    shmem = ~anon & ((page_flags & np.uint16(PageFlag.SHMEM)) != 0)
-    mm.stat[MmStat.MM_ANONPAGES] -= int(anon.sum())
-    mm.stat[MmStat.MM_SHMEMPAGES] -= int(shmem.sum())
-    mm.stat[MmStat.MM_FILEPAGES] -= int((~anon & ~shmem).sum())
-    memmap.mapcount[small] -= 1                                    # folio_remove_rmap_pte
-    unmapped = memmap.mapcount[small] == 0
-    gone_anon = int((unmapped & anon).sum())
-    k.node_stat[NodeStat.NR_ANON_MAPPED] -= gone_anon
-    k.node_stat[NodeStat.NR_ACTIVE_ANON] -= gone_anon
-    k.node_stat[NodeStat.NR_FILE_MAPPED] -= int((unmapped & ~anon).sum())
-    memmap.refcount[small] -= 1                                    # folio_put
-    freed = small[memmap.refcount[small] == 0]
-    k.physmem_drop_range_many(freed)
-    k.buddy.free_pages_bulk(freed)
+    freed = np.zeros(small.size, dtype=np.uint8)
+    fastfault.zap_order0_pages(pgt.arrays, mm.stat, np.ascontiguousarray(small), freed)
+    gone = small[freed != 0]
+    k.physmem_drop_range_many(gone)
+    k.buddy.free_pages_bulk(gone)
 
 
 def zap_present_page(k: Kernel, mm: MmStruct, pfn: int) -> None:
