@@ -490,7 +490,26 @@ def test_private_and_shared_contradict() -> None:
 
 def test_flags_without_anonymous() -> None:
     assert_refused(scenario_text("mmap: {name: a, length: 4096, flags: [private]}"), 0,
-                   "steps[0].mmap.flags", "'anonymous'", "file mappings")
+                   "steps[0].mmap.flags", "'anonymous'", "needs a 'file'")
+
+
+def test_file_mapping_is_not_anonymous() -> None:
+    assert_refused(scenario_text("file: {name: f, size: 4096}",
+                                 "mmap: {name: a, length: 4096, file: f, "
+                                 "flags: [private, anonymous]}"), 1,
+                   "steps[1].mmap.flags", "not 'anonymous'")
+
+
+def test_file_steps_name_an_earlier_file() -> None:
+    assert_refused(scenario_text("truncate: {file: f, size: 0}"), 0,
+                   "steps[0].truncate.file", "no file 'f' from an earlier file step")
+    assert_refused(scenario_text("file: {name: f, size: 4096}", "file: {name: f, size: 0}"), 1,
+                   "steps[1].file.name", "already exists")
+
+
+def test_memfd_has_no_name_to_unlink() -> None:
+    assert_refused(scenario_text("file: {name: m, size: 4096, fs: memfd}", "unlink: {file: m}"),
+                   1, "steps[1].unlink.file", "is a memfd")
 
 
 def test_page_size_needs_hugetlb() -> None:
@@ -528,9 +547,9 @@ def test_stride_must_be_positive() -> None:
 
 
 def test_advice_from_the_list() -> None:
-    assert_refused(scenario_text(MMAP_A, "madvise: {region: a, advice: pageout}"), 1,
+    assert_refused(scenario_text(MMAP_A, "madvise: {region: a, advice: swapout}"), 1,
                    "steps[1].madvise.advice", "hugepage, nohugepage, dontneed, free, "
-                   "collapse, willneed", "'pageout'")
+                   "collapse, willneed, populate_read", "'swapout'")
 
 
 def test_region_is_required() -> None:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from pagewalk.errors import Errno, ScenarioError, SignalError, SyscallError
 from pagewalk.fuzz.document import ACCESS_STEPS, CALL_STEPS, Doc, step_item
 from pagewalk.live.errors import ProbeError
-from pagewalk.live.runner import CHUNK, LiveRun
+from pagewalk.live.runner import LiveRun
 from pagewalk.live.verify import LiveResult, Notify, run_live
 from pagewalk.scenario import schema as s
 from pagewalk.scenario.runner import ScenarioRun
@@ -31,6 +31,8 @@ from pagewalk.scenario.runner import ScenarioRun
 OK, ERR, SIG, SKIP = "ok", "err", "sig", "skip"
 EXPECTABLE_SIGNALS = frozenset(sig.name for sig in s.EXPECTABLE_SIGNALS)
 TOUCH_BYTE = 0x01          # what the kernel runner's touch stores; the simulator stores none
+# version 2 file steps, which may carry expect_error like the calls of document.CALL_STEPS
+FILE_CALL_STEPS = ("file", "truncate", "fadvise", "msync", "unlink")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +92,9 @@ class LiveDiscoveryRun(LiveRun):
         raise ProbeError(f"the probe answered {reply!r}", self.location(step))
 
     def do_read(self, step: s.ReadStep) -> None:
-        proc = self.proc(step)
-        addr, _ = self.region(step, s.Range(step.region, step.offset))
-        got = b""
-        for pos in range(0, step.length, CHUNK):
-            reply = proc.channel.ask(f"read {addr + pos:#x} {min(CHUNK, step.length - pos)}")
-            if not self.outcome(reply, step):
-                return
-            got += bytes.fromhex(reply.split()[1]) if len(reply.split()) > 1 else b""
-        self.found.data[step.index] = got
+        got = self.read_bytes(step)
+        if got is not None:
+            self.found.data[step.index] = got
 
 
 def discover_live(scenario: s.Scenario, notify: Notify | None = None) -> tuple[LiveResult,
@@ -164,7 +160,7 @@ def annotate(doc: Doc, found: Discovery) -> tuple[Doc, dict[int, int]]:
         if outcome.kind == SKIP:
             continue
         if outcome.kind == ERR:
-            if kind not in CALL_STEPS or outcome.name not in Errno.__members__:
+            if kind not in CALL_STEPS + FILE_CALL_STEPS or outcome.name not in Errno.__members__:
                 raise Unannotatable(f"step {index} ({kind}) failed with {outcome.name}")
             fields["expect_error"] = outcome.name
         elif outcome.kind == SIG:

@@ -26,7 +26,8 @@ ADDRESS_FIELDS = ("addr",)
 REGION_STEPS = ("munmap", "mprotect", "madvise", "touch", "write", "read", "mremap", "mlock",
                 "munlock")
 CALL_STEPS = ("mmap", "munmap", "mprotect", "madvise", "fork", "brk", "mremap", "mlock",
-              "munlock", "mlockall", "munlockall")                   # may expect_error
+              "munlock", "mlockall", "munlockall", "file", "truncate", "fadvise", "msync",
+              "unlink")                                              # may expect_error
 ACCESS_STEPS = ("touch", "write", "read")                            # may expect_signal
 GLOBAL_STEPS = ("set", "measure", "khugepaged")                      # carry no process
 

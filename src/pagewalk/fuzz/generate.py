@@ -1,4 +1,4 @@
-"""Random scenarios (scenario.md, version 1), valid by construction.
+"""Random scenarios (scenario.md, versions 1 and 2), valid by construction.
 
 A scenario is built as plain data (the YAML document: ``{"name", "system", "steps"}``
 with integer sizes) by :func:`generate`, from a seeded ``random.Random`` (the same seed
@@ -17,15 +17,24 @@ The steps come from :data:`STEP_KINDS`, a table of makers with a weight per clas
 (:data:`CLASSES`); a version-2 step (brk, mremap, mlock, files) is one more entry.
 Sizes stay small enough for a run of a second or two on the kernel: anonymous mappings
 up to 64 MiB (a few sparse ones up to 1 GiB, touched at large strides), hugetlb pools
-up to 64 pages of 2 MiB and 2 of 1 GiB, at most four live processes. The khugepaged
-step is simulator-only and never generated.
+up to 64 pages of 2 MiB and 2 of 1 GiB, at most four live processes, files up to
+16 MiB and 64 MiB of them in all. The khugepaged step is simulator-only and never
+generated.
+
+Files (version 2) follow the kernel oracle's rule (shared/oracle/README.md, Version 2):
+populating an uncached disk file is timing dependent on the live kernel (readahead I/O
+races the populate), so a step that populates (MADV_POPULATE_READ/WRITE, MAP_POPULATE,
+mlock, mlockall(MCL_CURRENT), and mremap growing or mprotect making writable a locked
+VMA) is only made while every disk file the process may map is fully cached (no
+fadvise, MADV_PAGEOUT/REMOVE or extending truncate since its creation) or was mapped
+with ``read_ahead_kb`` 0 (and no MADV_HUGEPAGE, which reads ahead regardless).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -35,7 +44,10 @@ from pagewalk.units import GiB, KiB, MiB
 Doc = dict[str, Any]
 T = TypeVar("T")
 
-CLASSES = ("basic", "thp", "hugetlb", "processes", "knobs", "mixed")
+CLASSES = ("basic", "thp", "hugetlb", "processes", "knobs", "mixed", "files")
+#: how often ``all`` draws each class: files, a version-2 class, less often
+CLASS_DRAW: Mapping[str, float] = MappingProxyType({c: 0.5 if c == "files" else 1.0
+                                                    for c in CLASSES})
 NO_HUGETLB_CLASSES = tuple(c for c in CLASSES if c != "hugetlb")   # --no-hugetlb
 ALL = "all"
 ARENA = 0x600000000000            # empty in the start image: MAP_FIXED mappings go here
@@ -55,7 +67,12 @@ HEAP = "[heap]"
 HEAP_KEEP = INITIAL_BRK - START_BRK   # the first part of [heap]: never unmapped or written
 BRK_MAX = 64 * MiB                # how far the break grows above the initial one
 STEP_RANGE = MappingProxyType({"basic": (8, 20), "thp": (8, 20), "hugetlb": (6, 16),
-                               "processes": (8, 22), "knobs": (8, 18), "mixed": (10, 24)})
+                               "processes": (8, 22), "knobs": (8, 18), "mixed": (10, 24),
+                               "files": (10, 24)})
+FILE_MAX = 16 * MiB               # version 2: a file's size, at its largest
+FILES_TOTAL = 64 * MiB            # the files of a scenario, each at its largest
+MAX_FILES = 6
+READ_AHEAD_VALUES = (0, 4, 128, 8192)   # kB: none, one page, the default of most disks, vda's
 
 PROTS = ("rw", "r", "none", "rwx", "x", "rx", "w", "wx")
 PROT_WEIGHTS = (40, 10, 8, 6, 4, 4, 4, 4)
@@ -64,7 +81,13 @@ ADVICE_WEIGHTS: Mapping[str, Mapping[str, float]] = MappingProxyType({
               "collapse": 1},
     "thp": {"hugepage": 5, "nohugepage": 2, "collapse": 4, "dontneed": 3, "free": 3,
             "willneed": 1},
+    # version 2: every advice, on file mappings and every other kind
+    "files": {"dontneed": 3, "free": 1, "willneed": 2, "hugepage": 1, "nohugepage": 0.5,
+              "collapse": 0.5, "populate_read": 3, "populate_write": 3, "remove": 2,
+              "cold": 2, "pageout": 3, "random": 1.5, "sequential": 1.5, "normal": 1},
 })
+POPULATE_ADVICE = frozenset({"populate_read", "populate_write"})
+UNCACHE_ADVICE = frozenset({"pageout", "remove"})   # drop disk-file pages (remove punches)
 
 
 # -- the model ------------------------------------------------------------------------------
@@ -79,6 +102,8 @@ class MapModel:
     page: int                    # 4 KiB, 2 MiB or 1 GiB
     start: int | None = None     # known for MAP_FIXED mappings in the arena
     sparse: bool = False         # too long to touch densely
+    file: str | None = None      # version 2: the file mapped
+    ra: int = 0                  # read_ahead_kb at its mmap (the file is opened afresh)
 
     @property
     def end(self) -> int | None:
@@ -94,13 +119,20 @@ class ProcModel:
     arena: list[tuple[int, int]] = field(default_factory=list)   # mapped [start, end)
     brk_low: int = 0             # the lowest the break can be (a grow may have failed)
     brk_high: int = 0            # the highest it can be (every grow succeeded)
+    # version 2: (file, read_ahead_kb at mmap) of every file mapping it may hold, named or
+    # not (a partial mremap leaves an unnamed part behind), never forgotten
+    file_maps: set[tuple[str, int]] = field(default_factory=set)
+    locked: bool = False         # may hold a VM_LOCKED VMA without VM_LOCKONFAULT
+    hugepage: bool = False       # may hold a VM_HUGEPAGE VMA (file readahead even at ra 0)
 
     def __post_init__(self) -> None:
         self.brk_low = self.brk_low or INITIAL_BRK
         self.brk_high = self.brk_high or INITIAL_BRK
 
     def child(self, name: str) -> ProcModel:
-        return ProcModel(name, dict(self.maps), list(self.arena), self.brk_low, self.brk_high)
+        # dup_mmap clears VM_LOCKED in the child: locks are not inherited
+        return ProcModel(name, dict(self.maps), list(self.arena), self.brk_low, self.brk_high,
+                         set(self.file_maps), False, self.hugepage)
 
     def occupy(self, start: int, end: int) -> None:
         self.vacate(start, end)
@@ -124,6 +156,18 @@ class ProcModel:
         return min((lo for lo, _ in self.arena if lo >= addr), default=None)
 
 
+@dataclass(slots=True)
+class FileModel:
+    """A file a ``file`` step made (version 2)."""
+
+    name: str
+    fs: str                      # disk, tmpfs, memfd
+    size: int
+    peak: int                    # the largest it has been (counts against FILES_TOTAL)
+    cached: bool = True          # disk: every page in the page cache since its creation
+    unlinked: bool = False
+
+
 class Gen:
     """The state of one generation: the random source, the steps so far and the model."""
 
@@ -132,7 +176,7 @@ class Gen:
         self.seed = seed
         self.hugetlb = hugetlb       # False: no hugetlb mapping, no hugetlb pool knob
         classes = CLASSES if hugetlb else NO_HUGETLB_CLASSES
-        self.cls = self.rng.choice(classes) if cls == ALL else cls
+        self.cls = self.pick(classes, [CLASS_DRAW[c] for c in classes]) if cls == ALL else cls
         self.steps: list[Doc] = []
         self.procs: dict[str, ProcModel] = {"main": ProcModel("main")}
         self.counters: dict[str, int] = {}
@@ -140,6 +184,7 @@ class Gen:
         self.knobs: dict[str, str] = registry.defaults()
         self.writes: list[tuple[str, str, int, int]] = []   # process, mapping, offset, length
         self.mapped = 0          # dense anonymous bytes mapped by all processes (memory bound)
+        self.files: dict[str, FileModel] = {}
 
     # -- random helpers --------------------------------------------------------------------
     def chance(self, p: float) -> bool:
@@ -166,10 +211,14 @@ class Gen:
                    for p in procs]
         return self.pick(procs, weights)
 
-    def pick_map(self, proc: ProcModel) -> MapModel:
+    def pick_map(self, proc: ProcModel, prefer_file: bool = False) -> MapModel:
         """A mapping of ``proc``, the recent ones and the arena's more often (the steps
-        pile up on a few VMAs, where splits, merges and COW meet)."""
+        pile up on a few VMAs, where splits, merges and COW meet); a file mapping more
+        often in the files class or with ``prefer_file``."""
         maps = list(proc.maps.values())
+        if ((prefer_file or self.cls == "files") and any(m.file for m in maps)
+                and self.chance(0.6)):
+            maps = [m for m in maps if m.file]
         weights = [(position + 1) ** 1.5 * (2.0 if m.start is not None else 1.0)
                    for position, m in enumerate(maps)]
         return self.pick(maps, weights)
@@ -183,6 +232,33 @@ class Gen:
 
     def pool(self, size_kb: int) -> int:
         return int(self.knobs[f"{registry.HUGEPAGES}/hugepages-{size_kb}kB/nr_hugepages"])
+
+    # -- files (version 2) -------------------------------------------------------------------
+    def read_ahead_kb(self) -> int:
+        return int(self.knobs[registry.READ_AHEAD_KB])
+
+    def file_total(self) -> int:
+        return sum(f.peak for f in self.files.values())
+
+    def uncached_read(self, file: str, ra: int, hugepage: bool) -> bool:
+        """Would populating a mapping of ``file`` (opened with read_ahead_kb ``ra``) read
+        an uncached disk file with readahead? do_sync_mmap_readahead reads nothing
+        around the page with ra_pages 0, but a VM_HUGEPAGE VMA reads ahead regardless."""
+        f = self.files[file]
+        return f.fs == "disk" and not f.cached and (ra != 0 or hugepage)
+
+    def populate_unsafe(self, proc: ProcModel) -> bool:
+        """Might a populating step of ``proc`` (the oracle README: timing dependent on an
+        uncached disk file) reach such a file? Any of its file mappings counts, a range
+        may cross into one."""
+        return any(self.uncached_read(file, ra, proc.hugepage) for file, ra in proc.file_maps)
+
+    def pick_file(self) -> FileModel | None:
+        """A file of the scenario, the recent ones more often."""
+        files = list(self.files.values())
+        if not files:
+            return None
+        return self.pick(files, [(i + 1) ** 1.5 for i in range(len(files))])
 
 
 # -- sizes -------------------------------------------------------------------------------------
@@ -318,6 +394,8 @@ def _record_map(gen: Gen, proc: ProcModel, fields: Doc, m: MapModel) -> None:
         fields["process"] = proc.name
     if m.length == 0:
         return                                         # EINVAL: nothing to refer to later
+    if m.file is not None:
+        proc.file_maps.add((m.file, m.ra))
     proc.maps[m.name] = m
     if m.kind != "hugetlb" and not m.sparse:
         gen.mapped += m.length
@@ -413,6 +491,7 @@ MADVISE_RANGES = (35, 15, 15, 15, 12, 5, 3)
 TOUCH_RANGES = (50, 15, 15, 10, 10, 0, 0)
 MLOCK_RANGES = (40, 15, 15, 15, 10, 5, 0)
 MREMAP_RANGES = (0, 40, 10, 30, 10, 10, 0)
+MSYNC_RANGES = (40, 15, 10, 15, 8, 8, 4)
 
 
 def _ranged(gen: Gen, kind: str, weights: Sequence[float]) -> tuple[ProcModel, MapModel,
@@ -420,7 +499,7 @@ def _ranged(gen: Gen, kind: str, weights: Sequence[float]) -> tuple[ProcModel, M
     proc = gen.pick_proc(with_maps=True)
     if proc is None:
         return None
-    m = gen.pick_map(proc)
+    m = gen.pick_map(proc, prefer_file=kind == "msync")
     fields = _range(gen, proc, m, weights)
     if proc.name != "main":
         fields["process"] = proc.name
@@ -447,8 +526,11 @@ def _mprotect(gen: Gen) -> Doc | None:
     got = _ranged(gen, "mprotect", MPROTECT_RANGES)
     if got is None:
         return None
-    fields = got[2]
+    proc, _, fields = got
     fields["prot"] = _prot(gen)
+    if proc.locked and "w" in fields["prot"] and gen.populate_unsafe(proc):
+        # mprotect_fixup populates a private VM_LOCKED VMA that becomes writable
+        fields["prot"] = gen.pick(("r", "none", "rx", "x"))
     return {"mprotect": fields}
 
 
@@ -456,9 +538,19 @@ def _madvise(gen: Gen) -> Doc | None:
     got = _ranged(gen, "madvise", MADVISE_RANGES)
     if got is None:
         return None
-    fields = got[2]
-    table = ADVICE_WEIGHTS["thp" if gen.cls in ("thp", "mixed", "knobs") else "basic"]
-    fields["advice"] = gen.weighted(table)
+    proc, _, fields = got
+    if gen.cls == "files" or (gen.cls == "mixed" and gen.chance(0.2)):
+        table = ADVICE_WEIGHTS["files"]
+    else:
+        table = ADVICE_WEIGHTS["thp" if gen.cls in ("thp", "mixed", "knobs") else "basic"]
+    advice = gen.weighted(table)
+    if advice in POPULATE_ADVICE and gen.populate_unsafe(proc):
+        advice = gen.weighted({a: w for a, w in table.items() if a not in POPULATE_ADVICE})
+    if advice in UNCACHE_ADVICE:         # the range may reach any file mapping of proc
+        for file, _ in proc.file_maps:
+            gen.files[file].cached = False
+    proc.hugepage |= advice == "hugepage"
+    fields["advice"] = advice
     return {"madvise": fields}
 
 
@@ -581,14 +673,17 @@ def _measure(gen: Gen) -> Doc | None:
 
 # -- knobs ---------------------------------------------------------------------------------
 
-KNOB_GROUPS = ("thp", "mthp", "khugepaged", "hugetlb", "vm")
+KNOB_GROUPS = ("thp", "mthp", "khugepaged", "hugetlb", "vm", "block")
 KNOB_GROUP_WEIGHTS: Mapping[str, Sequence[float]] = MappingProxyType({
-    "basic": (6, 1, 1, 0, 1), "thp": (6, 3, 2, 0.5, 0.5), "hugetlb": (1, 0.5, 0.5, 8, 1),
-    "processes": (4, 1, 1, 1, 1), "knobs": (4, 3, 3, 3, 2), "mixed": (4, 2, 1, 3, 1),
+    "basic": (6, 1, 1, 0, 1, 0), "thp": (6, 3, 2, 0.5, 0.5, 0),
+    "hugetlb": (1, 0.5, 0.5, 8, 1, 0), "processes": (4, 1, 1, 1, 1, 0),
+    "knobs": (4, 3, 3, 3, 2, 1), "mixed": (4, 2, 1, 3, 1, 0.5), "files": (1, 0.3, 0, 0, 0.2, 6),
 })
 
 
 def _knob_group(path: str) -> str:
+    if path.startswith("/sys/block/"):
+        return "block"                 # version 2: read_ahead_kb
     if path.startswith(registry.KHUGEPAGED):
         return "khugepaged"
     if "/transparent_hugepage/hugepages-" in path:
@@ -638,6 +733,8 @@ def _knob_value(gen: Gen, path: str) -> str | int:
         return rng.choice((0, 1, 64, 255, 256, 510, 511, rng.randint(0, 511)))
     if canonical.endswith(("_millisecs", "/pages_to_scan")):
         return rng.choice((1, 100, 4096, 10000))
+    if canonical == registry.READ_AHEAD_KB:
+        return gen.pick(READ_AHEAD_VALUES, (3, 1, 2, 2))
     kind = spec.kind
     if isinstance(kind, registry.Choice):
         word = rng.choice(kind.options)
@@ -654,7 +751,7 @@ def _initial_sysfs(gen: Gen) -> Doc:
     if cls in ("thp",) or gen.chance(0.6):
         sysfs[thp] = gen.pick(("always", "madvise", "never"),
                               (5, 4, 0.5) if cls == "thp" else (2, 2, 3))
-    if gen.hugetlb and (cls in ("hugetlb",) or (cls in ("mixed", "knobs", "processes")
+    if gen.hugetlb and (cls in ("hugetlb",) or (cls in ("mixed", "knobs", "processes", "files")
                                                and gen.chance(0.4))):
         path = gen.pick((f"{registry.VM}/nr_hugepages",
                          f"{registry.HUGEPAGES}/hugepages-2048kB/nr_hugepages"))
@@ -662,7 +759,10 @@ def _initial_sysfs(gen: Gen) -> Doc:
         if gen.chance(0.3 if cls == "hugetlb" else 0.1):
             sysfs[f"{registry.HUGEPAGES}/hugepages-1048576kB/nr_hugepages"] = \
                 gen.rng.randint(1, MAX_POOL_1G)
-    extra = {"basic": 0, "thp": 2, "hugetlb": 1, "processes": 1, "knobs": 4, "mixed": 2}[cls]
+    if cls == "files" and gen.chance(0.4):
+        sysfs[registry.READ_AHEAD_KB] = gen.pick(READ_AHEAD_VALUES, (3, 1, 2, 2))
+    extra = {"basic": 0, "thp": 2, "hugetlb": 1, "processes": 1, "knobs": 4, "mixed": 2,
+             "files": 1}[cls]
     for _ in range(gen.rng.randint(0, extra)):
         path = _knob_path(gen)
         if registry.resolve(path) not in {registry.resolve(p) for p in sysfs}:
@@ -747,9 +847,11 @@ def _mlock(gen: Gen) -> Doc | None:
     got = _mlock_range(gen)
     if got is None:
         return None
-    fields = got[1]
-    if gen.chance(0.3):
+    proc, fields = got
+    if gen.chance(0.3) or gen.populate_unsafe(proc):     # MLOCK_ONFAULT populates nothing
         fields["flags"] = ["onfault"]
+    else:
+        proc.locked = True
     return {"mlock": fields}
 
 
@@ -766,9 +868,10 @@ def _mlockall(gen: Gen) -> Doc | None:
         return None
     sparse = any(m.sparse for m in proc.maps.values())
     options = [["future", "onfault"], ["current", "future", "onfault"], ["current", "onfault"]]
-    if not sparse:
+    if not sparse and not gen.populate_unsafe(proc):
         options += [["current"], ["current"]]
     fields: Doc = {"flags": gen.pick(options)}
+    proc.locked |= "onfault" not in fields["flags"]
     if proc.name != "main":
         fields["process"] = proc.name
     return {"mlockall": fields}
@@ -812,6 +915,10 @@ def _mremap(gen: Gen) -> Doc | None:
         new = min(new, old + 32 * MiB)
         if mode == "fixed" and (gen.chance(0.4) or m.kind == "hugetlb"):
             new = old                  # a whole hugetlb VMA moves without a leak
+    if proc.locked and gen.populate_unsafe(proc):
+        # mremap populates what it grows of a VM_LOCKED VMA, growth judged against the
+        # old length given (the model's length may be stale): give it, grow nothing
+        fields["length"], new = old, min(new, old)
     flags: list[str] = []
     if mode in ("move", "fixed", "dontunmap"):
         flags.append("maymove")
@@ -831,22 +938,178 @@ def _mremap(gen: Gen) -> Doc | None:
         fields["process"] = proc.name
     gen.mapped += max(0, _align_up(new, PAGE) - old)
     if mode == "dontunmap":
-        proc.maps[fields["name"]] = MapModel(fields["name"], _align_up(max(new, PAGE), m.page),
-                                             m.kind, m.page)
+        proc.maps[fields["name"]] = replace(m, name=fields["name"], start=None, sparse=False,
+                                            length=_align_up(max(new, PAGE), m.page))
     elif mode == "fixed":
         if m.start is not None:
             proc.vacate(m.start + offset, m.start + offset + old)
         gen.forget(proc, fields["addr"], fields["addr"] + _align_up(max(new, PAGE), m.page))
         proc.occupy(fields["addr"], fields["addr"] + _align_up(max(new, PAGE), m.page))
         if m.name in proc.maps:
-            proc.maps[m.name] = MapModel(m.name, _align_up(max(new, PAGE), m.page), m.kind,
-                                         m.page, fields["addr"], m.sparse)
+            proc.maps[m.name] = replace(m, length=_align_up(max(new, PAGE), m.page),
+                                        start=fields["addr"])
         else:
             proc.maps[m.name] = m
     elif mode != "shrink" or offset:
-        proc.maps[m.name] = MapModel(m.name, max(m.length, _align_up(new, m.page)), m.kind,
-                                     m.page, None, m.sparse)
+        proc.maps[m.name] = replace(m, length=max(m.length, _align_up(new, m.page)), start=None)
     return {"mremap": fields}
+
+
+# -- version 2: files and the page cache ------------------------------------------------------
+
+def _with_process(gen: Gen, fields: Doc) -> Doc:
+    """``fields`` done by a live process (main mostly): a file step runs in a process too."""
+    proc = gen.pick_proc()
+    if proc is not None and proc.name != "main":
+        fields["process"] = proc.name
+    return fields
+
+
+def _file_size(gen: Gen, cap: int) -> int:
+    """A file size up to ``cap``: some pages, whole MiB or 2 MiB (PMD-sized folios in the
+    page cache), unaligned (a partial last page), or empty."""
+    rng = gen.rng
+    size = gen.pick((rng.randint(1, 64) * PAGE, rng.randint(1, 16) * MiB,
+                     rng.randint(1, 8) * HUGE_2M,
+                     rng.randint(0, 4 * MiB // PAGE) * PAGE + rng.randint(1, PAGE - 1), 0),
+                    (30, 25, 15, 20, 3))
+    return min(size, cap)
+
+
+def _file(gen: Gen) -> Doc | None:
+    """A file on disk (ext4), tmpfs or a memfd; the scenario's files stay within
+    FILES_TOTAL at their largest."""
+    room = min(FILE_MAX, FILES_TOTAL - gen.file_total())
+    if len(gen.files) >= MAX_FILES or room < PAGE:
+        return None
+    fs = gen.pick(("disk", "tmpfs", "memfd"), (5, 3, 3))
+    size = _file_size(gen, room)
+    fields: Doc = {"name": gen.counter("f"), "size": size}
+    if fs != "disk" or gen.chance(0.5):
+        fields["fs"] = fs                              # disk is the default
+    gen.files[fields["name"]] = FileModel(fields["name"], fs, size, size)
+    return {"file": _with_process(gen, fields)}
+
+
+def _mmap_file(gen: Gen) -> Doc | None:
+    """mmap of a file, private or shared: the whole file, a part at a page-aligned
+    file_offset, past its end (SIGBUS there), an unaligned file_offset (EINVAL); with
+    MAP_POPULATE only where populating reads no uncached disk file (the oracle's rule)."""
+    f = gen.pick_file()
+    proc = gen.pick_proc()
+    if f is None or proc is None:
+        return None
+    rng = gen.rng
+    pages = max(1, _align_up(f.size, PAGE) // PAGE)
+    shape = gen.pick(("whole", "part", "beyond", "offset-beyond", "unaligned", "zero"),
+                     (45, 25, 15, 5, 3, 2))
+    offset = 0
+    if shape == "whole":
+        length = f.size if f.size and gen.chance(0.5) else pages * PAGE
+    elif shape == "part":
+        first = rng.randint(0, pages - 1)
+        offset = first * PAGE
+        length = rng.randint(1, pages - first) * PAGE
+    elif shape == "beyond":
+        offset = rng.randint(0, pages - 1) * PAGE if gen.chance(0.3) else 0
+        length = pages * PAGE - offset + gen.pick((PAGE, rng.randint(2, 16) * PAGE, HUGE_2M))
+    elif shape == "offset-beyond":
+        offset = pages * PAGE + gen.pick((0, PAGE, MiB))
+        length = rng.randint(1, 16) * PAGE
+    elif shape == "unaligned":
+        offset = rng.randint(0, pages - 1) * PAGE + gen.pick((1, 512, PAGE - 1))
+        length = rng.randint(1, 16) * PAGE
+    else:
+        length = 0
+    kind = "shared" if gen.chance(0.45) else "private"
+    ra = gen.read_ahead_kb()
+    extra = [flag for flag, p in (("populate", 0.15), ("noreserve", 0.05)) if gen.chance(p)]
+    if "populate" in extra and gen.uncached_read(f.name, ra, False):
+        extra.remove("populate")
+    prot = gen.pick(("rw", "r", "none", "rx", "rwx", "w", "x", "wx"), (40, 25, 5, 5, 3, 3, 2, 2))
+    fields: Doc = {"name": gen.counter("m"), "length": length, "prot": prot, "file": f.name}
+    if offset or gen.chance(0.1):
+        fields["file_offset"] = offset
+    start = None
+    if gen.chance(0.15):                               # beside the arena's other VMAs
+        start = _arena_addr(gen, proc, _align_up(max(length, PAGE), PAGE))
+        extra.append(gen.pick(("fixed", "fixed_noreplace"), (4, 1)))
+        fields["addr"] = start
+    elif gen.chance(0.05):
+        fields["addr"] = gen.pick((ARENA + 96 * GiB, ARENA + 96 * GiB + 3 * PAGE))
+    fields["flags"] = [kind, *extra] if not gen.chance(0.02) else extra  # neither: EINVAL
+    if gen.chance(0.1) and prot == "rw":
+        del fields["prot"]                             # the default, rw
+    m = MapModel(fields["name"], _align_up(length, PAGE), kind, PAGE, start=start,
+                 file=f.name, ra=ra)
+    _record_map(gen, proc, fields, m)
+    if start is not None and length and ("fixed" in extra or start % PAGE == 0):
+        proc.occupy(start, start + m.length)
+    return {"mmap": fields}
+
+
+def _truncate(gen: Gen) -> Doc | None:
+    """ftruncate: shrink (to 0, a page boundary, mid-page), grow (a hole: the file is no
+    longer fully cached) or keep the size; at most FILE_MAX, FILES_TOTAL in all."""
+    f = gen.pick_file()
+    if f is None:
+        return None
+    rng = gen.rng
+    top = min(FILE_MAX, FILES_TOTAL - gen.file_total() + f.peak)
+    mode = gen.pick(("shrink", "grow", "same"), (45 if f.size else 0, 45, 10))
+    if mode == "shrink":
+        size = gen.pick((0, _align_up(f.size // 2, PAGE), rng.randint(0, f.size - 1),
+                         f.size - min(f.size, PAGE)))
+    elif mode == "grow":
+        size = min(top, f.size + gen.pick((rng.randint(1, 16) * PAGE, rng.randint(1, 4) * MiB,
+                                           rng.randint(1, PAGE - 1), HUGE_2M)))
+    else:
+        size = f.size
+    if size > f.size:
+        f.cached = False                               # the new range is a hole on disk
+    f.size = size
+    f.peak = max(f.peak, size)
+    return {"truncate": _with_process(gen, {"file": f.name, "size": size})}
+
+
+def _fadvise(gen: Gen) -> Doc | None:
+    """POSIX_FADV_DONTNEED of a whole file: its unmapped clean pages leave the cache."""
+    f = gen.pick_file()
+    if f is None:
+        return None
+    f.cached = False
+    return {"fadvise": _with_process(gen, {"file": f.name, "advice": "dontneed"})}
+
+
+def _unlink(gen: Gen) -> Doc | None:
+    """unlink of a disk or tmpfs file (a memfd has no name); now and then a second one,
+    which the kernel answers with ENOENT."""
+    files = [f for f in gen.files.values() if f.fs != "memfd"]
+    if not files:
+        return None
+    f = gen.pick(files, [1.0 if f.unlinked else 3.0 for f in files])
+    f.unlinked = True
+    return {"unlink": _with_process(gen, {"file": f.name})}
+
+
+MSYNC_FLAGS: tuple[tuple[str, ...] | None, ...] = (
+    None, ("sync",), ("async",), ("invalidate",), ("sync", "invalidate"),
+    ("async", "invalidate"), (), ("sync", "async"), ("sync", "async", "invalidate"))
+MSYNC_FLAG_WEIGHTS = (15, 15, 12, 8, 8, 6, 3, 4, 2)   # the last two: MS_SYNC|MS_ASYNC, EINVAL
+
+
+def _msync(gen: Gen) -> Doc | None:
+    """msync of a file mapping mostly (any mapping sometimes, a hole is ENOMEM), with every
+    flag combination: MS_SYNC with MS_ASYNC and an unaligned start are EINVAL, and
+    MS_INVALIDATE of a locked VMA is EBUSY."""
+    got = _ranged(gen, "msync", MSYNC_RANGES)
+    if got is None:
+        return None
+    fields = got[2]
+    flags = gen.pick(MSYNC_FLAGS, MSYNC_FLAG_WEIGHTS)
+    if flags is not None:
+        fields["flags"] = list(flags)
+    return {"msync": fields}
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -862,35 +1125,44 @@ class StepKind:
 
 
 def _w(basic: float, thp: float, hugetlb: float, processes: float, knobs: float,
-       mixed: float) -> Mapping[str, float]:
-    return MappingProxyType(dict(zip(CLASSES, (basic, thp, hugetlb, processes, knobs, mixed),
-                                     strict=True)))
+       mixed: float, files: float = 0) -> Mapping[str, float]:
+    return MappingProxyType(dict(zip(CLASSES, (basic, thp, hugetlb, processes, knobs, mixed,
+                                               files), strict=True)))
 
 
 STEP_KINDS: tuple[StepKind, ...] = (
-    StepKind("mmap-anon", "mmap", _mmap_anon, _w(3, 3, 1.5, 2, 2, 3)),
-    StepKind("mmap-fixed", "mmap", _mmap_fixed, _w(3, 2, 2, 1.5, 1.5, 2)),
-    StepKind("mmap-hugetlb", "mmap", _mmap_hugetlb, _w(0, 0.3, 4, 0.7, 0.7, 1.5)),
-    StepKind("munmap", "munmap", _munmap, _w(2, 2, 2, 1, 1, 2)),
-    StepKind("mprotect", "mprotect", _mprotect, _w(3, 2, 2, 1, 1, 2)),
-    StepKind("madvise", "madvise", _madvise, _w(2, 5, 2, 2, 2, 3)),
-    StepKind("touch", "touch", _touch, _w(8, 8, 7, 7, 6, 8)),
-    StepKind("write", "write", _write, _w(2, 1, 1, 2, 1, 1)),
-    StepKind("read", "read", _read, _w(2, 1, 1, 2, 1, 1)),
-    StepKind("fork", "fork", _fork, _w(0.3, 0.5, 0.5, 4, 0.5, 1)),
-    StepKind("exit", "exit", _exit, _w(0, 0, 0, 1.5, 0.2, 0.5)),
-    StepKind("set", "set", _set, _w(0.2, 1.5, 1.5, 0.3, 6, 1.5)),
-    StepKind("measure", "measure", _measure, _w(2, 2, 2, 2, 2, 2)),
+    StepKind("mmap-anon", "mmap", _mmap_anon, _w(3, 3, 1.5, 2, 2, 3, 1.5)),
+    StepKind("mmap-fixed", "mmap", _mmap_fixed, _w(3, 2, 2, 1.5, 1.5, 2, 1)),
+    StepKind("mmap-hugetlb", "mmap", _mmap_hugetlb, _w(0, 0.3, 4, 0.7, 0.7, 1.5, 0.4)),
+    StepKind("munmap", "munmap", _munmap, _w(2, 2, 2, 1, 1, 2, 1.5)),
+    StepKind("mprotect", "mprotect", _mprotect, _w(3, 2, 2, 1, 1, 2, 1)),
+    StepKind("madvise", "madvise", _madvise, _w(2, 5, 2, 2, 2, 3, 5)),
+    StepKind("touch", "touch", _touch, _w(8, 8, 7, 7, 6, 8, 8)),
+    StepKind("write", "write", _write, _w(2, 1, 1, 2, 1, 1, 2)),
+    StepKind("read", "read", _read, _w(2, 1, 1, 2, 1, 1, 2)),
+    StepKind("fork", "fork", _fork, _w(0.3, 0.5, 0.5, 4, 0.5, 1, 0.7)),
+    StepKind("exit", "exit", _exit, _w(0, 0, 0, 1.5, 0.2, 0.5, 0.3)),
+    StepKind("set", "set", _set, _w(0.2, 1.5, 1.5, 0.3, 6, 1.5, 1)),
+    StepKind("measure", "measure", _measure, _w(2, 2, 2, 2, 2, 2, 2)),
     # version 2
-    StepKind("brk", "brk", _brk, _w(1, 1, 0.3, 0.7, 0.3, 1)),
-    StepKind("mremap", "mremap", _mremap, _w(1.5, 1.5, 1, 0.7, 0.5, 1.5)),
-    StepKind("mlock", "mlock", _mlock, _w(1, 1, 0.7, 0.7, 0.3, 1)),
-    StepKind("munlock", "munlock", _munlock, _w(0.5, 0.5, 0.3, 0.3, 0.2, 0.5)),
-    StepKind("mlockall", "mlockall", _mlockall, _w(0.2, 0.2, 0.2, 0.3, 0.1, 0.3)),
-    StepKind("munlockall", "munlockall", _munlockall, _w(0.2, 0.2, 0.2, 0.3, 0.1, 0.3)),
+    StepKind("brk", "brk", _brk, _w(1, 1, 0.3, 0.7, 0.3, 1, 0.3)),
+    StepKind("mremap", "mremap", _mremap, _w(1.5, 1.5, 1, 0.7, 0.5, 1.5, 1)),
+    StepKind("mlock", "mlock", _mlock, _w(1, 1, 0.7, 0.7, 0.3, 1, 1)),
+    StepKind("munlock", "munlock", _munlock, _w(0.5, 0.5, 0.3, 0.3, 0.2, 0.5, 0.5)),
+    StepKind("mlockall", "mlockall", _mlockall, _w(0.2, 0.2, 0.2, 0.3, 0.1, 0.3, 0.3)),
+    StepKind("munlockall", "munlockall", _munlockall, _w(0.2, 0.2, 0.2, 0.3, 0.1, 0.3, 0.3)),
+    # version 2 files: a few in mixed (and so in all), the files class's own
+    StepKind("file", "file", _file, _w(0, 0, 0, 0, 0, 0.2, 1.2)),
+    StepKind("mmap-file", "mmap", _mmap_file, _w(0, 0, 0, 0, 0, 0.4, 4)),
+    StepKind("truncate", "truncate", _truncate, _w(0, 0, 0, 0, 0, 0.15, 1.2)),
+    StepKind("fadvise", "fadvise", _fadvise, _w(0, 0, 0, 0, 0, 0.15, 1.2)),
+    StepKind("msync", "msync", _msync, _w(0, 0, 0, 0, 0, 0.15, 1.5)),
+    StepKind("unlink", "unlink", _unlink, _w(0, 0, 0, 0, 0, 0.1, 0.6)),
 )
 #: what a scenario of the class starts with (after its first mappings)
 OPENING: Mapping[str, tuple[str, ...]] = MappingProxyType({"processes": ("fork",)})
+#: what a scenario of the class starts with (before its first mappings)
+PRELUDE: Mapping[str, tuple[str, ...]] = MappingProxyType({"files": ("file",)})
 MAKES_MAPPINGS = frozenset(k.name for k in STEP_KINDS if k.step == "mmap")
 HUGETLB_KINDS = frozenset({"mmap-hugetlb"})     # left out with --no-hugetlb
 
@@ -927,6 +1199,8 @@ def generate(seed: int, cls: str = ALL, hugetlb: bool = True) -> Doc:
     low, high = STEP_RANGE[gen.cls]
     total = gen.rng.randint(low, high)
     mappers = [k for k in STEP_KINDS if k.name in MAKES_MAPPINGS]
+    for name in PRELUDE.get(gen.cls, ()):
+        gen.steps.append(_choose(gen, [k for k in STEP_KINDS if k.name == name]))
     for _ in range(gen.rng.randint(1, 3)):
         gen.steps.append(_choose(gen, mappers))
     for name in OPENING.get(gen.cls, ()):
@@ -938,5 +1212,6 @@ def generate(seed: int, cls: str = ALL, hugetlb: bool = True) -> Doc:
     return doc
 
 
-__all__ = ["ALL", "ARENA", "ARENA_1G", "CLASSES", "KNOB_PATHS", "NO_HUGETLB_CLASSES",
-           "STEP_KINDS", "UNWRITABLE", "Doc", "StepKind", "generate"]
+__all__ = ["ALL", "ARENA", "ARENA_1G", "CLASSES", "FILES_TOTAL", "FILE_MAX", "KNOB_PATHS",
+           "NO_HUGETLB_CLASSES", "READ_AHEAD_VALUES", "STEP_KINDS", "UNWRITABLE", "Doc",
+           "StepKind", "generate"]

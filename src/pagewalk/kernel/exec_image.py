@@ -21,6 +21,7 @@ from pagewalk.mm.types import VmFlags
 R, W, X = VmFlags.READ, VmFlags.WRITE, VmFlags.EXEC
 MAY = VmFlags.MAYREAD | VmFlags.MAYWRITE | VmFlags.MAYEXEC
 PROGRAM_PATH = "/usr/local/bin/workload"
+PROGRAM_SIZE = 0xAB000     # i_size: at least the end of the last file-backed page
 
 
 @dataclass(frozen=True, slots=True)

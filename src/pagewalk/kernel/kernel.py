@@ -79,8 +79,14 @@ class Kernel:
         self.mmu.cr4_pke = self.mmu.pku      # setup_pku(): CR4.PKE on a CPU with PKU
         self._boot()
         # The page cache of the start image's program file and of the vdso.
-        self.program_file = shmem.PageCacheFile(exec_image.PROGRAM_PATH, kind="file")
+        self.program_file = shmem.PageCacheFile(exec_image.PROGRAM_PATH, kind="file",
+                                                size=exec_image.PROGRAM_SIZE)
         self.vdso_file = shmem.PageCacheFile("[vdso]", kind="vdso")
+        # The scenario's files (version 2): every one stays open (name -> inode); the
+        # names still in a directory (unlink removes one).
+        self.inodes: dict[str, shmem.PageCacheFile] = {}
+        self.dentries: set[str] = set()
+        self.next_ino = 2000000
         self.hugetlb = hugetlb.HugetlbState(self)
         self.apply_knobs()
 

@@ -23,6 +23,7 @@ non-PMD ``hugepages-<N>kB/shmem_enabled`` takes ``inherit`` only while ``shmem_e
 is not ``force``. ``hugepages-1048576kB/nr_overcommit_hugepages`` refuses every write
 (gigantic pages have no surplus).
 * ``/proc/sys/vm/overcommit_memory`` and ``overcommit_ratio`` (mm/util.c, kernel/sysctl.c).
+* ``/sys/block/vda/queue/read_ahead_kb`` (version 2): the root disk's readahead window.
 
 A value is always held as the string the kernel file would hold: the selected word for
 a choice (``madvise``, where the file shows ``always [madvise] never``) and the decimal
@@ -89,6 +90,8 @@ class Number:
 
     low: int
     high: int
+    #: the file reads back a multiple of this (read_ahead_kb keeps whole pages)
+    granule: int = 1
 
     def describe(self) -> str:
         if self.high - self.low == 1:
@@ -102,7 +105,7 @@ class Number:
         number = _to_int(value)
         if number is None or not self.low <= number <= self.high:
             raise ValueError(f"expected {self.describe()}; got {_show(value)}")
-        return str(number)
+        return str(number - number % self.granule)
 
 
 KnobKind = Choice | Number
@@ -255,9 +258,22 @@ def _overcommit_specs() -> tuple[KnobSpec, ...]:
     )
 
 
+#: The root disk's readahead knob as the spec names it (the reference machine's disk is
+#: vda; live runs map it to the disk that holds their files).
+READ_AHEAD_KB = "/sys/block/vda/queue/read_ahead_kb"
+
+
+def _block_specs() -> tuple[KnobSpec, ...]:
+    """queue/read_ahead_kb (block/blk-sysfs.c queue_ra_store: kstrtoul, at most UINT_MAX,
+    kept as bdi->ra_pages = kb >> 2, so it reads back in whole 4 KiB pages)."""
+    return (KnobSpec(READ_AHEAD_KB, "8192", Number(0, UINT_MAX, granule=4),
+                     "the root disk's readahead window in kB (ra_pages), taken by a file "
+                     "at each open (file_ra_state_init)"),)
+
+
 KNOB_SPECS: tuple[KnobSpec, ...] = (
     _thp_specs() + _mthp_specs() + _mthp_shmem_specs() + _khugepaged_specs()
-    + _hugetlb_specs() + _overcommit_specs()
+    + _hugetlb_specs() + _overcommit_specs() + _block_specs()
 )
 #: The registry, read-only: path -> spec (aliases included).
 KNOBS: Mapping[str, KnobSpec] = MappingProxyType({spec.path: spec for spec in KNOB_SPECS})

@@ -13,7 +13,11 @@ oracle (shared/oracle/run_on_kernel.py) that made the reference reports:
 * after a fork both probes re-touch their own pages (COW-breaking them, as the
   simulator's runner models in ``_warm_image``); those faults are taken out of the
   processes' counters and of ``pgfault``, and so are the measuring process's own
-  faults (getrusage), since ``pgfault`` is system-wide.
+  faults (getrusage), since ``pgfault`` is system-wide;
+* version 2 files (files.py): the step's probe creates a file, this process holds it
+  open, and every probe reaches it as ``/proc/<this process>/fd/N``; with a disk file
+  every step, and each faulting access of a touch, waits until the root disk has no
+  read in flight.
 
 Noise: per measure, :class:`MeasureNoise` keeps what the measuring process faulted
 (subtracted) and ``accounted``, the sum of the scenario processes' own fault counters
@@ -53,6 +57,14 @@ from pagewalk.kernel.exec_image import BRK, START_BRK
 from pagewalk.live import probe as probe_mod
 from pagewalk.live import procfs
 from pagewalk.live.errors import LiveError, ProbeError
+from pagewalk.live.files import (
+    FileStore,
+    LiveFile,
+    clear_stale,
+    inflight_file,
+    settle_reads,
+    uses_disk_files,
+)
 from pagewalk.live.knobs import THP_ENABLED, Decoy, KnobGuard, read_knob
 from pagewalk.scenario import schema as s
 from pagewalk.scenario.runner import EVENT_FIELDS, PROCESS_FIELDS, SIZE_FIELDS
@@ -62,6 +74,7 @@ MEMINFO_DELTA_FIELDS = ("Mlocked",)        # version 2: changes since the start,
 LOCK_STEPS = (s.MlockStep, s.MunlockStep, s.MlockallStep, s.MunlockallStep)
 MREMAP_BITS = {"maymove": 1, "fixed": 2, "dontunmap": 4}      # MREMAP_*
 MCL_BITS = {"current": 1, "future": 2, "onfault": 4}          # MCL_*
+MS_BITS = {"async": 1, "invalidate": 2, "sync": 4}            # MS_*
 SYS_MOVE_PAGES = 279
 MPOL_MF_MOVE = 2
 VMSTAT_FIELDS = tuple(EVENT_FIELDS)        # thp_fault_alloc ... pgfault
@@ -143,9 +156,15 @@ class LiveRun:
         self.background: dict[str, int] = {}
         self.idle_seconds = 0.0
         self.started = 0.0
+        # Version 2 files (files.py): held open here, removed at cleanup. With a disk
+        # file, every step and each faulting access of a touch wait for the root disk's
+        # reads, so readahead never races with the next access (the oracle's settle).
+        self.store = FileStore()
+        self.disk_files = uses_disk_files(scenario)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        clear_stale()                  # file directories of a killed run
         self.popen, channel = probe_mod.spawn(self.exe, "main")
         main = LiveProcess("main", self.popen.pid, channel)
         self.procs["main"] = main
@@ -214,6 +233,7 @@ class LiveRun:
             while not procfs.process_gone(proc.pid) and time.monotonic() < deadline:
                 time.sleep(0.005)
         shutil.rmtree(self.tmpdir, ignore_errors=True)
+        self.store.close()
 
     # -- figures ---------------------------------------------------------------------------
     @staticmethod
@@ -301,6 +321,8 @@ class LiveRun:
             max(length - rng.offset, 0)
 
     def run_step(self, step: s.Step) -> None:
+        if self.disk_files:
+            settle_reads()             # the previous step's readahead is done
         handler = getattr(self, "do_" + type(step).__name__.removesuffix("Step").lower())
         handler(step)
 
@@ -342,8 +364,11 @@ class LiveRun:
             huge = step.page_size or 2 << 20
             if step.page_size is not None:
                 flags.append("huge1g" if step.page_size == 1 << 30 else "huge2m")
-        reply = proc.channel.ask(f"mmap {step.length} {_prot_letters(step.prot)} "
-                                 f"{','.join(flags) or '-'} {step.addr or 0}")
+        command = (f"mmap {step.length} {_prot_letters(step.prot)} "
+                   f"{','.join(flags) or '-'} {step.addr or 0}")
+        if step.file is not None:      # the probe opens the file afresh (own readahead state)
+            command += f" {self.file(step, step.file).ref} {step.file_offset}"
+        reply = proc.channel.ask(command)
         if self.outcome(reply, step):
             proc.maps[step.name] = (int(reply.split()[1], 16), -(-step.length // huge) * huge)
 
@@ -373,8 +398,11 @@ class LiveRun:
     def do_touch(self, step: s.TouchStep) -> None:
         addr, length = self.region(step, step.range)
         mode = "r" if step.access == "read" else "w"
-        self.outcome(self.proc(step).channel.ask(
-            f"touch {addr:#x} {length} {step.stride} {mode}"), step)
+        command = f"touch {addr:#x} {length} {step.stride} {mode}"
+        inflight = inflight_file() if self.disk_files else None
+        if inflight is not None:       # after each faulting access: wait for the reads
+            command += f" {inflight}"
+        self.outcome(self.proc(step).channel.ask(command), step)
 
     def do_write(self, step: s.WriteStep) -> None:
         proc = self.proc(step)
@@ -385,16 +413,21 @@ class LiveRun:
             if not self.outcome(reply, step):
                 return
 
-    def do_read(self, step: s.ReadStep) -> None:
+    def read_bytes(self, step: s.ReadStep) -> bytes | None:
+        """The bytes a read step loads, or None if it failed as expected."""
         proc = self.proc(step)
         addr, _ = self.region(step, s.Range(step.region, step.offset))
         got = b""
         for pos in range(0, step.length, CHUNK):
             reply = proc.channel.ask(f"read {addr + pos:#x} {min(CHUNK, step.length - pos)}")
             if not self.outcome(reply, step):
-                return
+                return None
             got += bytes.fromhex(reply.split()[1]) if len(reply.split()) > 1 else b""
-        if step.expect is not None and got != step.expect:
+        return got
+
+    def do_read(self, step: s.ReadStep) -> None:
+        got = self.read_bytes(step)
+        if got is not None and step.expect is not None and got != step.expect:
             raise ExpectationFailed(f"read {got!r}, expected {step.expect!r}",
                                     self.location(step, "expect"))
 
@@ -526,6 +559,49 @@ class LiveRun:
 
     def do_munlockall(self, step: s.MunlockallStep) -> None:
         self.outcome(self.proc(step).channel.ask("munlockall"), step)
+
+    # -- version 2: files --------------------------------------------------------------------
+    def file(self, step: s.Step, name: str) -> LiveFile:
+        live = self.store.files.get(name)
+        if live is None:
+            raise ScenarioError(f"file {name!r} was not created (its file step failed)",
+                                self.location(step, "file"))
+        return live
+
+    def do_file(self, step: s.FileStep) -> None:
+        """The probe of the step's process creates it (4 KiB write(2)s + fsync, or
+        memfd_create + ftruncate); we hold it open, the probe closes its descriptor."""
+        proc = self.proc(step)
+        path = self.store.new_path(step.fs, step.name)
+        kind = "m" if step.fs == "memfd" else "f"
+        reply = proc.channel.ask(f"fcreate {kind} {step.size} {path}")
+        if not self.outcome(reply, step):
+            return
+        probe_fd = int(reply.split()[1])
+        try:
+            self.store.adopt(step.name, step.fs, path, proc.pid, probe_fd)
+        except OSError as err:
+            raise LiveError(f"cannot hold file {step.name!r} open ({err.strerror})",
+                            self.location(step, "name")) from None
+        proc.channel.ask(f"close {probe_fd}")
+
+    def do_truncate(self, step: s.TruncateStep) -> None:
+        ref = self.file(step, step.file).ref
+        self.outcome(self.proc(step).channel.ask(f"ftrunc {ref} {step.size}"), step)
+
+    def do_fadvise(self, step: s.FadviseStep) -> None:
+        """fsync, then POSIX_FADV_DONTNEED over the whole file (the only advice)."""
+        ref = self.file(step, step.file).ref
+        self.outcome(self.proc(step).channel.ask(f"fadv {ref}"), step)
+
+    def do_unlink(self, step: s.UnlinkStep) -> None:
+        path = self.file(step, step.file).path
+        self.outcome(self.proc(step).channel.ask(f"unlink {path}"), step)
+
+    def do_msync(self, step: s.MsyncStep) -> None:
+        addr, length = self.region(step, step.range)
+        bits = sum(MS_BITS[flag] for flag in step.flags)
+        self.outcome(self.proc(step).channel.ask(f"msync {addr:#x} {length} {bits}"), step)
 
     def do_khugepaged(self, step: s.KhugepagedStep) -> None:
         raise LiveError("the khugepaged step is simulator-only: it cannot be replayed on a "

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from pagewalk.errors import Location
+from pagewalk.kernel.knobs import READ_AHEAD_KB
 from pagewalk.live import hugetlb_state
 from pagewalk.live import knobs as live_knobs
 from pagewalk.live.errors import LiveError
+from pagewalk.live.files import uses_disk_files
 from pagewalk.live.probe import build_probe
 from pagewalk.live.runner import VMSTAT_FIELDS, LiveRun, LiveRunResult
 from pagewalk.scenario import schema as s
@@ -146,6 +148,8 @@ def refusal(scenario: s.Scenario, root: bool) -> LiveError | None:
                          "`pagewalk verify` as root, so that it can set and restore them",
                          Location(scenario.file))
     differing = live_knobs.differing_from_simulator()
+    if not uses_disk_files(scenario):      # the root disk's readahead changes no figure
+        differing.pop(READ_AHEAD_KB, None)
     if differing:
         shown = "; ".join(f"{path} is {live} (the simulator boots with {boot})"
                           for path, (live, boot) in list(differing.items())[:3])
@@ -209,6 +213,8 @@ def _run_once(scenario: s.Scenario, exe: Path, guard: live_knobs.KnobGuard,
     try:
         if root:
             guard.prepare(dict(scenario.system.sysfs), decoy)
+            if run.disk_files:
+                guard.quiet_disk()      # I/O scheduler none: inflight counts every read
         else:
             decoy.start()
         # under the lock, pools at their boot values, no scenario process yet

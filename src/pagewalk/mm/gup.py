@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 
 
 def populate_vma_page_range(k: Kernel, task: Task, vma: Vma, start: int, end: int,
-                            write: bool | None = None) -> Errno | None:
+                            write: bool | None = None,
+                            honour_onfault: bool = True) -> Errno | None:
     """Fault in [start, end) of one VMA; FOLL_WRITE for private writable mappings.
     A fault answered with SIGBUS or SIGSEGV stops it with -EFAULT (faultin_page), which
     callers that ignore errors (MAP_POPULATE, mprotect) drop."""
     if vma.flags & (VmFlags.IO | VmFlags.PFNMAP) or not vma.flags & (
             VmFlags.READ | VmFlags.WRITE | VmFlags.EXEC):
         return None
-    if vma.flags & VmFlags.LOCKONFAULT:
+    if honour_onfault and vma.flags & VmFlags.LOCKONFAULT:
         return None  # populate_vma_page_range(): VM_LOCKONFAULT never breaks COW here
     if write is None:
         write = vma.flags & (VmFlags.WRITE | VmFlags.SHARED) == VmFlags.WRITE

@@ -1,4 +1,5 @@
-"""madvise(2) (mm/madvise.c): HUGEPAGE, NOHUGEPAGE, DONTNEED, FREE, WILLNEED, COLLAPSE.
+"""madvise(2) (mm/madvise.c): HUGEPAGE, NOHUGEPAGE, DONTNEED, FREE, WILLNEED, COLLAPSE,
+and (version 2) POPULATE_READ/WRITE, REMOVE, COLD, PAGEOUT, RANDOM, SEQUENTIAL, NORMAL.
 
 madvise_walk_vmas visits every VMA in the range; a hole makes the call return ENOMEM
 but the VMAs on both sides are still handled (as Linux does). MADV_DONTNEED zaps with
@@ -12,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pagewalk.errors import Errno, SyscallError
+from pagewalk.errors import Errno, SignalError, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory, khugepaged, memory, rmap
+from pagewalk.mm import filemap, huge_memory, khugepaged, memory, rmap, shmem
 from pagewalk.mm.hugetlb import vma_kernel_pagesize
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.tlb import flush_tlb_mm_range
@@ -26,7 +27,9 @@ if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
     from pagewalk.kernel.task import Task
 
-ADVICE = ("hugepage", "nohugepage", "dontneed", "free", "willneed", "collapse")
+ADVICE = ("hugepage", "nohugepage", "dontneed", "free", "willneed", "collapse",
+          "populate_read", "populate_write", "remove", "cold", "pageout", "random",
+          "sequential", "normal")
 
 
 def do_madvise(k: Kernel, task: Task, start: int, length: int, advice: str) -> None:
@@ -44,6 +47,9 @@ def do_madvise(k: Kernel, task: Task, start: int, length: int, advice: str) -> N
         return
     if advice == "collapse":
         khugepaged.madvise_collapse(k, task, start, end)
+        return
+    if advice in ("populate_read", "populate_write"):
+        madvise_populate(k, task, start, end, advice == "populate_write")
         return
     # madvise_walk_vmas(): a gap makes the call ENOMEM but the VMAs after it are still
     # advised; an error stops the walk there; after each VMA the walk resumes at the end
@@ -63,8 +69,21 @@ def do_madvise(k: Kernel, task: Task, start: int, length: int, advice: str) -> N
 
 
 def _check_vma(vma: Vma, advice: str, start: int) -> None:
-    """The per-VMA checks of madvise_dontneed_free_valid_vma() and madvise_free_single_vma();
-    the VMAs before this one in the range have been advised already."""
+    """The per-VMA checks of madvise_dontneed_free_valid_vma(), madvise_free_single_vma(),
+    can_madv_lru_vma() (COLD, PAGEOUT) and madvise_remove(); the VMAs before this one in
+    the range have been advised already."""
+    if advice in ("cold", "pageout"):
+        if vma.flags & (VmFlags.LOCKED | VmFlags.PFNMAP | VmFlags.HUGETLB):
+            raise SyscallError(Errno.EINVAL, "locked, PFN-mapped or hugetlb VMA")
+        return
+    if advice == "remove":
+        if vma.flags & VmFlags.LOCKED:
+            raise SyscallError(Errno.EINVAL, "MADV_REMOVE on a locked VMA")
+        if vma.file is None or vma.file.kind not in ("file", "shmem") or vma.is_hugetlb():
+            raise SyscallError(Errno.EINVAL, "MADV_REMOVE needs a file mapping")
+        if not vma.flags & VmFlags.SHARED or not vma.flags & VmFlags.MAYWRITE:
+            raise SyscallError(Errno.EACCES, "MADV_REMOVE needs a shared writable mapping")
+        return
     if advice not in ("dontneed", "free"):
         return
     if vma.flags & (VmFlags.LOCKED | VmFlags.PFNMAP):
@@ -93,7 +112,105 @@ def _apply(k: Kernel, task: Task, vma: Vma, start: int, end: int, advice: str) -
             return
     elif advice == "free":
         madvise_free_single_vma(k, mm, vma, start, end)
-    # willneed: only swap and page-cache readahead, nothing to do for anonymous memory
+    elif advice in ("random", "sequential", "normal"):
+        new = vma.flags & ~(VmFlags.RAND_READ | VmFlags.SEQ_READ)
+        new |= {"random": VmFlags.RAND_READ, "sequential": VmFlags.SEQ_READ,
+                "normal": VmFlags(0)}[advice]
+        if new != vma.flags:
+            vma = vma_modify_flags(k, mm, vma, start, end, new)
+            vma.flags = new
+    elif advice == "willneed":
+        madvise_willneed(k, vma, start, end)
+    elif advice == "remove":
+        inode = shmem.page_cache_of(vma)
+        first = vma.pgoff + ((start - vma.start) >> 12)
+        filemap.punch_hole(k, inode, first, first + ((end - start) >> 12))
+    elif advice == "pageout":
+        madvise_pageout(k, mm, vma, start, end)
+    # cold: folio_deactivate() moves pages to the inactive LRU, which no figure shows
+
+
+def madvise_willneed(k: Kernel, vma: Vma, start: int, end: int) -> None:
+    """madvise_willneed(): for a disk file, vfs_fadvise(POSIX_FADV_WILLNEED) ->
+    force_page_cache_readahead over the range (even with read_ahead_kb 0); shmem and
+    anonymous memory only swap in, and there is no swap."""
+    if not isinstance(vma.file, filemap.File) or vma.file.inode.fs != "disk":
+        return
+    first = vma.pgoff + ((start - vma.start) >> 12)
+    filemap.force_page_cache_ra(k, vma.file.inode, vma.file.ra, first, (end - start) >> 12)
+
+
+def madvise_populate(k: Kernel, task: Task, start: int, end: int, write: bool) -> None:
+    """madvise_populate() -> faultin_page_range(): GUP (FOLL_MADV_POPULATE) over the range:
+    a hole is ENOMEM, a VMA GUP refuses (VM_IO/VM_PFNMAP, no write or read permission) is
+    EINVAL, a fault ending in SIGBUS/SIGSEGV is EFAULT, running out of memory ENOMEM."""
+    from pagewalk.mm import gup
+    from pagewalk.mm.vma import find_vma
+    mm = task.mm
+    addr = start
+    while addr < end:
+        vma = find_vma(mm, addr)
+        if vma is None or vma.start > addr:
+            raise SyscallError(Errno.ENOMEM, "range contains unmapped memory")
+        if vma.flags & (VmFlags.IO | VmFlags.PFNMAP) or \
+                (write and not vma.flags & VmFlags.WRITE) or \
+                (not write and not vma.flags & VmFlags.READ):
+            raise SyscallError(Errno.EINVAL, "GUP refuses this mapping")
+        hi = min(end, vma.end)
+        try:
+            error = gup.populate_vma_page_range(k, task, vma, addr, hi, write=write,
+                                                honour_onfault=False)
+        except SignalError:
+            raise SyscallError(Errno.ENOMEM, "out of memory while populating") from None
+        if error is not None:
+            raise SyscallError(Errno.EFAULT, "a fault ended in SIGBUS or SIGSEGV")
+        addr = hi
+
+
+def madvise_pageout(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> None:
+    """madvise_pageout() -> madvise_cold_or_pageout_pte_range() + reclaim_pages(): the
+    pages of the range that only this mapping maps are isolated and shrink_folio_list
+    runs on them: with no swap an anonymous page stays (add_to_swap fails before any
+    unmapping); a page-cache page is unmapped (try_to_unmap); a clean disk page then leaves
+    the cache, a shmem or dirty one stays (no swap; direct reclaim writes no file page)."""
+    pgt = k.pgtables
+    victims: list[int] = []
+    for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
+        pmd = pgt.read(pmd_paddr)
+        if not pmd or pmd & pt._PAGE_PSE:
+            continue                     # huge PMDs: left alone here
+        table = pt.pte_pfn(pmd)
+        for va in range(addr, nxt, 4096):
+            pte = pgt.read(memory.pte_paddr(table, va))
+            if not pte & pt._PAGE_PRESENT or pte & pt._PAGE_SPECIAL:
+                continue
+            pfn = pt.pte_pfn(pte)
+            head = rmap.folio_head(k, pfn)
+            if k.memmap.flags[head] & PageFlag.ANON or head != pfn:
+                continue                 # no swap; large folios: not split here
+            if k.memmap.mapcount[pfn] > 1:
+                continue                 # folio_maybe_mapped_shared()
+            victims.append(pfn)
+    for pfn in victims:
+        inode, index = _page_cache_owner(k, vma, pfn)
+        if inode is None:
+            continue
+        filemap.unmap_mapping_range(k, inode, index, index + 1, even_cows=False)
+        if inode.fs == "disk" and not k.memmap.flags[pfn] & PageFlag.DIRTY and \
+                k.memmap.refcount[pfn] == 1:
+            filemap.delete_from_page_cache(k, inode, pfn, index)
+
+
+def _page_cache_owner(k: Kernel, vma: Vma, pfn: int) -> tuple[shmem.PageCacheFile | None, int]:
+    """The inode and index of page ``pfn`` mapped in ``vma`` (its file's page at the
+    address's offset)."""
+    if vma.file is None or vma.file.kind not in ("file", "shmem"):
+        return None, 0
+    inode = shmem.page_cache_of(vma)
+    for index in range(vma.pgoff, vma.pgoff + (vma.length >> 12)):
+        if inode.pages.get(index) == pfn:
+            return inode, index
+    return None, 0
 
 
 def hugepage_madvise(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import fastfault, huge_memory, hugetlb, mlock, rmap, shmem
+from pagewalk.mm import fastfault, filemap, huge_memory, hugetlb, mlock, rmap, shmem
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import OutOfMemory, mk_anon_pte, pte_alloc
 from pagewalk.mm.rmap import anon_vma_prepare
@@ -167,7 +167,12 @@ def do_wp_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pte_paddr: int,
     """do_wp_page(): a write to a present read-only PTE in a writable VMA."""
     pfn = vm_normal_page(k, pte)
     if vma.flags & (VmFlags.SHARED | VmFlags.MAYSHARE) and vma.flags & VmFlags.SHARED:
-        # wp_page_shared(): shared mappings are written in place.
+        # wp_page_shared(): shared mappings are written in place; a disk file's
+        # ->page_mkwrite (write-notify) dirties the folio first.
+        if pfn >= 0 and vma.file is not None and vma.file.kind == "file":
+            inode = shmem.page_cache_of(vma)
+            if inode.fs == "disk":
+                filemap.folio_mark_dirty(k, inode, rmap.folio_head(k, pfn))
         k.pgtables.set_entry(mm, pte_paddr, pte | pt._PAGE_RW | pt._PAGE_DIRTY | pt._PAGE_ACCESSED)
         flush_tlb_page(k, mm, vaddr)
         return VmFault.OK
@@ -277,6 +282,35 @@ def unmap_page_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
             # (zap_pte_range: reclaim_pt_is_enabled() needs end - start >= PMD_SIZE).
             if reclaim_pt and nxt - addr == 1 << 21:
                 pgt.free_table_if_empty(mm, pmd_paddr)
+    flush_tlb_mm_range(k, mm, start, end)
+
+
+def zap_file_pages(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> None:
+    """zap_page_range_single() with zap_details.even_cows false (a punched hole in a
+    private mapping): page-cache pages leave [start, end), the private anonymous copies
+    stay (should_zap_folio)."""
+    pgt = k.pgtables
+    mm.update_hiwater_rss()
+    for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
+        pmd = pgt.read(pmd_paddr)
+        if pmd & pt._PAGE_PSE:
+            if huge_memory.huge_pmd_covered(k, mm, vma, pmd_paddr, addr, nxt):
+                huge_memory.zap_huge_pmd(k, mm, vma, pmd_paddr, pmd)
+                continue
+            pmd = pgt.read(pmd_paddr)
+        if not pmd or pmd & pt._PAGE_PSE:
+            continue
+        table = pt.pte_pfn(pmd)
+        for va in range(addr, nxt, 4096):
+            paddr = pte_paddr(table, va)
+            pte = pgt.read(paddr)
+            if not pte & pt._PAGE_PRESENT or pte & pt._PAGE_SPECIAL:
+                continue
+            pfn = pt.pte_pfn(pte)
+            if k.memmap.flags[pfn] & PageFlag.ANON:
+                continue
+            pgt.set_entry(mm, paddr, 0)
+            zap_present_page(k, mm, pfn)
     flush_tlb_mm_range(k, mm, start, end)
 
 

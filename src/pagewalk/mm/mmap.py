@@ -35,8 +35,10 @@ from pagewalk.mm.vma import (
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
+    from pagewalk.mm.filemap import File
     from pagewalk.mm.hugetlb import HugetlbFile
     from pagewalk.mm.shmem import PageCacheFile
+    from pagewalk.mm.types import VmaFile
 
 PAGE_SIZE = 4096
 PMD_SIZE = 1 << 21
@@ -54,6 +56,24 @@ def calc_vm_prot_bits(prot: int) -> VmFlags:
     if prot & PROT_EXEC:
         flags |= VmFlags.EXEC
     return flags
+
+
+def vma_wants_writenotify(flags: VmFlags, file: VmaFile | None) -> bool:
+    """vma_wants_writenotify(): a shared writable mapping of a file with ->page_mkwrite
+    (ext4; shmem has none and no writeback) maps pages read-only, so that the first write
+    to each page faults (and dirties it). New VMAs are VM_SOFTDIRTY: no soft-dirty reason."""
+    if flags & (VmFlags.WRITE | VmFlags.SHARED) != VmFlags.WRITE | VmFlags.SHARED:
+        return False
+    from pagewalk.mm.filemap import File
+    return isinstance(file, File) and file.inode.fs == "disk"
+
+
+def vma_page_prot(flags: VmFlags, file: VmaFile | None) -> int:
+    """vma_set_page_prot(): vm_get_page_prot, without the shared write bit under
+    write-notify."""
+    if vma_wants_writenotify(flags, file):
+        flags &= ~VmFlags.SHARED
+    return vm_get_page_prot(flags)
 
 
 def vm_get_page_prot(flags: VmFlags) -> int:
@@ -179,6 +199,49 @@ def get_unmapped_area(mm: MmStruct, addr: int, length: int, fixed: bool, anonymo
     if result & (PAGE_SIZE - 1):
         raise SyscallError(Errno.EINVAL, "address not page aligned")
     return result
+
+
+def file_get_unmapped_area(k: Kernel, mm: MmStruct, file: File, addr: int, length: int,
+                           pgoff: int, fixed: bool, window: int) -> int:
+    """__get_unmapped_area() with a file: ext4's ->get_unmapped_area is
+    thp_get_unmapped_area (2 MiB alignment that keeps the file offset's), shmem's
+    shmem_get_unmapped_area (a tmpfs file's sb is huge=never: no alignment)."""
+    if length > mm.task_size:
+        raise SyscallError(Errno.ENOMEM, "length exceeds TASK_SIZE")
+    if fixed:
+        result = addr
+    elif file.inode.fs == "disk":
+        result = thp_get_unmapped_area_file(mm, addr, length, pgoff << 12, window)
+    else:
+        from pagewalk.mm import shmem
+        result = shmem.shmem_get_unmapped_area(k, mm, addr, length, window, pgoff,
+                                               sb_huge=shmem.shmem_sb_huge(k, file.inode))
+    if result < 0:
+        raise SyscallError(Errno.ENOMEM, "no free range large enough")
+    if result > mm.task_size - length:
+        raise SyscallError(Errno.ENOMEM, "range beyond TASK_SIZE")
+    if result & (PAGE_SIZE - 1):
+        raise SyscallError(Errno.EINVAL, "address not page aligned")
+    return result
+
+
+def thp_get_unmapped_area_file(mm: MmStruct, addr: int, length: int, off: int,
+                               window: int) -> int:
+    """__thp_get_unmapped_area(size=PMD_SIZE) with a file offset: when the range holds a
+    whole aligned 2 MiB of the file, search for length + 2 MiB and move the result to
+    the file offset's alignment (topdown: +2 MiB when it already is); else the plain
+    search."""
+    off_align = (off + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+    off_end = (off + length) & ~(PMD_SIZE - 1)
+    if off_end <= off_align or off_end - off_align < PMD_SIZE:
+        return arch_get_unmapped_area_topdown(mm, addr, length, 0, window)
+    padded = arch_get_unmapped_area_topdown(mm, addr, length + PMD_SIZE, 0, window)
+    if padded < 0:
+        return arch_get_unmapped_area_topdown(mm, addr, length, 0, window)
+    if padded == addr:
+        return addr
+    off_sub = (off - padded) & (PMD_SIZE - 1)
+    return padded + PMD_SIZE if off_sub == 0 else padded + off_sub
 
 
 def thp_get_unmapped_area(mm: MmStruct, length: int, window: int) -> int:
@@ -323,11 +386,14 @@ def accountable_mapping(flags: VmFlags) -> bool:
 
 
 def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: frozenset[str],
-            huge_size: int | None) -> int:
-    """do_mmap() + mmap_region() for anonymous memory (private, shared, hugetlb).
+            huge_size: int | None, file: File | None = None, pgoff: int = 0) -> int:
+    """do_mmap() + mmap_region() for anonymous memory (private, shared, hugetlb) and for
+    an open file (``file``, from page ``pgoff``: ext4's or shmem's ->mmap).
 
     Returns the start address or raises SyscallError before anything changes."""
     shared, private = "shared" in flags, "private" in flags
+    if file is not None:
+        flags = flags - {"anonymous", "hugetlb"}
     fixed = "fixed" in flags or "fixed_noreplace" in flags
     hugetlb = "hugetlb" in flags
     if hugetlb:
@@ -342,6 +408,8 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
     if aligned_len < length or aligned_len >= 1 << 64:
         raise SyscallError(Errno.ENOMEM, "length overflows")
     length = aligned_len
+    if file is not None and pgoff + (length >> 12) >= 1 << 52:
+        raise SyscallError(Errno.EOVERFLOW, "file offset + length overflows")
     vm_flags = calc_vm_prot_bits(prot) | VmFlags.MAYREAD | VmFlags.MAYWRITE | VmFlags.MAYEXEC
     vm_flags |= mm.def_flags                          # VM_LOCKED after mlockall(MCL_FUTURE)
     vm_flags |= pkeys.mmap_pkey_flags(k, mm, prot)   # PROT_EXEC alone: execute_only_pkey()
@@ -357,8 +425,12 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
     align_mask = hstate.size - 1 if hugetlb else 0
     if hugetlb and fixed and addr & align_mask:
         raise SyscallError(Errno.EINVAL, "MAP_HUGETLB address not huge-page aligned")
-    start = get_unmapped_area(mm, addr, length, fixed, not shared and not hugetlb, align_mask,
-                              window, shmem_k=k if shared and not hugetlb else None)
+    if file is not None:
+        start = file_get_unmapped_area(k, mm, file, addr, length, pgoff, fixed, window)
+    else:
+        start = get_unmapped_area(mm, addr, length, fixed, not shared and not hugetlb,
+                                  align_mask, window,
+                                  shmem_k=k if shared and not hugetlb else None)
     end = start + length
     if "fixed_noreplace" in flags and vmas_in_range(mm, start, end):
         raise SyscallError(Errno.EEXIST, "MAP_FIXED_NOREPLACE range is in use")
@@ -372,10 +444,12 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
     if accountable_mapping(vm_flags):
         __vm_enough_memory(k, mm, (length >> 12) - accounted_old)
         vm_flags |= VmFlags.ACCOUNT
-    file: PageCacheFile | HugetlbFile | None = None
-    if shared and not hugetlb:
+    vma_file: PageCacheFile | HugetlbFile | File | None = file
+    if file is not None:
+        pass
+    elif shared and not hugetlb:
         from pagewalk.mm import shmem
-        file = shmem.shmem_zero_setup(k, length, vm_flags)
+        vma_file = shmem.shmem_zero_setup(k, length, vm_flags)
     # vms_clean_up_area(): what MAP_FIXED replaces is zapped and closed (a hugetlb VMA gives
     # its reservations back) before the new file's mmap hook reserves.
     if replaced:
@@ -383,7 +457,7 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
     if hugetlb:
         # hugetlbfs_file_mmap() -> hugetlb_reserve_pages(): on ENOMEM the replaced range
         # stays unmapped (vms_abort_munmap_vmas cannot reopen closed VMAs: it leaves a gap)
-        file = htlb.hugetlb_file_setup(k, hstate, length, vm_flags, shared)
+        vma_file = htlb.hugetlb_file_setup(k, hstate, length, vm_flags, shared)
     # Nothing can fail from here on.
     if vm_flags & VmFlags.ACCOUNT:
         vm_acct_memory(k, length >> 12)
@@ -393,9 +467,10 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
             vm_flags &= ~VM_LOCKED_MASK
         else:
             mm.locked_vm += length >> 12
-    pgoff = 0 if file is not None else start >> 12
-    vma = Vma(start, end, vm_flags, pgoff, vm_get_page_prot(vm_flags), file=file,
-              name=file.map_name if file is not None else "")
+    if vma_file is None:
+        pgoff = start >> 12
+    vma = Vma(start, end, vm_flags, pgoff, vma_page_prot(vm_flags, vma_file), file=vma_file,
+              name=vma_file.map_name if vma_file is not None else "")
     vma = insert_or_merge(k, mm, vma)
     vm_stat_account(mm, vm_flags, length >> 12)
     mm.update_hiwater_vm()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import gup, huge_memory, hugetlb, pkeys
-from pagewalk.mm.mmap import PAGE_SIZE, calc_vm_prot_bits, vm_get_page_prot
+from pagewalk.mm.mmap import PAGE_SIZE, calc_vm_prot_bits, vma_page_prot
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.tlb import flush_tlb_mm_range
 from pagewalk.mm.types import MmStruct, Vma, VmFlags
@@ -85,7 +85,7 @@ def mprotect_fixup(k: Kernel, task: Task, vma: Vma, start: int, end: int,
         vm_unacct_memory(k, charged)
         raise
     vma.flags = newflags
-    vma.page_prot = vm_get_page_prot(newflags)
+    vma.page_prot = vma_page_prot(newflags, vma.file)
     # vma_wants_manual_pte_write_upgrade(): private writable mappings try to keep the write
     try_writable = bool(newflags & VmFlags.WRITE) and not newflags & VmFlags.SHARED
     change_protection(k, mm, vma, start, end, try_writable)

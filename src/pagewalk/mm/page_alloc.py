@@ -59,6 +59,7 @@ class PageFlag(enum.IntFlag):
     DIRTY = 1 << 11         # PG_dirty
     PARTIALLY_MAPPED = 1 << 12  # folio_set_partially_mapped (on the deferred split queue)
     RESTORE_RESERVE = 1 << 13   # hugetlb: freeing the folio gives a reservation back
+    READAHEAD = 1 << 14     # PG_readahead: reaching this page-cache folio starts async readahead
 
 
 _BUDDY = np.uint16(1)  # PageFlag.BUDDY, as a constant Numba can fold

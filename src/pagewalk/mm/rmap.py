@@ -137,8 +137,9 @@ def folio_add_file_rmap_pmd(k: Kernel, head: int) -> None:
     entire = k.entire_mapcount.get(head, 0)
     k.entire_mapcount[head] = entire + 1
     k.node_stat[NodeStat.NR_FILE_MAPPED] += HPAGE_PMD_NR - before
-    if not entire and k.memmap.flags[head] & PageFlag.SHMEM:   # __folio_add_rmap: nr_pmdmapped
-        k.node_stat[NodeStat.NR_SHMEM_PMDMAPPED] += HPAGE_PMD_NR
+    if not entire:                                  # __folio_add_rmap: nr_pmdmapped
+        k.node_stat[NodeStat.NR_SHMEM_PMDMAPPED if k.memmap.flags[head] & PageFlag.SHMEM
+                    else NodeStat.NR_FILE_PMDMAPPED] += HPAGE_PMD_NR
 
 
 def folio_remove_pmd_rmap(k: Kernel, head: int) -> None:
@@ -149,8 +150,8 @@ def folio_remove_pmd_rmap(k: Kernel, head: int) -> None:
     if count == 0 and not k.memmap.flags[head] & PageFlag.ANON:
         still = int(np.count_nonzero(k.memmap.mapcount[head: head + HPAGE_PMD_NR] > 0))
         k.node_stat[NodeStat.NR_FILE_MAPPED] -= HPAGE_PMD_NR - still
-        if k.memmap.flags[head] & PageFlag.SHMEM:
-            k.node_stat[NodeStat.NR_SHMEM_PMDMAPPED] -= HPAGE_PMD_NR
+        k.node_stat[NodeStat.NR_SHMEM_PMDMAPPED if k.memmap.flags[head] & PageFlag.SHMEM
+                    else NodeStat.NR_FILE_PMDMAPPED] -= HPAGE_PMD_NR
         return
     if count == 0:
         k.node_stat[NodeStat.NR_ANON_THPS] -= HPAGE_PMD_NR

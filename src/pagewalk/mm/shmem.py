@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory, rmap
+from pagewalk.mm import filemap, huge_memory, rmap
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import mk_anon_pte, pte_alloc
 from pagewalk.mm.rmap import anon_vma_prepare
@@ -50,18 +50,32 @@ SHMEM_ORDERS = tuple(range(1, HPAGE_PMD_ORDER + 1))
 
 
 class PageCacheFile:
-    """An inode's page cache: index -> pfn. ``kind`` is "shmem", "file" or "vdso"."""
+    """An inode and its page cache (address_space): index -> pfn. ``kind`` is "shmem",
+    "file" or "vdso"; ``fs`` is the scenario file system of a ``file`` step's inode
+    ("disk": ext4, "tmpfs", "memfd"), None for the kernel's own (shared anonymous memory,
+    the program, the vdso)."""
 
-    def __init__(self, name: str, kind: str, size: int = 0, accounted_pages: int = 0) -> None:
-        self.name = name
+    def __init__(self, name: str, kind: str, size: int = 0, accounted_pages: int = 0,
+                 fs: str | None = None, ino: int = 0) -> None:
+        self.name = name                          # the path /proc/PID/maps shows
         self.kind = kind
         self.size = size                          # i_size in bytes
         self.pages: dict[int, int] = {}
         self.accounted_pages = accounted_pages   # shmem_acct_size() charge (Committed_AS)
+        self.fs = fs
+        self.ino = ino
+        self.unlinked = fs == "memfd"             # no name in any directory
 
     @property
     def map_name(self) -> str:
-        return "/dev/zero (deleted)" if self.kind == "shmem" else self.name
+        if self.kind == "shmem" and self.fs is None:
+            return "/dev/zero (deleted)"
+        return f"{self.name} (deleted)" if self.unlinked else self.name
+
+    @property
+    def anon_shmem(self) -> bool:
+        """vma_is_anon_shmem(): the shmem file of a shared anonymous mapping."""
+        return self.kind == "shmem" and self.fs is None
 
     @property
     def size_pages(self) -> int:
@@ -95,6 +109,8 @@ class PageCacheFile:
         memmap = k.memmap
         memmap.flags[head: head + nr] |= np.uint16(PageFlag.SHMEM)
         memmap.refcount[head] = nr
+        if self.fs in ("tmpfs", "memfd"):
+            vm_acct_memory(k, nr)     # shmem_acct_blocks(): VM_NORESERVE inodes, per page
         if order == HPAGE_PMD_ORDER:                  # folio_test_pmd_mappable
             k.node_stat[NodeStat.NR_SHMEM_THPS] += nr
         k.node_stat[NodeStat.NR_SHMEM] += nr
@@ -105,7 +121,7 @@ class PageCacheFile:
 
     def vma_close(self, k: Kernel, vma: Vma) -> None:
         """The last mapping of an unlinked shmem inode went away: truncate it."""
-        if self.kind != "shmem":
+        if not self.anon_shmem:
             return
         for task in k.tasks.values():
             if any(v.file is self for v in task.mm.vmas):
@@ -137,8 +153,11 @@ def shmem_zero_setup(k: Kernel, length: int, vm_flags: VmFlags) -> PageCacheFile
 
 
 def page_cache_of(vma: Vma) -> PageCacheFile:
-    """The page cache behind a VMA that faults through do_fault (shmem, program, vdso)."""
+    """The inode (page cache) behind a VMA that faults through do_fault (vm_file->f_mapping):
+    shmem, a scenario file, the program, the vdso."""
     file = vma.file
+    if isinstance(file, filemap.File):
+        return file.inode
     assert isinstance(file, PageCacheFile), f"{vma.name}: no page cache behind this VMA"
     return file
 
@@ -176,7 +195,10 @@ def shmem_huge_global_enabled(k: Kernel, file: PageCacheFile, index: int,
     huge = k.knobs.get(SHMEM_ENABLED)
     if huge == "deny":
         return False
-    if force or huge in ("force", "always"):
+    if force or huge == "force":
+        return True
+    huge = shmem_sb_huge(k, file)
+    if huge == "always":
         return True
     if huge == "within_size":
         aligned_end = (index + 1 + HPAGE_PMD_NR - 1) & ~(HPAGE_PMD_NR - 1)   # round_up
@@ -185,6 +207,13 @@ def shmem_huge_global_enabled(k: Kernel, file: PageCacheFile, index: int,
     if huge in ("within_size", "advise"):
         return bool(vm_flags & VmFlags.HUGEPAGE)
     return False
+
+
+def shmem_sb_huge(k: Kernel, file: PageCacheFile) -> str:
+    """SHMEM_SB(inode->i_sb)->huge: the internal shm_mnt (shared anonymous memory, memfd)
+    follows shmem_enabled (shmem_enabled_store sets it); a tmpfs file lives on /dev/shm,
+    mounted without huge=, so never."""
+    return "never" if file.fs == "tmpfs" else k.knobs.get(SHMEM_ENABLED)
 
 
 def shmem_allowable_huge_orders(k: Kernel, file: PageCacheFile, vma: Vma | None, index: int,
@@ -197,7 +226,7 @@ def shmem_allowable_huge_orders(k: Kernel, file: PageCacheFile, vma: Vma | None,
     if vma is not None and vma.vm_mm is not None and huge_memory.vma_thp_disabled(vma.vm_mm, vma):
         return 0
     global_pmd = shmem_huge_global_enabled(k, file, index, vm_flags, force)
-    if vma is None or file.kind != "shmem" or force:
+    if vma is None or not file.anon_shmem or force:
         return 1 << HPAGE_PMD_ORDER if global_pmd else 0
     huge = k.knobs.get(SHMEM_ENABLED)
     if huge == "deny":
@@ -270,14 +299,16 @@ def shmem_get_folio(k: Kernel, vma: Vma, vaddr: int, file: PageCacheFile, index:
 
 
 def shmem_get_unmapped_area(k: Kernel, mm: MmStruct, addr: int, length: int,
-                            window: int, pgoff: int | None = None) -> int:
+                            window: int, pgoff: int | None = None,
+                            sb_huge: str | None = None) -> int:
     """shmem_get_unmapped_area() for a new shared anonymous mapping (pgoff 0, no
     MAP_FIXED): the plain search, then, unless the hint was taken or no large folio can
     be used, a search for length + size - 4 KiB rounded up to the size of the highest
     order anonymous shmem may use (per-size always/within_size/advise, inherit unless
     shmem_enabled is never; 2 MiB under force, and when no size is in use but
     shmem_enabled is not never). -1 when nothing fits. ``pgoff`` given: the VMA's shmem file
-    (mremap), whose sb skips the mTHP orders and whose offset the alignment keeps."""
+    (mremap, a memfd or tmpfs file), whose sb skips the mTHP orders and whose offset the
+    alignment keeps; ``sb_huge`` the sb's huge= policy when it is not shmem_enabled's."""
     from pagewalk.mm.mmap import arch_get_unmapped_area_topdown
     found = arch_get_unmapped_area_topdown(mm, addr, length, 0, window)
     huge = k.knobs.get(SHMEM_ENABLED)
@@ -293,7 +324,7 @@ def shmem_get_unmapped_area(k: Kernel, mm: MmStruct, addr: int, length: int,
                 orders |= huge_shmem_orders(k, "inherit")
         if orders:
             hpage_size = 4096 << (orders.bit_length() - 1)
-        elif huge == "never":
+        elif (sb_huge or huge) == "never":
             return found                 # the mount's huge=never and no size in use
     if length < hpage_size:
         return found
@@ -324,17 +355,22 @@ def map_file_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pfn: int, write
     k.pgtables.set_entry(mm, (table << 12) + ((vaddr >> 12) & 511) * 8, entry)
     rmap.folio_get(k, rmap.folio_head(k, pfn))
     rmap.folio_add_pte_rmap(k, pfn)
-    shmem_page = bool(k.memmap.flags[pfn] & PageFlag.SHMEM)
-    mm.stat[MmStat.MM_SHMEMPAGES if shmem_page else MmStat.MM_FILEPAGES] += 1
+    mm.stat[mm_counter_file(k, pfn)] += 1
+
+
+def mm_counter_file(k: Kernel, pfn: int) -> MmStat:
+    """mm_counter_file(): shmem pages count in RssShmem, other page-cache pages in RssFile."""
+    return MmStat.MM_SHMEMPAGES if k.memmap.flags[pfn] & PageFlag.SHMEM else MmStat.MM_FILEPAGES
 
 
 def do_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
              flags: FaultFlags) -> VmFault:
     """do_fault(): read -> do_read_fault (fault-around), write to a shared mapping ->
-    do_shared_fault, write to a private mapping -> do_cow_fault. shmem_fault refuses an
-    index at or beyond i_size (SGP_CACHE: -EINVAL, VM_FAULT_SIGBUS)."""
+    do_shared_fault, write to a private mapping -> do_cow_fault. The ->fault handler
+    refuses an index at or beyond i_size (shmem_fault SGP_CACHE, filemap_fault: SIGBUS)."""
     file = page_cache_of(vma)
-    if file.kind == "shmem" and file_index(vma, vaddr) >= file.size_pages:
+    if (file.kind == "shmem" or file.fs is not None) and \
+            file_index(vma, vaddr) >= file.size_pages:
         return VmFault.SIGBUS
     if not flags & FaultFlags.WRITE:
         return do_read_fault(k, mm, vma, vaddr, pmd_paddr)
@@ -343,33 +379,58 @@ def do_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
     return do_cow_fault(k, mm, vma, vaddr)
 
 
+def __do_fault(k: Kernel, vma: Vma, vaddr: int) -> tuple[int, VmFault]:
+    """__do_fault() -> vma->vm_ops->fault: filemap_fault for a disk file (may read it:
+    VM_FAULT_MAJOR), shmem_fault (a hole gets a new zeroed folio) or the program's page."""
+    file = page_cache_of(vma)
+    index = file_index(vma, vaddr)
+    if file.fs == "disk":
+        assert isinstance(vma.file, filemap.File)
+        return filemap.filemap_fault(k, vma, vma.file, index)
+    pfn = shmem_get_folio(k, vma, vaddr, file, index)
+    return pfn, VmFault.OOM if pfn == NO_PAGE else VmFault.OK
+
+
 def do_read_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int) -> VmFault:
     """do_read_fault(): do_fault_around() first (filemap_map_pages over the 64 KiB-aligned
     window around vaddr, clamped to the VMA and the PTE table); when that did not map
-    vaddr, __do_fault (shmem_fault: the folio, allocated if need be) and finish_fault."""
+    vaddr, __do_fault and finish_fault."""
     ret = do_fault_around(k, mm, vma, vaddr, pmd_paddr)
     if ret:
         return ret
-    pfn = shmem_get_folio(k, vma, vaddr, page_cache_of(vma), file_index(vma, vaddr))
-    if pfn == NO_PAGE:
-        return VmFault.OOM
-    return finish_fault(k, mm, vma, vaddr, pmd_paddr, pfn, write=False)
+    pfn, ret = __do_fault(k, vma, vaddr)
+    if ret & VmFault.ERROR:
+        return ret
+    if ret & VmFault.MAJOR:
+        # filemap_fault dropped the lock for the read (maybe_unlock_mmap_for_io):
+        # VM_FAULT_RETRY, and the fault runs again (FAULT_FLAG_TRIED, accounted once, as
+        # major), now finding the pages just read around it
+        again = do_fault_around(k, mm, vma, vaddr, pmd_paddr)
+        if again:
+            return again | ret
+    return finish_fault(k, mm, vma, vaddr, pmd_paddr, pfn, write=False) | ret
 
 
 def do_shared_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int) -> VmFault:
-    """do_shared_fault(): __do_fault (no fault-around), then finish_fault with write."""
-    pfn = shmem_get_folio(k, vma, vaddr, page_cache_of(vma), file_index(vma, vaddr))
-    if pfn == NO_PAGE:
-        return VmFault.OOM
-    return finish_fault(k, mm, vma, vaddr, pmd_paddr, pfn, write=True)
+    """do_shared_fault(): __do_fault (no fault-around), ->page_mkwrite (ext4 dirties the
+    folio; shmem has none), then finish_fault with write."""
+    pfn, ret = __do_fault(k, vma, vaddr)
+    if ret & VmFault.ERROR:
+        return ret
+    file = page_cache_of(vma)
+    if file.fs == "disk":
+        filemap.folio_mark_dirty(k, file, rmap.folio_head(k, pfn))   # ext4_page_mkwrite
+    return finish_fault(k, mm, vma, vaddr, pmd_paddr, pfn, write=True) | ret
 
 
 def do_fault_around(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int) -> VmFault:
     """do_fault_around() -> filemap_map_pages(): the window of fault_around_pages around
-    vaddr (clamped to the VMA, the PTE table and, for shmem, i_size). Its first cached
-    folio may be mapped by PMD (filemap_map_pmd: a PMD already huge, or a PMD-sized folio
-    where the PMD is none and do_set_pmd accepts the VMA); otherwise a PTE table is
-    installed (the preallocated one) and every cached page with a none PTE is mapped.
+    vaddr (clamped to the VMA, the PTE table and i_size). next_uptodate_folio skips
+    folios marked PG_readahead. Its first folio may be mapped by PMD (filemap_map_pmd: a
+    PMD already huge, or a PMD-sized folio where the PMD is none and do_set_pmd accepts the
+    VMA; for a disk file only a folio that ends before the file's last page); otherwise a
+    PTE table is installed (the preallocated one) and every cached page with a none PTE
+    is mapped, a large folio whole where it lies inside the VMA and one PTE table (6.18).
     NOPAGE when vaddr got mapped, else OK (0) and the fault goes on."""
     file = page_cache_of(vma)
     pte_off = (vaddr >> 12) & 511
@@ -379,29 +440,58 @@ def do_fault_around(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: in
                  pte_off + (vma.length >> 12) - vma_off) - 1
     index = file_index(vma, vaddr)
     start_pgoff, end_pgoff = index + from_pte - pte_off, index + to_pte - pte_off
-    if file.kind == "shmem":
-        end_pgoff = min(end_pgoff, file.size_pages - 1)
-    first = next((i for i in range(start_pgoff, end_pgoff + 1) if i in file.pages), None)
-    if first is None:
+    sized = file.kind == "shmem" or file.fs is not None or file.size
+    file_end = file.size_pages - 1
+    if sized:
+        end_pgoff = min(end_pgoff, file_end)
+    memmap = k.memmap
+    cached = [i for i in range(start_pgoff, end_pgoff + 1) if i in file.pages and
+              not memmap.flags[rmap.folio_head(k, file.pages[i])] & PageFlag.READAHEAD]
+    if not cached:
         return VmFault.OK
+    first_head = rmap.folio_head(k, file.pages[cached[0]])
+    first_index = cached[0] - (file.pages[cached[0]] - first_head)
+    folio_next = first_index + (1 << rmap.folio_order(k, first_head))
+    can_map_large = file.kind == "shmem" or not sized or file_end >= folio_next
     pmd = k.pgtables.read(pmd_paddr)
+    if can_map_large and pmd & pt._PAGE_PSE:
+        return VmFault.NOPAGE
+    if can_map_large and not pmd and try_set_pmd(k, mm, vma, vaddr, pmd_paddr, first_head,
+                                                 write=False):
+        return VmFault.NOPAGE
     if pmd & pt._PAGE_PSE:
-        return VmFault.NOPAGE
-    if not pmd and try_set_pmd(k, mm, vma, vaddr, pmd_paddr,
-                               rmap.folio_head(k, file.pages[first]), write=False):
-        return VmFault.NOPAGE
+        return VmFault.OK
     table = pte_alloc(k, mm, pmd_paddr)
     if table == NO_PAGE:
         return VmFault.OOM
-    base = (vaddr & ~4095) - ((index - start_pgoff) << 12)
+    base = (vaddr & ~4095) - ((index - start_pgoff) << 12)   # the address of start_pgoff
     mapped_self = False
-    for i in range(first, end_pgoff + 1):
-        pfn = file.pages.get(i, NO_PAGE)
-        va = base + ((i - start_pgoff) << 12)
-        if pfn == NO_PAGE or k.pgtables.read((table << 12) + ((va >> 12) & 511) * 8):
+    considered = 0
+    done: set[int] = set()
+    for i in cached:
+        if i in done:
             continue
-        map_file_page(k, mm, vma, va, pfn, write=False)
-        mapped_self = mapped_self or i == index
+        pfn = file.pages[i]
+        head = rmap.folio_head(k, pfn)
+        nr = 1 << rmap.folio_order(k, head)
+        lo, hi = i, min(i - (pfn - head) + nr - 1, end_pgoff)
+        if nr > 1 and can_map_large:
+            folio_first = i - (pfn - head)
+            addr0 = base + ((folio_first - start_pgoff) << 12)
+            if addr0 >= vma.start and addr0 + (nr << 12) <= vma.end and \
+                    addr0 >> 21 == (addr0 + (nr << 12) - 1) >> 21:
+                lo, hi = folio_first, folio_first + nr - 1   # the whole folio (6.18)
+        for j in range(lo, hi + 1):
+            done.add(j)
+            considered += 1                      # !folio_test_workingset: mmap_miss++
+            va = base + ((j - start_pgoff) << 12)
+            if k.pgtables.read((table << 12) + ((va >> 12) & 511) * 8):
+                continue
+            map_file_page(k, mm, vma, va, file.pages[j], write=False)
+            mapped_self = mapped_self or j == index
+    if isinstance(vma.file, filemap.File):
+        ra = vma.file.ra
+        ra.mmap_miss = max(0, ra.mmap_miss - considered)
     return VmFault.NOPAGE if mapped_self else VmFault.OK
 
 
@@ -422,11 +512,12 @@ def try_set_pmd(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int, h
 def do_set_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, head: int,
                write: bool) -> None:
     """do_set_pmd() (mm/memory.c): map a page-cache THP by one PMD (no deposited table on
-    x86): RssShmem grows by 2 MiB, the mapping holds a reference; thp_file_mapped."""
+    x86): RssShmem or RssFile grows by 2 MiB, the mapping holds a reference;
+    thp_file_mapped."""
     entry = pt.mk_huge(head, vma.page_prot)       # mk_huge_pmd(page, vma->vm_page_prot)
     if write:
         entry |= pt._PAGE_DIRTY | (pt._PAGE_RW if vma.flags & VmFlags.WRITE else 0)
-    mm.stat[MmStat.MM_SHMEMPAGES] += HPAGE_PMD_NR
+    mm.stat[mm_counter_file(k, head)] += HPAGE_PMD_NR
     rmap.folio_add_file_rmap_pmd(k, head)
     rmap.folio_get(k, head)
     k.pgtables.set_entry(mm, pmd_paddr, entry)
@@ -436,9 +527,11 @@ def do_set_pmd(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, head: int,
 def finish_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int, pfn: int,
                  write: bool) -> VmFault:
     """finish_fault(): a PMD-sized folio where the PMD is none goes in by PMD (do_set_pmd);
-    else a PTE table is made sure of and the folio is mapped by PTEs: the whole folio for
-    anonymous shmem when it lies inside the VMA and this PTE table and all its PTEs are
-    none, otherwise (and for other files) the one page."""
+    else a PTE table is made sure of and the folio is mapped by PTEs: the whole folio when
+    it is large and lies inside the VMA, this PTE table (and, for a disk file, i_size)
+    with all its PTEs none (measured on 6.18: a large readahead folio is mapped whole by
+    the fault that finds it), otherwise the one page. A private mapping's write never gets
+    here (do_cow_fault)."""
     head = rmap.folio_head(k, pfn)
     if not k.pgtables.read(pmd_paddr):
         if try_set_pmd(k, mm, vma, vaddr, pmd_paddr, head, write):
@@ -450,12 +543,15 @@ def finish_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int, 
         return VmFault.OOM
     nr_pages = 1 << rmap.folio_order(k, head)
     addr, first = vaddr & ~4095, pfn
-    if vma.is_shmem() and nr_pages > 1:
+    file = page_cache_of(vma)
+    if nr_pages > 1 and (vma.is_shmem() or file.fs is not None):
         idx = pfn - head
         vma_off = (vaddr - vma.start) >> 12
         pte_off = (vaddr >> 12) & 511
+        beyond_eof = file.fs == "disk" and \
+            file_index(vma, vaddr) - idx + nr_pages > file.size_pages
         if vma_off < idx or vma_off + nr_pages - idx > vma.length >> 12 or \
-                pte_off < idx or pte_off + nr_pages - idx > PTRS_PER_PTE:
+                pte_off < idx or pte_off + nr_pages - idx > PTRS_PER_PTE or beyond_eof:
             nr_pages = 1
         else:
             addr, first = (vaddr & ~4095) - (idx << 12), head
@@ -472,11 +568,14 @@ def finish_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int, 
 
 
 def do_cow_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int) -> VmFault:
-    """do_cow_fault(): a private anonymous copy of a file page."""
+    """do_cow_fault(): a private anonymous copy of a file page (which __do_fault may have
+    to read first: VM_FAULT_MAJOR)."""
     anon_vma_prepare(vma)
-    src = shmem_get_folio(k, vma, vaddr, page_cache_of(vma), file_index(vma, vaddr))
+    src, ret = __do_fault(k, vma, vaddr)
+    if ret & VmFault.ERROR:
+        return ret
     new = rmap.folio_alloc(k, 0)
-    if src == NO_PAGE or new == NO_PAGE:
+    if new == NO_PAGE:
         return VmFault.OOM
     k.physmem.copy_frame(new, src)
     rmap.folio_add_new_anon_rmap(k, new, 1, pmd_mapped=False)
@@ -484,4 +583,4 @@ def do_cow_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int) -> VmFault:
     table = pte_alloc(k, mm, pmd_paddr)
     k.pgtables.set_entry(mm, (table << 12) + ((vaddr >> 12) & 511) * 8, mk_anon_pte(vma, new))
     mm.stat[MmStat.MM_ANONPAGES] += 1
-    return VmFault.OK
+    return ret

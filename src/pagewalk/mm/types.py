@@ -32,6 +32,8 @@ class VmFlags(enum.IntFlag):
     GROWSDOWN = 0x100
     PFNMAP = 0x400
     LOCKED = 0x2000
+    SEQ_READ = 0x8000              # VM_SEQ_READ: MADV_SEQUENTIAL
+    RAND_READ = 0x10000            # VM_RAND_READ: MADV_RANDOM
     IO = 0x4000
     DONTCOPY = 0x20000
     DONTEXPAND = 0x40000
@@ -110,10 +112,18 @@ class AnonVma:
 class VmaFile(Protocol):
     """What a VMA's file offers the VMA code: a struct file with its inode's page cache
     and the vm_operations_struct hooks pagewalk models. mm/shmem.py PageCacheFile (shmem,
-    the program file, the vdso) and mm/hugetlb.py HugetlbFile implement it."""
+    the program file, the vdso), mm/filemap.py File (an open scenario file) and
+    mm/hugetlb.py HugetlbFile implement it."""
 
-    kind: str                    # "shmem", "file", "vdso" or "hugetlb"
-    pages: dict[int, int]        # the inode's page cache: file index -> pfn
+    @property
+    def kind(self) -> str:
+        """"shmem", "file", "vdso" or "hugetlb"."""
+        ...
+
+    @property
+    def pages(self) -> dict[int, int]:
+        """The inode's page cache: file index -> pfn."""
+        ...
 
     @property
     def map_name(self) -> str:

@@ -37,6 +37,10 @@ class NodeStat(enum.IntEnum):
     NR_SHMEM_PMDMAPPED = 18  # ShmemPmdMapped: shmem THPs mapped by at least one PMD
     NR_MLOCK = 19           # Mlocked: pages of PG_mlocked folios
     NR_UNEVICTABLE = 20     # Unevictable: pages on the unevictable LRU
+    NR_FILE_DIRTY = 21      # Dirty: page-cache pages waiting for writeback
+    NR_WRITTEN = 22         # nr_written: pages written back since boot
+    NR_FILE_THPS = 23       # FileHugePages: PMD-sized folios in a disk file's page cache
+    NR_FILE_PMDMAPPED = 24  # FilePmdMapped: such folios mapped by at least one PMD
 
 
 NR_NODE_STATS = len(NodeStat)
@@ -95,6 +99,7 @@ class VmEvent(enum.IntEnum):
     UNEVICTABLE_PGMUNLOCKED = 47
     UNEVICTABLE_PGCLEARED = 48
     UNEVICTABLE_PGSTRANDED = 49
+    PGPGIN = 50                   # kB read from disk (submit_bio counts sectors; shown / 2)
 
 
 NR_VM_EVENTS = len(VmEvent)

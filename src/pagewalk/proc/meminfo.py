@@ -88,7 +88,7 @@ def meminfo(k: Kernel) -> dict[str, int]:
         "Unevictable": kb(NodeStat.NR_UNEVICTABLE),
         "Mlocked": kb(NodeStat.NR_MLOCK),
         "SwapTotal": 0, "SwapFree": 0, "Zswap": 0, "Zswapped": 0,
-        "Dirty": 0, "Writeback": 0,
+        "Dirty": kb(NodeStat.NR_FILE_DIRTY), "Writeback": 0,
         "AnonPages": kb(NodeStat.NR_ANON_MAPPED),
         "Mapped": kb(NodeStat.NR_FILE_MAPPED),
         "Shmem": kb(NodeStat.NR_SHMEM),                 # si_meminfo: sharedram = NR_SHMEM
@@ -108,7 +108,8 @@ def meminfo(k: Kernel) -> dict[str, int]:
         "AnonHugePages": kb(NodeStat.NR_ANON_THPS),      # NR_ANON_THPS is kept in pages
         "ShmemHugePages": kb(NodeStat.NR_SHMEM_THPS),     # both kept in pages, per 512
         "ShmemPmdMapped": kb(NodeStat.NR_SHMEM_PMDMAPPED),
-        "FileHugePages": 0, "FilePmdMapped": 0,
+        "FileHugePages": kb(NodeStat.NR_FILE_THPS),
+        "FilePmdMapped": kb(NodeStat.NR_FILE_PMDMAPPED),
         "Balloon": 0,
     }
     values.update(hugetlb_meminfo(k))

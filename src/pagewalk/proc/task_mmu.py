@@ -16,6 +16,7 @@ import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import huge_memory, hugetlb, pkeys, shmem
+from pagewalk.mm.filemap import File
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.rmap import folio_head
 from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
@@ -242,13 +243,29 @@ def _flag_chars(vma: Vma) -> str:
         ("x" if f & VmFlags.EXEC else "-") + ("s" if f & VmFlags.MAYSHARE else "p")
 
 
+#: st_dev as show_map_vma prints it (MAJOR:MINOR in hex): the root disk (vda, 254:0),
+#: /dev/shm's tmpfs, the internal shm_mnt of shared anonymous memory and memfds
+FS_DEVICE = {"disk": "fe:00", "tmpfs": "00:1a", "memfd": "00:01"}
+PROGRAM_INODE = 2146364
+
+
 def maps_line(vma: Vma) -> str:
-    """show_map_vma(): START-END PERMS OFFSET DEV INODE NAME."""
+    """show_map_vma(): START-END PERMS OFFSET DEV INODE NAME; a file's path is its
+    current one (d_path: `` (deleted)`` once unlinked)."""
     offset = vma.pgoff << 12 if vma.file is not None else 0
-    dev, inode = ("fe:00", 2146364) if vma.file is not None and vma.file.kind == "file" else (
-        ("00:01", 1) if vma.file is not None else ("00:00", 0))
+    name = vma.name
+    if isinstance(vma.file, File):
+        inode_ = vma.file.inode
+        dev, inode = FS_DEVICE[inode_.fs or "disk"], inode_.ino
+        name = inode_.map_name
+    elif vma.file is not None and vma.file.kind == "file":
+        dev, inode = "fe:00", PROGRAM_INODE
+    elif vma.file is not None:
+        dev, inode = "00:01", 1
+    else:
+        dev, inode = "00:00", 0
     head = f"{vma.start:08x}-{vma.end:08x} {_flag_chars(vma)} {offset:08x} {dev} {inode:<7d}"
-    return f"{head:<73}{vma.name}".rstrip() if vma.name else head.rstrip()
+    return f"{head:<73}{name}".rstrip() if name else head.rstrip()
 
 
 def format_maps(task: Task) -> str:

@@ -222,7 +222,7 @@ class ScenarioRun:
         if "fixed" in step.flags or "fixed_noreplace" in step.flags:
             self.guard_heap(step, step.addr or 0, step.length, "MAP_FIXED would replace", "addr")
         addr = syscalls.sys_mmap(self.kernel, task, step.addr or 0, step.length, step.prot,
-                                 step.flags, step.page_size)
+                                 step.flags, step.page_size, step.file, step.file_offset)
         huge = (step.page_size or 2 << 20) if "hugetlb" in step.flags else 4096
         self.maps[step.process][step.name] = (addr, (step.length + huge - 1) // huge * huge)
 
@@ -385,6 +385,26 @@ class ScenarioRun:
 
     def do_munlockall(self, step: s.MunlockallStep) -> None:
         syscalls.sys_munlockall(self.kernel, self.task(step))
+
+    # version 2 files: the schema checked that each names a file made earlier
+    def do_file(self, step: s.FileStep) -> None:
+        syscalls.sys_file_create(self.kernel, self.task(step), step.name, step.size, step.fs)
+
+    def do_truncate(self, step: s.TruncateStep) -> None:
+        syscalls.sys_ftruncate(self.kernel, self.task(step), step.file, step.size)
+
+    def do_fadvise(self, step: s.FadviseStep) -> None:
+        syscalls.sys_fadvise_dontneed(self.kernel, self.task(step), step.file)
+
+    def do_unlink(self, step: s.UnlinkStep) -> None:
+        syscalls.sys_unlink(self.kernel, self.task(step), step.file)
+
+    def do_msync(self, step: s.MsyncStep) -> None:
+        addr, length = self.region(step, step.range)
+        bits = {"async": syscalls.MS_ASYNC, "invalidate": syscalls.MS_INVALIDATE,
+                "sync": syscalls.MS_SYNC}
+        syscalls.sys_msync(self.kernel, self.task(step), addr, length,
+                           sum(bits[f] for f in step.flags))
 
 
 def run_scenario(scenario: s.Scenario, show: tuple[str, ...] = ()) -> Report:

@@ -1,4 +1,4 @@
-"""Scenario files (scenario.md, version 1) -> typed, frozen step dataclasses.
+"""Scenario files (scenario.md, versions 1 and 2) -> typed, frozen step dataclasses.
 
 The whole format is read and checked here, before anything runs: YAML (or JSON)
 syntax, the top-level fields, ``system``, and every step with its fields, types,
@@ -24,7 +24,8 @@ pagewalk extensions and decisions where scenario.md is silent:
   that order, so of two names for one file the later wins); values are normalised to
   the string the kernel file would hold (``16`` -> ``"16"``) by kernel/knobs.py.
 * ``mmap.flags`` omitted means ``[private, anonymous]``. Given flags must include
-  ``anonymous``: file mappings are not part of the format. ``private`` together with
+  ``anonymous``, or the step names a ``file`` (version 2), and then flags are required
+  and ``anonymous`` and ``hugetlb`` are refused. ``private`` together with
   ``shared`` is refused (the two bits together are MAP_SHARED_VALIDATE, which the
   format does not express). Neither ``private`` nor ``shared`` is accepted and left
   to the kernel, which answers EINVAL. ``fixed`` with ``fixed_noreplace`` is accepted
@@ -44,6 +45,11 @@ pagewalk extensions and decisions where scenario.md is silent:
 * Process and mapping names match ``[A-Za-z0-9._-]+``. A fork must not reuse the name of
   a live process; a name may be reused after that process exited. Mapping names are
   unique within a process, its inherited ones included.
+* Version 2 files: a ``file`` step's name is unique in the scenario; ``mmap``,
+  ``truncate``, ``fadvise`` and ``unlink`` must name a file made by an earlier step (the
+  scenario keeps every file open: a file is reachable after its unlink, as the oracle's
+  ``/proc/<controller>/fd/N``); ``unlink`` of a memfd is refused (it has no name).
+  ``file_offset`` is not checked for alignment: the kernel answers EINVAL.
 * Sizes, offsets and addresses must be below 2**64; YAML mappings with a duplicate key
   are refused rather than silently keeping the last value.
 """
@@ -72,11 +78,17 @@ _PROT_LETTERS = {"r": PROT_READ, "w": PROT_WRITE, "x": PROT_EXEC}
 MMAP_FLAGS = ("private", "shared", "anonymous", "fixed", "fixed_noreplace", "noreserve",
               "populate", "hugetlb")
 DEFAULT_MMAP_FLAGS: frozenset[str] = frozenset({"private", "anonymous"})
-MADVISE_ADVICE = ("hugepage", "nohugepage", "dontneed", "free", "collapse", "willneed")
+MADVISE_ADVICE = ("hugepage", "nohugepage", "dontneed", "free", "collapse", "willneed",
+                  # version 2
+                  "populate_read", "populate_write", "remove", "cold", "pageout", "random",
+                  "sequential", "normal")
 ACCESS_KINDS = ("read", "write")
 MREMAP_FLAGS = ("maymove", "fixed", "dontunmap")
 MLOCK_FLAGS = ("onfault",)
 MLOCKALL_FLAGS = ("current", "future", "onfault")
+MSYNC_FLAGS = ("sync", "async", "invalidate")
+FILE_SYSTEMS = ("disk", "tmpfs", "memfd")   # version 2: where a ``file`` step makes its file
+FADVISE_ADVICE = ("dontneed",)
 HEAP_REGION = "[heap]"           # version 2: [start_brk, brk) of the process
 HUGETLB_PAGE_SIZES = (2 * MiB, 1 * GiB)
 MAIN_PROCESS = "main"
@@ -140,6 +152,8 @@ class MmapStep(Step):
     flags: frozenset[str] = DEFAULT_MMAP_FLAGS
     page_size: int | None = None       # hugetlb page size; None = the default (2 MiB)
     addr: int | None = None            # hint, or the address with fixed
+    file: str | None = None            # version 2: the file mapped (None: anonymous)
+    file_offset: int = 0               # bytes into the file (the kernel wants it page aligned)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -254,6 +268,41 @@ class MlockallStep(Step):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MunlockallStep(Step):
     kind: ClassVar[str] = "munlockall"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileStep(Step):
+    kind: ClassVar[str] = "file"
+    name: str
+    size: int                          # bytes, every one 0x00
+    fs: str = "disk"                   # one of FILE_SYSTEMS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TruncateStep(Step):
+    kind: ClassVar[str] = "truncate"
+    file: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FadviseStep(Step):
+    kind: ClassVar[str] = "fadvise"
+    file: str
+    advice: str = "dontneed"           # one of FADVISE_ADVICE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MsyncStep(Step):
+    kind: ClassVar[str] = "msync"
+    range: Range
+    flags: frozenset[str] = frozenset({"sync"})   # of MSYNC_FLAGS (the kernel judges them)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnlinkStep(Step):
+    kind: ClassVar[str] = "unlink"
+    file: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,10 +541,12 @@ def _mapping_or_empty(value: object) -> object:
 
 # -- mmap flags --------------------------------------------------------------------------
 
-def _mmap_flags(value: object, where: _Where) -> frozenset[str]:
-    flags = _flag_names(value, where)
-    _check_flag_combination(flags, where)
-    return flags
+def _mmap_flags(file: str | None) -> Callable[[object, _Where], frozenset[str]]:
+    def convert(value: object, where: _Where) -> frozenset[str]:
+        flags = _flag_names(value, where)
+        _check_flag_combination(flags, where, file)
+        return flags
+    return convert
 
 
 def _flag_names(value: object, where: _Where) -> frozenset[str]:
@@ -511,10 +562,17 @@ def _flag_names(value: object, where: _Where) -> frozenset[str]:
     return frozenset(value)
 
 
-def _check_flag_combination(flags: frozenset[str], where: _Where) -> None:
-    if "anonymous" not in flags:
-        raise where.error("flags must include 'anonymous': file mappings are not part of "
-                          "the scenario format")
+def _check_flag_combination(flags: frozenset[str], where: _Where,
+                            file: str | None = None) -> None:
+    if file is None and "anonymous" not in flags:
+        raise where.error("flags must include 'anonymous', or the mapping needs a 'file' "
+                          "(version 2)")
+    if file is not None and "anonymous" in flags:
+        raise where.error(f"a mapping of file {_show(file)} is not 'anonymous'; "
+                          "give 'private' or 'shared'")
+    if file is not None and "hugetlb" in flags:
+        raise where.error("'hugetlb' maps no file of the scenario's (hugetlbfs files are "
+                          "not part of the format)")
     if {"private", "shared"} <= flags:
         raise where.error("'private' and 'shared' exclude each other; give one of them")
 
@@ -556,8 +614,15 @@ def _range(fields: _Fields) -> Range:
 
 
 def _parse_mmap(fields: _Fields, index: int) -> Step:
-    flags = fields.optional("flags", _mmap_flags, DEFAULT_MMAP_FLAGS)
-    return MmapStep(**_base(fields, index),
+    file = fields.optional("file", _object_name, None)
+    if file is None and "file_offset" in fields.data:
+        raise fields.where.child("file_offset").error("field 'file_offset' needs 'file'")
+    if file is not None and "flags" not in fields.data:
+        raise fields.where.child("flags").error(
+            "missing field 'flags': a file mapping needs 'private' or 'shared'")
+    flags = fields.optional("flags", _mmap_flags(file), DEFAULT_MMAP_FLAGS)
+    return MmapStep(**_base(fields, index), file=file,
+                    file_offset=fields.optional("file_offset", _size, 0),
                     name=fields.required("name", _mapping_name),
                     length=fields.required("length", _size),
                     prot=fields.optional("prot", _prot, PROT_READ | PROT_WRITE),
@@ -671,6 +736,32 @@ def _parse_munlockall(fields: _Fields, index: int) -> Step:
     return MunlockallStep(**_base(fields, index))
 
 
+def _parse_file(fields: _Fields, index: int) -> Step:
+    return FileStep(**_base(fields, index), name=fields.required("name", _object_name),
+                    size=fields.required("size", _size),
+                    fs=fields.optional("fs", _choice(FILE_SYSTEMS), "disk"))
+
+
+def _parse_truncate(fields: _Fields, index: int) -> Step:
+    return TruncateStep(**_base(fields, index), file=fields.required("file", _object_name),
+                        size=fields.required("size", _size))
+
+
+def _parse_fadvise(fields: _Fields, index: int) -> Step:
+    return FadviseStep(**_base(fields, index), file=fields.required("file", _object_name),
+                       advice=fields.required("advice", _choice(FADVISE_ADVICE)))
+
+
+def _parse_msync(fields: _Fields, index: int) -> Step:
+    return MsyncStep(**_base(fields, index), range=_range(fields),
+                     flags=fields.optional("flags", _flag_list(MSYNC_FLAGS),
+                                           frozenset({"sync"})))
+
+
+def _parse_unlink(fields: _Fields, index: int) -> Step:
+    return UnlinkStep(**_base(fields, index), file=fields.required("file", _object_name))
+
+
 def _map_step(kind: str, parse: Callable[[_Fields, int], Step], allowed: tuple[str, ...],
               accepts_none: bool = False) -> _StepParser:
     """A step whose value is a map of ``allowed`` fields."""
@@ -709,8 +800,8 @@ _CALL = ("process", "expect_error")
 _ACCESS = ("process", "expect_signal")
 
 _STEP_PARSERS: Mapping[str, _StepParser] = MappingProxyType({
-    "mmap": _map_step("mmap", _parse_mmap,
-                      ("name", "length", "prot", "flags", "page_size", "addr") + _CALL),
+    "mmap": _map_step("mmap", _parse_mmap, ("name", "length", "prot", "flags", "page_size",
+                                            "addr", "file", "file_offset") + _CALL),
     "munmap": _map_step("munmap", _parse_munmap, _RANGE + _CALL),
     "mprotect": _map_step("mprotect", _parse_mprotect, _RANGE + ("prot",) + _CALL),
     "madvise": _map_step("madvise", _parse_madvise, _RANGE + ("advice",) + _CALL),
@@ -729,6 +820,11 @@ _STEP_PARSERS: Mapping[str, _StepParser] = MappingProxyType({
     "munlock": _map_step("munlock", _parse_munlock, _RANGE + _CALL),
     "mlockall": _map_step("mlockall", _parse_mlockall, ("flags",) + _CALL),
     "munlockall": _map_step("munlockall", _parse_munlockall, _CALL, accepts_none=True),
+    "file": _map_step("file", _parse_file, ("name", "size", "fs") + _CALL),
+    "truncate": _map_step("truncate", _parse_truncate, ("file", "size") + _CALL),
+    "fadvise": _map_step("fadvise", _parse_fadvise, ("file", "advice") + _CALL),
+    "msync": _map_step("msync", _parse_msync, _RANGE + ("flags",) + _CALL),
+    "unlink": _map_step("unlink", _parse_unlink, ("file",) + _CALL),
 })
 
 
@@ -759,12 +855,13 @@ def _step_kind(item: object, where: _Where) -> tuple[str, object]:
 class _Timeline:
     """Which processes are alive and which mappings each knows, step by step."""
 
-    __slots__ = ("exited", "labels", "mappings")
+    __slots__ = ("exited", "files", "labels", "mappings")
 
     def __init__(self) -> None:
         self.mappings: dict[str, dict[str, int]] = {MAIN_PROCESS: {}}  # process -> name -> step
         self.exited: dict[str, int] = {}
         self.labels: dict[str, int] = {}
+        self.files: dict[str, FileStep] = {}   # file name -> the step that made it
 
     def check(self, step: Step, where: _Where) -> None:
         """Refuse ``step`` if it cannot make sense at this point, then record its effect."""
@@ -775,7 +872,23 @@ class _Timeline:
             return
         self._require_live(step.process, where.child("process"))
         self._require_region(step, where.child("region"))
+        self._require_file(step, where.child("file"))
         self._record(step, where)
+
+    def _require_file(self, step: Step, where: _Where) -> None:
+        """A file step names a file an earlier ``file`` step made (the scenario keeps it
+        open to the end: truncate and mmap reach it after an unlink too)."""
+        name = step.file if isinstance(step, (MmapStep, TruncateStep, FadviseStep,
+                                              UnlinkStep)) else None
+        if name is None:
+            return
+        made = self.files.get(name)
+        if made is None:
+            known = ", ".join(self.files) or "none"
+            raise where.error(f"no file {_show(name)} from an earlier file step; "
+                              f"files: {known}")
+        if isinstance(step, UnlinkStep) and made.fs == "memfd":
+            raise where.error(f"file {_show(name)} is a memfd: it has no name to unlink")
 
     def _measure(self, step: MeasureStep, where: _Where) -> None:
         if step.label in self.labels:
@@ -802,7 +915,13 @@ class _Timeline:
                           f"{_show(region)} from an earlier mmap step; its mappings: {known}")
 
     def _record(self, step: Step, where: _Where) -> None:
-        if isinstance(step, MmapStep):
+        if isinstance(step, FileStep):
+            if step.name in self.files:
+                raise where.child("name").error(
+                    f"file {_show(step.name)} already exists (step "
+                    f"{self.files[step.name].index}); file names are unique in a scenario")
+            self.files[step.name] = step
+        elif isinstance(step, MmapStep):
             self._mmap(step, where.child("name"))
         elif isinstance(step, MremapStep) and step.name is not None:
             self._new_name(step.process, step.name, step.index, where.child("name"))
@@ -833,7 +952,7 @@ class _Timeline:
 def _region_of(step: Step) -> str | None:
     """The mapping a step works on, if any."""
     if isinstance(step, (MunmapStep, MprotectStep, MadviseStep, TouchStep, MremapStep,
-                         MlockStep, MunlockStep)):
+                         MlockStep, MunlockStep, MsyncStep)):
         return step.range.region
     if isinstance(step, (WriteStep, ReadStep)):
         return step.region
