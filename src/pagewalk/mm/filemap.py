@@ -422,32 +422,37 @@ def do_sync_mmap_readahead(k: Kernel, vma: Vma, file: File, index: int) -> None:
     page_cache_ra_order(k, inode, ra, ra.start)
 
 
-def do_async_mmap_readahead(k: Kernel, vma: Vma, file: File, pfn: int, index: int) -> None:
+def do_async_mmap_readahead(k: Kernel, vma: Vma, file: File, pfn: int, index: int) -> bool:
     """do_async_mmap_readahead(): a cached page was found; one miss less, and a
-    PG_readahead folio starts the next window."""
+    PG_readahead folio starts the next window (True: the lock was dropped for it,
+    maybe_unlock_mmap_for_io, so the fault will retry)."""
     ra = file.ra
     if vma.flags & VmFlags.RAND_READ or not ra.ra_pages:
-        return
+        return False
     if ra.mmap_miss:
         ra.mmap_miss -= 1
     head = rmap.folio_head(k, pfn)
     if k.memmap.flags[head] & PageFlag.READAHEAD:
         page_cache_async_ra(k, file.inode, ra, head, index, ra.ra_pages)
+        return True
+    return False
 
 
 HPAGE_PMD_NR = 512
 
 
 def filemap_fault(k: Kernel, vma: Vma, file: File, index: int) -> tuple[int, VmFault]:
-    """filemap_fault(): the page at ``index`` from the page cache, (pfn, 0) with async
-    readahead when it is cached; else PGMAJFAULT, sync readahead, and the page read on
-    its own if readahead did not bring it: (pfn, VM_FAULT_MAJOR). SIGBUS past i_size."""
+    """filemap_fault(): the page at ``index`` from the page cache, (pfn, 0) when it is
+    cached, (pfn, VM_FAULT_RETRY) when its folio started async readahead; else
+    PGMAJFAULT, sync readahead, and the page read on its own if readahead did not bring
+    it: (pfn, VM_FAULT_MAJOR; the fault retries too). SIGBUS past i_size."""
     inode = file.inode
     if index >= inode.size_pages:
         return NO_PAGE, VmFault.SIGBUS
     pfn = inode.pages.get(index, NO_PAGE)
     if pfn != NO_PAGE:
-        do_async_mmap_readahead(k, vma, file, pfn, index)
+        if do_async_mmap_readahead(k, vma, file, pfn, index):
+            return pfn, VmFault.RETRY
         return pfn, VmFault.OK
     k.vm_events[VmEvent.PGMAJFAULT] += 1
     do_sync_mmap_readahead(k, vma, file, index)
@@ -530,6 +535,10 @@ def truncate_pagecache(k: Kernel, inode: PageCacheFile, newsize: int) -> None:
     holebegin = (newsize + 4095) >> 12
     unmap_mapping_range(k, inode, holebegin, None, even_cows=True)
     truncate_inode_pages_range(k, inode, holebegin)
+    pfn = inode.pages.get(newsize >> 12, NO_PAGE)
+    if newsize & 4095 and pfn != NO_PAGE:     # truncate_inode_partial_folio: zero the tail
+        tail = 4096 - (newsize & 4095)
+        k.physmem.write_bytes((pfn << 12) + (newsize & 4095), bytes(tail))
 
 
 def punch_hole(k: Kernel, inode: PageCacheFile, start: int, end: int) -> None:

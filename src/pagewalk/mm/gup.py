@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 def populate_vma_page_range(k: Kernel, task: Task, vma: Vma, start: int, end: int,
                             write: bool | None = None,
-                            honour_onfault: bool = True) -> Errno | None:
+                            honour_onfault: bool = True,
+                            retry_tried: bool = False) -> Errno | None:
     """Fault in [start, end) of one VMA; FOLL_WRITE for private writable mappings.
     A fault answered with SIGBUS or SIGSEGV stops it with -EFAULT (faultin_page), which
     callers that ignore errors (MAP_POPULATE, mprotect) drop."""
@@ -47,6 +48,12 @@ def populate_vma_page_range(k: Kernel, task: Task, vma: Vma, start: int, end: in
             continue
         flags = FaultFlags.WRITE if write else FaultFlags(0)
         ret = handle_mm_fault(k, task, vma, addr, flags)
+        if ret & VmFault.MAJOR and not retry_tried:
+            # the read dropped the lock (VM_FAULT_RETRY, not accounted); __mm_populate's
+            # loop faults again without FOLL_TRIED and finds the page cached: a minor
+            # fault (faultin_page_range retries with FOLL_TRIED: major)
+            task.maj_flt -= 1
+            task.min_flt += 1
         if ret & VmFault.ERROR:
             if ret & VmFault.OOM:
                 raise SignalError(Signal.SIGBUS, addr, "out of memory while populating")

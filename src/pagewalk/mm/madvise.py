@@ -159,7 +159,7 @@ def madvise_populate(k: Kernel, task: Task, start: int, end: int, write: bool) -
         hi = min(end, vma.end)
         try:
             error = gup.populate_vma_page_range(k, task, vma, addr, hi, write=write,
-                                                honour_onfault=False)
+                                                honour_onfault=False, retry_tried=True)
         except SignalError:
             raise SyscallError(Errno.ENOMEM, "out of memory while populating") from None
         if error is not None:

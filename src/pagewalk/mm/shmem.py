@@ -379,14 +379,15 @@ def do_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
     return do_cow_fault(k, mm, vma, vaddr)
 
 
-def __do_fault(k: Kernel, vma: Vma, vaddr: int) -> tuple[int, VmFault]:
+def __do_fault(k: Kernel, vma: Vma, vaddr: int, retry: bool = False) -> tuple[int, VmFault]:
     """__do_fault() -> vma->vm_ops->fault: filemap_fault for a disk file (may read it:
     VM_FAULT_MAJOR), shmem_fault (a hole gets a new zeroed folio) or the program's page."""
     file = page_cache_of(vma)
     index = file_index(vma, vaddr)
     if file.fs == "disk":
         assert isinstance(vma.file, filemap.File)
-        return filemap.filemap_fault(k, vma, vma.file, index)
+        pfn, ret = filemap.filemap_fault(k, vma, vma.file, index)
+        return pfn, ret if retry else ret & ~VmFault.RETRY
     pfn = shmem_get_folio(k, vma, vaddr, file, index)
     return pfn, VmFault.OOM if pfn == NO_PAGE else VmFault.OK
 
@@ -398,13 +399,14 @@ def do_read_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int)
     ret = do_fault_around(k, mm, vma, vaddr, pmd_paddr)
     if ret:
         return ret
-    pfn, ret = __do_fault(k, vma, vaddr)
+    pfn, ret = __do_fault(k, vma, vaddr, retry=True)
     if ret & VmFault.ERROR:
         return ret
-    if ret & VmFault.MAJOR:
-        # filemap_fault dropped the lock for the read (maybe_unlock_mmap_for_io):
+    if ret & (VmFault.MAJOR | VmFault.RETRY):
+        # filemap_fault dropped the lock for I/O (maybe_unlock_mmap_for_io):
         # VM_FAULT_RETRY, and the fault runs again (FAULT_FLAG_TRIED, accounted once, as
-        # major), now finding the pages just read around it
+        # major after a read), fault-around now finding the pages just read around it
+        ret &= ~VmFault.RETRY
         again = do_fault_around(k, mm, vma, vaddr, pmd_paddr)
         if again:
             return again | ret
@@ -452,6 +454,9 @@ def do_fault_around(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: in
     first_head = rmap.folio_head(k, file.pages[cached[0]])
     first_index = cached[0] - (file.pages[cached[0]] - first_head)
     folio_next = first_index + (1 << rmap.folio_order(k, first_head))
+    # filemap_map_pages: file_end (the last index) >= folio_next_index, so a folio that
+    # reaches i_size is not mapped large here, nor is a PTE table installed for it
+    # (finish_fault maps it whole); shmem maps across i_size
     can_map_large = file.kind == "shmem" or not sized or file_end >= folio_next
     pmd = k.pgtables.read(pmd_paddr)
     if can_map_large and pmd & pt._PAGE_PSE:
@@ -459,8 +464,8 @@ def do_fault_around(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: in
     if can_map_large and not pmd and try_set_pmd(k, mm, vma, vaddr, pmd_paddr, first_head,
                                                  write=False):
         return VmFault.NOPAGE
-    if pmd & pt._PAGE_PSE:
-        return VmFault.OK
+    if pmd & pt._PAGE_PSE or (not pmd and not can_map_large):
+        return VmFault.OK                # pte_offset_map_lock() finds no table: nothing
     table = pte_alloc(k, mm, pmd_paddr)
     if table == NO_PAGE:
         return VmFault.OOM

@@ -84,6 +84,7 @@ class VmFault(enum.IntFlag):
     MAJOR = 1 << 2
     SIGSEGV = 1 << 6
     NOPAGE = 1 << 8
+    RETRY = 1 << 10              # the handler dropped the lock: the fault runs again
     FALLBACK = 1 << 11
     ERROR = OOM | SIGBUS | SIGSEGV
 
