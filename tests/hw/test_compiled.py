@@ -25,15 +25,15 @@ def test_an_entry_answers_what_its_python_function_answers() -> None:
     assert compiled.mode() in ("native", "numba", "python")
 
 
-def test_bundles_described_early_in_a_call_stay_valid_when_the_cache_turns_over() -> None:
-    """Each call passes two bundles never seen before; across many more calls than the
-    descriptor cache holds, every allocation and free keeps NR_FREE_PAGES exact (a bundle
-    freed while its call runs would read freed memory)."""
+def test_new_bundles_in_every_call_keep_the_figures_exact() -> None:
+    """Each call passes two bundles never seen before, many times over: every allocation
+    and free keeps NR_FREE_PAGES exact (a description freed while its call runs would
+    read freed memory)."""
     k = Machine(MachineConfig(ram=64 << 20)).kernel
     pages, vmstat = k.buddy.arrays, k.buddy.vmstat
     free_before = int(k.node_stat[NodeStat.NR_FREE_PAGES])
     taken = []
-    for _ in range(3 * compiled._Descriptors.LIMIT):
+    for _ in range(1500):
         pfn = alloc_pages(PageArrays(*pages), VmStatArrays(*vmstat), 0)
         assert 0 <= pfn < k.physmem.nr_frames
         taken.append(pfn)
@@ -44,19 +44,32 @@ def test_bundles_described_early_in_a_call_stay_valid_when_the_cache_turns_over(
     assert k.buddy.free_pages_total() == free_before
 
 
-def test_a_description_lives_until_a_whole_cache_of_others_came_after_it() -> None:
-    """The descriptor of an argument stays allocated while fewer than LIMIT other
-    arguments were described after it: a call's first arguments survive the cache turning
-    over while its last ones are described."""
-    descriptors = compiled._Descriptors()
-    arrays = [np.arange(3, dtype=np.int64) for _ in range(2 * compiled._Descriptors.LIMIT + 1)]
-    first = arrays[0]
-    descriptors.address(first, "q1")
-    held = weakref.ref(descriptors.cache[id(first)][1])
-    for other in arrays[1: compiled._Descriptors.LIMIT + 1]:
-        descriptors.address(other, "q1")          # the cache turns over on the last one
-    assert id(first) in descriptors.retired
+def test_a_description_lives_until_another_object_takes_its_position() -> None:
+    """Per argument position, the last object's description is kept (so a call that passes
+    the same arrays again describes nothing) and dropped when another object comes there:
+    objects of finished simulations are not kept alive."""
+    descriptors = compiled._Descriptors(2)
+    first, second, third = (np.arange(3, dtype=np.int64) for _ in range(3))
+    address = descriptors.address(0, first, "q1")
+    held = weakref.ref(descriptors.slots[0][1])   # type: ignore[index]
+    assert descriptors.address(0, first, "q1") == address
+    descriptors.address(1, second, "q1")          # another position: the first one stays
     assert held() is not None
-    for other in arrays[compiled._Descriptors.LIMIT + 1:]:
-        descriptors.address(other, "q1")
-    assert held() is None                         # freed once a whole cache came after it
+    descriptors.address(0, third, "q1")
+    assert held() is None
+
+
+def test_finished_machines_are_not_kept_alive_by_compiled_calls() -> None:
+    """A machine that ran compiled code and is dropped is freed (its arrays are gone),
+    apart from at most the last one that called each entry."""
+    refs = []
+    for _ in range(4):
+        machine = Machine(MachineConfig(ram=64 << 20))
+        k = machine.kernel
+        pfn = alloc_pages(PageArrays(*k.buddy.arrays), VmStatArrays(*k.buddy.vmstat), 0)
+        free_pages(PageArrays(*k.buddy.arrays), VmStatArrays(*k.buddy.vmstat), pfn, 0)
+        refs.append(weakref.ref(k.memmap.flags))
+        del machine, k
+    import gc
+    gc.collect()
+    assert sum(ref() is not None for ref in refs) <= 1

@@ -265,27 +265,25 @@ def _symbol(key: str) -> str:
 
 class _Descriptors:
     """Flat int64 descriptions of array and bundle arguments (address and shape per array,
-    value per integer field), kept per argument object while it lives in the cache (the
-    cache holds the object, so its id cannot be reused meanwhile). A full cache is
-    retired, not freed: the arguments of the call being made may be described there."""
+    value per integer field), one per argument position of one entry: the last object
+    passed there, kept (so its id cannot be reused) until another object takes its place.
+    A position is described once per call, so replacing its entry never frees a
+    description the call still uses; and at most one argument per position stays alive
+    after the simulation that passed it is gone (a cache keyed by object kept hundreds of
+    finished machines' arrays)."""
 
-    LIMIT = 512
+    def __init__(self, nr_args: int) -> None:
+        self.slots: list[tuple[Any, npt.NDArray[np.int64], int] | None] = [None] * nr_args
 
-    def __init__(self) -> None:
-        self.cache: dict[int, tuple[Any, npt.NDArray[np.int64], int]] = {}
-        self.retired: dict[int, tuple[Any, npt.NDArray[np.int64], int]] = {}
-
-    def address(self, value: Any, kind: str) -> int:
-        found = self.cache.get(id(value))
+    def address(self, position: int, value: Any, kind: str) -> int:
+        found = self.slots[position]
         if found is not None and found[0] is value:
             return found[2]
         words: list[int] = []
         _flatten(value, kind, words)
         desc = np.array(words, dtype=np.int64)
-        if len(self.cache) >= self.LIMIT:
-            self.retired, self.cache = self.cache, {}
         address = int(desc.__array_interface__["data"][0])
-        self.cache[id(value)] = (value, desc, address)
+        self.slots[position] = (value, desc, address)
         return address
 
 
@@ -317,23 +315,23 @@ def _caller(kernel: Kernel, address: int) -> Callable[..., Any]:
     assert kinds is not None
     c_args = [ctypes.c_uint64 if kind == "u" else ctypes.c_int64 if kind in _SCALARS
               else ctypes.c_void_p for kind in kinds]
-    descriptors = _Descriptors()
+    descriptors = _Descriptors(len(kinds))
     out = (ctypes.c_int64 * 2)()
     namespace: dict[str, Any] = {
         # PYFUNCTYPE keeps the GIL: calls do not overlap (``out``, the simulator's arrays)
         "function": ctypes.PYFUNCTYPE(ctypes.c_int64, *c_args, ctypes.c_void_p)(address),
-        "out": out, "out_address": ctypes.addressof(out), "descriptors": descriptors,
+        "out": out, "out_address": ctypes.addressof(out), "slots": descriptors.slots,
         "describe": descriptors.address}
     params = [f"a{i}" for i in range(len(kinds))]
     lines = [f"def {kernel.name}({', '.join(params)}):"]
     flat = []
-    for name, kind in zip(params, kinds, strict=True):
+    for position, (name, kind) in enumerate(zip(params, kinds, strict=True)):
         if kind in _SCALARS:
             flat.append(f"int({name})")
             continue
-        lines += [f"    d = descriptors.cache.get(id({name}))",
+        lines += [f"    d = slots[{position}]",
                   (f"    p{name} = d[2] if d is not None and d[0] is {name} "
-                   f"else describe({name}, {kind!r})")]
+                   f"else describe({position}, {name}, {kind!r})")]
         flat.append(f"p{name}")
     lines += [f"    function({', '.join([*flat, 'out_address'])})",
               f"    return {_RESULT_CODE[kernel.result]}"]
