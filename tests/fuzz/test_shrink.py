@@ -136,3 +136,23 @@ def test_repair_drops_what_the_schema_would_refuse() -> None:
     fixed = repair(doc)
     assert [step_item(step)[0] for step in fixed["steps"]] == ["fork", "mmap", "exit", "measure"]
     assert is_valid(fixed) and not is_valid(doc)
+
+
+def test_repair_drops_the_steps_of_a_dropped_file() -> None:
+    """A shrinker that drops a ``file`` step must drop what names the file (mmap, truncate,
+    fadvise, unlink) and the steps on that mapping; a memfd is never unlinked."""
+    doc = {"name": "r", "steps": [
+        {"file": {"name": "m", "size": 8192, "fs": "memfd"}},
+        {"mmap": {"name": "a", "length": 8192, "file": "gone", "flags": ["shared"]}},
+        {"msync": {"region": "a"}},
+        {"truncate": {"file": "gone", "size": 0}},
+        {"unlink": {"file": "m"}},
+        {"file": {"name": "m", "size": 4096}},
+        {"mmap": {"name": "b", "length": 8192, "file": "m", "flags": ["private"]}},
+        {"msync": {"region": "b", "flags": ["async"]}},
+        {"fadvise": {"file": "m", "advice": "dontneed"}},
+    ]}
+    fixed = repair(doc)
+    assert [step_item(step)[0] for step in fixed["steps"]] == ["file", "mmap", "msync",
+                                                               "fadvise"]
+    assert is_valid(fixed) and not is_valid(doc)

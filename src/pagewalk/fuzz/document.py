@@ -21,10 +21,11 @@ from pagewalk.scenario import schema as s
 from pagewalk.units import GiB, KiB, MiB
 
 Doc = dict[str, Any]
-SIZE_FIELDS = ("length", "offset", "stride", "page_size")
+SIZE_FIELDS = ("length", "offset", "stride", "page_size", "size", "file_offset", "new_length")
 ADDRESS_FIELDS = ("addr",)
 REGION_STEPS = ("munmap", "mprotect", "madvise", "touch", "write", "read", "mremap", "mlock",
-                "munlock")
+                "munlock", "msync")
+FILE_STEPS = ("truncate", "fadvise", "unlink")                       # name a ``file``
 CALL_STEPS = ("mmap", "munmap", "mprotect", "madvise", "fork", "brk", "mremap", "mlock",
               "munlock", "mlockall", "munlockall", "file", "truncate", "fadvise", "msync",
               "unlink")                                              # may expect_error
@@ -131,11 +132,14 @@ def strip_expectations(doc: Doc) -> Doc:
 def repair(doc: Doc) -> Doc:
     """``doc`` less every step the schema would refuse where it stands (scenario/schema.py
     _Timeline): a step of a process that is not alive, a region its process does not
-    know, a mapping or child name already taken, a repeated measure label, an empty set.
-    Dropping an mmap drops the steps that use its mapping; dropping a fork drops its
-    child's steps: what a shrinker needs to stay valid."""
+    know, a mapping or child name already taken, a repeated measure label, an empty set,
+    a file step naming no file made before (or a second file of one name, or an unlink of
+    a memfd). Dropping an mmap drops the steps that use its mapping; dropping a fork drops
+    its child's steps; dropping a file step drops the steps that name the file: what a
+    shrinker needs to stay valid."""
     out = copy.deepcopy(doc)
     alive: dict[str, set[str]] = {s.MAIN_PROCESS: set()}
+    files: dict[str, str] = {}                      # file name -> its fs
     labels: set[str] = set()
     kept = []
     for step in out["steps"]:
@@ -154,6 +158,14 @@ def repair(doc: Doc) -> Doc:
             region = value.get("region") if kind in REGION_STEPS else None
             if region is not None and region != s.HEAP_REGION and region not in alive[proc]:
                 continue
+            named = value.get("file") if kind in FILE_STEPS or kind == "mmap" else None
+            if named is not None and (named not in files or
+                                      (kind == "unlink" and files[named] == "memfd")):
+                continue
+            if kind == "file":
+                if value["name"] in files:
+                    continue
+                files[value["name"]] = value.get("fs", "disk")
             if kind == "mmap" or (kind == "mremap" and "name" in value):
                 if value["name"] in alive[proc]:
                     continue
