@@ -11,6 +11,7 @@ pgtable.pte_alloc_install  pgtables_bytes), __pte_alloc -> pmd_install
 new_anon_rmap              folio_add_new_anon_rmap(): flags, mapcount, NR_ANON_*
 remove_rmap_pte            folio_remove_rmap_pte() of an order-0 folio
 zap_order0_pages           zap_present_folio_ptes() of order-0 pages: RSS, rmap, folio_put
+set_file_ptes              set_pte_range() of order-0 page-cache pages: rmap, RSS, the PTEs
 set_anon_ptes              do_anonymous_page(): rmap, references, set_ptes, MM_ANONPAGES
 set_zero_pte               do_anonymous_page() on a read: the shared zero page
 wp_can_reuse_anon_folio    wp_can_reuse_anon_folio()
@@ -216,6 +217,30 @@ def zap_order0_pages(ka: KernelArrays, mm_stat: Ints, pfns: Ints, freed: npt.NDA
         remove_rmap_pte(ka, pfn)
         pages.refcount[pfn] -= 1
         freed[i] = pages.refcount[pfn] == 0
+
+
+@compiled(entry="KernelArrays q1 i q1 u")
+def set_file_ptes(ka: KernelArrays, mm_stat: Ints, pte_paddr: int, pfns: Ints,
+                  entry_bits: np.uint64) -> None:
+    """set_pte_range() of filemap_map_pages/finish_fault for order-0 page-cache pages:
+    ``pfns[i]`` (NO_PAGE: leave that PTE) at the PTE ``pte_paddr + 8 * i``, each with
+    ``entry_bits`` (vm_page_prot, accessed, dirty and writable on a write fault); a
+    reference and a mapcount per page (folio_add_file_rmap_ptes: NR_FILE_MAPPED when it
+    was unmapped), MM_SHMEMPAGES or MM_FILEPAGES (mm_counter_file)."""
+    pages, node = ka.pages, ka.vmstat.node
+    for i in range(pfns.shape[0]):
+        pfn = pfns[i]
+        if pfn == NO_PAGE:
+            continue
+        set_pte(ka.phys, pte_paddr + 8 * i, (np.uint64(pfn) << np.uint64(12)) | entry_bits)
+        pages.refcount[pfn] += 1
+        pages.mapcount[pfn] += 1
+        if pages.mapcount[pfn] == 1:
+            node[NodeStat.NR_FILE_MAPPED] += 1
+        if pages.flags[pfn] & F_SHMEM:
+            mm_stat[MmStat.MM_SHMEMPAGES] += 1
+        else:
+            mm_stat[MmStat.MM_FILEPAGES] += 1
 
 
 # -- PTE faults (mm/memory.c) -----------------------------------------------------------------

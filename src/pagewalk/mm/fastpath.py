@@ -10,7 +10,7 @@ both paths leave identical page tables, counters, TLBs and page-walk caches
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from pagewalk.kernel.task import Task
 
 RECORDS = 1024     # PMDs the compiled loop maps between two drains
+_B = TypeVar("_B", TouchRun, FaultVma, MmuArrays)
 
 
 def touch_reference(k: Kernel, task: Task, start: int, length: int, stride: int,
@@ -80,6 +81,9 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
     mm = task.mm
     out = np.zeros(int(Out.SIZE), dtype=np.int64)
     records = np.zeros((RECORDS, 3), dtype=np.int64)
+    run: TouchRun | None = None
+    fault_vma: FaultVma | None = None
+    mmu_arrays: MmuArrays | None = None
     while i < count_total:
         vaddr = start + i * stride
         ok, anon_faults = _fast_path_applies(k, task, vaddr, access)
@@ -90,8 +94,10 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
         vma = find_vma(mm, vaddr)
         assert vma is not None
         seg_count = min(count_total, (min(end, vma.end) - start + stride - 1) // stride)
-        run = TouchRun(start, seg_count, stride, access)
-        fault_vma = _fault_vma(k, mm, vma, anon_faults)
+        # the same bundles again when nothing changed: their descriptions are reused
+        run = _reuse(TouchRun(start, seg_count, stride, access), run)
+        fault_vma = _reuse(_fault_vma(k, mm, vma, anon_faults), fault_vma)
+        mmu_arrays = _reuse(_mmu_arrays(k), mmu_arrays)
         out[:] = 0
         out[Out.NEXT] = i
         out[Out.CACHE_REGION] = -1
@@ -99,7 +105,7 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
         while reason in (NEED_SLOTS, NEED_DRAIN):
             k.physmem.reserve_slots(64)
             reason = int(touch_kernel(run, fault_vma, k.pgtables.arrays, mm.stat,
-                                      _mmu_arrays(k), out, records))
+                                      mmu_arrays, out, records))
             _drain_pmd_records(k, mm, vma, out, records)
         task.min_flt += int(out[Out.FAULTS])
         if out[Out.ANON_WRITTEN]:
@@ -114,6 +120,14 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
                 k.kernel_exit()
             user_touch(k, task, vaddr, access)
             i += 1
+
+
+def _reuse(new: _B, old: _B | None) -> _B:
+    """``old`` when each of its fields is the same as ``new``'s (arrays: the same object)."""
+    if old is None or any(a is not b and (isinstance(a, np.ndarray) or a != b)
+                          for a, b in zip(new, old, strict=True)):
+        return new
+    return old
 
 
 def _fault_vma(k: Kernel, mm: MmStruct, vma: Vma, anon_faults: bool) -> FaultVma:

@@ -40,8 +40,11 @@ def folio_head(k: Kernel, pfn: int) -> int:
     return pfn if head < 0 else head
 
 
+_HEAD = int(PageFlag.HEAD)     # a plain int: IntFlag member lookups are slow in hot loops
+
+
 def folio_order(k: Kernel, head: int) -> int:
-    return int(k.memmap.order[head]) if k.memmap.flags[head] & PageFlag.HEAD else 0
+    return int(k.memmap.order[head]) if int(k.memmap.flags[head]) & _HEAD else 0
 
 
 def folio_alloc(k: Kernel, order: int, anon: bool = True) -> int:

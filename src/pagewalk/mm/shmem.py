@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import filemap, huge_memory, rmap
+from pagewalk.mm import fastfault, filemap, huge_memory, rmap
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import mk_anon_pte, pte_alloc
 from pagewalk.mm.rmap import anon_vma_prepare
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
 
 FAULT_AROUND_PAGES = 16  # fault_around_bytes 64 KiB
+_READAHEAD = int(PageFlag.READAHEAD)   # a plain int: IntFlag lookups are slow in hot loops
 THP = "/sys/kernel/mm/transparent_hugepage"
 SHMEM_ENABLED = f"{THP}/shmem_enabled"
 #: the sizes with a hugepages-<N>kB/shmem_enabled file (kernel/knobs.py has them too)
@@ -446,9 +447,15 @@ def do_fault_around(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: in
     file_end = file.size_pages - 1
     if sized:
         end_pgoff = min(end_pgoff, file_end)
-    memmap = k.memmap
-    cached = [i for i in range(start_pgoff, end_pgoff + 1) if i in file.pages and
-              not memmap.flags[rmap.folio_head(k, file.pages[i])] & PageFlag.READAHEAD]
+    flags, heads, pages = k.memmap.flags, k.memmap.head, file.pages
+    cached = []
+    for i in range(start_pgoff, end_pgoff + 1):
+        pfn = pages.get(i, NO_PAGE)
+        if pfn == NO_PAGE:
+            continue
+        head = int(heads[pfn])
+        if not int(flags[pfn if head < 0 else head]) & _READAHEAD:
+            cached.append(i)
     if not cached:
         return VmFault.OK
     first_head = rmap.folio_head(k, file.pages[cached[0]])
@@ -473,6 +480,8 @@ def do_fault_around(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: in
     mapped_self = False
     considered = 0
     done: set[int] = set()
+    words = k.physmem.frame_words(table)
+    small: dict[int, int] = {}                   # PTE slot -> order-0 page, set at once
     for i in cached:
         if i in done:
             continue
@@ -490,10 +499,22 @@ def do_fault_around(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: in
             done.add(j)
             considered += 1                      # !folio_test_workingset: mmap_miss++
             va = base + ((j - start_pgoff) << 12)
-            if k.pgtables.read((table << 12) + ((va >> 12) & 511) * 8):
+            slot = (va >> 12) & 511
+            if words[slot]:
                 continue
-            map_file_page(k, mm, vma, va, file.pages[j], write=False)
+            if nr == 1:
+                small[slot] = file.pages[j]
+            else:
+                map_file_page(k, mm, vma, va, file.pages[j], write=False)
             mapped_self = mapped_self or j == index
+    if small:
+        first = min(small)
+        pfns = np.full(max(small) - first + 1, NO_PAGE, dtype=np.int64)
+        for slot, pfn in small.items():
+            pfns[slot - first] = pfn
+        k.physmem.reserve_slots(1)
+        fastfault.set_file_ptes(k.pgtables.arrays, mm.stat, (table << 12) + first * 8, pfns,
+                                np.uint64(vma.page_prot | pt._PAGE_ACCESSED))
     if isinstance(vma.file, filemap.File):
         ra = vma.file.ra
         ra.mmap_miss = max(0, ra.mmap_miss - considered)
