@@ -198,5 +198,12 @@ def test_file_scenarios_match_the_oracles_kernel_reports(name: str) -> None:
         pytest.skip(f"{name} is not in tests/data/scenarios yet (copy it from "
                     "/work/shared/scenarios with its .kernel.json)")
     stored = json.loads((SCENARIOS / f"{name}.kernel.json").read_text())
-    report = run(path.read_text(), repeat=3)
-    assert compare_reports(stored, report).differences == []    # pgfault within 2
+    before = machine_state()
+    live = run_live(parse_scenario(path.read_text(), "files.yaml"), 3)
+    assert machine_state() == before
+    assert _our_run_dirs() == []
+    # as `pagewalk verify` judges: the stored report's pgfault may lie anywhere between
+    # the faults this run's processes counted and the pgfault it read (other processes
+    # on this machine add to the system-wide counter), THP events by the idle background
+    comparison = compare_reports(live.report, stored, live.pgfault_bounds(), live.background())
+    assert comparison.differences == []
