@@ -199,6 +199,17 @@ def remove_rmap_pte(ka: KernelArrays, pfn: int) -> None:
         node[NodeStat.NR_FILE_MAPPED] -= 1
 
 
+@compiled(inline=True)
+def mm_counter(flags: int) -> int:
+    """mm_counter(): the RSS counter of a page with these flags (RssAnon, RssShmem,
+    RssFile)."""
+    if flags & F_ANON:
+        return MmStat.MM_ANONPAGES
+    if flags & F_SHMEM:
+        return MmStat.MM_SHMEMPAGES
+    return MmStat.MM_FILEPAGES
+
+
 @compiled(entry="KernelArrays q1 q1 B1")
 def zap_order0_pages(ka: KernelArrays, mm_stat: Ints, pfns: Ints, freed: npt.NDArray[np.uint8]) -> None:
     """zap_present_folio_ptes() for order-0 pages whose PTEs were just cleared, in order:
@@ -207,13 +218,7 @@ def zap_order0_pages(ka: KernelArrays, mm_stat: Ints, pfns: Ints, freed: npt.NDA
     pages = ka.pages
     for i in range(pfns.shape[0]):
         pfn = pfns[i]
-        flags = pages.flags[pfn]
-        if flags & F_ANON:
-            mm_stat[MmStat.MM_ANONPAGES] -= 1
-        elif flags & F_SHMEM:
-            mm_stat[MmStat.MM_SHMEMPAGES] -= 1
-        else:
-            mm_stat[MmStat.MM_FILEPAGES] -= 1
+        mm_stat[mm_counter(pages.flags[pfn])] -= 1
         remove_rmap_pte(ka, pfn)
         pages.refcount[pfn] -= 1
         freed[i] = pages.refcount[pfn] == 0
@@ -237,10 +242,7 @@ def set_file_ptes(ka: KernelArrays, mm_stat: Ints, pte_paddr: int, pfns: Ints,
         pages.mapcount[pfn] += 1
         if pages.mapcount[pfn] == 1:
             node[NodeStat.NR_FILE_MAPPED] += 1
-        if pages.flags[pfn] & F_SHMEM:
-            mm_stat[MmStat.MM_SHMEMPAGES] += 1
-        else:
-            mm_stat[MmStat.MM_FILEPAGES] += 1
+        mm_stat[mm_counter(pages.flags[pfn])] += 1
 
 
 # -- PTE faults (mm/memory.c) -----------------------------------------------------------------
@@ -299,13 +301,7 @@ def wp_page_copy_pte(ka: KernelArrays, mm_stat: Ints, pte_paddr: int, new: int, 
     new_anon_rmap(ka, new, 1, False)
     mm_stat[MmStat.MM_ANONPAGES] += 1
     if old >= 0:
-        old_flags = ka.pages.flags[old]
-        if old_flags & F_ANON:
-            mm_stat[MmStat.MM_ANONPAGES] -= 1
-        elif old_flags & F_SHMEM:
-            mm_stat[MmStat.MM_SHMEMPAGES] -= 1
-        else:
-            mm_stat[MmStat.MM_FILEPAGES] -= 1
+        mm_stat[mm_counter(ka.pages.flags[old])] -= 1
     set_pte(ka.phys, pte_paddr, anon_pte(new, page_prot, writable))
 
 

@@ -518,10 +518,8 @@ def unmap_mapping_range(k: Kernel, inode: PageCacheFile, first: int, last: int |
             continue
         start = vma.start + ((lo - vma.pgoff) << 12)
         end = vma.start + ((hi - vma.pgoff) << 12)
-        if even_cows or vma.flags & VmFlags.SHARED:
-            memory.unmap_page_range(k, mm, vma, start, end)
-        else:
-            memory.zap_file_pages(k, mm, vma, start, end)
+        memory.unmap_page_range(k, mm, vma, start, end,
+                                even_cows=even_cows or bool(vma.flags & VmFlags.SHARED))
 
 
 def truncate_pagecache(k: Kernel, inode: PageCacheFile, newsize: int) -> None:

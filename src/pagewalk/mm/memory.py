@@ -261,9 +261,10 @@ def zap_present_page(k: Kernel, mm: MmStruct, pfn: int) -> None:
 
 
 def unmap_page_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
-                     reclaim_pt: bool = False) -> None:
+                     reclaim_pt: bool = False, even_cows: bool = True) -> None:
     """unmap_page_range(): zap_pmd_range over [start, end) of one VMA (huge PMDs inside the
-    range are zapped whole, huge PMDs straddling an edge are split first)."""
+    range are zapped whole, huge PMDs straddling an edge are split first). Without
+    ``even_cows`` (a punched hole: zap_details) anonymous pages stay."""
     if vma.is_hugetlb():
         hugetlb.unmap_hugepage_range(k, mm, vma, start, end)
         return
@@ -276,7 +277,10 @@ def unmap_page_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
                 huge_memory.zap_huge_pmd(k, mm, vma, pmd_paddr, pmd)
                 continue
             pmd = pgt.read(pmd_paddr)
-        if pmd != 0:
+        if pmd != 0 and not even_cows:
+            if not pmd & pt._PAGE_PSE:
+                zap_file_ptes(k, mm, pt.pte_pfn(pmd), addr, nxt)
+        elif pmd != 0:
             zap_pte_range(k, mm, vma, pt.pte_pfn(pmd), addr, nxt)
             # PT_RECLAIM: only a PTE table whose whole 2 MiB was zapped may be freed
             # (zap_pte_range: reclaim_pt_is_enabled() needs end - start >= PMD_SIZE).
@@ -285,33 +289,20 @@ def unmap_page_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
     flush_tlb_mm_range(k, mm, start, end)
 
 
-def zap_file_pages(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> None:
-    """zap_page_range_single() with zap_details.even_cows false (a punched hole in a
-    private mapping): page-cache pages leave [start, end), the private anonymous copies
-    stay (should_zap_folio)."""
+def zap_file_ptes(k: Kernel, mm: MmStruct, table: int, start: int, end: int) -> None:
+    """zap_pte_range() with zap_details.even_cows false (should_zap_folio): the page-cache
+    pages of [start, end) in one PTE table leave it, private anonymous copies stay."""
     pgt = k.pgtables
-    mm.update_hiwater_rss()
-    for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
-        pmd = pgt.read(pmd_paddr)
-        if pmd & pt._PAGE_PSE:
-            if huge_memory.huge_pmd_covered(k, mm, vma, pmd_paddr, addr, nxt):
-                huge_memory.zap_huge_pmd(k, mm, vma, pmd_paddr, pmd)
-                continue
-            pmd = pgt.read(pmd_paddr)
-        if not pmd or pmd & pt._PAGE_PSE:
+    for va in range(start, end, 4096):
+        paddr = pte_paddr(table, va)
+        pte = pgt.read(paddr)
+        if not pte & pt._PAGE_PRESENT or pte & pt._PAGE_SPECIAL:
             continue
-        table = pt.pte_pfn(pmd)
-        for va in range(addr, nxt, 4096):
-            paddr = pte_paddr(table, va)
-            pte = pgt.read(paddr)
-            if not pte & pt._PAGE_PRESENT or pte & pt._PAGE_SPECIAL:
-                continue
-            pfn = pt.pte_pfn(pte)
-            if k.memmap.flags[pfn] & PageFlag.ANON:
-                continue
-            pgt.set_entry(mm, paddr, 0)
-            zap_present_page(k, mm, pfn)
-    flush_tlb_mm_range(k, mm, start, end)
+        pfn = pt.pte_pfn(pte)
+        if k.memmap.flags[pfn] & PageFlag.ANON:
+            continue
+        pgt.set_entry(mm, paddr, 0)
+        zap_present_page(k, mm, pfn)
 
 
 def count_present_ptes(k: Kernel, table: int) -> int:

@@ -177,14 +177,23 @@ def arch_get_unmapped_area_topdown(mm: MmStruct, addr: int, length: int, align_m
 
 def get_unmapped_area(mm: MmStruct, addr: int, length: int, fixed: bool, anonymous_private: bool,
                       align_mask: int, window: int, shmem_k: Kernel | None = None,
-                      shmem_pgoff: int | None = None) -> int:
+                      shmem_pgoff: int | None = None, file: File | None = None) -> int:
     """__get_unmapped_area(): returns the address or raises ENOMEM/EINVAL. A shared
     anonymous mapping (``shmem_k`` given) is placed by shmem_get_unmapped_area, as
-    mmap_region will make it a shmem file."""
+    mmap_region will make it a shmem file. A file (``file``, from page ``shmem_pgoff``):
+    ext4's ->get_unmapped_area is thp_get_unmapped_area (2 MiB alignment that keeps the
+    file offset's), shmem's shmem_get_unmapped_area (a tmpfs file's sb is huge=never)."""
     if length > mm.task_size:
         raise SyscallError(Errno.ENOMEM, "length exceeds TASK_SIZE")
     if fixed:
         result = addr
+    elif file is not None and file.inode.fs == "disk":
+        result = thp_get_unmapped_area_file(mm, addr, length, (shmem_pgoff or 0) << 12, window)
+    elif file is not None:
+        from pagewalk.mm import shmem
+        assert shmem_k is not None
+        result = shmem.shmem_get_unmapped_area(shmem_k, mm, addr, length, window, shmem_pgoff,
+                                               sb_huge=shmem.shmem_sb_huge(shmem_k, file.inode))
     elif shmem_k is not None:
         from pagewalk.mm import shmem
         result = shmem.shmem_get_unmapped_area(shmem_k, mm, addr, length, window, shmem_pgoff)
@@ -192,30 +201,6 @@ def get_unmapped_area(mm: MmStruct, addr: int, length: int, fixed: bool, anonymo
         result = thp_get_unmapped_area(mm, length, window)
     else:
         result = arch_get_unmapped_area_topdown(mm, addr, length, align_mask, window)
-    if result < 0:
-        raise SyscallError(Errno.ENOMEM, "no free range large enough")
-    if result > mm.task_size - length:
-        raise SyscallError(Errno.ENOMEM, "range beyond TASK_SIZE")
-    if result & (PAGE_SIZE - 1):
-        raise SyscallError(Errno.EINVAL, "address not page aligned")
-    return result
-
-
-def file_get_unmapped_area(k: Kernel, mm: MmStruct, file: File, addr: int, length: int,
-                           pgoff: int, fixed: bool, window: int) -> int:
-    """__get_unmapped_area() with a file: ext4's ->get_unmapped_area is
-    thp_get_unmapped_area (2 MiB alignment that keeps the file offset's), shmem's
-    shmem_get_unmapped_area (a tmpfs file's sb is huge=never: no alignment)."""
-    if length > mm.task_size:
-        raise SyscallError(Errno.ENOMEM, "length exceeds TASK_SIZE")
-    if fixed:
-        result = addr
-    elif file.inode.fs == "disk":
-        result = thp_get_unmapped_area_file(mm, addr, length, pgoff << 12, window)
-    else:
-        from pagewalk.mm import shmem
-        result = shmem.shmem_get_unmapped_area(k, mm, addr, length, window, pgoff,
-                                               sb_huge=shmem.shmem_sb_huge(k, file.inode))
     if result < 0:
         raise SyscallError(Errno.ENOMEM, "no free range large enough")
     if result > mm.task_size - length:
@@ -426,7 +411,8 @@ def do_mmap(k: Kernel, mm: MmStruct, addr: int, length: int, prot: int, flags: f
     if hugetlb and fixed and addr & align_mask:
         raise SyscallError(Errno.EINVAL, "MAP_HUGETLB address not huge-page aligned")
     if file is not None:
-        start = file_get_unmapped_area(k, mm, file, addr, length, pgoff, fixed, window)
+        start = get_unmapped_area(mm, addr, length, fixed, False, 0, window, shmem_k=k,
+                                  shmem_pgoff=pgoff, file=file)
     else:
         start = get_unmapped_area(mm, addr, length, fixed, not shared and not hugetlb,
                                   align_mask, window,
