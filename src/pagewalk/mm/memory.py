@@ -37,12 +37,16 @@ __all__ = ["FaultFlags", "VmFault", "anon_vma_prepare", "mk_anon_pte", "pte_allo
 
 def handle_mm_fault(k: Kernel, task: Task, vma: Vma, vaddr: int, flags: FaultFlags) -> VmFault:
     """handle_mm_fault(): resolve a fault the VMA permits, then mm_account_fault()."""
+    # a fault in a locked file VMA may map a window of pages (fault-around): which were
+    # mapped before tells which ones this fault's set_pte_range mlocks
+    before = mlock.mapped_window(k, task.mm, vma, vaddr) \
+        if vma.flags & VmFlags.LOCKED and vma.file is not None else None
     if vma.is_hugetlb():
         ret = hugetlb.hugetlb_fault(k, task.mm, vma, vaddr, flags)
     else:
         ret = __handle_mm_fault(k, task.mm, vma, vaddr, flags)
     if vma.flags & VmFlags.LOCKED and not ret & VmFault.ERROR:
-        mlock.mlock_fault(k, task.mm, vma, vaddr)   # folio_add_lru_vma -> mlock_new_folio
+        mlock.mlock_fault(k, task.mm, vma, vaddr, before)   # mlock_new/vma_folio
     mm_account_fault(k, task, ret)
     return ret
 

@@ -80,13 +80,40 @@ def vma_mlocks_folios(vma: Vma) -> bool:
     return vma.flags & (VmFlags.LOCKED | VM_SPECIAL) == VmFlags.LOCKED
 
 
-def mlock_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int) -> None:
+def mapped_window(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int) -> dict[int, int]:
+    """The present PTEs of the fault-around window of ``vaddr`` (its 64 KiB, within the
+    VMA and the PTE table): address -> the pfn it maps now."""
+    lo, hi = _window(vma, vaddr)
+    paddr, _, shift = k.pgtables.lookup(mm, vaddr)
+    if shift != 12:
+        return {}
+    table = paddr & ~(PAGE_SIZE - 1)
+    found = {}
+    for va in range(lo, hi, PAGE_SIZE):
+        pte = k.pgtables.read(table + ((va >> 12) & 511) * 8)
+        if pte & pt._PAGE_PRESENT:
+            found[va] = pt.pte_pfn(pte)
+    return found
+
+
+def _window(vma: Vma, vaddr: int) -> tuple[int, int]:
+    base = vaddr & ~(FAULT_AROUND_BYTES - 1)
+    lo = max(vma.start, base, vaddr & ~((1 << 21) - 1))
+    hi = min(vma.end, base + FAULT_AROUND_BYTES, (vaddr | ((1 << 21) - 1)) + 1)
+    return lo, hi
+
+
+def mlock_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int,
+                mapped_before: dict[int, int] | None = None) -> None:
     """A fault in a VM_LOCKED VMA mapped a folio at ``vaddr``: mlock_new_folio() for a new
-    anonymous folio (a THP too, via folio_add_lru_vma), mlock_vma_folio() for a small folio
-    mapped by rmap; a PTE-mapped large folio is left to reclaim, as the kernel does."""
+    anonymous folio (a THP too, via folio_add_lru_vma); in a file VMA, mlock_vma_folio()
+    for every small folio the fault mapped (set_pte_range -> __folio_add_file_rmap: the
+    fault-around window's pages that ``mapped_before`` did not map; each mapping in a locked VMA
+    counts one more mlock_count); a PTE-mapped large folio is left to reclaim, as the
+    kernel does."""
     if not vma_mlocks_folios(vma) or vma.is_hugetlb():
         return
-    _, entry, shift = k.pgtables.lookup(mm, vaddr)
+    paddr, entry, shift = k.pgtables.lookup(mm, vaddr)
     if not entry & pt._PAGE_PRESENT or entry & pt._PAGE_SPECIAL:
         return
     if shift == 21:
@@ -98,19 +125,22 @@ def mlock_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int) -> None:
         return
     if shift != 12:
         return
-    lo, hi = vaddr & ~(PAGE_SIZE - 1), (vaddr & ~(PAGE_SIZE - 1)) + PAGE_SIZE
-    if vma.file is not None:    # do_fault_around() mapped cached pages of a 64 KiB window
-        lo = max(vma.start, vaddr & ~(FAULT_AROUND_BYTES - 1))
-        hi = min(vma.end, (vaddr & ~(FAULT_AROUND_BYTES - 1)) + FAULT_AROUND_BYTES)
-    table = k.pgtables.lookup(mm, vaddr)[0] & ~(PAGE_SIZE - 1)
+    table = paddr & ~(PAGE_SIZE - 1)
+    if vma.file is None or mapped_before is None:
+        lo, hi = vaddr & ~(PAGE_SIZE - 1), (vaddr & ~(PAGE_SIZE - 1)) + PAGE_SIZE
+        before: dict[int, int] = {}
+    else:
+        lo, hi = _window(vma, vaddr)
+        before = mapped_before
     for va in range(lo, hi, PAGE_SIZE):
-        if (va >> 21) != (vaddr >> 21):
-            continue
         pte = k.pgtables.read(table + ((va >> 12) & 511) * 8)
         if not pte & pt._PAGE_PRESENT or pte & pt._PAGE_SPECIAL or pt.pte_pfn(pte) == k.zero_pfn:
             continue
+        if before.get(va) == pt.pte_pfn(pte):
+            continue                     # mapped before this fault
         head = folio_head(k, pt.pte_pfn(pte))
-        if folio_order(k, head) == 0 and not folio_test_mlocked(k, head):
+        if folio_order(k, head) == 0 and (vma.file is not None or
+                                          not folio_test_mlocked(k, head)):
             mlock_folio(k, head)
 
 
