@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 NOT_READAHEAD = np.uint16(~PageFlag.READAHEAD & 0xFFFF)
 NOT_DIRTY = np.uint16(~PageFlag.DIRTY & 0xFFFF)
 MMAP_LOTSAMISS = 100
+EXEC_FOLIO_ORDER = 0        # exec_folio_order(): x86 asks for no particular size
 HPAGE_PMD_ORDER = 9
 #: MAX_PAGECACHE_ORDER on x86-64 (PREFERRED_MAX_PAGECACHE_ORDER = HPAGE_PMD_ORDER)
 MAX_PAGECACHE_ORDER = HPAGE_PMD_ORDER
@@ -394,8 +395,9 @@ def page_cache_async_ra(k: Kernel, inode: PageCacheFile, ra: FileRaState, head: 
 
 def do_sync_mmap_readahead(k: Kernel, vma: Vma, file: File, index: int) -> None:
     """do_sync_mmap_readahead(): on a page-cache miss, read around the fault (ra_pages
-    centred on it, a quarter of it asynchronous), or ahead for VM_SEQ_READ, or nothing
-    for VM_RAND_READ, read_ahead_kb 0 or a file that misses much more than it hits."""
+    centred on it, a quarter of it asynchronous; for VM_EXEC the VMA's own pages from the
+    fault on), or ahead for VM_SEQ_READ, or nothing for VM_RAND_READ, read_ahead_kb 0
+    or a file that misses much more than it hits."""
     ra = file.ra
     inode = file.inode
     if vma.flags & VmFlags.HUGEPAGE:
@@ -415,10 +417,20 @@ def do_sync_mmap_readahead(k: Kernel, vma: Vma, file: File, index: int) -> None:
         ra.mmap_miss += 1
     if ra.mmap_miss > MMAP_LOTSAMISS:
         return
-    ra.start = max(0, index - ra.ra_pages // 2)
-    ra.size = ra.ra_pages
-    ra.async_size = ra.ra_pages // 4
-    ra.order = 0
+    if vma.flags & VmFlags.EXEC:
+        # 6.16+: executable memory reads its own VMA only (exec_folio_order() is 0 on
+        # x86), no asynchronous part: code is read at random
+        first, end = vma.pgoff, vma.pgoff + (vma.length >> 12)
+        ra.order = EXEC_FOLIO_ORDER
+        ra.start = max(index & ~((1 << ra.order) - 1), first)
+        ra_end = (ra.start + ra.ra_pages + (1 << ra.order) - 1) & ~((1 << ra.order) - 1)
+        ra.size = min(ra_end, end) - ra.start
+        ra.async_size = 0
+    else:                                # mmap read-around
+        ra.start = max(0, index - ra.ra_pages // 2)
+        ra.size = ra.ra_pages
+        ra.async_size = ra.ra_pages // 4
+        ra.order = 0
     page_cache_ra_order(k, inode, ra, ra.start)
 
 

@@ -182,8 +182,8 @@ def madvise_pageout(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> 
         table = pt.pte_pfn(pmd)
         for va in range(addr, nxt, 4096):
             pte = pgt.read(memory.pte_paddr(table, va))
-            if not pte & pt._PAGE_PRESENT or pte & pt._PAGE_SPECIAL:
-                continue
+            if not pte & (pt._PAGE_PRESENT | pt._PAGE_PROTNONE) or pte & pt._PAGE_SPECIAL:
+                continue                 # pte_present(): PROT_NONE entries map pages too
             pfn = pt.pte_pfn(pte)
             head = rmap.folio_head(k, pfn)
             if k.memmap.flags[head] & PageFlag.ANON or head != pfn:

@@ -300,7 +300,7 @@ def zap_file_ptes(k: Kernel, mm: MmStruct, table: int, start: int, end: int) -> 
     for va in range(start, end, 4096):
         paddr = pte_paddr(table, va)
         pte = pgt.read(paddr)
-        if not pte & pt._PAGE_PRESENT or pte & pt._PAGE_SPECIAL:
+        if not pte & (pt._PAGE_PRESENT | pt._PAGE_PROTNONE) or pte & pt._PAGE_SPECIAL:
             continue
         pfn = pt.pte_pfn(pte)
         if k.memmap.flags[pfn] & PageFlag.ANON:
