@@ -277,3 +277,21 @@ def test_exec_only_page_shows_its_key_and_the_pk_fault() -> None:
         k.user_access(task, addr, ACCESS_READ)
     fetch = explain_translation(k, task, addr, "exec")
     assert fetch.outcome == "translation" and fetch.pkey == 1
+
+
+def test_a_page_cache_page_names_its_file_and_offset(tmp_path: Path) -> None:
+    """translate shows page->mapping and page->index of a file page, and that a shared
+    write dirtied it (ext4 page_mkwrite)."""
+    scenario = tmp_path / "file.yaml"
+    scenario.write_text("""name: file
+steps:
+  - file: {name: data, size: 64KiB}
+  - mmap: {name: m, length: 64KiB, flags: [shared], file: data, file_offset: 8KiB}
+  - touch: {region: m, length: 4KiB}
+""")
+    result = CliRunner().invoke(main, ["translate", "--scenario", str(scenario), "m+0x10",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    page = json.loads(result.output)["page"]
+    assert page == ("page cache of /var/tmp/pagewalk-files/data, page 2 "
+                    "(file offset 0x2000), dirty")

@@ -97,6 +97,8 @@ def print_translation(e: t.Explanation, scenario: str, label: str | None) -> Non
                       f"({t.PAGE_SIZE_NAMES[e.page_shift]} page, offset "
                       f"{e.vaddr & ((1 << e.page_shift) - 1):#x}); "
                       f"{e.refs} entries read from CR3")
+        if e.page:
+            console.print(f"the page: {e.page}")
     else:
         assert e.error_code is not None
         console.print(f"[bold red]#PF[/], error code {e.error_code:#x} = "

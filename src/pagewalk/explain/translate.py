@@ -30,6 +30,7 @@ from pagewalk.hw.walker import (
     walk,
 )
 from pagewalk.mm import pkeys
+from pagewalk.mm.filemap import describe_page
 from pagewalk.mm.types import Vma
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class Explanation:
     kernel: str = ""                   # what the kernel would do with the fault
     pkey: int | None = None            # the leaf's protection key (bits 62:59), if a leaf
     pkru: int = 0                      # the task's PKRU as the MMU applies it
+    page: str = ""                     # the page's file and offset, for a page-cache page
 
     @property
     def refs(self) -> int:
@@ -149,6 +151,7 @@ class Explanation:
             "refs": self.refs,
             "outcome": self.outcome,
             "paddr": f"{self.paddr:#x}" if self.outcome == "translation" else None,
+            "page": self.page or None,
             "page_size": 1 << self.page_shift if self.outcome == "translation" else None,
             "error_code": self.error_code,
             "error_bits": error_code_names(self.error_code) if self.error_code is not None else [],
@@ -291,6 +294,8 @@ def explain_translation(k: Kernel, task: Task, vaddr: int, access: str = "read")
     out.reads = entry_reads(result, mode, root_pfn, memory.written)
     out.pkey = next((pt.pte_pkey(r.entry) for r in out.reads if r.role == "leaf"), None)
     _outcome(out, result)
+    if out.outcome == "translation":
+        out.page = describe_page(k, out.paddr >> 12)
     _mmu_path(out, k, vaddr, kind, tlb_usable)
     if out.error_code is not None:
         out.kernel = kernel_response(k, task, vaddr, out.error_code)

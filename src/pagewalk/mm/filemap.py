@@ -607,3 +607,36 @@ def create_file(k: Kernel, name: str, size: int, fs: str, ino: int) -> PageCache
             inode.add_folio(k, head, 0, index)
         index += 1
     return inode
+
+
+# --- which file a page belongs to (for the views) ---------------------------------------------
+
+def page_cache_owners(k: Kernel) -> dict[int, tuple[PageCacheFile, int]]:
+    """pfn -> (inode, index) of every page-cache page the kernel knows: the scenario's
+    files, the program file, the vdso and the shmem files of mapped VMAs (page->mapping
+    and page->index, which the views show as a file and an offset)."""
+    from pagewalk.mm.shmem import page_cache_of
+    inodes: dict[int, PageCacheFile] = {id(i): i for i in k.inodes.values()}
+    inodes[id(k.program_file)] = k.program_file
+    inodes[id(k.vdso_file)] = k.vdso_file
+    for task in k.tasks.values():
+        for vma in task.mm.vmas:
+            if vma.file is not None and vma.file.kind in ("file", "shmem"):
+                inode = page_cache_of(vma)
+                inodes[id(inode)] = inode
+    owners: dict[int, tuple[PageCacheFile, int]] = {}
+    for inode in inodes.values():
+        for index, pfn in inode.pages.items():
+            owners[pfn] = (inode, index)
+    return owners
+
+
+def describe_page(k: Kernel, pfn: int, owners: dict[int, tuple[PageCacheFile, int]]
+                  | None = None) -> str:
+    """A page's owner in words: its file and offset for a page-cache page."""
+    found = (owners if owners is not None else page_cache_owners(k)).get(pfn)
+    if found is None:
+        return ""
+    inode, index = found
+    dirty = ", dirty" if k.memmap.flags[rmap.folio_head(k, pfn)] & PageFlag.DIRTY else ""
+    return f"page cache of {inode.map_name}, page {index} (file offset {index << 12:#x}){dirty}"

@@ -30,6 +30,7 @@ from pagewalk.errors import PagewalkError
 from pagewalk.explain.cost import TABLE_BYTES, process_cost
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.hw.paging import LEVEL_NAMES, LINUX_LEVEL_NAMES
+from pagewalk.mm.filemap import page_cache_owners
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import USER_PGD_ENTRIES
 from pagewalk.mm.vmstat import NodeStat, VmEvent
@@ -41,6 +42,7 @@ from pagewalk.units import format_size
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
     from pagewalk.kernel.task import Task
+    from pagewalk.mm.shmem import PageCacheFile
 
 FORMAT = "pagewalk-view/1"
 MAX_STEP_STATES = 64          # longer scenarios keep the tree at the measures only
@@ -155,6 +157,12 @@ class TreeBuilder:
     others: dict[str, FrameIndex]
     names: tuple[str, ...] = ()
     stats: dict[str, int] = field(default_factory=dict)
+    owners: dict[int, tuple[PageCacheFile, int]] | None = None   # page-cache pages
+
+    def page_cache_owners(self) -> dict[int, tuple[PageCacheFile, int]]:
+        if self.owners is None:
+            self.owners = page_cache_owners(self.k)
+        return self.owners
 
     def build(self) -> dict[str, Any]:
         self.names = LEVEL_NAMES[self.k.levels]
@@ -196,6 +204,9 @@ class TreeBuilder:
         count = 1 << (shift - 12)
         item: dict[str, Any] = {"t": "huge", "size": format_size(1 << shift), "pfn": pfn,
                                 "kind": frame_kind(self.k, pfn)}
+        owned = self.page_cache_owners().get(pfn)
+        if owned is not None:
+            item["file"], item["index"] = owned[0].map_name, owned[1]
         if item["kind"] == "anon":
             item["kind"] = "THP"
         deposit = self.k.deposit.get((table_pfn << 12) + index * 8)
@@ -233,9 +244,16 @@ class TreeBuilder:
         shared_mask = np.zeros(indexes.size, dtype=np.int64)
         for bit, (_, where) in enumerate(found.items()):
             shared_mask |= (where >= 0).astype(np.int64) << bit
+        owners = self.page_cache_owners()
+        owner = [owners.get(pfn) for pfn in pfns.tolist()]
+        file_ids = np.array([id(o[0]) if o else 0 for o in owner], dtype=np.int64)
+        file_index = np.array([o[1] if o else -1 for o in owner], dtype=np.int64)
         breaks = np.ones(indexes.size, dtype=bool)
         if indexes.size > 1:
             step_ok = (np.diff(pfns) == 1) | (zero[1:] & zero[:-1])
+            # a run of page-cache pages is one file's consecutive pages too
+            step_ok &= (file_ids[1:] == file_ids[:-1]) & \
+                ((file_ids[1:] == 0) | (np.diff(file_index) == 1))
             breaks[1:] = ((np.diff(indexes) != 1) | (flags[1:] != flags[:-1]) | ~step_ok
                           | (kinds[1:] != kinds[:-1]) | (shared_mask[1:] != shared_mask[:-1]))
             for where in found.values():   # in a run, the other process's vaddrs are linear too
@@ -251,6 +269,9 @@ class TreeBuilder:
                 "va": f"{base | (int(indexes[first]) << 12):#x}", "e": f"{entry:#018x}",
                 "f": _flags_text(entry), "pfn": pfn, "step": 0 if zero[first] else 1,
                 "kind": frame_kind(k, pfn)}
+            first_owner = owner[first]
+            if first_owner is not None:      # page->mapping, page->index
+                run["file"], run["index"] = first_owner[0].map_name, first_owner[1]
             shared = {name: f"{int(where[first]):#x}" for name, where in found.items()
                       if where[first] >= 0}
             if shared:

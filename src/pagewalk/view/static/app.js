@@ -282,6 +282,7 @@
     return h("div", { class: "leaf huge-leaf", data: { va: e.va, span: (1n << BigInt(shift)).toString() } },
       h("span", { class: "idx" }, "[" + e.i + "] "), h("span", { class: "va" }, e.va), " ",
       h("span", { class: "badge huge" }, e.size), h("span", { class: kindClass(e.kind) }, e.kind),
+      fileOf(e, 0),
       " → frame " + hex(e.pfn * 4096) + "  ", h("span", { class: "flags" }, e.f),
       e.deposit !== undefined ? h("span", { class: "deposit" }, "  deposited PTE table pfn " + hex(e.deposit) + " (in VmPTE)") : null,
       sharedLinks(e.shared));
@@ -293,7 +294,14 @@
     return h("div", { class: "leaf page", data: { va: "0x" + va.toString(16), span: "4096" } },
       h("span", { class: "idx" }, "[" + (run.i + k) + "] "), h("span", { class: "va" }, "0x" + va.toString(16)), " ",
       h("span", { class: kindClass(run.kind) }, run.kind), " → frame " + hex(pfn * 4096) + "  ",
-      h("span", { class: "flags" }, run.f), sharedLinks(run.shared, k));
+      fileOf(run, k), h("span", { class: "flags" }, run.f), sharedLinks(run.shared, k));
+  }
+
+  // a page-cache page: its file and offset (page->mapping, page->index)
+  function fileOf(item, k) {
+    if (item.file === undefined) return null;
+    const index = item.index + (k || 0);
+    return h("span", { class: "file" }, item.file + " @ " + hex(index * 4096) + "  ");
   }
 
   function runNode(run) {
@@ -303,7 +311,7 @@
       h("summary", {}, h("span", { class: "idx" }, "[" + run.i + "–" + (run.i + run.n - 1) + "] "),
         h("span", { class: "va" }, run.va + "–0x" + last.toString(16)), " " + run.n + " × 4K ",
         h("span", { class: kindClass(run.kind) }, run.kind), " → frames " + frames + "  ",
-        h("span", { class: "flags" }, run.f), sharedLinks(run.shared)));
+        fileOf(run, 0), h("span", { class: "flags" }, run.f), sharedLinks(run.shared)));
     details.addEventListener("toggle", () => {
       if (!details.open || details._filled) return;
       details._filled = true;
