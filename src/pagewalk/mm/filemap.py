@@ -21,10 +21,12 @@ Disk reads complete at once (the oracle waits for every read before the next acc
 
 from __future__ import annotations
 
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import rmap
@@ -46,6 +48,66 @@ HPAGE_PMD_ORDER = 9
 MAX_PAGECACHE_ORDER = HPAGE_PMD_ORDER
 #: a 2 MiB chunk per force_page_cache_ra() round
 FORCE_RA_CHUNK = (2 << 20) >> 12
+
+
+class PageCache(MutableMapping[int, int]):
+    """mapping->i_pages: file index -> pfn, in one int64 array (NO_PAGE where nothing is
+    cached), so that compiled code reads the page cache as it is (``pfns``; the array is
+    replaced when it grows). Iteration is in index order, as an xarray walk is."""
+
+    __slots__ = ("count", "pfns")
+
+    def __init__(self) -> None:
+        self.pfns: npt.NDArray[np.int64] = np.full(16, NO_PAGE, dtype=np.int64)
+        self.count = 0
+
+    def get(self, index: int, default: Any = None) -> Any:
+        if 0 <= index < self.pfns.shape[0]:
+            pfn = int(self.pfns[index])
+            if pfn != NO_PAGE:
+                return pfn
+        return default
+
+    def __getitem__(self, index: int) -> int:
+        pfn = self.get(index, NO_PAGE)
+        if pfn == NO_PAGE:
+            raise KeyError(index)
+        return int(pfn)
+
+    def __setitem__(self, index: int, pfn: int) -> None:
+        if index >= self.pfns.shape[0]:
+            grown = np.full(max(index + 1, 2 * self.pfns.shape[0]), NO_PAGE, dtype=np.int64)
+            grown[: self.pfns.shape[0]] = self.pfns
+            self.pfns = grown
+        if self.pfns[index] == NO_PAGE:
+            self.count += 1
+        self.pfns[index] = pfn
+
+    def __delitem__(self, index: int) -> None:
+        if self.get(index, NO_PAGE) == NO_PAGE:
+            raise KeyError(index)
+        self.pfns[index] = NO_PAGE
+        self.count -= 1
+
+    def __contains__(self, index: object) -> bool:
+        return isinstance(index, int) and self.get(index, NO_PAGE) != NO_PAGE
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.flatnonzero(self.pfns != NO_PAGE).tolist())
+
+    def __len__(self) -> int:
+        return self.count
+
+    def items(self) -> list[tuple[int, int]]:   # type: ignore[override]
+        indexes = np.flatnonzero(self.pfns != NO_PAGE)
+        return list(zip(indexes.tolist(), self.pfns[indexes].tolist(), strict=True))
+
+    def values(self) -> list[int]:   # type: ignore[override]
+        return [int(p) for p in self.pfns[self.pfns != NO_PAGE].tolist()]
+
+    def clear(self) -> None:
+        self.pfns = np.full(16, NO_PAGE, dtype=np.int64)
+        self.count = 0
 
 
 @dataclass(slots=True)
@@ -74,7 +136,7 @@ class File:
         return self.inode.kind
 
     @property
-    def pages(self) -> dict[int, int]:
+    def pages(self) -> MutableMapping[int, int]:
         return self.inode.pages
 
     @property

@@ -61,7 +61,7 @@ class PageCacheFile:
         self.name = name                          # the path /proc/PID/maps shows
         self.kind = kind
         self.size = size                          # i_size in bytes
-        self.pages: dict[int, int] = {}
+        self.pages = filemap.PageCache()          # i_pages: index -> pfn
         self.accounted_pages = accounted_pages   # shmem_acct_size() charge (Committed_AS)
         self.fs = fs
         self.ino = ino
@@ -86,7 +86,7 @@ class PageCacheFile:
     def find_or_create_page(self, k: Kernel, index: int) -> int:
         """filemap_grab_folio() for the program file and the vdso: the cached page, or a
         new zeroed order-0 one (shmem goes through :func:`shmem_get_folio`)."""
-        pfn = self.pages.get(index, NO_PAGE)
+        pfn = int(self.pages.get(index, NO_PAGE))
         if pfn != NO_PAGE:
             return pfn
         pfn = rmap.folio_alloc(k, 0)

@@ -7,6 +7,7 @@ code bumps (RSS by type, pgtables_bytes) live in one small NumPy array, ``MmStru
 from __future__ import annotations
 
 import enum
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -122,7 +123,7 @@ class VmaFile(Protocol):
         ...
 
     @property
-    def pages(self) -> dict[int, int]:
+    def pages(self) -> MutableMapping[int, int]:
         """The inode's page cache: file index -> pfn."""
         ...
 
