@@ -1,6 +1,7 @@
 """The compiled fault loop and the reference fault path leave the same machine (STYLE
 rule 12), whatever the sequence of steps: Hypothesis drives random mappings (private and
-shared anonymous, THP advice), THP knobs (enabled, use_zero_page, an mTHP size), touches
+shared anonymous, files on disk, tmpfs and memfd with their page cache dropped or
+truncated, THP advice), THP knobs (enabled, use_zero_page, an mTHP size), touches
 (reads and writes, random ranges and strides), forks with copy-on-write writes on both
 sides, munmap, MADV_DONTNEED and MADV_FREE and exits through two twin machines: one
 touches memory through the compiled loop (fastpath.touch), the other through the
@@ -41,6 +42,8 @@ NAMES = ("p0", "p1", "p2")
 MAX_ACCESSES = 400               # per touch: the reference path is slow
 STRIDES = (PAGE, PAGE, PAGE, 2 * PAGE, 3 * PAGE, 64, 1000, 64 << 10, HPAGE)
 ADVICE = ("dontneed", "dontneed", "free", "hugepage", "nohugepage")
+#: the scenario files of both machines: name -> (size, file system)
+FILES = {"d": (6 << 20, "disk"), "t": (2 << 20, "tmpfs"), "m": (1 << 20, "memfd")}
 
 offsets = st.integers(0, ARENA_SIZE // PAGE - 1).map(lambda page: page * PAGE)
 # an address: a page of one of the process's mappings in the arena (by index), or anywhere
@@ -76,6 +79,8 @@ class TwinMachines(RuleBasedStateMachine):
             task = k.spawn("p0")
             syscalls.sys_mmap(k, task, ARENA, 8 << 20, 3,
                               frozenset({"anonymous", "private", "fixed"}), None)
+            for name, (size, fs) in FILES.items():
+                syscalls.sys_file_create(k, task, name, size, fs)
 
     def proc(self, pick: int) -> str:
         names = sorted(self.kernels[0][1].tasks)
@@ -126,6 +131,34 @@ class TwinMachines(RuleBasedStateMachine):
         self.both(f"mmap({ARENA + offset:#x}, {size:#x}, {prot}, {sorted(flags)})",
                   lambda k, t: syscalls.sys_mmap(k, t, ARENA + offset, size, prot, flags, None),
                   self.proc(who))
+
+    @precondition(booted)
+    @rule(who=procs, offset=offsets, size=sizes, file=st.sampled_from(sorted(FILES)),
+          page=st.integers(0, 2048), shared=st.booleans(), prot=st.sampled_from([1, 1, 3, 5]))
+    def mmap_file(self, who: int, offset: int, size: int, file: str, page: int, shared: bool,
+                  prot: int) -> None:
+        """mmap(MAP_FIXED) of a file (disk, tmpfs, memfd) at a page offset, maybe past its
+        end: read faults map the page cache through fault-around, compiled or not."""
+        flags = frozenset({"fixed", "shared" if shared else "private"})
+        size = min(size, ARENA_SIZE - offset)
+        page %= FILES[file][0] // PAGE + 8
+        self.both(f"mmap({ARENA + offset:#x}, {size:#x}, {prot}, {file}@{page})",
+                  lambda k, t: syscalls.sys_mmap(k, t, ARENA + offset, size, prot, flags, None,
+                                                 file, page * PAGE), self.proc(who))
+
+    @precondition(booted)
+    @rule(who=procs, file=st.sampled_from(sorted(FILES)),
+          how=st.sampled_from(["dontneed", "dontneed", "shrink", "grow"]),
+          pages=st.integers(0, 2048))
+    def file_cache(self, who: int, file: str, how: str, pages: int) -> None:
+        """Change what the page cache holds: POSIX_FADV_DONTNEED (later reads are major
+        and read ahead: large folios, PG_readahead marks) or ftruncate."""
+        size = (pages % (FILES[file][0] // PAGE + 16)) * PAGE + (100 if how == "shrink" else 0)
+        if how == "dontneed":
+            step = lambda k, t: syscalls.sys_fadvise_dontneed(k, t, file)
+        else:
+            step = lambda k, t: syscalls.sys_ftruncate(k, t, file, size)
+        self.both(f"{how} {file} {size:#x}", step, self.proc(who))
 
     @precondition(booted)
     @rule(who=procs, place=places, size=sizes, stride=st.sampled_from(STRIDES),

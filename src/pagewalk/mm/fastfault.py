@@ -114,11 +114,16 @@ class FaultVma(NamedTuple):
     levels: int
     pcid: int
     pkru: int
+    file_faults: bool            # a page-cache VMA whose read faults the loop may resolve
+    file_pfns: Ints              # its page cache (i_pages: index -> pfn, NO_PAGE)
+    pgoff: int                   # vm_pgoff
+    file_pages: int              # DIV_ROUND_UP(i_size, PAGE_SIZE)
+    file_shmem: bool             # shmem: fault-around maps large folios across i_size
 
 
 bundle(MmuArrays, "q2 q3 q1 q1 Q1 q1 q2 q2 i q1 q1 Q1 q1 q2 q1")
 bundle(TouchRun, "i i i i")
-bundle(FaultVma, "i i u ? ? ? i i i i i i")
+bundle(FaultVma, "i i u ? ? ? i i i i i i ? q1 i i ?")
 
 
 class Out(enum.IntEnum):
@@ -131,7 +136,8 @@ class Out(enum.IntEnum):
     ERROR_CODE = 4      # the #PF error code of the fault handed back (NEED_KERNEL)
     CACHE_REGION = 5    # vaddr >> 21 of the last PTE table the loop walked to, or -1
     CACHE_TABLE = 6     # that PTE table's pfn
-    SIZE = 7
+    FILE_PAGES_SEEN = 7  # pages fault-around considered (the file's mmap_miss goes down)
+    SIZE = 8
 
 
 # Stop reasons of the compiled loop.
@@ -144,6 +150,8 @@ HUGE_ZERO_ABSENT = -1   # use_zero_page, but the huge zero folio is not allocate
 HUGE_ZERO_OFF = -2      # use_zero_page is 0: a read fault allocates a THP as a write does
 HPAGE_PMD_NR = 512
 HPAGE_PMD_SIZE = HPAGE_PMD_NR * 4096
+FAULT_AROUND_PAGES = 16     # fault_around_bytes 64 KiB
+PTRS_PER_PTE = 512
 RESOLVED = 0
 HAND_BACK = 1
 
@@ -160,6 +168,7 @@ F_SHMEM = np.uint16(PageFlag.SHMEM)
 F_HEAD = np.uint16(PageFlag.HEAD)
 F_LARGE = np.uint16(PageFlag.HEAD | PageFlag.TAIL)
 F_NOT_LAZY = np.uint16(~PageFlag.LAZYFREE & 0xFFFF)
+F_READAHEAD = np.uint16(PageFlag.READAHEAD)
 
 
 # -- rmap (mm/rmap.c) -------------------------------------------------------------------------
@@ -232,17 +241,22 @@ def set_file_ptes(ka: KernelArrays, mm_stat: Ints, pte_paddr: int, pfns: Ints,
     ``entry_bits`` (vm_page_prot, accessed, dirty and writable on a write fault); a
     reference and a mapcount per page (folio_add_file_rmap_ptes: NR_FILE_MAPPED when it
     was unmapped), MM_SHMEMPAGES or MM_FILEPAGES (mm_counter_file)."""
-    pages, node = ka.pages, ka.vmstat.node
     for i in range(pfns.shape[0]):
-        pfn = pfns[i]
-        if pfn == NO_PAGE:
-            continue
-        set_pte(ka.phys, pte_paddr + 8 * i, (np.uint64(pfn) << np.uint64(12)) | entry_bits)
-        pages.refcount[pfn] += 1
-        pages.mapcount[pfn] += 1
-        if pages.mapcount[pfn] == 1:
-            node[NodeStat.NR_FILE_MAPPED] += 1
-        mm_stat[mm_counter(pages.flags[pfn])] += 1
+        if pfns[i] != NO_PAGE:
+            set_file_pte(ka, mm_stat, pte_paddr + 8 * i, pfns[i], entry_bits)
+
+
+@compiled(inline=True)
+def set_file_pte(ka: KernelArrays, mm_stat: Ints, pte_paddr: int, pfn: int,
+                 entry_bits: np.uint64) -> None:
+    """One order-0 page-cache page mapped (set_pte_range for one page)."""
+    pages = ka.pages
+    set_pte(ka.phys, pte_paddr, (np.uint64(pfn) << np.uint64(12)) | entry_bits)
+    pages.refcount[pfn] += 1
+    pages.mapcount[pfn] += 1
+    if pages.mapcount[pfn] == 1:
+        ka.vmstat.node[NodeStat.NR_FILE_MAPPED] += 1
+    mm_stat[mm_counter(pages.flags[pfn])] += 1
 
 
 # -- PTE faults (mm/memory.c) -----------------------------------------------------------------
@@ -452,6 +466,69 @@ def _anon_fault(vaddr: int, write: bool, vma: FaultVma, ka: KernelArrays, mm_sta
 
 
 @compiled(inline=True)
+def _file_page(vma: FaultVma, index: int) -> int:
+    if index < 0 or index >= vma.file_pfns.shape[0]:
+        return NO_PAGE
+    return int(vma.file_pfns[index])
+
+
+@compiled
+def _file_read_fault(vaddr: int, vma: FaultVma, ka: KernelArrays, mm_stat: Ints,
+                     out: Ints) -> int:
+    """do_read_fault() -> do_fault_around() for a page that is cached, order 0 and not
+    PG_readahead, when the 64 KiB window holds no large folio: filemap_map_pages maps
+    every cached, unmarked page of the window whose PTE is none (mm/shmem.py
+    do_fault_around, the readable path). What needs more goes back: SIGBUS past i_size,
+    a page to read or allocate, async readahead, large folios, a huge PMD, a fault-around
+    that would map nothing (a PMD none and a first page that reaches i_size)."""
+    index = vma.pgoff + ((vaddr - vma.start) >> 12)
+    if index >= vma.file_pages:
+        return HAND_BACK
+    pfn = _file_page(vma, index)
+    if pfn == NO_PAGE or ka.pages.flags[pfn] & (F_LARGE | F_READAHEAD):
+        return HAND_BACK
+    pte_off = (vaddr >> 12) & 511
+    vma_off = (vaddr - vma.start) >> 12
+    from_pte = max(pte_off & ~(FAULT_AROUND_PAGES - 1), pte_off - min(pte_off, vma_off))
+    to_pte = min(from_pte + FAULT_AROUND_PAGES, PTRS_PER_PTE,
+                 pte_off + ((vma.end - vma.start) >> 12) - vma_off) - 1
+    start_pgoff = index + from_pte - pte_off
+    end_pgoff = min(index + to_pte - pte_off, vma.file_pages - 1)
+    first = NO_PAGE
+    for i in range(start_pgoff, end_pgoff + 1):
+        page = _file_page(vma, i)
+        if page == NO_PAGE:
+            continue
+        if ka.pages.flags[page] & F_LARGE:
+            return HAND_BACK
+        if first == NO_PAGE and not ka.pages.flags[page] & F_READAHEAD:
+            first = i
+    pmd_paddr, shift = walk(ka, mm_stat, vma.pgd_pfn, vma.levels, False, vaddr, 21, True)
+    if shift == WALK_OOM:
+        return HAND_BACK
+    pmd = read_entry(ka.phys, pmd_paddr)
+    if pmd & PSE:
+        return HAND_BACK
+    if pmd == 0 and not vma.file_shmem and first == vma.file_pages - 1:
+        return HAND_BACK                 # can_map_large false: no table, nothing mapped
+    table = pte_alloc_install(ka, mm_stat, pmd_paddr)
+    if table == NO_PAGE:
+        return HAND_BACK
+    bits = vma.page_prot | ACC
+    seen = 0
+    for i in range(start_pgoff, end_pgoff + 1):
+        page = _file_page(vma, i)
+        if page == NO_PAGE or ka.pages.flags[page] & F_READAHEAD:
+            continue
+        seen += 1
+        pte_paddr = table * 4096 + (pte_off + i - index) * 8
+        if read_entry(ka.phys, pte_paddr) == 0:
+            set_file_pte(ka, mm_stat, pte_paddr, page, bits)
+    out[Out.FILE_PAGES_SEEN] += seen
+    return RESOLVED
+
+
+@compiled(inline=True)
 def _frame_of(vaddr: int, vma: FaultVma, ka: KernelArrays, out: Ints) -> int:
     """The 4 KiB frame an access that just translated reached (the tables it used are all
     present): through the PTE table of the last fault when the address is in its 2 MiB."""
@@ -505,9 +582,13 @@ def touch_kernel(run: TouchRun, vma: FaultVma, ka: KernelArrays, mm_stat: Ints,
         out[Out.NEXT] = i
         out[Out.ERROR_CODE] = code
         if (write and not vma.writable) or (code & pt.X86_PF_PROT and not write) \
-                or not vma.anon_faults or code & pt.X86_PF_PK:   # access_error(), X86_PF_PK
+                or code & pt.X86_PF_PK:                          # access_error(), X86_PF_PK
             return NEED_KERNEL
-        if _anon_fault(vaddr, write, vma, ka, mm_stat, mmu, out, records) != RESOLVED:
+        if vma.anon_faults:
+            if _anon_fault(vaddr, write, vma, ka, mm_stat, mmu, out, records) != RESOLVED:
+                return NEED_KERNEL
+        elif not vma.file_faults or write or code & pt.X86_PF_PROT or \
+                _file_read_fault(vaddr, vma, ka, mm_stat, out) != RESOLVED:
             return NEED_KERNEL
         out[Out.FAULTS] += 1                 # mm_account_fault()
         ka.vmstat.events[VmEvent.PGFAULT] += 1

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from pagewalk.mm import huge_memory, pkeys
+from pagewalk.mm import huge_memory, pkeys, shmem
 from pagewalk.mm.fastfault import (
     HUGE_ZERO_ABSENT,
     HUGE_ZERO_OFF,
@@ -28,6 +28,7 @@ from pagewalk.mm.fastfault import (
     TouchRun,
     touch_kernel,
 )
+from pagewalk.mm.filemap import File, PageCache
 from pagewalk.mm.page_alloc import NO_PAGE
 from pagewalk.mm.rmap import anon_vma_prepare
 from pagewalk.mm.types import MmStruct, Vma, VmFlags
@@ -36,6 +37,7 @@ from pagewalk.mm.vma import find_vma
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
     from pagewalk.kernel.task import Task
+    from pagewalk.mm.shmem import PageCacheFile
 
 RECORDS = 1024     # PMDs the compiled loop maps between two drains
 _B = TypeVar("_B", TouchRun, FaultVma, MmuArrays)
@@ -108,6 +110,12 @@ def touch(k: Kernel, task: Task, start: int, length: int, stride: int, access: i
                                       mmu_arrays, out, records))
             _drain_pmd_records(k, mm, vma, out, records)
         task.min_flt += int(out[Out.FAULTS])
+        if out[Out.FILE_PAGES_SEEN]:
+            # filemap_map_pages: each fault's pages take the file's mmap_miss down (to 0)
+            if isinstance(vma.file, File):
+                ra = vma.file.ra
+                ra.mmap_miss = max(0, ra.mmap_miss - int(out[Out.FILE_PAGES_SEEN]))
+            out[Out.FILE_PAGES_SEEN] = 0
         if out[Out.ANON_WRITTEN]:
             anon_vma_prepare(vma)
         i = int(out[Out.NEXT])
@@ -138,9 +146,27 @@ def _fault_vma(k: Kernel, mm: MmStruct, vma: Vma, anon_faults: bool) -> FaultVma
     else:
         huge_zero = HUGE_ZERO_OFF
     thp = anon_faults and huge_memory.thp_vma_allowable_pmd(k, mm, vma)
+    inode = _page_cache_faults(k, vma)
+    pfns = inode.pages.pfns if inode is not None else NO_FILE
     return FaultVma(vma.start, vma.end, np.uint64(vma.page_prot), bool(vma.flags & VmFlags.WRITE),
                     anon_faults, thp, huge_zero, k.zero_pfn, mm.pgd_pfn, k.levels, k.mmu.pcid,
-                    k.mmu.active_pkru)
+                    k.mmu.active_pkru, inode is not None, pfns, vma.pgoff,
+                    inode.size_pages if inode is not None else 0,
+                    inode is not None and inode.kind == "shmem")
+
+
+NO_FILE = np.zeros(0, dtype=np.int64)
+
+
+def _page_cache_faults(k: Kernel, vma: Vma) -> PageCacheFile | None:
+    """The inode whose cached pages the compiled loop may map on a read fault
+    (mm/fastfault.py _file_read_fault): a page-cache VMA (shmem, a scenario file, the
+    program) that is not locked (faults there mlock: mm/mlock.py)."""
+    if vma.file is None or vma.file.kind not in ("file", "shmem") or vma.is_hugetlb() or \
+            vma.flags & VmFlags.LOCKED:
+        return None
+    inode = shmem.page_cache_of(vma)
+    return inode if isinstance(inode.pages, PageCache) else None
 
 
 def _mmu_arrays(k: Kernel) -> MmuArrays:
