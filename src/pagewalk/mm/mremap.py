@@ -72,6 +72,8 @@ def sys_mremap(k: Kernel, task: Task, addr: int, old_len: int, new_len: int, fla
             raise SyscallError(Errno.EINVAL, "hugetlb address not huge-page aligned")
         if new_len > old_len:
             raise SyscallError(Errno.EINVAL, "growing hugetlb memory is not supported")
+    if flags & MREMAP_FIXED and old_len == new_len:       # vrm_move_only()
+        return remap_move(k, task, addr, old_len, new_addr, flags), None
     if flags & (MREMAP_FIXED | MREMAP_DONTUNMAP):
         return mremap_to(k, task, addr, old_len, new_addr, new_len, flags)
     if old_len >= new_len:             # always allow a shrinking remap
@@ -181,6 +183,37 @@ def vma_merge_extend(k: Kernel, mm: MmStruct, vma: Vma, delta: int) -> Vma:
         return merged
     vma.end = end + delta
     return vma
+
+
+def remap_move(k: Kernel, task: Task, addr: int, length: int, new_addr: int,
+               flags: int) -> int:
+    """remap_move() (6.17+): a pure MREMAP_FIXED move may span several VMAs: each part of
+    [addr, addr + length) that a VMA maps moves (mremap_to, splitting at the edges) so
+    that the gaps between them stay as they were; a gap at the start, or no VMA at all,
+    is EFAULT. Every VMA pagewalk has is vma_multi_allowed (anonymous, shmem, hugetlb,
+    ext4's thp_get_unmapped_area). Returns where the first part went."""
+    mm = task.mm
+    end = addr + length
+    position, target, last_end = addr, new_addr, 0
+    result: int | None = None
+    while position < end:
+        vma = next((v for v in vmas_in_range(mm, position, end)), None)
+        if vma is None:
+            break
+        if result is None and addr < vma.start:
+            raise SyscallError(Errno.EFAULT, "no mapping at the old address")
+        start = max(vma.start, position)
+        part = min(end, vma.end) - start
+        offset = vma.start - last_end if result is not None else 0
+        last_end = vma.end
+        moved, _ = mremap_to(k, task, start, part, target + offset, part, flags)
+        if result is None:
+            result = moved
+        target = moved + part
+        position = start + part
+    if result is None:
+        raise SyscallError(Errno.EFAULT, "no mapping at the old address")
+    return result
 
 
 def mremap_to(k: Kernel, task: Task, addr: int, old_len: int, new_addr: int, new_len: int,
