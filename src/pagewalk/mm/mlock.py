@@ -97,10 +97,15 @@ def mapped_window(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int) -> dict[int, in
 
 
 def _window(vma: Vma, vaddr: int) -> tuple[int, int]:
-    base = vaddr & ~(FAULT_AROUND_BYTES - 1)
-    lo = max(vma.start, base, vaddr & ~((1 << 21) - 1))
-    hi = min(vma.end, base + FAULT_AROUND_BYTES, (vaddr | ((1 << 21) - 1)) + 1)
-    return lo, hi
+    """do_fault_around()'s window: fault_around_bytes aligned down, but starting no lower
+    than the VMA (then 16 pages from its start), within the VMA and the PTE table."""
+    nr = FAULT_AROUND_BYTES >> 12
+    pte_off = (vaddr >> 12) & 511
+    vma_off = (vaddr - vma.start) >> 12
+    from_pte = max(pte_off & ~(nr - 1), pte_off - min(pte_off, vma_off))
+    to_pte = min(from_pte + nr, 512, pte_off + (vma.length >> 12) - vma_off)
+    page = vaddr & ~(PAGE_SIZE - 1)
+    return page - ((pte_off - from_pte) << 12), page + ((to_pte - pte_off) << 12)
 
 
 def mlock_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int,
