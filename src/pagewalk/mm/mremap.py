@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.mm import huge_memory
+from pagewalk.mm.filemap import File
 from pagewalk.mm.mmap import (
     PAGE_SIZE,
     PMD_SIZE,
@@ -134,6 +135,9 @@ def _unmapped_area(k: Kernel, mm: MmStruct, vma: Vma, old_addr: int, addr: int, 
     VM_MAYSHARE) with pgoff that of old_addr: the placement of a new mapping like this one
     (THP-aligned anonymous, shmem with its file, hugetlb)."""
     pgoff = vma.pgoff + ((old_addr - vma.start) >> 12)
+    if isinstance(vma.file, File):       # the file's ->get_unmapped_area (ext4, shmem)
+        return get_unmapped_area(mm, addr, length, fixed, False, 0, k.default_map_window,
+                                 shmem_k=k, shmem_pgoff=pgoff, file=vma.file)
     align_mask = 0
     if vma.is_hugetlb():
         from pagewalk.mm.hugetlb import vma_kernel_pagesize
