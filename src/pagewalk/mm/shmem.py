@@ -368,11 +368,8 @@ def do_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: int,
              flags: FaultFlags) -> VmFault:
     """do_fault(): read -> do_read_fault (fault-around), write to a shared mapping ->
     do_shared_fault, write to a private mapping -> do_cow_fault. The ->fault handler
-    refuses an index at or beyond i_size (shmem_fault SGP_CACHE, filemap_fault: SIGBUS)."""
-    file = page_cache_of(vma)
-    if (file.kind == "shmem" or file.fs is not None) and \
-            file_index(vma, vaddr) >= file.size_pages:
-        return VmFault.SIGBUS
+    refuses an index at or beyond i_size (shmem_fault SGP_CACHE, filemap_fault: SIGBUS),
+    after a read fault's fault-around mapped the cached pages of its window below i_size."""
     if not flags & FaultFlags.WRITE:
         return do_read_fault(k, mm, vma, vaddr, pmd_paddr)
     if vma.flags & VmFlags.SHARED:
@@ -385,6 +382,8 @@ def __do_fault(k: Kernel, vma: Vma, vaddr: int, retry: bool = False) -> tuple[in
     VM_FAULT_MAJOR), shmem_fault (a hole gets a new zeroed folio) or the program's page."""
     file = page_cache_of(vma)
     index = file_index(vma, vaddr)
+    if (file.kind == "shmem" or file.fs is not None) and index >= file.size_pages:
+        return NO_PAGE, VmFault.SIGBUS       # shmem_fault / filemap_fault: past i_size
     if file.fs == "disk":
         assert isinstance(vma.file, filemap.File)
         pfn, ret = filemap.filemap_fault(k, vma, vma.file, index)
