@@ -247,6 +247,9 @@ def zap_pte_range(k: Kernel, mm: MmStruct, vma: Vma, table: int, start: int, end
     freed = np.zeros(small.size, dtype=np.uint8)
     fastfault.zap_order0_pages(pgt.arrays, mm.stat, np.ascontiguousarray(small), freed)
     gone = small[freed != 0]
+    if k.mlock_count:
+        for pfn in gone.tolist():
+            rmap.folio_clear_mlocked_on_free(k, pfn, 0)
     k.physmem_drop_range_many(gone)
     k.buddy.free_pages_bulk(gone)
 

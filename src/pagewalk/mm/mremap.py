@@ -32,7 +32,6 @@ from pagewalk.mm.types import VM_LOCKED_MASK, MmStruct, Vma, VmFlags
 from pagewalk.mm.util import __vm_enough_memory, vm_acct_memory
 from pagewalk.mm.vma import (
     VmaMergeStruct,
-    split_vma,
     vm_stat_account,
     vma_insert,
     vma_lookup,
@@ -259,11 +258,6 @@ def move_vma(k: Kernel, mm: MmStruct, vma: Vma, old_addr: int, old_len: int, new
     to_account = new_len if dontunmap else new_len - old_len
     check_split_allowed(mm, old_addr, old_addr + old_len)
     vm_flags = vma.flags
-    if dontunmap and vm_flags & VmFlags.LOCKED:   # split ahead for the mlock accounting
-        if vma.start != old_addr:
-            _, vma = split_vma(k, mm, vma, old_addr)
-        if vma.end != old_addr + old_len:
-            vma, _ = split_vma(k, mm, vma, old_addr + old_len)
     if vm_flags & VmFlags.ACCOUNT and to_account > 0:
         __vm_enough_memory(k, mm, to_account >> 12)
         vm_acct_memory(k, to_account >> 12)
@@ -282,7 +276,9 @@ def move_vma(k: Kernel, mm: MmStruct, vma: Vma, old_addr: int, old_len: int, new
     if vm_flags & VmFlags.LOCKED:   # vrm_stat_account(): the new VMA's pages, DONTUNMAP too
         mm.locked_vm += new_len >> 12
     if dontunmap:
-        vma.flags &= ~VM_LOCKED_MASK                  # always cleared on the old VMA
+        # 6.18 move_vma(): vm_flags_clear(vma, VM_LOCKED_MASK) on the whole old VMA, not
+        # split: locked_vm keeps counting it, and its mlocked pages stay so until freed
+        vma.flags &= ~VM_LOCKED_MASK
         if vma.start == old_addr and vma.end == old_addr + old_len:
             vma.anon_vma, vma.anon_vma_chain = None, ()   # unlink_anon_vmas: unfaulted
             if vma.is_anonymous():

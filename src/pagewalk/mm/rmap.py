@@ -17,7 +17,7 @@ from pagewalk.mm import fastfault, page_alloc
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.types import AnonVma, Vma
 from pagewalk.mm.vma import find_mergeable_anon_vma
-from pagewalk.mm.vmstat import NodeStat
+from pagewalk.mm.vmstat import NodeStat, VmEvent
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
@@ -68,6 +68,8 @@ def folio_put(k: Kernel, head: int, nr: int = 1) -> None:
 
 def free_folio(k: Kernel, head: int) -> None:
     order = folio_order(k, head)
+    if k.mlock_count:
+        folio_clear_mlocked_on_free(k, head, order)
     k.physmem.drop_range(head, 1 << order)
     k.entire_mapcount.pop(head, None)
     k.deferred_split.discard(head)
@@ -182,3 +184,15 @@ def _deferred_split_folio(k: Kernel, head: int) -> None:
     # direction imports at call time, which is rare (a large folio partly unmapped).
     from pagewalk.mm.huge_memory import deferred_split_folio
     deferred_split_folio(k, head)
+
+
+def folio_clear_mlocked_on_free(k: Kernel, head: int, order: int) -> None:
+    """__page_cache_release()/folios_put_refs(): a folio freed while still PG_mlocked
+    (its locked VMA lost VM_LOCKED without munlocking it, as MREMAP_DONTUNMAP leaves the
+    old VMA) leaves NR_MLOCK and the unevictable list: unevictable_pgs_cleared."""
+    if k.mlock_count.pop(head, None) is None:
+        return
+    nr = 1 << order
+    k.node_stat[NodeStat.NR_MLOCK] -= nr
+    k.node_stat[NodeStat.NR_UNEVICTABLE] -= nr
+    k.vm_events[VmEvent.UNEVICTABLE_PGCLEARED] += nr
