@@ -130,6 +130,9 @@ class File:
 
     inode: PageCacheFile
     ra: FileRaState = field(default_factory=lambda: FileRaState(0))
+    #: shmem_mmap() of an inode without links (a memfd, an unlinked tmpfs file) gives
+    #: its VMAs shmem_anon_vm_ops: vma_is_anon_shmem() is true for them
+    anon_vm_ops: bool = False
 
     @property
     def kind(self) -> str:
@@ -154,7 +157,7 @@ def file_open(k: Kernel, inode: PageCacheFile) -> File:
     """open(2) -> file_ra_state_init(): ra_pages from the disk's read_ahead_kb now."""
     from pagewalk.kernel.knobs import READ_AHEAD_KB
     ra_pages = int(k.knobs.get(READ_AHEAD_KB)) >> 2 if inode.fs == "disk" else 0
-    return File(inode, FileRaState(ra_pages))
+    return File(inode, FileRaState(ra_pages), anon_vm_ops=inode.kind == "shmem" and inode.unlinked)
 
 
 # --- the page cache --------------------------------------------------------------------------

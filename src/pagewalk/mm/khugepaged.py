@@ -218,8 +218,7 @@ def _collapse_shmem_vma(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int)
     hend = end & ~(HPAGE_PMD_SIZE - 1)
     thps = 0
     last_fail = Scan.SUCCEED
-    file = vma.file
-    assert isinstance(file, shmem.PageCacheFile)      # the caller checked vma_is_shmem()
+    file = shmem.page_cache_of(vma)                   # the caller checked vma_is_shmem()
     for haddr in range(hstart, hend, HPAGE_PMD_SIZE):
         result = hpage_collapse_scan_file(k, mm, file, shmem.file_index(vma, haddr),
                                           is_khugepaged=False)
@@ -328,7 +327,7 @@ def _try_to_unmap_file_page(k: Kernel, file: shmem.PageCacheFile, index: int, pf
     for task in k.tasks.values():
         mm = task.mm
         for vma in mm.vmas:
-            if vma.file is not file or not vma.pgoff <= index < vma.pgoff + (vma.length >> 12):
+            if not _maps_file(vma, file) or not vma.pgoff <= index < vma.pgoff + (vma.length >> 12):
                 continue
             vaddr = vma.start + ((index - vma.pgoff) << 12)
             pmd_paddr, shift = pgt.walk(mm, vaddr, 21, alloc=False)
@@ -353,7 +352,7 @@ def retract_page_tables(k: Kernel, file: shmem.PageCacheFile, pgoff: int) -> Non
     for task in k.tasks.values():
         mm = task.mm
         for vma in mm.vmas:
-            if vma.file is not file or vma.anon_vma is not None or \
+            if not _maps_file(vma, file) or vma.anon_vma is not None or \
                     not vma.pgoff <= pgoff < vma.pgoff + (vma.length >> 12):
                 continue
             addr = vma.start + ((pgoff - vma.pgoff) << 12)
@@ -439,3 +438,9 @@ def khugepaged_scan_mm(k: Kernel, mm: MmStruct) -> None:
         for haddr in range(hstart, hend, HPAGE_PMD_SIZE):
             if scan_pmd(k, mm, vma, haddr, is_khugepaged=True) is Scan.SUCCEED:
                 k.khugepaged_pages_collapsed += 1
+
+
+def _maps_file(vma: Vma, file: shmem.PageCacheFile) -> bool:
+    """vma->vm_file->f_mapping is the inode's (an open file or the inode itself)."""
+    return vma.file is not None and vma.file.kind in ("file", "shmem") and \
+        shmem.page_cache_of(vma) is file

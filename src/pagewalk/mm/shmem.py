@@ -210,6 +210,15 @@ def shmem_huge_global_enabled(k: Kernel, file: PageCacheFile, index: int,
     return False
 
 
+def vma_is_anon_shmem(vma: Vma) -> bool:
+    """vma_is_anon_shmem(): shmem_anon_vm_ops, which shmem_mmap gives a mapping of an
+    inode without links: shared anonymous memory, a memfd, an unlinked tmpfs file (the
+    per-size hugepages-<N>kB/shmem_enabled knobs then choose its folio sizes)."""
+    if isinstance(vma.file, filemap.File):
+        return vma.file.anon_vm_ops
+    return isinstance(vma.file, PageCacheFile) and vma.file.anon_shmem
+
+
 def shmem_sb_huge(k: Kernel, file: PageCacheFile) -> str:
     """SHMEM_SB(inode->i_sb)->huge: the internal shm_mnt (shared anonymous memory, memfd)
     follows shmem_enabled (shmem_enabled_store sets it); a tmpfs file lives on /dev/shm,
@@ -227,7 +236,7 @@ def shmem_allowable_huge_orders(k: Kernel, file: PageCacheFile, vma: Vma | None,
     if vma is not None and vma.vm_mm is not None and huge_memory.vma_thp_disabled(vma.vm_mm, vma):
         return 0
     global_pmd = shmem_huge_global_enabled(k, file, index, vm_flags, force)
-    if vma is None or not file.anon_shmem or force:
+    if vma is None or not vma_is_anon_shmem(vma) or force:
         return 1 << HPAGE_PMD_ORDER if global_pmd else 0
     huge = k.knobs.get(SHMEM_ENABLED)
     if huge == "deny":
