@@ -46,6 +46,24 @@ def read_status(pid: int) -> dict[str, int]:
     return read_kb_fields(f"/proc/{pid}/status")
 
 
+def others_locked_kb(exclude: set[int]) -> int:
+    """The locked memory of every other process that locks any (VmLck > 0): the sum of
+    their smaps_rollup ``Locked`` (PSS-weighted, so a shared page counts once). Another
+    program that mlocks or runs under mlockall(MCL_FUTURE) moves the system-wide Mlocked
+    while a scenario runs; this is its share."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        try:
+            status = read_kb_fields(f"/proc/{entry.name}/status")
+            if status.get("VmLck", 0):
+                total += read_kb_fields(f"/proc/{entry.name}/smaps_rollup").get("Locked", 0)
+        except LiveError:
+            continue                                   # it exited meanwhile
+    return total
+
+
 def read_comm(pid: int) -> str:
     return read_text(f"/proc/{pid}/comm").strip()
 

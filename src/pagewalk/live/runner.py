@@ -71,7 +71,6 @@ from pagewalk.scenario.runner import EVENT_FIELDS, PROCESS_FIELDS, SIZE_FIELDS
 
 MEMINFO_FIELDS = ("HugePages_Total", "HugePages_Free", "HugePages_Rsvd", "HugePages_Surp")
 MEMINFO_DELTA_FIELDS = ("Mlocked",)        # version 2: changes since the start, kB
-LOCK_STEPS = (s.MlockStep, s.MunlockStep, s.MlockallStep, s.MunlockallStep)
 MREMAP_BITS = {"maymove": 1, "fixed": 2, "dontunmap": 4}      # MREMAP_*
 MCL_BITS = {"current": 1, "future": 2, "onfault": 4}          # MCL_*
 MS_BITS = {"async": 1, "invalidate": 2, "sync": 4}            # MS_*
@@ -141,13 +140,14 @@ class LiveRun:
         self.pgfault_adjust = 0        # warm-up faults of forks (not scenario work)
         self.pgmajfault_adjust = 0     # the major ones among them
         self.own_maj_base = 0
-        # With memory locking in the scenario, every CPU's folio batches are drained before
-        # the baseline and each measurement, so Mlocked is up to date (lru_drain_all).
-        self.locking = any(isinstance(step, LOCK_STEPS) for step in scenario.steps)
+        # Every CPU's folio batches are drained before the baseline and each measurement,
+        # so Mlocked is up to date (lru_drain_all): the scenario's own mlocks, and those of
+        # any other program that locks memory (its share is then taken out of the change).
         self.drain_page: mmap.mmap | None = None
         self.exited_faults = 0         # faults of processes that exited
         self.base_sizes: dict[str, int] = {}
         self.base_system: dict[str, int] = {}
+        self.base_others_locked = 0
         self.own_base = 0
         self.noise: list[MeasureNoise] = []
         self.measurements: list[dict[str, Any]] = []
@@ -175,9 +175,9 @@ class LiveRun:
         main.brk = int(main.channel.ask("brk 0").split()[1], 16)
         main.fault_base = procfs.read_faults(main.pid)
         self.base_sizes = self._sizes(main.pid)
-        if self.locking:
-            self.lru_drain_all()
+        self.lru_drain_all()
         self.base_system = self._system()
+        self.base_others_locked = self._others_locked()
         self.own_base = procfs.own_faults()
         self.own_maj_base = own_major_faults()
         self.started = time.monotonic()
@@ -251,6 +251,11 @@ class LiveRun:
         system.update({key: vmstat.get(key, 0) for key in VMSTAT_FIELDS})
         return system
 
+    def _others_locked(self) -> int:
+        """Other programs' locked memory now (noise in Mlocked), kB."""
+        ours = {os.getpid()} | {proc.pid for proc in self.procs.values()}
+        return procfs.others_locked_kb(ours)
+
     def lru_drain_all(self) -> None:
         """lru_add_drain_all(), as the oracle does it: munlock by munmap or exit is queued
         per CPU and reaches Mlocked only when the batch drains (Mlocked lagged by 8-56 kB
@@ -279,14 +284,14 @@ class LiveRun:
             figures.update({key: sizes[key] - self.base_sizes[key] for key in SIZE_FIELDS})
             processes[proc.name] = {key: figures[key] for key in PROCESS_FIELDS}
             accounted += figures["minflt"] + figures["majflt"]
-        if self.locking:
-            self.lru_drain_all()
+        self.lru_drain_all()
         own = procfs.own_faults() - self.own_base
         own_maj = own_major_faults() - self.own_maj_base
         now = self._system()
         system = {key: now[key] for key in MEMINFO_FIELDS}
         system.update({key: now[key] - self.base_system[key] for key in VMSTAT_FIELDS})
         system.update({key: now[key] - self.base_system[key] for key in MEMINFO_DELTA_FIELDS})
+        system["Mlocked"] -= self._others_locked() - self.base_others_locked
         system["pgfault"] -= self.pgfault_adjust + own
         system["pgmajfault"] -= self.pgmajfault_adjust + own_maj
         self.measurements.append({"label": step.label, "step": step.index,

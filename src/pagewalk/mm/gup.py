@@ -37,7 +37,7 @@ def populate_vma_page_range(k: Kernel, task: Task, vma: Vma, start: int, end: in
     if write is None:
         write = vma.flags & (VmFlags.WRITE | VmFlags.SHARED) == VmFlags.WRITE
     if not pkeys.arch_vma_access_permitted(k, vma, bool(write)):
-        return None  # check_vma_flags(): -EFAULT, which populate ignores (execute-only)
+        return Errno.EFAULT  # check_vma_flags(): a data access the VMA's key forbids (execute-only)
     addr = start
     while addr < end:
         _, entry, shift = k.pgtables.lookup(task.mm, addr)

@@ -644,6 +644,53 @@ def unmap_hugepage_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int
     flush_tlb_mm_range(k, mm, start, end)
 
 
+def hugetlbfs_punch_hole(k: Kernel, file: HugetlbFile, offset: int, length: int) -> None:
+    """hugetlbfs_punch_hole() (fallocate PUNCH_HOLE, MADV_REMOVE of a shared mapping): the
+    partial huge pages at either end are zeroed in part (hugetlbfs_zero_partial_page); the
+    whole ones leave every mapping (hugetlb_vmdelete_list) and the inode's page cache
+    (remove_inode_hugepages), back to the pool. Their reservation regions go with them
+    (hugetlb_unreserve_pages per folio): a later fault there allocates unreserved."""
+    h = file.hstate
+    end = offset + length
+    hole_start = -(-offset // h.size) * h.size
+    hole_end = end // h.size * h.size
+    if offset < hole_start:
+        _zero_partial_huge_page(k, file, offset, min(end, hole_start))
+    if hole_end > hole_start:
+        first, last = hole_start // h.size, hole_end // h.size
+        for task in k.tasks.values():
+            mm = task.mm
+            for vma in list(mm.vmas):
+                if vma.file is None or not vma.is_hugetlb() or hugetlb_file(vma).inode \
+                        is not file.inode:
+                    continue
+                lo = max(first, file.index(vma, vma.start))
+                hi = min(last, file.index(vma, vma.end))
+                if lo < hi:
+                    base = vma.start - file.index(vma, vma.start) * h.size
+                    unmap_hugepage_range(k, mm, vma, base + lo * h.size, base + hi * h.size)
+    if end > hole_end and end > hole_start:
+        _zero_partial_huge_page(k, file, hole_end, end)
+    for index in [i for i in file.pages if hole_start // h.size <= i < hole_end // h.size]:
+        k.hugetlb.put_page(h, file.pages.pop(index))
+
+
+def _zero_partial_huge_page(k: Kernel, file: HugetlbFile, start: int, end: int) -> None:
+    """hugetlbfs_zero_partial_page(): zero [start, end) of the cached page holding start."""
+    pfn = file.pages.get(start // file.huge_size, NO_PAGE)
+    if pfn == NO_PAGE:
+        return
+    paddr = (pfn << 12) + start % file.huge_size
+    stop = paddr + end - start
+    while paddr < stop:
+        frame_end = min((paddr | 4095) + 1, stop)
+        if paddr & 4095 == 0 and frame_end - paddr == 4096:
+            k.physmem_drop_range(paddr >> 12, 1)      # a whole frame reads as zeros again
+        else:
+            k.physmem.write_bytes(paddr, bytes(frame_end - paddr))
+        paddr = frame_end
+
+
 def hugetlb_change_protection(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int,
                               newprot: int) -> None:
     """hugetlb_change_protection(): every leaf that is not none (PROT_NONE ones too) takes

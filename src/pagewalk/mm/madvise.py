@@ -15,7 +15,7 @@ import numpy as np
 
 from pagewalk.errors import Errno, SignalError, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import filemap, huge_memory, khugepaged, memory, rmap, shmem
+from pagewalk.mm import filemap, huge_memory, hugetlb, khugepaged, memory, rmap, shmem
 from pagewalk.mm.hugetlb import vma_kernel_pagesize
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.tlb import flush_tlb_mm_range
@@ -79,7 +79,7 @@ def _check_vma(vma: Vma, advice: str, start: int) -> None:
     if advice == "remove":
         if vma.flags & VmFlags.LOCKED:
             raise SyscallError(Errno.EINVAL, "MADV_REMOVE on a locked VMA")
-        if vma.file is None or vma.file.kind not in ("file", "shmem") or vma.is_hugetlb():
+        if vma.file is None or vma.file.kind not in ("file", "shmem", "hugetlb"):
             raise SyscallError(Errno.EINVAL, "MADV_REMOVE needs a file mapping")
         if not vma.flags & VmFlags.SHARED or not vma.flags & VmFlags.MAYWRITE:
             raise SyscallError(Errno.EACCES, "MADV_REMOVE needs a shared writable mapping")
@@ -121,6 +121,10 @@ def _apply(k: Kernel, task: Task, vma: Vma, start: int, end: int, advice: str) -
             vma.flags = new
     elif advice == "willneed":
         madvise_willneed(k, vma, start, end)
+    elif advice == "remove" and vma.is_hugetlb():
+        # madvise_remove() -> vfs_fallocate(PUNCH_HOLE) on the hugetlbfs inode
+        offset = (vma.pgoff << 12) + (start - vma.start)
+        hugetlb.hugetlbfs_punch_hole(k, hugetlb.hugetlb_file(vma), offset, end - start)
     elif advice == "remove":
         inode = shmem.page_cache_of(vma)
         first = vma.pgoff + ((start - vma.start) >> 12)

@@ -114,8 +114,8 @@ def mlock_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int,
     anonymous folio (a THP too, via folio_add_lru_vma); in a file VMA, mlock_vma_folio()
     for every small folio the fault mapped (set_pte_range -> __folio_add_file_rmap: the
     fault-around window's pages that ``mapped_before`` did not map; each mapping in a locked VMA
-    counts one more mlock_count); a PTE-mapped large folio is left to reclaim, as the
-    kernel does."""
+    counts one more mlock_count); a PTE-mapped large file folio is left to reclaim, as the
+    kernel does, but a new anonymous mTHP is locked whole."""
     if not vma_mlocks_folios(vma) or vma.is_hugetlb():
         return
     paddr, entry, shift = k.pgtables.lookup(mm, vaddr)
@@ -144,9 +144,12 @@ def mlock_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int,
         if before.get(va) == pt.pte_pfn(pte):
             continue                     # mapped before this fault
         head = folio_head(k, pt.pte_pfn(pte))
-        if folio_order(k, head) == 0 and (vma.file is not None or
-                                          not folio_test_mlocked(k, head)):
-            mlock_folio(k, head)
+        if vma.file is None:
+            # a new anonymous folio, an mTHP too: folio_add_lru_vma -> mlock_new_folio
+            if not folio_test_mlocked(k, head):
+                mlock_folio(k, head)
+        elif folio_order(k, head) == 0:
+            mlock_folio(k, head)     # __folio_add_file_rmap: small folios only
 
 
 def mlock_vma_pages_range(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> None:

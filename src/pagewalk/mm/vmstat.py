@@ -100,6 +100,9 @@ class VmEvent(enum.IntEnum):
     UNEVICTABLE_PGCLEARED = 48
     UNEVICTABLE_PGSTRANDED = 49
     PGPGIN = 50                   # kB read from disk (submit_bio counts sectors; shown / 2)
+    PSWPIN = 51                   # pages read from swap (nothing swaps yet: no swap device)
+    PSWPOUT = 52                  # pages written to swap
+    OOM_KILL = 53                 # tasks the OOM killer killed
 
 
 NR_VM_EVENTS = len(VmEvent)

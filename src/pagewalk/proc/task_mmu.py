@@ -86,6 +86,7 @@ class MemSize:
     private_hugetlb: int = 0
     swap: int = 0
     swap_pss: float = 0.0
+    pss_locked: float = 0.0
 
     def add(self, other: MemSize) -> None:
         for f in fields(self):
@@ -135,6 +136,8 @@ def smaps_vma(k: Kernel, mm: MmStruct, vma: Vma) -> MemSize:
         return mss
     for entry, shift in _leaves(k, mm, vma.start, vma.end):
         _smaps_leaf(k, mss, vma, entry, shift)
+    if vma.flags & VmFlags.LOCKED:
+        mss.pss_locked = mss.pss     # smaps_page_accumulate(): every page's pss when VM_LOCKED
     return mss
 
 
@@ -296,7 +299,7 @@ def _mss_lines(mss: MemSize, rollup: bool) -> list[str]:
              ("LazyFree", mss.lazyfree), ("AnonHugePages", mss.anonymous_thp),
              ("ShmemPmdMapped", mss.shmem_thp), ("FilePmdMapped", mss.file_thp),
              ("Shared_Hugetlb", mss.shared_hugetlb), ("Private_Hugetlb", mss.private_hugetlb),
-             ("Swap", mss.swap), ("SwapPss", mss.swap_pss), ("Locked", 0)]
+             ("Swap", mss.swap), ("SwapPss", mss.swap_pss), ("Locked", mss.pss_locked)]
     return [f"{name + ':':<16}{kb(value)}" for name, value in rows]
 
 

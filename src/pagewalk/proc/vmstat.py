@@ -52,6 +52,8 @@ VMSTAT_ITEMS: tuple[tuple[str, NodeStat | VmEvent], ...] = (
     ("nr_page_table_pages", NodeStat.NR_PAGETABLE),
     # vm_event_item
     ("pgpgin", VmEvent.PGPGIN),
+    ("pswpin", VmEvent.PSWPIN),
+    ("pswpout", VmEvent.PSWPOUT),
     ("pgalloc_dma", VmEvent.PGALLOC_DMA),
     ("pgalloc_dma32", VmEvent.PGALLOC_DMA32),
     ("pgalloc_normal", VmEvent.PGALLOC_NORMAL),
@@ -60,6 +62,7 @@ VMSTAT_ITEMS: tuple[tuple[str, NodeStat | VmEvent], ...] = (
     ("pgfault", VmEvent.PGFAULT),
     ("pgmajfault", VmEvent.PGMAJFAULT),
     ("pgreuse", VmEvent.PGREUSE),
+    ("oom_kill", VmEvent.OOM_KILL),
     ("thp_migration_success", VmEvent.THP_MIGRATION_SUCCESS),
     ("thp_migration_fail", VmEvent.THP_MIGRATION_FAIL),
     ("thp_migration_split", VmEvent.THP_MIGRATION_SPLIT),

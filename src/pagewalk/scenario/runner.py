@@ -49,6 +49,9 @@ EVENT_FIELDS = {
     "thp_collapse_alloc": VmEvent.THP_COLLAPSE_ALLOC,
     "pgfault": VmEvent.PGFAULT,
     "pgmajfault": VmEvent.PGMAJFAULT,      # version 2
+    "pswpin": VmEvent.PSWPIN,              # version 3
+    "pswpout": VmEvent.PSWPOUT,
+    "oom_kill": VmEvent.OOM_KILL,
 }
 EXTRA_EVENT_FIELDS = {
     "thp_deferred_split_page": VmEvent.THP_DEFERRED_SPLIT_PAGE,
