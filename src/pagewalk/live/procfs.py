@@ -47,18 +47,17 @@ def read_status(pid: int) -> dict[str, int]:
 
 
 def others_locked_kb(exclude: set[int]) -> int:
-    """The locked memory of every other process that locks any (VmLck > 0): the sum of
-    their smaps_rollup ``Locked`` (PSS-weighted, so a shared page counts once). Another
-    program that mlocks or runs under mlockall(MCL_FUTURE) moves the system-wide Mlocked
-    while a scenario runs; this is its share."""
+    """The locked memory of every other process: the sum of their VmLck. Another program
+    that mlocks, or runs under mlockall(MCL_FUTURE) (this machine's PID 1 does), moves the
+    system-wide Mlocked while a scenario runs; populated as such mappings are, their
+    VmLck moves with it. (Their smaps, which would say which locked pages are resident,
+    cannot be read: PID 1's is closed even to root here.)"""
     total = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in exclude:
             continue
         try:
-            status = read_kb_fields(f"/proc/{entry.name}/status")
-            if status.get("VmLck", 0):
-                total += read_kb_fields(f"/proc/{entry.name}/smaps_rollup").get("Locked", 0)
+            total += read_kb_fields(f"/proc/{entry.name}/status").get("VmLck", 0)
         except LiveError:
             continue                                   # it exited meanwhile
     return total

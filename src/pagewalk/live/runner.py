@@ -247,6 +247,14 @@ class LiveRun:
     def _system() -> dict[str, int]:
         refresh_vmstat()
         meminfo, vmstat = procfs.read_meminfo(), procfs.read_vmstat()
+        # Other programs lock memory for a moment now and then (seen here: 9 MiB for half a
+        # second): Mlocked is read again until two reads 20 ms apart agree.
+        for _ in range(25):
+            time.sleep(0.02)
+            again = procfs.read_meminfo()
+            if again.get("Mlocked") == meminfo.get("Mlocked"):
+                break
+            meminfo = again
         system = {key: meminfo.get(key, 0) for key in MEMINFO_FIELDS + MEMINFO_DELTA_FIELDS}
         system.update({key: vmstat.get(key, 0) for key in VMSTAT_FIELDS})
         return system

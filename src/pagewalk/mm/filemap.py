@@ -434,7 +434,8 @@ def page_cache_sync_ra(k: Kernel, inode: PageCacheFile, ra: FileRaState, index: 
 def page_cache_async_ra(k: Kernel, inode: PageCacheFile, ra: FileRaState, head: int,
                         index: int, req_count: int) -> None:
     """page_cache_async_ra(): the marked folio was reached: clear the mark and read the
-    next window (twice as large, up to ra_pages) with folios 2 orders larger."""
+    next window (twice as large, up to ra_pages, trimmed to end aligned) with folios 2
+    orders larger."""
     if not ra.ra_pages:
         return
     k.memmap.flags[head] &= NOT_READAHEAD
@@ -455,6 +456,14 @@ def page_cache_async_ra(k: Kernel, inode: PageCacheFile, ra: FileRaState, head: 
         ra.size = get_next_ra_size(ra, max_pages)
         ra.async_size = ra.size
     ra.order += 2
+    # readit: the window ends on a boundary of the new folio order (at most the lowest
+    # set bit of ra_pages), so that the next window starts naturally aligned
+    align = 1 << min(ra.order, (max_pages & -max_pages).bit_length() - 1)
+    end = ra.start + ra.size
+    aligned_end = end & ~(align - 1)
+    if aligned_end > ra.start:
+        ra.size -= end - aligned_end
+    ra.async_size = ra.size
     page_cache_ra_order(k, inode, ra, ra.start)
 
 
