@@ -23,6 +23,7 @@ from pagewalk.kernel.task import Task
 from pagewalk.mm import hugetlb, memory, pkeys, rmap, shmem, tlb
 from pagewalk.mm.huge_memory import mm_put_huge_zero_folio
 from pagewalk.mm.mmap import exit_mmap, vm_get_page_prot
+from pagewalk.mm.oom_kill import OomKilled
 from pagewalk.mm.page_alloc import NO_PAGE, BuddyAllocator, MemMap
 from pagewalk.mm.pgtable import PageTables, mk_anon_pte, pte_alloc
 from pagewalk.mm.types import FaultFlags, MmStat, MmStruct, Vma, VmFault, VmFlags
@@ -32,6 +33,8 @@ from pagewalk.mm.vmstat import NodeStat, new_node_stats, new_vm_events
 
 if TYPE_CHECKING:
     from pagewalk.hw.physmem import PhysicalMemory
+    from pagewalk.mm.memcontrol import MemCgroup
+    from pagewalk.mm.swap_state import SwapSpace
 
 KERNEL_STACK_ORDER = 2               # THREAD_SIZE 16 KiB
 DIRECT_MAP_PGD_INDEX = 273           # pgd_index(PAGE_OFFSET 0xffff888000000000), no KASLR
@@ -88,6 +91,10 @@ class Kernel:
         self.dentries: set[str] = set()
         self.next_ino = 2000000
         self.hugetlb = hugetlb.HugetlbState(self)
+        # memory pressure (version 3): the swap file (system.swap) and the scenario's
+        # memory cgroup (system.memory_limit); None: no swap, no limit
+        self.swap: SwapSpace | None = None
+        self.memcg: MemCgroup | None = None
         self.apply_knobs()
 
     # -- boot -----------------------------------------------------------------------------------
@@ -276,7 +283,11 @@ class Kernel:
             flags |= FaultFlags.WRITE
         if code & pt.X86_PF_INSTR:
             flags |= FaultFlags.INSTRUCTION
-        ret = memory.handle_mm_fault(self, task, vma, vaddr, flags)
+        try:
+            ret = memory.handle_mm_fault(self, task, vma, vaddr, flags)
+        except OomKilled:
+            raise SignalError(Signal.SIGKILL, vaddr, "killed by the memory cgroup OOM killer") \
+                from None
         raise_fault_error(ret, vaddr)
 
     # -- physical memory contents ------------------------------------------------------------------

@@ -71,6 +71,8 @@ def _fast_path_applies(k: Kernel, task: Task, vaddr: int, access: int) -> tuple[
     # access_error() refuses by protection key first: then every fault is Python's
     anon = anon and pkeys.arch_vma_access_permitted(k, vma, access == 1)
     anon = anon and not vma.flags & VmFlags.LOCKED   # faults there mlock: mm/mlock.py
+    # under memory pressure faults charge the cgroup and swap in: mm/memcontrol.py
+    anon = anon and k.swap is None and k.memcg is None
     return True, bool(anon)
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import pkeys, rmap
+from pagewalk.mm import pkeys, rmap, swap_state
 from pagewalk.mm.huge_memory import is_huge_zero_pmd, mm_get_huge_zero_folio
 from pagewalk.mm.hugetlb import HugetlbFile, ResvMap, copy_hugetlb_page_range, hugetlb_file
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
@@ -137,6 +137,10 @@ def copy_pte_range(k: Kernel, src_mm: MmStruct, dst_mm: MmStruct, vma: Vma, src_
     if vma.flags & VmFlags.SHARED:
         child &= np.uint64(~pt._PAGE_DIRTY & (2**64 - 1))            # pte_mkclean
     child = np.where(child != 0, child & np.uint64(~pt._PAGE_ACCESSED & (2**64 - 1)), child)
+    if k.swap is not None:                                            # copy_nonpresent_pte
+        parent = pgt.table_view(src_table)[first:last].copy()
+        swap_state.copy_swap_entries(k, src_mm, dst_mm, parent, child)
+        pgt.fill_table(src_table, parent, first)
     pgt.fill_table(dst_table, child, first)                           # pte_mkold + set_ptes
 
 

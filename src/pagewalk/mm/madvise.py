@@ -15,7 +15,7 @@ import numpy as np
 
 from pagewalk.errors import Errno, SignalError, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import filemap, huge_memory, hugetlb, khugepaged, memory, rmap, shmem
+from pagewalk.mm import filemap, huge_memory, hugetlb, khugepaged, memory, rmap, shmem, vmscan
 from pagewalk.mm.hugetlb import vma_kernel_pagesize
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.tlb import flush_tlb_mm_range
@@ -179,8 +179,12 @@ def madvise_pageout(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> 
     the cache, a shmem or dirty one stays (no swap; direct reclaim writes no file page)."""
     pgt = k.pgtables
     victims: list[int] = []
+    anon: list[tuple[int, int]] = []     # with swap: (pfn, linear page index)
     for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
         pmd = pgt.read(pmd_paddr)
+        if pmd & pt._PAGE_PSE and k.swap is not None:
+            _pageout_split_thp(k, mm, vma, pmd_paddr, pmd, addr, nxt)
+            pmd = pgt.read(pmd_paddr)
         if not pmd or pmd & pt._PAGE_PSE:
             continue                     # huge PMDs: left alone here
         table = pt.pte_pfn(pmd)
@@ -190,11 +194,15 @@ def madvise_pageout(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> 
                 continue                 # pte_present(): PROT_NONE entries map pages too
             pfn = pt.pte_pfn(pte)
             head = rmap.folio_head(k, pfn)
-            if k.memmap.flags[head] & PageFlag.ANON or head != pfn:
-                continue                 # no swap; large folios: not split here
-            if k.memmap.mapcount[pfn] > 1:
-                continue                 # folio_maybe_mapped_shared()
+            if head != pfn or k.memmap.mapcount[pfn] > 1:
+                continue                 # large folios: not split here; folio_maybe_mapped_shared()
+            if k.memmap.flags[head] & PageFlag.ANON:
+                if k.swap is not None and vma.anon_vma is not None:
+                    anon.append((pfn, vma.pgoff + ((va - vma.start) >> 12)))
+                continue                 # without swap anonymous pages stay
             victims.append(pfn)
+    if anon:
+        vmscan.reclaim_pages(k, anon)
     for pfn in victims:
         inode, index = _page_cache_owner(k, vma, pfn)
         if inode is None:
@@ -203,6 +211,25 @@ def madvise_pageout(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> 
         if inode.fs == "disk" and not k.memmap.flags[pfn] & PageFlag.DIRTY and \
                 k.memmap.refcount[pfn] == 1:
             filemap.delete_from_page_cache(k, inode, pfn, index)
+
+
+def _pageout_split_thp(k: Kernel, mm: MmStruct, vma: Vma, pmd_paddr: int, pmd: int,
+                       addr: int, nxt: int) -> None:
+    """madvise_cold_or_pageout_pte_range() on a PMD-mapped anonymous THP that only this
+    mm maps: with the whole THP in the range reclaim gets it whole, and as the rotational
+    swap device has no clusters add_to_swap fails and shrink_folio_list splits it
+    (thp_swpout_fallback); with part of it split_folio runs first. Either way the PMD is
+    split (thp_split_pmd) and the 4 KiB pages of the range are paged out."""
+    if not vma.is_anonymous() or huge_memory.is_huge_zero_pmd(k, pmd):
+        return
+    head = pt.huge_pfn(pmd, 21)
+    if rmap.folio_maybe_mapped_shared(k, head) or not huge_memory.can_split_folio(k, head):
+        return
+    haddr = addr & ~(huge_memory.HPAGE_PMD_SIZE - 1)
+    huge_memory.split_huge_pmd(k, mm, vma, pmd_paddr, haddr)
+    if huge_memory.split_folio(k, mm, vma, head, haddr) and \
+            nxt - addr == huge_memory.HPAGE_PMD_SIZE:
+        k.vm_events[VmEvent.THP_SWPOUT_FALLBACK] += 1
 
 
 def _page_cache_owner(k: Kernel, vma: Vma, pfn: int) -> tuple[shmem.PageCacheFile | None, int]:

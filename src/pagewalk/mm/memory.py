@@ -17,7 +17,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import fastfault, filemap, huge_memory, hugetlb, mlock, rmap, shmem
+from pagewalk.mm import (
+    fastfault,
+    filemap,
+    huge_memory,
+    hugetlb,
+    memcontrol,
+    mlock,
+    rmap,
+    shmem,
+    swap_state,
+    swapfile,
+)
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import OutOfMemory, mk_anon_pte, pte_alloc
 from pagewalk.mm.rmap import anon_vma_prepare
@@ -101,6 +112,8 @@ def handle_pte_fault(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: i
         if vma.file is None:
             return special_mapping_fault(k, mm, vma, vaddr, pmd_paddr)
         return shmem.do_fault(k, mm, vma, vaddr, pmd_paddr, flags)
+    if swapfile.is_swap_pte(pte):
+        return swap_state.do_swap_page(k, mm, vma, vaddr, pte_paddr, pte, flags)
     if not pte & pt._PAGE_PRESENT:
         return VmFault.SIGSEGV  # PROT_NONE entries never reach here (access_error)
     if flags & FaultFlags.WRITE:
@@ -142,10 +155,13 @@ def do_anonymous_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: 
         fastfault.set_zero_pte(k.pgtables.arrays, pte_paddr(table, vaddr), k.zero_pfn, prot)
         return VmFault.OK
     anon_vma_prepare(vma)
+    memcontrol.charge(k, 1)                 # mem_cgroup_charge (THPs: not charged)
     pfn, order = huge_memory.alloc_anon_folio(k, mm, vma, vaddr, table)
     nr_pages = 1 << order
     if pfn == NO_PAGE:
         return VmFault.OOM
+    if k.memcg is not None and not order:
+        memcontrol.lru_add(k, pfn, vma.pgoff + ((vaddr - vma.start) >> 12))
     first = pte_paddr(table, vaddr & ~((nr_pages << 12) - 1))
     fastfault.set_anon_ptes(k.pgtables.arrays, mm.stat, first, pfn, nr_pages, prot,
                             bool(vma.flags & VmFlags.WRITE))
@@ -202,9 +218,11 @@ def wp_page_copy(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pte_paddr: int, 
                  old_pfn: int) -> VmFault:
     """wp_page_copy(): a new private copy (zeroed when the old page is the zero page)."""
     anon_vma_prepare(vma)
+    memcontrol.charge(k, 1)
     new = rmap.folio_alloc(k, 0)
     if new == NO_PAGE:
         return VmFault.OOM
+    memcontrol.lru_add(k, new, vma.pgoff + ((vaddr - vma.start) >> 12))
     k.physmem.reserve_slots(1)                  # the copy may need a row
     fastfault.wp_page_copy_pte(k.pgtables.arrays, mm.stat, pte_paddr, new, old_pfn,
                                np.uint64(vma.page_prot), bool(vma.flags & VmFlags.WRITE))
@@ -232,6 +250,8 @@ def zap_pte_range(k: Kernel, mm: MmStruct, vma: Vma, table: int, start: int, end
     if not words.any():
         return
     pgt.fill_table(table, np.zeros(last - first, dtype=np.uint64), first)   # ptep_get_and_clear
+    if k.swap is not None:
+        swap_state.zap_swap_entries(k, mm, words)
     present = (words & np.uint64(pt._PAGE_PRESENT | pt._PAGE_PROTNONE)) != 0
     normal = present & ((words & np.uint64(pt._PAGE_SPECIAL)) == 0)
     pfns = ((words[normal] & np.uint64(pt.PTE_PFN_MASK)) >> np.uint64(12)).astype(np.int64)
@@ -247,6 +267,9 @@ def zap_pte_range(k: Kernel, mm: MmStruct, vma: Vma, table: int, start: int, end
     freed = np.zeros(small.size, dtype=np.uint8)
     fastfault.zap_order0_pages(pgt.arrays, mm.stat, np.ascontiguousarray(small), freed)
     gone = small[freed != 0]
+    if k.memcg is not None:
+        for pfn in gone.tolist():
+            memcontrol.uncharge(k, pfn)
     if k.mlock_count:
         for pfn in gone.tolist():
             rmap.folio_clear_mlocked_on_free(k, pfn, 0)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pagewalk.mm import fastfault, page_alloc
+from pagewalk.mm import fastfault, memcontrol, page_alloc
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.types import AnonVma, Vma
 from pagewalk.mm.vma import find_mergeable_anon_vma
@@ -68,6 +68,8 @@ def folio_put(k: Kernel, head: int, nr: int = 1) -> None:
 
 def free_folio(k: Kernel, head: int) -> None:
     order = folio_order(k, head)
+    if k.memcg is not None:
+        memcontrol.uncharge(k, head)
     if k.mlock_count:
         folio_clear_mlocked_on_free(k, head, order)
     k.physmem.drop_range(head, 1 << order)

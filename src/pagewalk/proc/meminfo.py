@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.kernel.kernel import KERNEL_TEXT_PGD_INDEX
 from pagewalk.mm.page_alloc import Watermarks, lowmem_reserve, zone_watermarks
+from pagewalk.mm.swap_state import swap_cache_pages
+from pagewalk.mm.swapfile import swap_free_kb, swap_total_kb
 from pagewalk.mm.util import vm_commit_limit
 from pagewalk.mm.vmstat import NodeStat
 
@@ -67,8 +69,10 @@ def meminfo(k: Kernel) -> dict[str, int]:
         return int(stat[item]) * PAGE_KB
 
     buffers = 0                                         # nr_blockdev_pages(): no block devices
-    swapcache = 0
-    cached = max(0, kb(NodeStat.NR_FILE_PAGES) - swapcache - buffers)
+    swapcache = swap_cache_pages(k) * PAGE_KB          # NR_SWAPCACHE
+    # NR_FILE_PAGES - swapcache - buffers: pagewalk keeps swap-cache folios out of
+    # NR_FILE_PAGES (mm/swap_state.py), so there is nothing to take off for them
+    cached = max(0, kb(NodeStat.NR_FILE_PAGES) - buffers)
     sreclaimable, sunreclaim = kb(NodeStat.NR_SLAB_RECLAIMABLE), kb(NodeStat.NR_SLAB_UNRECLAIMABLE)
     active_anon, inactive_anon = kb(NodeStat.NR_ACTIVE_ANON), kb(NodeStat.NR_INACTIVE_ANON)
     active_file, inactive_file = kb(NodeStat.NR_ACTIVE_FILE), kb(NodeStat.NR_INACTIVE_FILE)
@@ -87,7 +91,7 @@ def meminfo(k: Kernel) -> dict[str, int]:
         "Inactive(file)": inactive_file,
         "Unevictable": kb(NodeStat.NR_UNEVICTABLE),
         "Mlocked": kb(NodeStat.NR_MLOCK),
-        "SwapTotal": 0, "SwapFree": 0, "Zswap": 0, "Zswapped": 0,
+        "SwapTotal": swap_total_kb(k), "SwapFree": swap_free_kb(k), "Zswap": 0, "Zswapped": 0,
         "Dirty": kb(NodeStat.NR_FILE_DIRTY), "Writeback": 0,
         "AnonPages": kb(NodeStat.NR_ANON_MAPPED),
         "Mapped": kb(NodeStat.NR_FILE_MAPPED),

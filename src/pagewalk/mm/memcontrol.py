@@ -1,0 +1,106 @@
+"""One memory cgroup with a limit (mm/memcontrol.c, mm/memcontrol-v1.c): ``system.memory_limit``.
+
+Every process of the scenario runs in it. What it is charged: each anonymous folio a
+scenario process allocates after scenario start (faults, COW copies, swap-in and swap
+readahead folios; a folio stays charged while it sits in the swap cache), the page-table
+pages and page-cache pages allocated since scenario start (their node counters' growth:
+every such page belongs to a scenario process, __GFP_ACCOUNT for page tables). Pages the
+processes had at scenario start stay charged outside, as the live runner's probe joins
+its cgroup after starting. The charged anonymous folios are the cgroup's LRU lists
+(vmscan.py): ``inactive`` and ``active`` keep them oldest first with the linear page
+index rmap needs to find their PTEs (folio->index).
+
+try_charge_memcg: a charge that would pass the limit runs direct reclaim on the cgroup
+(try_to_free_mem_cgroup_pages, SWAP_CLUSTER_MAX at a time) until it fits; when reclaim
+makes no progress (no swap, swap full, nothing evictable) the memcg OOM killer runs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pagewalk.mm.vmstat import NodeStat
+
+if TYPE_CHECKING:
+    from pagewalk.kernel.kernel import Kernel
+
+MAX_RECLAIM_RETRIES = 16               # try_charge_memcg's reclaim retries before OOM
+SWAPPINESS = 60                        # memory.swappiness (the reference cgroup's)
+
+
+@dataclass(slots=True, eq=False)
+class MemCgroup:
+    """A mem_cgroup with ``limit`` pages (memory.limit_in_bytes >> PAGE_SHIFT)."""
+
+    limit: int
+    base_pagetables: int = 0           # NR_PAGETABLE at scenario start
+    base_file: int = 0                 # NR_FILE_PAGES at scenario start
+    inactive: OrderedDict[int, int] = field(default_factory=OrderedDict)  # pfn -> index
+    active: OrderedDict[int, int] = field(default_factory=OrderedDict)
+    referenced: set[int] = field(default_factory=set)   # PG_referenced
+    writeback: deque[int] = field(default_factory=deque)  # written, oldest first (vmscan.py)
+
+    def usage(self, k: Kernel) -> int:
+        """page_counter_read(&memcg->memory), in pages."""
+        stat = k.node_stat
+        return (len(self.inactive) + len(self.active)
+                + int(stat[NodeStat.NR_PAGETABLE]) - self.base_pagetables
+                + int(stat[NodeStat.NR_FILE_PAGES]) - self.base_file)
+
+
+def mem_cgroup_create(k: Kernel, limit: int) -> None:
+    """mkdir in the memory hierarchy + memory.limit_in_bytes; the scenario's processes
+    join it from now on (charges before this stay outside)."""
+    k.memcg = MemCgroup(limit=limit >> 12,
+                        base_pagetables=int(k.node_stat[NodeStat.NR_PAGETABLE]),
+                        base_file=int(k.node_stat[NodeStat.NR_FILE_PAGES]))
+
+
+def charge(k: Kernel, nr_pages: int) -> None:
+    """try_charge_memcg() for a folio of ``nr_pages`` about to be allocated: reclaim until
+    it fits, else the OOM killer (which raises SignalError when it kills the caller)."""
+    memcg = k.memcg
+    if memcg is None:
+        return
+    from pagewalk.mm import oom_kill, vmscan
+    retries = MAX_RECLAIM_RETRIES
+    while memcg.usage(k) + nr_pages > memcg.limit:
+        progress = vmscan.try_to_free_mem_cgroup_pages(k, max(nr_pages, vmscan.SWAP_CLUSTER_MAX))
+        if progress:
+            continue
+        if retries:
+            retries -= 1
+            continue
+        oom_kill.mem_cgroup_out_of_memory(k)
+        retries = MAX_RECLAIM_RETRIES
+
+
+def lru_add(k: Kernel, pfn: int, index: int) -> None:
+    """folio_add_lru(): a new charged anonymous folio joins the inactive list (the
+    youngest end); ``index`` is its linear page index, -1 while no page table maps it."""
+    memcg = k.memcg
+    if memcg is not None:
+        memcg.inactive[pfn] = index
+        memcg.inactive.move_to_end(pfn)
+
+
+def lru_set_index(k: Kernel, pfn: int, index: int) -> None:
+    """A swap-cache folio was mapped at linear page ``index`` (folio->index)."""
+    memcg = k.memcg
+    if memcg is None:
+        return
+    for lru in (memcg.inactive, memcg.active):
+        if pfn in lru:
+            lru[pfn] = index
+
+
+def uncharge(k: Kernel, pfn: int) -> None:
+    """mem_cgroup_uncharge() as the folio is freed: it leaves the LRU."""
+    memcg = k.memcg
+    if memcg is None:
+        return
+    memcg.inactive.pop(pfn, None)
+    memcg.active.pop(pfn, None)
+    memcg.referenced.discard(pfn)

@@ -1,0 +1,225 @@
+"""Page reclaim of anonymous memory (mm/vmscan.c, mm/rmap.c try_to_unmap_one and
+folio_referenced_one).
+
+The classic two-list LRU of one memory cgroup (memcontrol.MemCgroup: inactive and active,
+oldest first). Direct reclaim (try_to_free_mem_cgroup_pages -> shrink_lruvec) takes
+SWAP_CLUSTER_MAX folios at a time from the oldest end of the inactive list, keeps the
+inactive list at least as long as the active one (inactive_is_low, ratio 1 under 1 GiB),
+and asks each folio folio_check_references: a young PTE (the hardware's accessed bit,
+read and cleared through rmap) sends it round once more and sets PG_referenced, a second
+reference activates it. The rest go to shrink_folio_list: add_to_swap, try_to_unmap
+(swap PTEs in every page table that maps the folio), pageout when dirty (pswpout), and a
+clean, unmapped swap-cache folio is freed. Writeback completes later
+(folio_end_writeback -> folio_rotate_reclaimable puts the folio at the oldest end),
+so a later reclaim frees what this one wrote, once WRITEBACK_INFLIGHT_PAGES newer folios
+are under writeback. MADV_PAGEOUT uses shrink_folio_list too
+(reclaim_pages, references ignored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from math import isqrt
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pagewalk.hw import pgtable_types as pt
+from pagewalk.mm import rmap, swap_state
+from pagewalk.mm.page_alloc import PageFlag
+from pagewalk.mm.swapfile import _PAGE_SWP_EXCLUSIVE, swap_duplicate, swp_entry_to_pte
+from pagewalk.mm.tlb import flush_tlb_page
+from pagewalk.mm.types import MmStat, MmStruct
+
+if TYPE_CHECKING:
+    from pagewalk.kernel.kernel import Kernel
+    from pagewalk.mm.memcontrol import MemCgroup
+
+SWAP_CLUSTER_MAX = 32
+# Swap writeback in flight while the charging task reclaims: written folios stay charged
+# until this many later ones were written. Not derived from the kernel: calibrated so
+# that RSS under a limit lands where the reference machine's did (1.5 MiB of a 64 MiB
+# cgroup held by swap-cache folios, docs/differences.md "Memory pressure").
+WRITEBACK_INFLIGHT_PAGES = 384
+FOLIOREF_RECLAIM, FOLIOREF_KEEP, FOLIOREF_ACTIVATE = 0, 1, 2
+_EXCL = np.uint16(PageFlag.ANON_EXCLUSIVE)
+
+
+# -- rmap --------------------------------------------------------------------------------------
+
+def anon_rmap_walk(k: Kernel, pfn: int, index: int) -> Iterator[tuple[MmStruct, int, int, int]]:
+    """rmap_walk_anon(): (mm, vaddr, PTE address, PTE) of every PTE mapping ``pfn``, found
+    at vma_address(index) in each anonymous VMA of each task that covers the index."""
+    if index < 0:
+        return
+    pgt = k.pgtables
+    for task in list(k.tasks.values()):
+        mm = task.mm
+        for vma in mm.vmas:
+            if vma.anon_vma is None or not vma.pgoff <= index < vma.pgoff + (vma.length >> 12):
+                continue
+            vaddr = vma.start + ((index - vma.pgoff) << 12)
+            pmd_paddr, shift = pgt.walk(mm, vaddr, 21, alloc=False)
+            if shift != 21:
+                continue
+            pmd = pgt.read(pmd_paddr)
+            if not pmd or pmd & pt._PAGE_PSE:
+                continue
+            pte_paddr = (pt.pte_pfn(pmd) << 12) + ((vaddr >> 12) & 511) * 8
+            pte = pgt.read(pte_paddr)
+            if pte & pt._PAGE_PRESENT and not pte & pt._PAGE_SPECIAL and pt.pte_pfn(pte) == pfn:
+                yield mm, vaddr, pte_paddr, pte
+
+
+def folio_referenced(k: Kernel, pfn: int, index: int) -> int:
+    """folio_referenced(): how many PTEs mapping the folio were young; their accessed bits
+    are cleared (ptep_clear_flush_young: no TLB flush on x86)."""
+    young = 0
+    for mm, _, pte_paddr, pte in list(anon_rmap_walk(k, pfn, index)):
+        if pte & pt._PAGE_ACCESSED:
+            young += 1
+            k.pgtables.set_entry(mm, pte_paddr, pte & ~pt._PAGE_ACCESSED)
+    return young
+
+
+def try_to_unmap(k: Kernel, pfn: int, index: int) -> bool:
+    """try_to_unmap() -> try_to_unmap_one() of a swap-cache folio: each PTE becomes its swap
+    entry (one more swap count each, exclusive bit from PageAnonExclusive), a dirty PTE
+    dirties the folio, RSS moves to MM_SWAPENTS. True when no mapping is left."""
+    sw = k.swap
+    assert sw is not None
+    offset = sw.folio_swap[pfn]
+    memmap = k.memmap
+    for mm, vaddr, pte_paddr, pte in list(anon_rmap_walk(k, pfn, index)):
+        entry = swp_entry_to_pte(0, offset)
+        if memmap.flags[pfn] & _EXCL:
+            entry |= _PAGE_SWP_EXCLUSIVE
+            memmap.flags[pfn] &= ~_EXCL
+        if pte & pt._PAGE_DIRTY:
+            memmap.flags[pfn] |= np.uint16(PageFlag.DIRTY)
+        swap_duplicate(sw.si, offset)
+        k.pgtables.set_entry(mm, pte_paddr, entry)
+        flush_tlb_page(k, mm, vaddr)
+        mm.stat[MmStat.MM_ANONPAGES] -= 1
+        mm.stat[MmStat.MM_SWAPENTS] += 1
+        rmap.folio_remove_pte_rmap(k, pfn)
+        rmap.folio_put(k, pfn)
+    return not memmap.mapcount[pfn]
+
+
+# -- shrink_folio_list -------------------------------------------------------------------------
+
+def shrink_folio_list(k: Kernel, folios: list[tuple[int, int]],
+                      written: list[int]) -> tuple[int, list[int]]:
+    """shrink_folio_list() for order-0 anonymous folios ``(pfn, index)``: returns how many
+    were freed and the ones that could not be swapped (to activate); the ones paged out
+    now are appended to ``written`` (under writeback: kept)."""
+    freed = 0
+    failed: list[int] = []
+    sw = k.swap
+    for pfn, index in folios:
+        if sw is None or (pfn not in sw.folio_swap and not swap_state.add_to_swap(k, pfn)):
+            failed.append(pfn)                # activate_locked: no swap space
+            continue
+        if k.memmap.mapcount[pfn] and not try_to_unmap(k, pfn, index):
+            failed.append(pfn)
+            continue
+        if k.memmap.flags[pfn] & PageFlag.DIRTY:
+            swap_state.swap_writepage(k, pfn)   # pageout(): PAGE_SUCCESS, under writeback
+            written.append(pfn)
+            continue
+        swap_state.delete_from_swap_cache(k, pfn)   # __remove_mapping(): the last reference
+        freed += 1
+    return freed, failed
+
+
+def reclaim_pages(k: Kernel, folios: list[tuple[int, int]]) -> None:
+    """reclaim_pages() for MADV_PAGEOUT: shrink_folio_list with references ignored."""
+    shrink_folio_list(k, folios, [])
+
+
+# -- memory cgroup reclaim -----------------------------------------------------------------
+
+def inactive_is_low(memcg: MemCgroup) -> bool:
+    """inactive_is_low(): inactive * inactive_ratio < active, the ratio sqrt(10 * GiB) of
+    the lists' size (1 below 1 GiB)."""
+    inactive, active = len(memcg.inactive), len(memcg.active)
+    gb = (inactive + active) >> 18
+    ratio = isqrt(10 * gb) if gb else 1
+    return inactive * ratio < active
+
+
+def shrink_active_list(k: Kernel, memcg: MemCgroup, nr_to_scan: int) -> None:
+    """shrink_active_list(): the oldest active folios go to the young end of the inactive
+    list, their accessed bits cleared (anonymous folios are never kept active)."""
+    for pfn in list(memcg.active)[:nr_to_scan]:
+        index = memcg.active.pop(pfn)
+        folio_referenced(k, pfn, index)
+        memcg.inactive[pfn] = index
+
+
+def folio_check_references(k: Kernel, memcg: MemCgroup, pfn: int, index: int) -> int:
+    """folio_check_references(): young PTEs set PG_referenced and keep the folio, or
+    activate it when it was referenced before or is young in more than one page table."""
+    referenced_ptes = folio_referenced(k, pfn, index) if k.memmap.mapcount[pfn] else 0
+    referenced_folio = pfn in memcg.referenced
+    memcg.referenced.discard(pfn)
+    if referenced_ptes:
+        memcg.referenced.add(pfn)
+        if referenced_folio or referenced_ptes > 1:
+            return FOLIOREF_ACTIVATE
+        return FOLIOREF_KEEP
+    return FOLIOREF_RECLAIM
+
+
+def _valid(k: Kernel, pfn: int) -> bool:
+    """Still a charged order-0 anonymous folio (a stale LRU entry is dropped)."""
+    flags = int(k.memmap.flags[pfn])
+    return bool(flags & PageFlag.ANON) and not flags & (PageFlag.BUDDY | PageFlag.HEAD |
+                                                       PageFlag.TAIL) \
+        and int(k.memmap.refcount[pfn]) > 0
+
+
+def try_to_free_mem_cgroup_pages(k: Kernel, nr_to_reclaim: int) -> int:
+    """try_to_free_mem_cgroup_pages() -> shrink_lruvec(): scan the inactive list oldest
+    first, SWAP_CLUSTER_MAX at a time, until ``nr_to_reclaim`` folios were freed or written,
+    or every folio was looked at twice. Returns that progress."""
+    memcg = k.memcg
+    assert memcg is not None
+    progress = 0
+    scanned = 0
+    budget = 2 * (len(memcg.inactive) + len(memcg.active)) + SWAP_CLUSTER_MAX
+    written: list[int] = []
+    while progress < nr_to_reclaim and scanned < budget:
+        if inactive_is_low(memcg):
+            shrink_active_list(k, memcg, SWAP_CLUSTER_MAX)
+        batch = list(memcg.inactive.items())[:SWAP_CLUSTER_MAX]
+        if not batch:
+            break
+        scanned += len(batch)
+        to_reclaim: list[tuple[int, int]] = []
+        for pfn, index in batch:
+            if not _valid(k, pfn):
+                memcg.inactive.pop(pfn, None)
+                continue
+            ref = folio_check_references(k, memcg, pfn, index)
+            if ref == FOLIOREF_RECLAIM:
+                to_reclaim.append((pfn, index))
+                continue
+            memcg.inactive.pop(pfn)
+            (memcg.active if ref == FOLIOREF_ACTIVATE else memcg.inactive)[pfn] = index
+        before = len(written)
+        freed, failed = shrink_folio_list(k, to_reclaim, written)
+        for pfn in failed:                        # activate_locked
+            if pfn in memcg.inactive:
+                memcg.active[pfn] = memcg.inactive.pop(pfn)
+        for pfn in written[before:]:              # under writeback: kept, at the young end
+            if pfn in memcg.inactive:
+                memcg.inactive.move_to_end(pfn)
+        progress += freed + len(written) - before
+    memcg.writeback.extend(written)
+    while len(memcg.writeback) > WRITEBACK_INFLIGHT_PAGES:
+        pfn = memcg.writeback.popleft()           # folio_end_writeback() ->
+        if pfn in memcg.inactive:                 # folio_rotate_reclaimable()
+            memcg.inactive.move_to_end(pfn, last=False)
+    return progress
