@@ -5,7 +5,8 @@
     PagewalkError                 base of everything pagewalk raises on purpose
     ├── ScenarioError             a scenario file is malformed (YAML, unknown field, bad size ...)
     ├── TraceError                a trace file is malformed (bad line, truncated record ...)
-    ├── ConfigError               a knob value or a system setting is invalid
+    ├── ConfigError               a knob value, a system setting or an option is invalid
+    │   └── OutputError           an output path (-o, --static) cannot be written
     ├── NotImplementedStep        a valid step that this version does not simulate yet
     └── KernelError               the simulated kernel refused something
         ├── SyscallError          a system call failed with an errno (EINVAL, ENOMEM, EEXIST ...)
@@ -111,7 +112,24 @@ class TraceError(PagewalkError):
 
 
 class ConfigError(PagewalkError):
-    """A knob or system setting has a value the kernel would refuse."""
+    """A knob or system setting has a value the kernel would refuse, or a command-line
+    option one pagewalk cannot use."""
+
+
+class OutputError(ConfigError):
+    """An output file or directory cannot be written; the message names the path and the
+    operating system's reason (``cannot write out/x.png: Permission denied``)."""
+
+    @classmethod
+    def writing(cls, path: object, err: OSError) -> OutputError:
+        """``cannot write PATH: REASON``, and the file the OS named if it is another one
+        (a parent directory that could not be made)."""
+        reason = err.strerror or str(err)
+        other = err.filename if err.filename is not None and str(err.filename) != str(path) \
+            else None
+        if isinstance(err, FileExistsError) and other is not None:
+            reason = "Not a directory"          # mkdir of a parent that is a file
+        return cls(f"cannot write {path}: {reason}" + (f" ({other})" if other else ""))
 
 
 class NotImplementedStep(PagewalkError):

@@ -12,6 +12,7 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 TiB = 1 << 40
+PiB = 1 << 50
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -36,6 +37,7 @@ _UNITS = {
     "m": MiB, "mb": MiB, "mib": MiB,
     "g": GiB, "gb": GiB, "gib": GiB,
     "t": TiB, "tb": TiB, "tib": TiB,
+    "p": PiB, "pb": PiB, "pib": PiB,
 }
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 
@@ -62,7 +64,7 @@ def parse_size(value: object) -> int:
             raise ValueError(f"bad hexadecimal size {value!r}") from None
     match = _SIZE_RE.match(text)
     if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"bad size {value!r} (use bytes or a unit: KiB, MiB, GiB, TiB)")
+        raise ValueError(f"bad size {value!r} (use bytes or a unit: KiB, MiB, GiB, TiB, PiB)")
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
@@ -87,7 +89,7 @@ def parse_addr(value: object) -> int:
 
 def format_size(size: int) -> str:
     """The largest binary unit that divides ``size`` exactly ("2MiB", "5000")."""
-    for unit, name in ((TiB, "TiB"), (GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
+    for unit, name in ((PiB, "PiB"), (TiB, "TiB"), (GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
         if size and size % unit == 0:
             return f"{size // unit}{name}"
     return str(size)

@@ -1,5 +1,5 @@
 """The TLB hierarchy (hw/tlb.py) and the page-walk caches (hw/pwc.py): the reference model
-of spec/trace-model.md and the hardware interface the scenario MMU uses (PCIDs, payloads,
+of docs/trace-model.md and the hardware interface the scenario MMU uses (PCIDs, payloads,
 INVLPG, flushes; SDM vol. 3A §4.10)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ BASE = 0x7F0000000000
 
 
 def test_reference_geometry_is_the_spec_table() -> None:
-    """spec/trace-model.md: entries and ways of every structure; sets = entries / ways."""
+    """docs/trace-model.md: entries and ways of every structure; sets = entries / ways."""
     table = {(a.name, a.page_shifts, a.nr_entries, a.nr_ways, a.nr_sets)
              for a in REFERENCE_TLB.arrays}
     assert table == {
@@ -147,7 +147,7 @@ def test_impossible_geometries_are_refused(arrays: tuple[TlbArray, ...], message
         TlbHierarchy(TlbGeometry("bad", arrays))
 
 
-# -- page-walk caches (spec/trace-model.md "Page-walk caches") ------------------------------
+# -- page-walk caches (docs/trace-model.md "Page-walk caches") ------------------------------
 def test_a_cold_walk_reads_every_level_and_caches_the_upper_ones() -> None:
     """4 KiB page, 4 levels: PML4E, PDPTE, PDE, PTE read; the three upper ones cached."""
     pwc = PageWalkCaches()

@@ -1,4 +1,4 @@
-"""Shared fixtures of the trace tests: the reference traces of spec/trace-model.md."""
+"""Shared fixtures of the trace tests: the reference traces of docs/trace-model.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`pagewalk trace` (trace/command.py): the options and JSON of spec/trace-model.md and
+"""`pagewalk trace` (trace/command.py): the options and JSON of docs/trace-model.md and
 issue 6; bad input is one red line and exit status 2, never a traceback."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The reference model reproduces expected.json exactly (spec/trace-model.md): both
+"""The reference model reproduces expected.json exactly (docs/trace-model.md): both
 reference traces, 4 KiB, 2 MiB and 1 GiB pages, both engines, every trace format."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Trace formats (trace/formats.py, spec/trace-model.md "Trace formats"): lackey text,
+"""Trace formats (trace/formats.py, docs/trace-model.md "Trace formats"): lackey text,
 binary .pwt and .npy; every bad input is named by its line or record."""
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def test_the_reference_preset_is_the_spec_model() -> None:
 
 
 def test_skylake_publishes_the_reference_figures() -> None:
-    """spec/trace-model.md's TLBs are Intel's Skylake figures."""
+    """docs/trace-model.md's TLBs are Intel's Skylake figures."""
     assert load_model("skylake").tlb.arrays == REFERENCE_TLB.arrays
 
 

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import json
-
 import click
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
-from pagewalk.cli_common import reports_errors
+from pagewalk.cli_common import escape, reports_errors
+from pagewalk.cli_output import (
+    Column,
+    Output,
+    choose_format,
+    fields_table,
+    format_option,
+    grouped,
+    write_json,
+    write_tables_csv,
+)
+from pagewalk.cli_output import Table as OutputTable
 from pagewalk.errors import ConfigError
 from pagewalk.explain import cost as c
 from pagewalk.explain import translate as t
 from pagewalk.explain.state import find_process, load_state
-from pagewalk.units import format_size, parse_size
+from pagewalk.units import parse_size
 
 STATE_HELP = "Run this scenario (a YAML file or a built-in example name) first."
 AT_HELP = "Stop the scenario after its measure LABEL (default: run it to the end)."
@@ -30,10 +36,12 @@ AT_HELP = "Stop the scenario after its measure LABEL (default: run it to the end
 @click.option("--at", "label", metavar="LABEL", help=AT_HELP)
 @click.option("--access", type=click.Choice(sorted(t.ACCESS_NAMES)), default="read",
               show_default=True, help="The kind of user-mode access.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (the same as --format json).")
+@format_option
 @reports_errors
 def translate_command(addr: str, scenario_file: str | None, process: str, label: str | None,
-                      access: str, as_json: bool) -> None:
+                      access: str, as_json: bool, output_format: str | None) -> None:
     """Walk the page tables for ADDR as the MMU does: CR3, the index and entry at each level,
     the physical address or the page fault, and what the TLBs and page-walk caches hold.
 
@@ -41,6 +49,7 @@ def translate_command(addr: str, scenario_file: str | None, process: str, label:
     (heap+0x1000) or a VMA such as [heap]. Without --scenario the address is translated in
     a fresh machine's `main` process. Nothing in the simulated state changes.
     """
+    fmt = choose_format(output_format, as_json)
     run = load_state(scenario_file, label)
     task = find_process(run, process)
     try:
@@ -50,30 +59,35 @@ def translate_command(addr: str, scenario_file: str | None, process: str, label:
     if vaddr >= 1 << 64:
         raise ConfigError(f"bad address {addr!r}: wider than 64 bits")
     explanation = t.explain_translation(run.kernel, task, vaddr, access)
-    if as_json:
+    if fmt == "json":
         doc = explanation.to_json()
         doc["scenario"] = run.scenario.name
         doc["at"] = label
-        click.echo(json.dumps(doc, indent=2))
-        return
-    print_translation(explanation, run.scenario.name, label)
+        write_json(doc)
+    elif fmt == "csv":
+        write_tables_csv(translation_tables(explanation))
+    else:
+        print_translation(explanation, run.scenario.name, label, Output(fmt))
 
 
-def print_translation(e: t.Explanation, scenario: str, label: str | None) -> None:
-    console = Console(highlight=False)
-    where = f"{scenario}" + (f" at {label}" if label else "")
-    console.print(f"[bold]translate[/] {e.vaddr:#x} ({e.access}, user mode) in "
-                  f"[bold]{e.process}[/] (pid {e.pid}), {where}, {e.levels}-level paging")
-    if not e.canonical:
-        console.print(f"[bold red]#GP[/]: {e.vaddr:#x} is not canonical. {e.kernel}")
-        return
-    pti = ", PTI user PGD" if e.pti else ""
-    console.print(f"CR3 {e.cr3:#x}: PGD at {e.cr3 & ~0xFFF:#x}{pti}, PCID {e.pcid}")
-    table = Table(title="the walk (SDM vol. 3A §4.5)", box=box.SIMPLE_HEAD)
-    for name in ("level", "index", "bits", "entry at", "entry"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("flags")
-    table.add_column("then")
+def translation_tables(e: t.Explanation) -> list[OutputTable]:
+    """The outcome, the walk and the cache lookups as tables (the csv of translate)."""
+    found = e.outcome == "translation"
+    summary = fields_table("translation", (
+        ("vaddr", f"{e.vaddr:#x}"), ("access", e.access), ("process", e.process),
+        ("pid", e.pid), ("paging_levels", e.levels), ("cr3", f"{e.cr3:#x}"), ("pcid", e.pcid),
+        ("outcome", e.outcome), ("paddr", f"{e.paddr:#x}" if found else None),
+        ("page_size", 1 << e.page_shift if found else None), ("error_code", e.error_code),
+        ("refs", e.refs), ("mmu_source", e.mmu_source), ("mmu_walk_refs", e.mmu_refs),
+        ("kernel", e.kernel)))
+    return [summary, walk_table(e), *cache_tables(e)]
+
+
+def walk_table(e: t.Explanation) -> OutputTable:
+    table = OutputTable("walk", (Column("level"), Column("index", True), Column("bits"),
+                                 Column("entry at", True), Column("entry", True),
+                                 Column("flags"), Column("then")),
+                        title="the walk (SDM vol. 3A §4.5)")
     for r in e.reads:
         shift = 12 + 9 * (e.levels - 1 - r.level)
         if r.role == "leaf":
@@ -84,49 +98,65 @@ def print_translation(e: t.Explanation, scenario: str, label: str | None) -> Non
             then += f" (walk sets {'/'.join(r.sets)})"
         if r.cached:
             then += " [PWC: not read]"
-        table.add_row(r.name, str(r.index), f"[{shift + 8}:{shift}]", f"{r.entry_paddr:#x}",
+        table.add_row(r.name, r.index, f"[{shift + 8}:{shift}]", f"{r.entry_paddr:#x}",
                       f"{r.entry:#018x}", " ".join(r.flags), then)
-    console.print(table)
+    return table
+
+
+def cache_tables(e: t.Explanation) -> list[OutputTable]:
+    """The TLB and page-walk-cache lookups (no LRU change)."""
+    tlb = OutputTable("tlb", (Column("TLB array"), Column("lookup"), Column("result")),
+                      title="TLB lookups (no LRU change)")
+    for probe in e.tlb:
+        tlb.add_row(probe.structure, probe.key,
+                    f"hit: {probe.payload:#018x}" if probe.hit else "miss")
+    pwc = OutputTable("pwc", (Column("cache"), Column("lookup"), Column("result")),
+                      title="page-walk caches")
+    for probe in e.pwc:
+        pwc.add_row(probe.structure, probe.key,
+                    f"hit: table pfn {probe.payload:#x}" if probe.hit else "miss")
+    return [table for table in (tlb, pwc) if table.rows]
+
+
+def print_translation(e: t.Explanation, scenario: str, label: str | None,
+                      out: Output) -> None:
+    where = escape(scenario + (f" at {label}" if label else ""))
+    out.line(f"[bold]translate[/] {e.vaddr:#x} ({e.access}, user mode) in "
+             f"[bold]{escape(e.process)}[/] (pid {e.pid}), {where}, {e.levels}-level paging")
+    if not e.canonical:
+        out.line(f"[bold red]#GP[/]: {e.vaddr:#x} is not canonical. {escape(e.kernel)}")
+        return
+    pti = ", PTI user PGD" if e.pti else ""
+    out.line(f"CR3 {e.cr3:#x}: PGD at {e.cr3 & ~0xFFF:#x}{pti}, PCID {e.pcid}")
+    out.table(walk_table(e))
     if e.pkey is not None and e.pkru:
         rights = e.pkru >> (2 * e.pkey) & 3
         what = "access disabled" if rights & 1 else ("write disabled" if rights & 2 else "allowed")
-        console.print(f"protection key {e.pkey}: PKRU {e.pkru:#010x} has it {what} "
-                      "(data accesses only; SDM §4.6.2)")
+        out.line(f"protection key {e.pkey}: PKRU {e.pkru:#010x} has it {what} "
+                 "(data accesses only; SDM §4.6.2)")
     if e.outcome == "translation":
-        console.print(f"[bold green]physical address {e.paddr:#x}[/] "
-                      f"({t.PAGE_SIZE_NAMES[e.page_shift]} page, offset "
-                      f"{e.vaddr & ((1 << e.page_shift) - 1):#x}); "
-                      f"{e.refs} entries read from CR3")
+        out.line(f"[bold green]physical address {e.paddr:#x}[/] "
+                 f"({t.PAGE_SIZE_NAMES[e.page_shift]} page, offset "
+                 f"{e.vaddr & ((1 << e.page_shift) - 1):#x}); "
+                 f"{e.refs} entries read from CR3")
         if e.page:
-            console.print(f"the page: {e.page}")
+            out.line(f"the page: {escape(e.page)}")
     else:
         assert e.error_code is not None
-        console.print(f"[bold red]#PF[/], error code {e.error_code:#x} = "
-                      f"{' | '.join(t.error_code_names(e.error_code))}; {e.refs} entries read")
-        console.print(f"kernel: {e.kernel}")
-    _print_caches(console, e)
-
-
-def _print_caches(console: Console, e: t.Explanation) -> None:
-    if e.tlb:
-        tlb = Table("TLB array", "lookup", "result", title="TLB lookups (no LRU change)")
-        for probe in e.tlb:
-            result = f"hit: {probe.payload:#018x}" if probe.hit else "miss"
-            tlb.add_row(probe.structure, probe.key, result)
-        console.print(tlb)
-    if e.tlb_note:
-        console.print(f"TLB: {e.tlb_note}")
-    if e.pwc:
-        pwc = Table("cache", "lookup", "result", title="page-walk caches")
-        for probe in e.pwc:
-            pwc.add_row(probe.structure, probe.key,
-                        f"hit: table pfn {probe.payload:#x}" if probe.hit else "miss")
-        console.print(pwc)
+        out.line(f"[bold red]#PF[/], error code {e.error_code:#x} = "
+                 f"{' | '.join(t.error_code_names(e.error_code))}; {e.refs} entries read")
+        out.line(f"kernel: {escape(e.kernel)}")
+    for table in cache_tables(e):
+        out.table(table)
+        if table.name == "tlb" and e.tlb_note:
+            out.line(f"TLB: {escape(e.tlb_note)}")
+    if e.tlb_note and not e.tlb:
+        out.line(f"TLB: {escape(e.tlb_note)}")
     if e.mmu_source in ("l1", "stlb"):
-        console.print(f"MMU: answered from the {e.mmu_source.upper()} TLB, no walk")
+        out.line(f"MMU: answered from the {e.mmu_source.upper()} TLB, no walk")
     else:
-        console.print(f"MMU: TLB miss, the walk reads {e.mmu_refs} "
-                      f"entr{'y' if e.mmu_refs == 1 else 'ies'}")
+        out.line(f"MMU: TLB miss, the walk reads {e.mmu_refs} "
+                 f"entr{'y' if e.mmu_refs == 1 else 'ies'}")
 
 
 # -- pagetable-cost ---------------------------------------------------------------------------
@@ -152,14 +182,19 @@ def _size_option(value: str | None, what: str) -> int | None:
 @click.option("--scenario", "scenario_file", metavar="FILE", help=STATE_HELP)
 @click.option("--at", "label", metavar="LABEL", help=AT_HELP)
 @click.option("--process", "process", help="Only this process (default: every live one).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (the same as --format json).")
+@format_option
 @reports_errors
 def pagetable_cost_command(address_space: str | None, page_size: str, levels: int | None,
                            entry_size: str, table_size: str, scenario_file: str | None,
-                           label: str | None, process: str | None, as_json: bool) -> None:
+                           label: str | None, process: str | None, as_json: bool,
+                           output_format: str | None) -> None:
     """Page-table memory: for an address space (flat vs hierarchical), or for the processes
     of a scenario at a measure (tables per level, VmPTE, the same footprint with 2 MiB and
-    1 GiB pages). With neither --address-space nor --scenario: a fresh machine's `main`."""
+    1 GiB pages). With neither --address-space nor --scenario: a fresh machine's `main`.
+    Sizes take KiB, MiB, GiB, TiB or PiB; they show in the same units."""
+    fmt = choose_format(output_format, as_json)
     if address_space is not None:
         if scenario_file is not None:
             raise ConfigError("give --address-space (arithmetic) or --scenario, not both")
@@ -168,79 +203,119 @@ def pagetable_cost_command(address_space: str | None, page_size: str, levels: in
             _size_option(page_size, "page-size") or 0, levels,
             _size_option(entry_size, "entry-size") or 0,
             _size_option(table_size, "table-size") or 0)
-        if as_json:
-            click.echo(json.dumps(result.to_json(), indent=2))
+        if fmt == "json":
+            write_json(result.to_json())
+        elif fmt == "csv":
+            write_tables_csv(arithmetic_tables(result))
         else:
-            print_arithmetic(result)
+            print_arithmetic(result, Output(fmt))
         return
     run = load_state(scenario_file, label)
     tasks = [find_process(run, process)] if process else list(run.kernel.tasks.values())
     costs = [c.process_cost(run.kernel, task) for task in tasks]
     counted, page_tables = c.page_tables_total(run.kernel)
-    if as_json:
-        click.echo(json.dumps({
+    if fmt == "json":
+        write_json({
             "scenario": run.scenario.name, "at": label,
             "processes": [pc.to_json() for pc in costs],
             "system": {"tables_of_all_processes_bytes": counted, "PageTables_bytes": page_tables,
-                       "agrees_with_PageTables": counted == page_tables}}, indent=2))
+                       "agrees_with_PageTables": counted == page_tables}})
         return
-    console = Console(highlight=False)
-    console.print(f"[bold]page tables[/] of {run.scenario.name}"
-                  + (f" at {label}" if label else ""))
+    system = fields_table("system", (
+        ("scenario", run.scenario.name), ("at", label),
+        ("tables_of_all_processes_bytes", counted), ("PageTables_bytes", page_tables),
+        ("agrees_with_PageTables", counted == page_tables)))
+    if fmt == "csv":
+        write_tables_csv([table for pc in costs for table in process_tables(pc)] + [system])
+        return
+    out = Output(fmt)
+    out.line(f"[bold]page tables[/] of {escape(run.scenario.name)}"
+             + (f" at {escape(label)}" if label else ""))
     for pc in costs:
-        print_process_cost(console, pc)
+        print_process_cost(out, pc)
     status = "[green]agrees[/]" if counted == page_tables else "[bold red]DIFFERS[/]"
-    console.print(f"every process's tables, PGDs included: {counted >> 10} kB; "
-                  f"/proc/meminfo PageTables {page_tables >> 10} kB: {status}")
+    out.line(f"every process's tables, PGDs included: {_bytes(counted)}; "
+             f"/proc/meminfo PageTables {_bytes(page_tables)}: {status}")
+
+
+IEC_UNITS = ((1 << 50, "PiB"), (1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"),
+             (1 << 10, "KiB"))
 
 
 def _bytes(size: int) -> str:
-    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+    """``size`` in the largest IEC unit it reaches, to three decimals (256 GiB, 1.5 KiB)."""
+    for unit, name in IEC_UNITS:
         if size >= unit:
             text = f"{size / unit:.3f}".rstrip("0").rstrip(".")
             return f"{text} {name}"
     return f"{size} B"
 
 
-def print_arithmetic(r: c.ArithmeticCost) -> None:
-    console = Console(highlight=False)
-    console.print(f"[bold]{format_size(r.address_space)}[/] of address space in "
-                  f"{format_size(r.page_size)} pages, {r.entry_size}-byte entries, "
-                  f"{format_size(r.table_size)} tables ({r.entries_per_table} entries each)")
-    console.print(f"flat (one level): {r.address_space // r.page_size:,} entries x "
-                  f"{r.entry_size} B = [bold]{_bytes(r.flat_size)}[/] ({r.flat_size:,} bytes)")
-    table = Table("level", "tables", "entries used", "bytes",
-                  title=f"hierarchical, fully populated ({len(r.levels)} levels; "
-                        f"{r.levels_needed} needed)")
+def arithmetic_tables(r: c.ArithmeticCost) -> list[OutputTable]:
+    """The address space, the flat table and the levels (the csv of the arithmetic mode)."""
+    summary = fields_table("arithmetic", (
+        ("address_space", r.address_space), ("page_size", r.page_size),
+        ("entry_size", r.entry_size), ("table_size", r.table_size),
+        ("entries_per_table", r.entries_per_table), ("levels_needed", r.levels_needed),
+        ("flat_entries", r.address_space // r.page_size), ("flat_bytes", r.flat_size),
+        ("hierarchical_bytes", r.hierarchical_size)))
+    return [summary, levels_table(r)]
+
+
+def levels_table(r: c.ArithmeticCost) -> OutputTable:
+    table = OutputTable("levels", (Column("level"), Column("tables", True, grouped),
+                                   Column("entries used", True, grouped),
+                                   Column("bytes", True, _bytes)),
+                        title=f"hierarchical, fully populated ({len(r.levels)} levels; "
+                              f"{r.levels_needed} needed)")
     for lv in r.levels:
-        table.add_row(lv.name, f"{lv.tables:,}", f"{lv.entries_used:,}", _bytes(lv.size))
-    table.add_row("total", f"{sum(lv.tables for lv in r.levels):,}", "",
-                  f"{_bytes(r.hierarchical_size)} ({r.hierarchical_size:,} bytes)")
-    console.print(table)
-    console.print(f"a single touched page needs one table per level: "
-                  f"{_bytes(len(r.levels) * r.table_size)}")
+        table.add_row(lv.name, lv.tables, lv.entries_used, lv.size)
+    table.add_row("total", sum(lv.tables for lv in r.levels), None, r.hierarchical_size)
+    return table
 
 
-def print_process_cost(console: Console, pc: c.ProcessCost) -> None:
-    table = Table("level", "tables", "bytes", "in VmPTE",
-                  title=f"{pc.process} (pid {pc.pid}): tables reachable from the PGD")
+def print_arithmetic(r: c.ArithmeticCost, out: Output) -> None:
+    out.line(f"[bold]{_bytes(r.address_space)}[/] of address space in "
+             f"{_bytes(r.page_size)} pages, {r.entry_size}-byte entries, "
+             f"{_bytes(r.table_size)} tables ({r.entries_per_table:,} entries each)")
+    out.line(f"flat (one level): {r.address_space // r.page_size:,} entries x "
+             f"{r.entry_size} B = [bold]{_bytes(r.flat_size)}[/] ({r.flat_size:,} bytes)")
+    out.table(levels_table(r))
+    out.line(f"hierarchical total: {_bytes(r.hierarchical_size)} "
+             f"({r.hierarchical_size:,} bytes)")
+    out.line(f"a single touched page needs one table per level: "
+             f"{_bytes(len(r.levels) * r.table_size)}")
+
+
+def process_tables(pc: c.ProcessCost) -> list[OutputTable]:
+    """A process's tables per level and its footprint with one page size."""
+    tables = OutputTable(f"{pc.process} tables", (
+        Column("level"), Column("tables", True, grouped), Column("bytes", True, _bytes),
+        Column("in VmPTE")), title=f"{pc.process} (pid {pc.pid}): tables reachable from the PGD")
     for name, count in pc.tables.items():
         label = "deposited PTE (under huge PMDs)" if name == "deposited" else \
             c.level_label(pc.levels, name)
-        counted = "no" if name in ("pgd", "p4d") else "yes"
-        table.add_row(label, str(count), _bytes(count * c.TABLE_BYTES), counted)
-    console.print(table)
+        tables.add_row(label, count, count * c.TABLE_BYTES,
+                       "no" if name in ("pgd", "p4d") else "yes")
+    alt = OutputTable(f"{pc.process} alternatives", (
+        Column("pages of", True, _bytes), Column("pages", True, grouped),
+        Column("maps", True, _bytes), Column("PUD", True, grouped),
+        Column("PMD", True, grouped), Column("PTE", True, grouped),
+        Column("VmPTE", True, _bytes), Column("VmPTE as THP", True, _bytes)),
+        title="the same footprint with one page size")
+    for a in pc.alternatives:
+        alt.add_row(a.page_size, a.pages, a.mapped, a.tables["pud"], a.tables["pmd"],
+                    a.tables["pte"], a.vmpte, a.vmpte_thp)
+    return [tables, alt]
+
+
+def print_process_cost(out: Output, pc: c.ProcessCost) -> None:
+    tables, alternatives = process_tables(pc)
+    out.table(tables)
     status = "[green]agrees[/]" if pc.agrees else "[bold red]DIFFERS[/]"
-    console.print(f"counted {pc.vmpte_counted >> 10} kB; kernel's VmPTE "
-                  f"{pc.vmpte_kernel >> 10} kB: {status}")
+    out.line(f"counted {_bytes(pc.vmpte_counted)}; kernel's VmPTE "
+             f"{_bytes(pc.vmpte_kernel)}: {status}")
     leaves = ", ".join(f"{count:,} x {t.PAGE_SIZE_NAMES[shift]}"
                        for shift, count in pc.leaves.items() if count) or "nothing"
-    console.print(f"present footprint: {leaves} = {_bytes(pc.footprint)}")
-    alt = Table("pages of", "pages", "maps", "PUD", "PMD", "PTE", "VmPTE", "VmPTE as THP",
-                title="the same footprint with one page size")
-    for a in pc.alternatives:
-        alt.add_row(format_size(a.page_size), f"{a.pages:,}", _bytes(a.mapped),
-                    str(a.tables["pud"]), str(a.tables["pmd"]), str(a.tables["pte"]),
-                    f"{a.vmpte >> 10} kB",
-                    f"{a.vmpte_thp >> 10} kB" if a.vmpte_thp is not None else "")
-    console.print(alt)
+    out.line(f"present footprint: {leaves} = {_bytes(pc.footprint)}")
+    out.table(alternatives)

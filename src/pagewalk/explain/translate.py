@@ -138,6 +138,10 @@ class Explanation:
         """Entries a walk from CR3 reads (SDM: 4 for a 4 KiB page, 3 for 2 MiB, 2 for 1 GiB)."""
         return len(self.reads)
 
+    def to_dict(self) -> dict[str, Any]:
+        """What ``pagewalk translate --json`` prints, without its ``scenario`` and ``at``."""
+        return self.to_json()
+
     def to_json(self) -> dict[str, Any]:
         return {
             "vaddr": f"{self.vaddr:#x}", "access": self.access, "process": self.process,
@@ -401,6 +405,8 @@ def resolve_address(text: str, task: Task, maps: dict[str, tuple[int, int]]) -> 
     of the process or a VMA name such as ``[heap]``. ValueError on anything else."""
     from pagewalk.units import parse_addr, parse_size
     text = text.strip()
+    if not text:
+        raise ValueError("empty address: give a number (0x4d9000) or NAME[+OFFSET] (heap+0x1000)")
     try:
         return parse_addr(text)
     except ValueError:
@@ -408,6 +414,8 @@ def resolve_address(text: str, task: Task, maps: dict[str, tuple[int, int]]) -> 
     name, _, offset_text = text.partition("+")
     offset = parse_size(offset_text.strip()) if offset_text else 0
     name = name.strip()
+    if not name:       # the bss VMA has no name: an empty one must not find it
+        raise ValueError(f"bad address {text!r}: no mapping name before '+'")
     if name in maps:
         return maps[name][0] + offset
     for vma in task.mm.vmas:

@@ -104,6 +104,13 @@ class MapModel:
     sparse: bool = False         # too long to touch densely
     file: str | None = None      # version 2: the file mapped
     ra: int = 0                  # read_ahead_kb at its mmap (the file is opened afresh)
+    # the least length the scenario runner may resolve the name to (its mmap's length, or
+    # an mremap's new one if that succeeded): a range without a length starts below it
+    region_length: int = -1      # -1: ``length``
+
+    def __post_init__(self) -> None:
+        if self.region_length < 0:
+            self.region_length = self.length
 
     @property
     def end(self) -> int | None:
@@ -335,6 +342,8 @@ def _range(gen: Gen, proc: ProcModel, m: MapModel, weights: Sequence[float]) -> 
     else:
         fields["offset"] = rng.randint(0, units - 1) * grain
         fields["length"] = 0
+    if "length" not in fields and fields.get("offset", 0) >= m.region_length:
+        fields["length"] = grain           # past the runner's end: reach there explicitly
     return fields
 
 
@@ -939,7 +948,8 @@ def _mremap(gen: Gen) -> Doc | None:
     gen.mapped += max(0, _align_up(new, PAGE) - old)
     if mode == "dontunmap":
         proc.maps[fields["name"]] = replace(m, name=fields["name"], start=None, sparse=False,
-                                            length=_align_up(max(new, PAGE), m.page))
+                                            length=_align_up(max(new, PAGE), m.page),
+                                            region_length=_align_up(new, PAGE))
     elif mode == "fixed":
         if m.start is not None:
             proc.vacate(m.start + offset, m.start + offset + old)
@@ -952,6 +962,10 @@ def _mremap(gen: Gen) -> Doc | None:
             proc.maps[m.name] = m
     elif mode != "shrink" or offset:
         proc.maps[m.name] = replace(m, length=max(m.length, _align_up(new, m.page)), start=None)
+    if mode != "dontunmap":     # the runner's length of the name, if the mremap succeeds
+        now = proc.maps[m.name]
+        proc.maps[m.name] = replace(now, region_length=min(now.region_length,
+                                                           _align_up(new, PAGE)))
     return {"mremap": fields}
 
 

@@ -5,13 +5,16 @@ writes, the fault path's primitives, the touch loop) is plain Python marked ``@c
 and compiled by Numba without its reference counting (STYLE rule 12). Importing Numba and
 loading its cached functions takes most of a second, more than a whole `pagewalk run` of a
 large touch should; so the functions Python calls (those given an ``entry`` signature) are
-compiled once into one object file of machine code with a C entry point each, kept in a
-cache directory under a digest of the sources, Numba, llvmlite and the CPU, and loaded
-later with llvmlite's JIT linker alone: no Numba import.
+compiled once into one object file of machine code with a C entry point each (and a
+shared library linked from it), named by a digest of the sources, Numba, llvmlite and the
+CPU, and loaded later by ctypes or llvmlite's JIT linker alone: no Numba import. The build
+runs when pagewalk is installed (setup.py ships it in the package's ``_machine_code``);
+a copy whose digest does not match (another CPU, edited sources) is passed over for the
+user's cache directory, and a compile there (about a minute) is announced on stderr.
 
 How @compiled functions run is chosen once per process, at the first call of one:
 
-* "native": the object file (built first when missing: that imports Numba once);
+* "native": the machine code (built first when missing: that imports Numba once);
 * "numba": Numba's own dispatchers, when the object cannot be built or loaded (each
   @compiled name in pagewalk's modules is replaced by its dispatcher, so that compiled
   code calls compiled code directly);
@@ -43,6 +46,8 @@ import numpy.typing as npt
 _F = TypeVar("_F", bound=Callable[..., Any])
 CACHE_ENV = "PAGEWALK_CACHE_DIR"
 SYMBOL_PREFIX = "pagewalk_compiled_"
+SHIPPED_NAME = "_machine_code"   # the package's directory of machine code built at install
+BUILD_SECONDS = 90               # a build of the fault path's machine code, measured here
 _DTYPES = {"b": np.int8, "B": np.uint8, "h": np.int16, "H": np.uint16, "i": np.int32,
            "I": np.uint32, "q": np.int64, "Q": np.uint64}
 _NUMBA_NAMES = {"b": "int8", "B": "uint8", "h": "int16", "H": "uint16", "i": "int32",
@@ -197,26 +202,46 @@ def _use_numba(fresh: bool = False) -> None:
 def _use_native() -> None:
     """The machine code as a shared library (built with the C compiler's linker; loaded
     by ctypes: neither Numba nor llvmlite imported), else as an object file loaded by
-    llvmlite's JIT linker; built first when neither is cached."""
+    llvmlite's JIT linker: the copy built at install time (:func:`shipped_dir`) when its
+    key matches, else the user's cache, else built now into the cache (announced)."""
     entries = sorted(k for k, kernel in _State.kernels.items() if kernel.entry is not None)
-    base = cache_base(entries)
-    shared, plain = base.with_suffix(".so"), base.with_suffix(".o")
-    if not shared.exists() and _read_object(plain) is None:
-        code, pic = build_object(entries)
-        _write_object(plain, code)
-        _link_shared(pic, shared)
-    if shared.exists():
-        library = ctypes.CDLL(str(shared))
-        address = {key: ctypes.cast(getattr(library, _symbol(key)), ctypes.c_void_p).value
-                   for key in entries}
-        _State.engine = library
+    name = machine_code_name(entries)
+    for directory in (shipped_dir(), cache_dir()):
+        address = _load_native(directory / name, entries)
+        if address is not None:
+            break
     else:
-        address = _load_object(plain, entries)
+        base = cache_dir() / name
+        announce_compile("the simulator's machine code", BUILD_SECONDS)
+        code, pic = build_object(entries)
+        _write_object(base.with_suffix(".o"), code)
+        _link_shared(pic, base.with_suffix(".so"))
+        address = _load_native(base, entries)
+        if address is None:
+            raise RuntimeError(f"{base} unreadable")
     for key in entries:
         if not address[key]:
-            raise RuntimeError(f"{_symbol(key)} missing from {base}")
+            raise RuntimeError(f"{_symbol(key)} missing from {name}")
         _State.kernels[key]._call = _caller(_State.kernels[key], int(address[key] or 0))
     _State.mode = "native"
+
+
+def _load_native(base: Path, entries: list[str]) -> dict[str, int | None] | None:
+    """The entries' addresses in the machine code at ``base`` (".so" a shared library,
+    else ".o" an object file), or None when neither is there and whole."""
+    shared = base.with_suffix(".so")
+    if shared.exists():
+        try:
+            library = ctypes.CDLL(str(shared))
+        except OSError:                    # e.g. made on another system: try the next one
+            library = None
+        if library is not None:
+            _State.engine = library
+            return {key: ctypes.cast(getattr(library, _symbol(key)), ctypes.c_void_p).value
+                    for key in entries}
+    if _read_object(base.with_suffix(".o")) is None:
+        return None
+    return _load_object(base.with_suffix(".o"), entries)
 
 
 def _load_object(path: Path, entries: list[str]) -> dict[str, int | None]:
@@ -350,6 +375,17 @@ def cache_dir() -> Path:
     return Path(base) / "pagewalk"
 
 
+def shipped_dir() -> Path:
+    """Machine code built when pagewalk was installed (setup.py's build step runs the
+    same build into it), inside the package: looked up before the user's cache."""
+    return Path(__file__).resolve().parents[1] / SHIPPED_NAME
+
+
+def announce_compile(what: str, seconds: int) -> None:
+    """Say on stderr that a compile of about ``seconds`` starts (it happens once)."""
+    print(f"pagewalk: compiling {what} (once, ~{seconds} s)...", file=sys.stderr, flush=True)
+
+
 def _source_files() -> list[Path]:
     """The files whose text the machine code depends on: the modules holding @compiled
     functions and those they need, and the pagewalk modules those import names from."""
@@ -390,9 +426,11 @@ def _cpu_identity() -> str:
                      llvm.get_host_cpu_features().flatten())) + settings
 
 
-def cache_base(entries: list[str]) -> Path:
-    """The cached machine code for these entries and sources, this Numba and llvmlite,
-    this CPU (without a suffix: ".so" a shared library, ".o" an object file)."""
+def machine_code_name(entries: list[str]) -> str:
+    """The file name (without a suffix: ".so" a shared library, ".o" an object file) of
+    the machine code for these entries, in the package or the user's cache: a digest
+    of their signatures, the sources' contents (not their times, which an install
+    changes), the Numba and llvmlite versions and the CPU."""
     digest = hashlib.sha256()
     for key in entries:
         kernel = _State.kernels[key]
@@ -408,7 +446,7 @@ def cache_base(entries: list[str]) -> Path:
         raise RuntimeError("llvmlite is not installed")
     digest.update((Path(llvmlite_spec.origin).parent / "_version.py").read_bytes())
     digest.update(f"{sys.platform}|{_cpu_identity()}".encode())
-    return cache_dir() / f"compiled-{digest.hexdigest()[:24]}"
+    return f"compiled-{digest.hexdigest()[:24]}"
 
 
 def _read_object(path: Path) -> bytes | None:

@@ -5,7 +5,7 @@ VA[47:39], a PDPTE cache keyed by VA[47:30] and a PDE cache keyed by VA[47:21] (
 5-level paging the keys run from bit 56 and a PML5E cache may be added), each entry
 tagged with its PCID; a walk uses the deepest cached entry and reads only the levels
 below it; INVLPG and MOV to CR3 invalidate them per §4.10.4. The sizes (4, 4, 32 entries,
-no PML5E cache) are those of ``spec/trace-model.md``; Intel does not publish them.
+no PML5E cache) are those of ``docs/trace-model.md``; Intel does not publish them.
 
 Rows are numbered from the top of the widest walk: 0 PML5E, 1 PML4E, 2 PDPTE, 3 PDE
 (the row of a level's entry; row 4 would be the PTE, which is never cached here). Each
@@ -93,7 +93,7 @@ class PageWalkCaches:
         self.stats = np.zeros((len(PWC_NAMES), 2), dtype=np.int64)   # (hits, misses) per row
         self._key_fields = [(int(shift), int(bits)) for _, _, shift, bits in self.layout]
 
-    # -- the trace model's walk (spec/trace-model.md "Page-walk caches") -------------------
+    # -- the trace model's walk (docs/trace-model.md "Page-walk caches") -------------------
     def walk(self, vaddr: int, pcid: int, leaf_shift: int) -> int:
         """One walk to a leaf of ``leaf_shift``: look up the caches from the level above the
         leaf upwards, stop at the first hit, read every entry below it, cache the

@@ -4,7 +4,7 @@ one LRU-table class with different geometry (STYLE rule 8).
 Models Intel SDM vol. 3A §4.10.2 (TLBs: entries per page size, PCID tags, a TLB hit needs
 no walk) and §4.10.4 (INVLPG drops the entries of every page size covering an address;
 INVPCID single-context drops one PCID; a flush drops all). The reference geometry is the
-one of ``spec/trace-model.md``; its figures are those Intel publishes for Skylake (Intel
+one of ``docs/trace-model.md``; its figures are those Intel publishes for Skylake (Intel
 64 and IA-32 Architectures Optimization Reference Manual, order no. 248966, "Skylake
 microarchitecture", TLB parameters). Linux drives these flushes from arch/x86/mm/tlb.c.
 

@@ -10,24 +10,43 @@ Notes (knobs not written, the probe's layout ...) go to standard error; with
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from pagewalk.cli_common import (
     EXIT_RUN_FAILED,
     escape,
     fail,
     note,
+    output_file,
     reports_errors,
     resolve_scenario,
 )
-from pagewalk.errors import KernelError, NotImplementedStep, PagewalkError
-from pagewalk.live.compare import AGREE, DIFFER, NOISE, Comparison, compare_reports
+from pagewalk.cli_output import (
+    Cell,
+    Column,
+    Output,
+    choose_format,
+    fields_table,
+    format_option,
+    grouped,
+    hexadecimal,
+    write_json,
+    write_tables_csv,
+)
+from pagewalk.cli_output import Table as OutputTable
+from pagewalk.errors import KernelError, NotImplementedStep, OutputError, PagewalkError
+from pagewalk.live.compare import (
+    AGREE,
+    DIFFER,
+    NOISE,
+    Comparison,
+    compare_reports,
+    describe_failure,
+    failure_json,
+)
 from pagewalk.live.errors import EXIT_UNAVAILABLE, LiveError
 from pagewalk.units import format_size
 
@@ -66,18 +85,22 @@ def verify_command(scenario: str, repeat: int, as_json: bool, output: str | None
     from pagewalk.scenario.runner import run_scenario
     from pagewalk.scenario.schema import load_scenario
     scen = load_scenario(resolve_scenario(scenario))
+    if output:
+        output_file(output)          # refused before the kernel runs anything
     try:
         live = run_live(scen, repeat, notify=note)
     except LiveError as err:
         fail(escape(str(err)), EXIT_UNAVAILABLE)
         return
     except KernelError as err:
-        fail(escape(f"the live kernel failed the scenario: {err}; the simulator: "
-                     f"{_simulator_outcome(scen)}"), EXIT_RUN_FAILED)
+        _verify_failure(scen, err, as_json)
         return
     if output:
-        with open(output, "w") as file:
-            file.write(json.dumps(live.report, indent=2) + "\n")
+        try:
+            with open(output, "w") as file:
+                file.write(json.dumps(live.report, indent=2) + "\n")
+        except OSError as err:
+            raise OutputError.writing(output, err) from None
     try:
         simulated = run_scenario(scen).to_json()
     except (KernelError, NotImplementedStep) as err:
@@ -93,13 +116,43 @@ def verify_command(scenario: str, repeat: int, as_json: bool, output: str | None
     sys.exit(0 if comparison.agrees else EXIT_RUN_FAILED)
 
 
-def _simulator_outcome(scen: Scenario) -> str:
+def _simulate(scen: Scenario) -> tuple[dict[str, Any], str]:
+    """The simulator's report (only the scenario and its ``failure`` if it failed the
+    scenario) and what it did, in words."""
     from pagewalk.scenario.runner import run_scenario
     try:
-        run_scenario(scen)
+        return run_scenario(scen).to_json(), "ran it without error"
+    except KernelError as err:
+        return {"scenario": scen.name, "failure": failure_json(err)}, str(err)
     except PagewalkError as err:
-        return f"{err}"
-    return "ran it without error"
+        step = err.location.step if err.location is not None else None
+        return {"scenario": scen.name, "failure": {"step": step, "refused": str(err)}}, str(err)
+
+
+def _verify_failure(scen: Scenario, err: KernelError, as_json: bool) -> None:
+    """The live kernel failed the scenario: agreement (exit status 0) if the simulator
+    fails it identically (same step, same errno, or same signal at the same address),
+    else one red line (exit status 1)."""
+    from pagewalk.live.procfs import kernel_release
+    failure = failure_json(err)
+    kernel = {"scenario": scen.name, "failure": failure}
+    simulated, outcome = _simulate(scen)
+    comparison = compare_reports(kernel, simulated)
+    if not comparison.agrees:
+        fail(escape(f"the live kernel failed the scenario: {err}; the simulator: {outcome}"),
+             EXIT_RUN_FAILED)
+    if as_json:
+        write_json({"scenario": scen.name, "kernel_release": kernel_release(), "runs": 1,
+                    "kernel": kernel, "simulator": simulated, "agree": True,
+                    "counts": {"agree": comparison.count(AGREE), "differ": 0, "noise": 0},
+                    "differences": []})
+    else:
+        out = Output(choose_format(None))
+        out.line(f"[bold]scenario[/] {escape(scen.name)} on Linux {kernel_release()}: the "
+                 f"kernel and the simulator fail it identically, "
+                 f"{escape(describe_failure(failure))}")
+        out.line(f"[bold green]{comparison.summary()}[/]")
+    sys.exit(0)
 
 
 def _verify_json(live: LiveResult, simulated: dict[str, Any], comparison: Comparison) -> dict[str, Any]:
@@ -115,47 +168,52 @@ def _verify_json(live: LiveResult, simulated: dict[str, Any], comparison: Compar
     }
 
 
-def _cell(check: FieldCheck) -> str:
+def _cell(check: FieldCheck) -> Cell:
     if check.verdict == AGREE:
-        return str(check.kernel)
+        return Cell(check.kernel, str(check.kernel))
     style = "red" if check.verdict == DIFFER else "yellow"
-    return f"[{style}]{check.kernel} ≠ sim {check.simulator}[/]"
+    return Cell(check.kernel, f"{check.kernel} ≠ sim {check.simulator}", style)
 
 
 def print_verify(live: LiveResult, simulated: dict[str, Any], comparison: Comparison) -> None:
     from pagewalk.live.procfs import kernel_release
-    console = Console(highlight=False)
+    out = Output(choose_format(None))
     runs = len(live.runs)
-    console.print(f"[bold]scenario[/] {live.scenario} on Linux {kernel_release()} "
-                  f"({runs} run{'s' if runs > 1 else ''}); cells: kernel value, "
-                  "[red]kernel ≠ simulator[/]")
+    out.line(f"[bold]scenario[/] {escape(live.scenario)} on Linux {kernel_release()} "
+             f"({runs} run{'s' if runs > 1 else ''}); cells: kernel value, "
+             "[red]kernel ≠ simulator[/]")
     checks = {(c.label, c.process, c.field): c for c in comparison.checks}
     for m in live.report["measurements"]:
-        console.rule(f"measure [bold]{m['label']}[/] (step {m['step']})")
+        out.heading(f"measure [bold]{escape(m['label'])}[/] (step {m['step']})")
         procs = list(m["processes"])
         if procs:
-            table = Table("figure", *procs, title="processes (changes since scenario start)")
+            table = OutputTable("processes", (Column("figure"),
+                                              *(Column(p, True) for p in procs)),
+                                title="processes (changes since scenario start)")
             for name in m["processes"][procs[0]]:
                 table.add_row(name, *(_cell(checks[(m["label"], p, name)]) for p in procs))
-            console.print(table)
-        system = Table("figure", "system")
+            out.table(table)
+        system = OutputTable("system", (Column("figure"), Column("system", True)))
         for name in m["system"]:
             system.add_row(name, _cell(checks[(m["label"], "system", name)]))
-        console.print(system)
-    _print_mappings(console, live.report, simulated, checks)
-    _print_noise(console, live)
+        out.table(system)
+    _print_mappings(out, live.report, simulated, checks)
+    _print_noise(out, live)
     for check in comparison.checks:
         if check.verdict != AGREE:
             style = "red" if check.verdict == DIFFER else "yellow"
-            console.print(f"[{style}]{check.verdict}[/] {escape(check.line())}")
+            out.line(f"[{style}]{check.verdict}[/] {escape(check.line())}")
     style = "green" if comparison.agrees else "red"
-    console.print(f"[bold {style}]{comparison.summary()}[/]")
+    out.line(f"[bold {style}]{comparison.summary()}[/]")
 
 
-def _print_mappings(console: Console, kernel: dict[str, Any], simulated: dict[str, Any],
+def _print_mappings(out: Output, kernel: dict[str, Any], simulated: dict[str, Any],
                     checks: dict[tuple[str, str, str], FieldCheck]) -> None:
-    table = Table("process", "mapping", "kernel start", "simulator start", "length",
-                  title="mappings (compared: length, alignment class, adjacency)")
+    table = OutputTable("mappings", (Column("process"), Column("mapping"),
+                                     Column("kernel start", True),
+                                     Column("simulator start", True),
+                                     Column("length", True, grouped)),
+                        title="mappings (compared: length, alignment class, adjacency)")
     for proc, maps in kernel["mappings"].items():
         for name, mapping in maps.items():
             theirs = simulated.get("mappings", {}).get(proc, {}).get(name, {})
@@ -163,12 +221,12 @@ def _print_mappings(console: Console, kernel: dict[str, Any], simulated: dict[st
                      if key[0] == "mappings" and key[1] == proc
                      and key[2].startswith(f"mapping:{name}"))
             start = theirs.get("start", "missing")
-            table.add_row(proc, name, mapping["start"], start if ok else f"[red]{start}[/]",
-                          f"{mapping['length']:,}")
-    console.print(table)
+            table.add_row(proc, name, mapping["start"], Cell(start, start, "" if ok else "red"),
+                          mapping["length"])
+    out.table(table)
 
 
-def _print_noise(console: Console, live: LiveResult) -> None:
+def _print_noise(out: Output, live: LiveResult) -> None:
     """What the runs measured besides the scenario: one line, or a table per run."""
     from pagewalk.live.runner import IDLE_PINGS
     rows = []
@@ -176,37 +234,41 @@ def _print_noise(console: Console, live: LiveResult) -> None:
         other = max((n.other for n in run.noise), default=0)
         own = max((n.controller_faults for n in run.noise), default=0)
         idle = ", ".join(f"{k} {v}" for k, v in run.background.items() if v) or "none"
-        rows.append((str(index), str(own), str(other), str(run.probe_command_faults),
+        rows.append((index, own, other, run.probe_command_faults,
                      f"{idle} ({run.idle_seconds:.1f} s)"))
     if len(rows) == 1:
         cells = rows[0]
-        console.print(f"noise: the measuring process faulted {cells[1]} times (taken out of "
-                      f"pgfault); other processes added {cells[2]} faults to pgfault; the "
-                      f"probe took {cells[3]} faults answering {IDLE_PINGS} idle commands; "
-                      f"events of others while the run stood idle: {cells[4]}")
+        out.line(f"noise: the measuring process faulted {cells[1]} times (taken out of "
+                 f"pgfault); other processes added {cells[2]} faults to pgfault; the "
+                 f"probe took {cells[3]} faults answering {IDLE_PINGS} idle commands; "
+                 f"events of others while the run stood idle: {escape(str(cells[4]))}")
         return
-    table = Table("run", "measuring process faults (subtracted)",
-                  "other processes' faults in pgfault", "probe faults, idle commands",
-                  "others' events, run idle", title="noise")
+    table = OutputTable("noise", (Column("run", True),
+                                  Column("measuring process faults (subtracted)", True),
+                                  Column("other processes' faults in pgfault", True),
+                                  Column("probe faults, idle commands", True),
+                                  Column("others' events, run idle")), title="noise")
     for row in rows:
         table.add_row(*row)
-    console.print(table)
+    out.table(table)
     for key, values in live.varied.items():
-        console.print(f"varied over the runs: {' '.join(key)}: {values}")
+        out.line(f"varied over the runs: {escape(' '.join(key))}: {values}")
     if not live.varied:
-        console.print(f"no figure varied over the {len(rows)} runs")
+        out.line(f"no figure varied over the {len(rows)} runs")
 
 
 # -- inspect -------------------------------------------------------------------------------------
 
 @click.command("inspect")
 @click.argument("pid", type=click.IntRange(1))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (the same as --format json).")
+@format_option
 @click.option("--replay", is_flag=True,
               help="Print the page-size map of the present pages (JSON list of "
                    "{start, end, page_shift}) for trace replay.")
 @reports_errors
-def inspect_command(pid: int, as_json: bool, replay: bool) -> None:
+def inspect_command(pid: int, as_json: bool, output_format: str | None, replay: bool) -> None:
     """Show a running process's mappings: per VMA its RSS, what THP and hugetlb back, the
     page-table pages its entries need at each level, and the cost with 2 MiB pages.
 
@@ -214,6 +276,7 @@ def inspect_command(pid: int, as_json: bool, replay: bool) -> None:
     the process, may read them.
     """
     from pagewalk.live.inspect import inspect_process
+    fmt = choose_format(output_format, as_json)
     try:
         result = inspect_process(pid)
     except LiveError as err:
@@ -224,46 +287,61 @@ def inspect_command(pid: int, as_json: bool, replay: bool) -> None:
     if replay:
         ranges = [json.dumps(entry) for entry in result.page_size_map()]
         click.echo("[\n " + ",\n ".join(ranges) + "\n]" if ranges else "[]")
-    elif as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+    elif fmt == "json":
+        write_json(result.to_json())
+    elif fmt == "csv":
+        write_tables_csv(inspection_tables(result))
     else:
-        print_inspection(result)
+        print_inspection(result, Output(fmt))
 
 
 def _size(size: int) -> str:
     return format_size(size) if size else "0"
 
 
-def print_inspection(result: ProcessInspection) -> None:
-    plain = Console(highlight=False)
-    console = plain if plain.is_terminal else Console(highlight=False, width=160)
-    console.print(f"[bold]process[/] {result.pid} ({escape(result.comm)})")
-    table = Table("vma", "size", "perms", "name", "rss", "thp", "hugetlb",
-                  "tables pte/pmd/pud", "table bytes", "2MiB: tables", "2MiB: resident",
-                  title="VMAs (tables: the page-table pages its entries use; +Nd: PTE tables "
-                        "deposited under huge PMDs)")
+def inspection_tables(result: ProcessInspection) -> list[OutputTable]:
+    """Per VMA its RSS, THP, hugetlb and tables (bytes), and the process's totals."""
+    table = OutputTable("vmas", (
+        Column("vma", True, hexadecimal), Column("size", True, _size), Column("perms"),
+        Column("name"), Column("rss", True, _size), Column("thp", True, _size),
+        Column("hugetlb", True, _size), Column("tables pte/pmd/pud", True),
+        Column("table bytes", True, _size), Column("2MiB: tables", True, _size),
+        Column("2MiB: resident", True, _size)),
+        title="VMAs (tables: the page-table pages its entries use; +Nd: PTE tables "
+              "deposited under huge PMDs)")
     for vma in result.vmas:
         doc = vma.to_json()
         now, est = vma.now.tables.count(), vma.with_2mib.tables.count()
         pte = f"{now.pte}+{now.deposited}d" if now.deposited else str(now.pte)
-        name = os.path.basename(vma.name) if vma.name.startswith("/") else vma.name
-        table.add_row(f"{vma.start:#x}", _size(vma.end - vma.start), vma.perms,
-                      escape(name[:24]), _size(doc["rss_bytes"]), _size(doc["thp_bytes"]),
-                      _size(doc["hugetlb_bytes"]), f"{pte}/{now.pmd}/{now.pud}",
-                      _size(now.linux_size), _size(est.linux_size),
-                      _size(vma.with_2mib.resident))
-    console.print(table)
+        table.add_row(vma.start, vma.end - vma.start, vma.perms, vma.name, doc["rss_bytes"],
+                      doc["thp_bytes"], doc["hugetlb_bytes"], f"{pte}/{now.pmd}/{now.pud}",
+                      now.linux_size, est.linux_size, vma.with_2mib.resident)
+    total, est = result.now.tables.count(), result.with_2mib.tables.count()
+    totals = fields_table("total", (
+        ("pid", result.pid), ("comm", result.comm), ("pte_tables", total.pte),
+        ("deposited_pte_tables", total.deposited), ("pmd_tables", total.pmd),
+        ("pud_tables", total.pud), ("table_bytes", total.linux_size),
+        ("walked_table_bytes", total.size), ("vm_pte_bytes", result.vm_pte),
+        ("resident_bytes", result.now.resident), ("pages", result.now.pages),
+        ("2mib_resident_bytes", result.with_2mib.resident),
+        ("2mib_pages", result.with_2mib.pages), ("2mib_table_bytes", est.linux_size)))
+    return [table, totals]
+
+
+def print_inspection(result: ProcessInspection, out: Output) -> None:
+    out.line(f"[bold]process[/] {result.pid} ({escape(result.comm)})")
+    out.table(inspection_tables(result)[0])
     total = result.now.tables.count()
     est = result.with_2mib.tables.count()
-    console.print(
+    out.line(
         f"page tables (each counted once): {total.pte} PTE + {total.deposited} deposited, "
         f"{total.pmd} PMD, {total.pud} PUD = {_size(total.linux_size)} "
         f"({_size(total.size)} walked); VmPTE {_size(result.vm_pte)}"
         + (f", {_size(result.vm_pte - total.linux_size)} held beyond what the present "
            "pages need" if result.vm_pte != total.linux_size else ", exactly that"))
-    console.print(
-        f"resident {_size(result.now.resident)} in {result.now.pages} pages; with 2 MiB "
-        f"pages: {_size(result.with_2mib.resident)} in {result.with_2mib.pages} pages, "
+    out.line(
+        f"resident {_size(result.now.resident)} in {result.now.pages:,} pages; with 2 MiB "
+        f"pages: {_size(result.with_2mib.resident)} in {result.with_2mib.pages:,} pages, "
         f"tables {_size(est.linux_size)} ({est.pte} PTE + {est.deposited} deposited, "
         f"{est.pmd} PMD, {est.pud} PUD; {_size(est.size)} walked)")
 

@@ -19,6 +19,11 @@ oracle's rules (shared/oracle/compare.py, whose evidence is repeated kernel runs
 
 Figures the simulator has and the kernel's report has not (the ``tlb_*`` figures,
 extra vmstat events) are not compared.
+
+A side that failed the scenario (a step refused with an errno or answered with a signal
+it did not expect) has a report of the scenario and its ``failure`` only
+(:func:`failure_json`); an identical failure on both sides -- the same errno, or the same
+signal at the same address, at the same step -- is agreement.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagewalk.errors import ExpectationFailed, KernelError, SignalError, SyscallError
 from pagewalk.units import GiB, MiB
 
 PGFAULT_TOLERANCE = 2
@@ -112,10 +118,48 @@ def compare_reports(kernel: dict[str, Any], simulator: dict[str, Any],
     """
     result = Comparison()
     result.add("-", "-", "scenario", kernel.get("scenario"), simulator.get("scenario"))
+    if "failure" in kernel or "failure" in simulator:
+        _compare_failures(kernel.get("failure"), simulator.get("failure"), result)
+        return result
     _compare_measurements(kernel.get("measurements", []), simulator.get("measurements", []),
                           pgfault_bounds or {}, background or {}, result)
     _compare_mappings(kernel.get("mappings", {}), simulator.get("mappings", {}), result)
     return result
+
+
+def failure_json(err: KernelError) -> dict[str, Any]:
+    """Where and how a run failed: ``{"step", "error"}`` for an errno, ``{"step", "signal",
+    "address"}`` for a signal, ``{"step", "expectation"}`` for an unmet expectation."""
+    step = err.location.step if err.location is not None else None
+    if isinstance(err, SyscallError):
+        return {"step": step, "error": err.errno.name}
+    if isinstance(err, SignalError):
+        return {"step": step, "signal": err.signal.name, "address": f"{err.vaddr:#x}"}
+    what = err.message if isinstance(err, ExpectationFailed) else str(err)
+    return {"step": step, "expectation": what}
+
+
+def describe_failure(failure: dict[str, Any] | None) -> str:
+    """``step 6: SIGBUS at 0x7ffff7a00000``, ``step 1: EINVAL``, or ``ran it``."""
+    if failure is None:
+        return "ran it"
+    if "signal" in failure:
+        what = f"{failure['signal']} at {failure.get('address')}"
+    else:
+        what = failure.get("error") or failure.get("expectation", "failed")
+    return f"step {failure.get('step')}: {what}"
+
+
+def _compare_failures(kernel: dict[str, Any] | None, simulator: dict[str, Any] | None,
+                      result: Comparison) -> None:
+    """Both failed: step, errno or signal and address must be the same (one check each);
+    one side failed: a difference."""
+    if kernel is None or simulator is None:
+        result.add("failure", "-", "failure", describe_failure(kernel),
+                   describe_failure(simulator), DIFFER)
+        return
+    for name in ("step", *sorted((kernel.keys() | simulator.keys()) - {"step"})):
+        result.add("failure", "-", name, kernel.get(name, MISSING), simulator.get(name, MISSING))
 
 
 def _compare_measurements(kernel: list[dict[str, Any]], simulator: list[dict[str, Any]],
@@ -216,4 +260,4 @@ def _compare_adjacency(proc: str, placed: dict[str, tuple[int, int, int, int]],
 
 
 __all__ = ["AGREE", "DIFFER", "NOISE", "PGFAULT_TOLERANCE", "Comparison", "FieldCheck",
-           "align_class", "compare_reports"]
+           "align_class", "compare_reports", "describe_failure", "failure_json"]

@@ -105,6 +105,13 @@ def _render_process_file(k: Kernel, view: str) -> str | None:
     return task_mmu.format_smaps_rollup(k, task)
 
 
+def process_view_missing(k: Kernel, path: str) -> bool:
+    """True if ``path`` is a /proc/<name|pid>/ file of a process that does not exist now
+    (it has not been forked yet, or it exited)."""
+    match = _PROCESS_RE.match(" ".join(path.split()))
+    return match is not None and _find_task(k, match[1]) is None
+
+
 def _find_task(k: Kernel, name_or_pid: str) -> Task | None:
     task = k.tasks.get(name_or_pid)
     if task is not None or not name_or_pid.isdigit():

@@ -26,7 +26,7 @@ from pagewalk.kernel import syscalls
 from pagewalk.kernel.exec_image import BRK, START_BRK, START_IMAGE
 from pagewalk.kernel.task import Task
 from pagewalk.machine import Machine, MachineConfig
-from pagewalk.mm import fastpath, khugepaged
+from pagewalk.mm import fastpath, khugepaged, memcontrol, swap_state, swapfile
 from pagewalk.mm.mlock import MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT
 from pagewalk.mm.mremap import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 from pagewalk.mm.types import VmFlags
@@ -71,17 +71,47 @@ class Measurement:
     views: dict[str, str] = field(default_factory=dict)   # --show PATH -> text
 
 
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """A step that failed as its ``expect_error`` or ``expect_signal`` said it would."""
+
+    step: int                          # 0-based index in ``steps``
+    kind: str                          # the step's key: munmap, touch ...
+    process: str
+    failure: str                       # the errno or signal name
+    vaddr: int | None = None           # a signal's faulting address
+
+    def describe(self) -> str:
+        """``step 4 munmap: EINVAL as expected``, ``step 6 touch: SIGBUS at 0x... as
+        expected`` (the process named when it is not main)."""
+        who = "" if self.process == s.MAIN_PROCESS else f" ({self.process})"
+        at = "" if self.vaddr is None else f" at {self.vaddr:#x}"
+        return f"step {self.step} {self.kind}{who}: {self.failure}{at} as expected"
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"step": self.step, "kind": self.kind, "process": self.process}
+        if self.vaddr is None:
+            doc["error"] = self.failure
+        else:
+            doc["signal"], doc["address"] = self.failure, f"{self.vaddr:#x}"
+        return doc
+
+
 @dataclass(slots=True)
 class Report:
     scenario: str
     measurements: list[Measurement]
     mappings: dict[str, dict[str, tuple[int, int]]]
+    outcomes: list[StepOutcome] = field(default_factory=list)   # expected failures, in order
+    pressure: bool = False             # version 3: the scenario has swap or a memory limit
 
     def to_json(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
             "measurements": [
-                {"label": m.label, "step": m.step, "processes": m.processes, "system": m.system}
+                {"label": m.label, "step": m.step, "processes": m.processes, "system": m.system,
+                 # --show: the views' text, by path (only then: the oracle's schema has none)
+                 **({"views": m.views} if m.views else {})}
                 for m in self.measurements
             ],
             "mappings": {
@@ -89,7 +119,35 @@ class Report:
                        for name, (start, length) in maps.items()}
                 for proc, maps in self.mappings.items()
             },
+            # the oracle's compare.py checks only the keys of the kernel's report
+            "outcomes": [outcome.to_json() for outcome in self.outcomes],
+            **({"pressure": True} if self.pressure else {}),
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report in the oracle's JSON schema, as ``pagewalk run --json`` prints it."""
+        return self.to_json()
+
+    def rows(self) -> list[tuple[str, int, str | None, str, int]]:
+        """One ``(measure, step, process, field, value)`` per figure, in report order:
+        each process's figures, then the system's (process None)."""
+        rows: list[tuple[str, int, str | None, str, int]] = []
+        for m in self.measurements:
+            for process, figures in m.processes.items():
+                rows.extend((m.label, m.step, process, key, value)
+                            for key, value in figures.items())
+            rows.extend((m.label, m.step, None, key, value) for key, value in m.system.items())
+        return rows
+
+    def to_pandas(self) -> Any:
+        """:meth:`rows` as a pandas DataFrame (columns measure, step, process, field,
+        value); ImportError naming the extra if pandas is not installed."""
+        from pagewalk.extras import require
+        pd = require("pandas", "Report.to_pandas")
+        return pd.DataFrame(self.rows(), columns=list(ROW_COLUMNS))
+
+
+ROW_COLUMNS = ("measure", "step", "process", "field", "value")
 
 
 class ScenarioRun:
@@ -105,13 +163,18 @@ class ScenarioRun:
         self.kernel = self.machine.kernel
         self.show = show
         self.maps: dict[str, dict[str, tuple[int, int]]] = {}
+        if system.swap:                    # swapon before the first step
+            self.kernel.swap = swap_state.SwapSpace(swapfile.swapon(system.swap))
         main = self.kernel.spawn("main")
+        if system.memory_limit:            # main joins its cgroup after it started
+            memcontrol.mem_cgroup_create(self.kernel, system.memory_limit)
         self.maps["main"] = {}
         self.base_sizes = self._sizes(main)
         self.base_events = self.kernel.vm_events.copy()
         self.base_mlock = int(self.kernel.node_stat[NodeStat.NR_MLOCK])
         self.exited_faults: dict[str, tuple[int, int]] = {}
         self.measurements: list[Measurement] = []
+        self.outcomes: list[StepOutcome] = []
 
     # -- figures ------------------------------------------------------------------------------
     def _sizes(self, task: Task) -> dict[str, int]:
@@ -135,7 +198,9 @@ class ScenarioRun:
         for key, event in (EVENT_FIELDS | EXTRA_EVENT_FIELDS).items():
             system[key] = int(k.vm_events[event] - self.base_events[event])
         system["Mlocked"] = (int(k.node_stat[NodeStat.NR_MLOCK]) - self.base_mlock) * 4
-        views = {path: self.render(path) for path in self.show}
+        # a process's files show at the measures where it lives
+        views = {path: self.render(path) for path in self.show
+                 if not render.process_view_missing(k, path)}
         m = Measurement(label, index, processes, system, views)
         self.measurements.append(m)
         return m
@@ -154,7 +219,8 @@ class ScenarioRun:
         for step in self.scenario.steps:
             self.run_step(step)
         live = {name: maps for name, maps in self.maps.items() if name in self.kernel.tasks}
-        return Report(self.scenario.name, self.measurements, live)
+        pressure = bool(self.scenario.system.swap or self.scenario.system.memory_limit)
+        return Report(self.scenario.name, self.measurements, live, self.outcomes, pressure)
 
     def location(self, step: s.Step, fieldname: str | None = None) -> Location:
         return Location(self.scenario.file, step.index, fieldname)
@@ -171,15 +237,18 @@ class ScenarioRun:
         end unless given (as the oracle resolves it)."""
         if rng.region == s.HEAP_REGION:        # [start_brk, brk) of the process, now
             mm = self.task(step).mm
-            heap_length = max(mm.brk - mm.start_brk, 0)
-            length_out = rng.length if rng.length is not None else max(heap_length - rng.offset, 0)
-            return mm.start_brk + rng.offset, length_out
-        maps = self.maps.get(step.process, {})
-        if rng.region not in maps:
-            raise ScenarioError(f"{rng.region!r} is not a mapping of process {step.process!r} "
-                                "(its mmap failed, or munmap removed it)",
-                                self.location(step, "region"))
-        start, length = maps[rng.region]
+            start, length = mm.start_brk, max(mm.brk - mm.start_brk, 0)
+        else:
+            maps = self.maps.get(step.process, {})
+            if rng.region not in maps:
+                raise ScenarioError(f"{rng.region!r} is not a mapping of process "
+                                    f"{step.process!r} (its mmap failed, or munmap removed it)",
+                                    self.location(step, "region"))
+            start, length = maps[rng.region]
+        # a step's range to the end of a mapping it starts past would be empty (schema.py
+        # refuses what it can see at load; the heap's length is known only now)
+        if rng.length is None and rng.offset >= length and getattr(step, "range", None) is rng:
+            raise ScenarioError(s.range_past_end(rng, length), self.location(step, "offset"))
         length_out = rng.length if rng.length is not None else max(length - rng.offset, 0)
         return start + rng.offset, length_out
 
@@ -200,10 +269,14 @@ class ScenarioRun:
     def _check_outcome(self, step: s.Step, err: SyscallError | SignalError) -> None:
         if isinstance(err, SyscallError):
             if step.expect_error == err.errno:
+                self.outcomes.append(StepOutcome(step.index, step.kind, step.process,
+                                                 err.errno.name))
                 return
             got = err.errno.name
         else:
             if step.expect_signal == err.signal:
+                self.outcomes.append(StepOutcome(step.index, step.kind, step.process,
+                                                 err.signal.name, err.vaddr))
                 return
             got = f"{err.signal.name} at {err.vaddr:#x}"
         expected = step.expect_error or step.expect_signal
@@ -415,4 +488,5 @@ def run_scenario(scenario: s.Scenario, show: tuple[str, ...] = ()) -> Report:
     return ScenarioRun(scenario, show).run()
 
 
-__all__ = ["Measurement", "NotImplementedStep", "Report", "ScenarioRun", "run_scenario"]
+__all__ = ["Measurement", "NotImplementedStep", "Report", "ScenarioRun", "StepOutcome",
+           "run_scenario"]

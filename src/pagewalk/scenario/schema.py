@@ -40,7 +40,8 @@ pagewalk extensions and decisions where scenario.md is silent:
   madvise, fork), ``expect_signal`` on the access steps (touch, write, read); never
   both. ``exit`` takes only ``process`` (default ``main``, as on every step: ``exit: {}``
   exits main, whose children go on); ``set`` only knob paths (at least
-  one); ``measure`` only its label; ``khugepaged`` only ``scans`` (>= 1; ``khugepaged:``
+  one); ``measure`` only its label; ``khugepaged`` only ``scans`` (1 to
+  MAX_KHUGEPAGED_SCANS, 1000: a count that could not finish is refused; ``khugepaged:``
   with no value means ``scans: 1``). These steps act system-wide and carry no ``process``.
 * Process and mapping names match ``[A-Za-z0-9._-]+``. A fork must not reuse the name of
   a live process; a name may be reused after that process exited. Mapping names are
@@ -92,18 +93,23 @@ FADVISE_ADVICE = ("dontneed",)
 HEAP_REGION = "[heap]"           # version 2: [start_brk, brk) of the process
 HUGETLB_PAGE_SIZES = (2 * MiB, 1 * GiB)
 MAIN_PROCESS = "main"
-EXPECTABLE_SIGNALS = (Signal.SIGSEGV, Signal.SIGBUS)   # what an access can raise
+# what an access can raise; SIGKILL: the memory cgroup's OOM killer (version 3)
+EXPECTABLE_SIGNALS = (Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGKILL)
 
 RAM_MIN = 64 * MiB
 RAM_MAX = 1 * TiB
 RAM_ALIGN = 4 * MiB      # one MAX_PAGE_ORDER (order-10) buddy block
 PAGING_LEVELS = (4, 5)
 ADDRESS_LIMIT = 1 << 64
+# A khugepaged pass costs about 6 us per eligible 2 MiB (3 ms for a touched 1 GiB THP
+# mapping, measured): 1000 passes of that finish in seconds, a billion never would.
+MAX_KHUGEPAGED_SCANS = 1000
 
 _SCENARIO_NAME = re.compile(r"[a-z0-9._-]+")
 _OBJECT_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _TOP_FIELDS = ("name", "description", "system", "steps")
-_SYSTEM_FIELDS = ("ram", "paging", "pti", "pcid", "pku", "sysfs")
+_SYSTEM_FIELDS = ("ram", "paging", "pti", "pcid", "pku", "sysfs", "swap", "memory_limit")
+SWAP_MIN = 40 * KiB      # mkswap refuses fewer than 10 pages
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -121,6 +127,8 @@ class SystemConfig:
     pcid: bool = True                  # process-context identifiers (pagewalk extension)
     pku: bool = True                   # protection keys: PROT_EXEC alone is execute-only
     sysfs: dict[str, str] = field(default_factory=dict, hash=False)  # path -> normalised value
+    swap: int = 0                      # bytes of the swap file (version 3); 0: no swap
+    memory_limit: int = 0              # bytes: the memory cgroup's limit (version 3); 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -688,7 +696,16 @@ def _parse_exit(fields: _Fields, index: int) -> Step:
 
 
 def _parse_khugepaged(fields: _Fields, index: int) -> Step:
-    return KhugepagedStep(index=index, scans=fields.optional("scans", _count, 1))
+    return KhugepagedStep(index=index, scans=fields.optional("scans", _scans, 1))
+
+
+def _scans(value: object, where: _Where) -> int:
+    scans = _count(value, where)
+    if scans > MAX_KHUGEPAGED_SCANS:
+        raise where.error(f"at most {MAX_KHUGEPAGED_SCANS} khugepaged passes, got "
+                          f"{_show(scans)} (a pass over 1 GiB of eligible memory takes "
+                          "about 3 ms; passes after the first rarely change anything)")
+    return scans
 
 
 def _parse_brk(fields: _Fields, index: int) -> Step:
@@ -855,10 +872,13 @@ def _step_kind(item: object, where: _Where) -> tuple[str, object]:
 class _Timeline:
     """Which processes are alive and which mappings each knows, step by step."""
 
-    __slots__ = ("exited", "files", "labels", "mappings")
+    __slots__ = ("exited", "files", "labels", "lengths", "mappings")
 
     def __init__(self) -> None:
         self.mappings: dict[str, dict[str, int]] = {MAIN_PROCESS: {}}  # process -> name -> step
+        # process -> name -> the length the runner resolves the name to (runner.py's maps:
+        # the mmap's length rounded to its page size, or the last mremap's new length)
+        self.lengths: dict[str, dict[str, int]] = {MAIN_PROCESS: {}}
         self.exited: dict[str, int] = {}
         self.labels: dict[str, int] = {}
         self.files: dict[str, FileStep] = {}   # file name -> the step that made it
@@ -872,8 +892,10 @@ class _Timeline:
             return
         self._require_live(step.process, where.child("process"))
         self._require_region(step, where.child("region"))
+        self._require_inside(step, where.child("offset"))
         self._require_file(step, where.child("file"))
         self._record(step, where)
+        self._record_length(step)
 
     def _require_file(self, step: Step, where: _Where) -> None:
         """A file step names a file an earlier ``file`` step made (the scenario keeps it
@@ -914,6 +936,30 @@ class _Timeline:
         raise where.error(f"process {_show(step.process)} has no mapping named "
                           f"{_show(region)} from an earlier mmap step; its mappings: {known}")
 
+    def _require_inside(self, step: Step, where: _Where) -> None:
+        """A range without a length runs from its offset to the end of its mapping: an
+        offset at or past that end makes it empty, a step that would do nothing."""
+        rng = getattr(step, "range", None)
+        if not isinstance(rng, Range) or rng.length is not None:
+            return
+        length = self.lengths[step.process].get(rng.region)
+        if length is not None and rng.offset >= length:
+            raise where.error(range_past_end(rng, length))
+
+    def _record_length(self, step: Step) -> None:
+        """What the runner records of a mapping's length; a step expecting an error
+        changes nothing (when it does not fail, the run stops there)."""
+        lengths = self.lengths.get(step.process)
+        if lengths is None or step.expect_error is not None:
+            return
+        if isinstance(step, MmapStep) and step.length:      # length 0: EINVAL, nothing made
+            page = (step.page_size or 2 * MiB) if "hugetlb" in step.flags else 4 * KiB
+            lengths[step.name] = -(-step.length // page) * page
+        elif isinstance(step, MremapStep):
+            name = step.name if step.name is not None else step.range.region
+            if name != HEAP_REGION:
+                lengths[name] = -(-step.new_length // (4 * KiB)) * (4 * KiB)
+
     def _record(self, step: Step, where: _Where) -> None:
         if isinstance(step, FileStep):
             if step.name in self.files:
@@ -927,8 +973,10 @@ class _Timeline:
             self._new_name(step.process, step.name, step.index, where.child("name"))
         elif isinstance(step, ForkStep):
             self._fork(step, where.child("name"))
+            self.lengths[step.name] = dict(self.lengths[step.process])
         elif isinstance(step, ExitStep):
             del self.mappings[step.process]
+            del self.lengths[step.process]
             self.exited[step.process] = step.index
 
     def _mmap(self, step: MmapStep, where: _Where) -> None:
@@ -947,6 +995,15 @@ class _Timeline:
             raise where.error(f"process {_show(step.name)} is alive; "
                               "a forked child needs a new name")
         self.mappings[step.name] = dict(self.mappings[step.process])
+
+
+def range_past_end(rng: Range, length: int) -> str:
+    """The message for a range without a length whose offset is not inside its mapping
+    of ``length`` bytes (the runner says the same of ``[heap]``)."""
+    where = "at" if rng.offset == length else "past"
+    return (f"offset {format_size(rng.offset)} is {where} the end of region "
+            f"{_show(rng.region)} ({format_size(length)}): the range to its end is empty; "
+            "give a length to reach beyond the mapping")
 
 
 def _region_of(step: Step) -> str | None:
@@ -995,6 +1052,22 @@ def _sysfs(value: object, where: _Where) -> dict[str, str]:
     return _knob_values(value, where)
 
 
+def _swap(value: object, where: _Where) -> int:
+    size = _size(value, where)
+    if size < SWAP_MIN or size % 4096:
+        raise where.error(f"expected a swap file size of whole 4KiB pages, at least 40KiB "
+                          f"(mkswap's 10 pages), got {format_size(size)}")
+    return size
+
+
+def _memory_limit(value: object, where: _Where) -> int:
+    size = _size(value, where)
+    if size < 4096 or size % 4096:
+        raise where.error(f"expected a memory cgroup limit of whole 4KiB pages, got "
+                          f"{format_size(size)}")
+    return size
+
+
 def _system(value: object, where: _Where) -> SystemConfig:
     fields = _Fields(_mapping_or_empty(value), where, _SYSTEM_FIELDS, "system")
     return SystemConfig(ram=fields.optional("ram", _ram, 4 * GiB),
@@ -1002,7 +1075,9 @@ def _system(value: object, where: _Where) -> SystemConfig:
                         pti=fields.optional("pti", _bool, False),
                         pcid=fields.optional("pcid", _bool, True),
                         pku=fields.optional("pku", _bool, True),
-                        sysfs=fields.optional("sysfs", _sysfs, {}))
+                        sysfs=fields.optional("sysfs", _sysfs, {}),
+                        swap=fields.optional("swap", _swap, 0),
+                        memory_limit=fields.optional("memory_limit", _memory_limit, 0))
 
 
 def _scenario(document: object, file: str) -> Scenario:
@@ -1113,4 +1188,5 @@ __all__ = [
     "WriteStep",
     "load_scenario",
     "parse_scenario",
+    "range_past_end",
 ]

@@ -19,9 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
-from pagewalk.cli_common import reports_errors
+from pagewalk.cli_common import (
+    EXIT_INTERRUPTED,
+    escape,
+    fail,
+    output_dir,
+    output_file,
+    reports_errors,
+    require_extra,
+)
+from pagewalk.cli_output import Column, Output, choose_format
+from pagewalk.cli_output import Table as OutputTable
 from pagewalk.errors import Location, ScenarioError
 from pagewalk.sweep.spec import PLOT_KINDS, PLOT_SUFFIXES, PlotSpec, ScenarioBase, Sweep
 
@@ -56,7 +65,13 @@ def sweep_command(spec_file: str, output: str | None, as_json: bool, workers: in
     """Run every combination of SPEC.yaml's parameters and collect the reports in a table.
 
     SPEC.yaml is a sweep file (docs/sweeps.md) or the name of an example sweep."""
-    from pagewalk.sweep.execute import TABLE_SUFFIXES, dask_client, run_sweep, write_table
+    from pagewalk.sweep.execute import (
+        TABLE_SUFFIXES,
+        SweepInterrupted,
+        dask_client,
+        run_sweep,
+        write_table,
+    )
     from pagewalk.sweep.plot import write_plots
     from pagewalk.sweep.runs import expand_runs
     from pagewalk.sweep.spec import load_sweep, resolve_sweep
@@ -70,10 +85,20 @@ def sweep_command(spec_file: str, output: str | None, as_json: bool, workers: in
     if dry_run:
         _print_runs(sweep, runs)
         return
+    if output is not None:
+        output_file(output)          # refused now rather than after every run
+    if plot_dir is not None and not no_plots:
+        output_dir(plot_dir)
+    require_extra("sweep")           # Dask runs it, pandas and PyArrow hold the table
     start = time.perf_counter()
-    with dask_client(workers, scheduler) as client:
-        nr_workers = len(client.scheduler_info().get("workers", {}))
-        table = run_sweep(runs, client, Console(stderr=True), sweep.name)
+    try:
+        with dask_client(workers, scheduler) as client:
+            nr_workers = len(client.scheduler_info().get("workers", {}))
+            table = run_sweep(runs, client, Console(stderr=True), sweep.name)
+    except KeyboardInterrupt as err:     # the cluster is closed by now
+        done = f" after {err.done} of {_count(err.total, 'run')}" \
+            if isinstance(err, SweepInterrupted) else ""
+        fail(f"interrupted: the sweep stopped{done}; nothing was written", EXIT_INTERRUPTED)
     seconds = time.perf_counter() - start
     if output is not None:
         write_table(table, output)
@@ -112,38 +137,40 @@ def _json_value(value: Any) -> Any:
 
 def _print_runs(sweep: Sweep, runs: list[RunConfig]) -> None:
     columns = list(sweep.parameters)
-    table = Table("run", *columns)
+    table = OutputTable("runs", (Column("run", True), *(Column(c) for c in columns)))
     for run in runs:
-        table.add_row(str(run.index), *(str(run.params.get(c, "")) for c in columns))
-    console = Console(highlight=False)
-    console.print(f"[bold]sweep[/] {sweep.name}: {_count(len(runs), 'run')}")
-    console.print(table)
+        table.add_row(run.index, *(str(run.params.get(c, "")) for c in columns))
+    out = Output(choose_format(None))
+    out.line(f"[bold]sweep[/] {escape(sweep.name)}: {_count(len(runs), 'run')}")
+    out.table(table)
 
 
 def _print_summary(sweep: Sweep, table: pd.DataFrame, seconds: float, nr_workers: int,
                    output: str | None, plots: list[Path]) -> None:
-    console = Console(highlight=False)
+    out = Output(choose_format(None))
     failed = table[table["error"].notna()]
     nr_runs = table["run"].nunique()
-    console.print(f"[bold]sweep[/] {sweep.name}: {_count(nr_runs, 'run')}, "
-                  f"{failed['run'].nunique()} failed, {seconds:.1f} s on "
-                  f"{_count(nr_workers, 'worker')}")
+    out.line(f"[bold]sweep[/] {escape(sweep.name)}: {_count(nr_runs, 'run')}, "
+             f"{failed['run'].nunique()} failed, {seconds:.1f} s on "
+             f"{_count(nr_workers, 'worker')}")
     figures = SCENARIO_SUMMARY if isinstance(sweep.base, ScenarioBase) else TRACE_SUMMARY
     identity = ("label", "process") if isinstance(sweep.base, ScenarioBase) else ()
     shown = ["run", *sweep.parameters, *identity, *figures]
     shown = [c for c in dict.fromkeys(shown) if c in table.columns]
-    rows = Table(*shown, "error")
+    rows = OutputTable("summary", (*(Column(c, c in figures or c == "run") for c in shown),
+                                   Column("error")))
     for _, row in table.head(SUMMARY_ROWS).iterrows():
         rows.add_row(*(_cell(row[c]) for c in shown), _cell(row.get("error")))
-    console.print(rows)
+    out.table(rows)
     if len(table) > SUMMARY_ROWS:
-        console.print(f"... {len(table) - SUMMARY_ROWS} more rows")
+        out.line(f"... {len(table) - SUMMARY_ROWS} more rows (all of them: --json, or -o "
+                 "FILE.parquet or -o FILE.csv)")
     if output is not None:
-        console.print(f"table: {output} ({len(table)} rows, {len(table.columns)} columns)")
+        out.line(f"table: {escape(output)} ({len(table)} rows, {len(table.columns)} columns)")
     else:
-        console.print("write the whole table with -o FILE.parquet or -o FILE.csv")
+        out.line("write the whole table with -o FILE.parquet or -o FILE.csv")
     for path in plots:
-        console.print(f"plot: {path}")
+        out.line(f"plot: {escape(str(path))}")
 
 
 def _count(number: int, noun: str) -> str:
@@ -156,6 +183,8 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     return str(value)
 
 
@@ -175,6 +204,7 @@ def _cell(value: Any) -> str:
 def plot_command(results: str, x: str, y: str, hue: str | None, where: tuple[str, ...],
                  kind: str | None, title: str | None, logy: bool, output: str) -> None:
     """Plot a sweep's RESULTS table (.parquet or .csv): y by x, per hue."""
+    require_extra("sweep")           # pandas reads the table, Matplotlib draws
     from pagewalk.sweep.execute import read_table
     from pagewalk.sweep.plot import plot_table
     if Path(output).suffix.lower() not in PLOT_SUFFIXES:
@@ -184,6 +214,7 @@ def plot_command(results: str, x: str, y: str, hue: str | None, where: tuple[str
                     title=title, logy=logy)
     if not Path(results).is_file():
         raise ScenarioError("no such results file", Location(results))
+    output_file(output)              # its directory made, or refused before any drawing
     try:
         table = read_table(results)
         plot_table(table, spec, output)

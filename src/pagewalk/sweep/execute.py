@@ -19,21 +19,29 @@ wall time on its worker). Rows are ordered by run, then as the report lists them
 The cluster: :func:`dask_client` starts a LocalCluster of worker processes (one thread
 each, one per core by default) listening on 127.0.0.1 only, with no dashboard and its
 logs silenced, and closes it on the way out; or connects to a running scheduler, which
-it leaves running. Nothing is set as Dask's default client.
+it leaves running (an address that does not answer as one is refused within seconds).
+Nothing is set as Dask's default client. Ctrl-C: the workers ignore it (only this
+process answers the terminal's Ctrl-C), one during the start or close of the cluster
+waits for it, and :func:`run_sweep` cancels the runs left and raises SweepInterrupted;
+the cluster is always closed before the exit, never left to Dask's exit hooks.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import signal
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pagewalk.errors import PagewalkError, ScenarioError
+from pagewalk.errors import ConfigError, OutputError, PagewalkError, ScenarioError
 from pagewalk.sweep.runs import RunConfig, ScenarioConfig, TraceConfig, trace_model
 
 if TYPE_CHECKING:
@@ -45,7 +53,7 @@ Row = dict[str, Any]
 TABLE_SUFFIXES = (".parquet", ".csv")
 MEASURE_COLUMNS = ("label", "step", "process")
 TAIL_COLUMNS = ("error", "seconds")
-CONNECT_TIMEOUT = "10s"
+CONNECT_SECONDS = 3          # a --scheduler that does not answer in this is refused
 
 
 # -- one run, on a worker ----------------------------------------------------------------
@@ -161,7 +169,7 @@ def write_table(table: pd.DataFrame, path: str | Path) -> None:
         else:
             table.to_csv(path, index=False)
     except OSError as err:
-        raise PagewalkError(f"cannot write the results to {str(path)!r}: {err}") from None
+        raise OutputError.writing(path, err) from None
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -181,59 +189,153 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 # -- Dask --------------------------------------------------------------------------------
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the sweep after ``done`` of ``total`` runs."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"{done} of {total} runs done")
+        self.done = done
+        self.total = total
+
+
 @contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Client]:
     """A client of a new local cluster (``workers`` processes, default one per core), or of
-    the scheduler at ``scheduler`` (``tcp://HOST:PORT``); closed on exit."""
-    from distributed import Client
-    if scheduler is not None:
-        try:
-            client = Client(scheduler, timeout=CONNECT_TIMEOUT,  # type: ignore[no-untyped-call]
-                            set_as_default=False)
-        except (OSError, TimeoutError, ValueError) as err:
-            raise PagewalkError(f"cannot reach the Dask scheduler at {scheduler}: {err}") \
-                from None
-        try:
-            yield client
-        finally:
-            client.close()  # type: ignore[no-untyped-call]
-        return
-    with _local_cluster(workers) as cluster, \
-            Client(cluster, set_as_default=False) as client:  # type: ignore[no-untyped-call]
+    the scheduler at ``scheduler`` (``tcp://HOST:PORT``); closed on exit, Ctrl-C included:
+    a Ctrl-C while they start or close waits until they have (Dask's exit hooks fail on a
+    cluster half started), then stops the sweep."""
+    import distributed  # noqa: F401 -- imported before Ctrl-C is held: nothing to close yet
+    with ExitStack() as opened:
+        with interrupt_deferred():
+            client = _start_client(opened, workers, scheduler)
         yield client
 
 
-@contextmanager
-def _local_cluster(workers: int | None) -> Iterator[Any]:
+def _start_client(opened: ExitStack, workers: int | None, scheduler: str | None) -> Client:
+    """The client (and its local cluster), each registered on ``opened`` to be closed."""
+    from distributed import Client
+    if scheduler is not None:
+        client = _connect(scheduler)
+    else:
+        with _sigint_ignored():        # while the worker processes are spawned
+            cluster = _local_cluster(workers)
+        opened.callback(_close, cluster)
+        client = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
+    opened.callback(_close, client)
+    return client
+
+
+def _close(closable: Any) -> None:
+    with interrupt_deferred():
+        closable.close()
+
+
+def _connect(scheduler: str) -> Client:
+    """A client of a running scheduler, or ConfigError naming the address within about
+    CONNECT_SECONDS: a plain TCP connection first (Dask retries a refused one until its
+    timeout), then Dask's handshake (a server that is not a scheduler fails it)."""
+    from distributed import Client
+    host, port = _scheduler_address(scheduler)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+    except OSError as err:       # refused, unreachable, unknown host, timed out
+        reason = err.strerror or str(err) or type(err).__name__
+        raise ConfigError(f"cannot reach the Dask scheduler at {scheduler}: {reason}") from None
+    failure = None
+    try:
+        client: Client = Client(scheduler, timeout=f"{CONNECT_SECONDS}s",  # type: ignore[no-untyped-call]
+                                set_as_default=False)
+        return client
+    except Exception as err:  # noqa: BLE001 -- any failure of the handshake is the address's
+        failure = f"{type(err).__name__}: {err}"
+    # the half-made client goes now, not at exit (where closing it waits for a dead loop)
+    gc.collect()
+    raise ConfigError(f"no Dask scheduler answers at {scheduler} ({failure})")
+
+
+def _scheduler_address(scheduler: str) -> tuple[str, int]:
+    """(host, port) of ``tcp://HOST:PORT`` (or ``tls://``, or ``HOST:PORT``)."""
+    scheme, sep, rest = scheduler.partition("://")
+    if not sep:
+        scheme, rest = "tcp", scheduler
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    host = host.strip("[]")                # an IPv6 address in brackets
+    if scheme not in ("tcp", "tls") or not colon or not host or not port.isdigit() \
+            or not 0 < int(port) < 65536:
+        raise ConfigError(f"--scheduler: expected tcp://HOST:PORT, got {scheduler!r}")
+    return host, int(port)
+
+
+def _local_cluster(workers: int | None) -> Any:
     from distributed import LocalCluster
     if workers is not None and workers < 1:
         raise ScenarioError(f"--workers must be at least 1, got {workers}")
     # No dashboard; the scheduler's HTTP server (health and metrics routes, always
     # started) on a free port of 127.0.0.1 rather than 8787, which another cluster may hold.
-    cluster = LocalCluster(  # type: ignore[no-untyped-call]
+    return LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
         host="127.0.0.1", dashboard_address=None,
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.CRITICAL)
+
+
+@contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """A Ctrl-C during the block is held until its end, then raised as KeyboardInterrupt
+    (in the main thread; elsewhere, or with SIGINT ignored, nothing changes)."""
+    if not _sigint_ours():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
-        yield cluster
+        yield
     finally:
-        cluster.close()
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored for the block. Processes started inside inherit SIG_IGN, and a
+    Python started with SIGINT ignored never makes it KeyboardInterrupt: the Dask workers
+    stay deaf to the Ctrl-C a terminal sends the whole process group (a caught signal
+    would not do: exec resets its handler). A Ctrl-C during the block is lost."""
+    if not _sigint_ours():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_ours() -> bool:
+    return threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 def run_sweep(runs: Sequence[RunConfig], client: Client, console: Console | None = None,
               title: str = "sweep") -> pd.DataFrame:
     """Every run on ``client``'s workers; a Rich progress bar on ``console`` if it is a
-    terminal. Returns :func:`results_table` of all rows."""
+    terminal. Returns :func:`results_table` of all rows; on Ctrl-C the runs not done are
+    cancelled and SweepInterrupted says how many were."""
     from distributed import as_completed
     token = uuid.uuid4().hex[:8]
     futures = {client.submit(execute_run, run, key=f"pagewalk-{title}-{token}-{run.index}",
                              pure=False): run for run in runs}
     by_run: dict[int, list[Row]] = {}
-    with _progress(console, title, len(runs)) as advance:
-        for future in as_completed(futures, loop=client.loop):  # type: ignore[no-untyped-call]
-            run = futures[future]
-            by_run[run.index] = _future_rows(future, run)
-            advance(by_run[run.index][0].get("error") is not None)
+    try:
+        with _progress(console, title, len(runs)) as advance:
+            for future in as_completed(futures, loop=client.loop):  # type: ignore[no-untyped-call]
+                run = futures[future]
+                by_run[run.index] = _future_rows(future, run)
+                advance(by_run[run.index][0].get("error") is not None)
+    except KeyboardInterrupt:
+        with interrupt_deferred():       # a scheduler we leave running forgets them
+            client.cancel(list(futures))  # type: ignore[no-untyped-call]
+        raise SweepInterrupted(len(by_run), len(runs)) from None
     rows = [row for run in runs for row in by_run[run.index]]
     return results_table(runs, rows)
 
@@ -277,5 +379,6 @@ def _progress(console: Console | None, title: str, total: int) -> Iterator[Any]:
         yield advance
 
 
-__all__ = ["dask_client", "error_row", "execute_run", "identity", "read_table",
-           "report_rows", "results_table", "run_report", "run_sweep", "write_table"]
+__all__ = ["SweepInterrupted", "dask_client", "error_row", "execute_run", "identity",
+           "interrupt_deferred", "read_table", "report_rows", "results_table", "run_report",
+           "run_sweep", "write_table"]

@@ -5,7 +5,9 @@ without an error that match ``where``; rows that meet at one (x, hue) point are 
 (a sweep that varies a third parameter not on the plot shows its mean). Categories are
 put in a reading order: sizes (``4KiB`` < ``2MiB`` < ``1GiB``) and numbers by value,
 anything else in the order of the table. Bars for categories, lines for numbers, unless
-``kind`` says otherwise. PNG, SVG or PDF, by the file's suffix.
+``kind`` says otherwise. PNG, SVG or PDF, by the file's suffix; its directory is made if
+missing. Degenerate data draws without a Matplotlib warning: infinities are left out like
+missing values, and a log axis with no value above 0 stays linear (the title says so).
 
 :func:`standard_plots` are the figures a sweep draws when its file names none: for
 trace sweeps the STLB and L1 miss rates (log scale) and the references per walk, by page size if
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pagewalk.errors import ScenarioError
+from pagewalk.errors import OutputError, ScenarioError
 from pagewalk.sweep.spec import PLOT_SUFFIXES, PlotSpec, ScenarioBase, Sweep
 from pagewalk.units import parse_size
 
@@ -89,9 +91,10 @@ def points(table: pd.DataFrame, spec: PlotSpec) -> tuple[list[Any], dict[str, li
             _require_column(table, column, option)
     rows = selected_rows(table, spec.where)
     y = pd.to_numeric(rows[spec.y], errors="coerce")
-    rows = rows.assign(_y=y)[y.notna()]
+    finite = y.notna() & y.abs().lt(float("inf"))     # an infinity has no place on an axis
+    rows = rows.assign(_y=y)[finite]
     if rows.empty:
-        raise ScenarioError(f"y: no row without an error has a number in {spec.y!r}"
+        raise ScenarioError(f"y: no row without an error has a finite number in {spec.y!r}"
                             + (f" where {spec.where}" if spec.where else ""))
     keys = [spec.x] if spec.hue is None else [spec.x, spec.hue]
     means = rows.groupby(keys, sort=False, dropna=False)["_y"].mean()
@@ -129,14 +132,27 @@ def plot_table(table: pd.DataFrame, spec: PlotSpec, path: str | Path) -> Path:
         _lines(axes, xs, series)
     axes.set_xlabel(spec.x)
     axes.set_ylabel(spec.y)
-    axes.set_title(spec.title or _title(spec))
-    if spec.logy:
+    title = spec.title or _title(spec)
+    if spec.logy and not _any_positive(series):
+        title += " (linear: no value above 0 for a log axis)"
+    elif spec.logy:
         axes.set_yscale("log")
+    axes.set_title(title)
     if spec.hue is not None:
         axes.legend(title=spec.hue)
     axes.grid(axis="y", alpha=0.3)
-    figure.savefig(path, format=suffix[1:])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, format=suffix[1:])
+    except OSError as err:
+        raise OutputError.writing(path, err) from None
     return path
+
+
+def _any_positive(series: dict[str, list[float]]) -> bool:
+    """Whether a log axis has something to show (Matplotlib warns and draws nothing
+    when every value is 0, negative or missing)."""
+    return any(value > 0 for values in series.values() for value in values)
 
 
 def _bars(axes: Any, xs: list[Any], series: dict[str, list[float]]) -> None:

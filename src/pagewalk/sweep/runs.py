@@ -8,7 +8,8 @@ refuses is refused here, naming the sweep file, the parameter's field and the ru
 trace run is the base's trace, page size, TLB preset, engine and format with the
 parameters put in; page sizes, engines, formats, TLB models and that the trace file
 exists are checked here too (a trace or model file is looked for beside the sweep file,
-then in the current directory). What can only fail while running (a system call the kernel
+then in the current directory; a trace last among the sample traces shipped with
+pagewalk, by name: scenario/examples.py). What can only fail while running (a system call the kernel
 refuses, a malformed record deep in a trace) fails that run alone (execute.py).
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pagewalk.errors import Location, PagewalkError, ScenarioError
+from pagewalk.scenario.examples import sample_trace
 from pagewalk.scenario.schema import (
     _STEP_PARSERS,
     Scenario,
@@ -331,8 +333,11 @@ class _TraceRuns:
             return str(path)
         if Path(value).is_file():           # relative to the current directory
             return str(Path(value).absolute())
+        sample = sample_trace(value)        # a trace shipped with pagewalk, by name
+        if sample is not None:
+            return str(sample)
         raise Unapplicable(f"no such trace file: {str(path)!r} (nor {value!r} in the "
-                           "current directory)")
+                           "current directory, nor a sample trace of that name)")
 
 
 def trace_model(spec: str) -> TraceModel:

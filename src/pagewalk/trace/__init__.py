@@ -1,4 +1,4 @@
-"""Trace replay (issue 6, ``spec/trace-model.md``): memory traces through the TLB model.
+"""Trace replay (issue 6, ``docs/trace-model.md``): memory traces through the TLB model.
 
 ``replay_trace`` is the entry point; ``formats`` reads lackey/.pwt/.npy, ``reference``
 is the readable engine, ``fast`` the compiled one, ``presets`` the named models.

@@ -2,7 +2,8 @@
 
 ::
 
-    pagewalk trace TRACE [--pages 4KiB|2MiB|1GiB] [--format lackey|pwt|npy] [--json]
+    pagewalk trace TRACE [--pages 4KiB|2MiB|1GiB] [--trace-format lackey|pwt|npy]
+                         [--format table|plain|csv|json] [--json]
                          [--engine fast|reference] [--tlb NAME|FILE.yaml]
                          [--scenario FILE [--process NAME] [--at LABEL] | --page-map FILE.json]
     pagewalk trace --record [OPTIONS] -- PROGRAM [ARGS]...
@@ -12,31 +13,42 @@ the simulated kernel mapped it with in the scenario's final state (or at a measu
 so a scenario's THP coverage shows in the TLB misses; ``--page-map`` takes the mix of a
 real process from ``pagewalk inspect PID --replay`` (trace/page_map.py).
 
-The report and the JSON object are those of spec/trace-model.md. ``--record`` runs
+The report and the JSON object are those of docs/trace-model.md. ``--record`` runs
 PROGRAM under ``valgrind --tool=lackey --trace-mem=yes`` and replays its trace as it
 streams from a pipe (valgrind's own ``--PID--`` notes are skipped). A long trace shows a
 Rich progress bar on standard error when that is a terminal, never with ``--json``,
 which prints one JSON object on standard output and nothing else there (a recorded
 program's standard output goes to standard error then). Bad input is one red line on
-standard error and exit status 2, never a traceback.
+standard error and exit status 2, never a traceback; a trace with no access, or one that
+no page of ``--scenario``/``--page-map`` covers, gets a note there (it changes nothing).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from typing import Any
 
 import click
 
-from pagewalk.cli_common import OneLineUsageErrors, reports_errors
+from pagewalk.cli_common import OneLineUsageErrors, note, reports_errors
+from pagewalk.cli_output import (
+    FORMAT_HELP,
+    Column,
+    Output,
+    choose_format,
+    grouped,
+    write_json,
+    write_tables_csv,
+)
+from pagewalk.cli_output import FORMATS as OUTPUT_FORMATS
+from pagewalk.cli_output import Table as OutputTable
 from pagewalk.errors import ConfigError, TraceError
-from pagewalk.trace.formats import FORMATS, iter_chunks, iter_lackey, trace_size
+from pagewalk.trace.formats import FORMATS, VA_MASK, Chunk, iter_chunks, iter_lackey, trace_size
 from pagewalk.trace.replay import ENGINES, PageSizeMap, TraceModel, TraceReplayer, TraceStats
 
 PROGRESS_MIN_BYTES = 32 << 20        # smaller traces replay in well under a second
@@ -57,10 +69,14 @@ RECORD_CHUNK_BYTES = 4 << 20
               help="With --scenario: the state at this measure (default: the end).")
 @click.option("--page-map", "page_map_file", default=None, metavar="FILE.json",
               help="Page sizes from `pagewalk inspect PID --replay` (a real process).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+@click.option("--trace-format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Trace format (default: from the extension; .pwt, .npy, else lackey text).")
+@click.option("--format", "output_format", type=click.Choice((*OUTPUT_FORMATS, *FORMATS)),
+              default=None, help=f"{FORMAT_HELP} (lackey, pwt or npy here name the trace "
+                                 "format, as --trace-format does.)")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print the report as one JSON object on standard output, nothing else.")
+              help="Print the report as one JSON object on standard output, nothing else "
+                   "(the same as --format json).")
 @click.option("--engine", type=click.Choice(ENGINES), default="fast", show_default=True,
               help="fast (compiled) or reference (readable Python, slow); same numbers.")
 @click.option("--tlb", "tlb_model", default="reference", show_default=True,
@@ -71,30 +87,49 @@ RECORD_CHUNK_BYTES = 4 << 20
 @reports_errors
 def trace_command(args: tuple[str, ...], pages: str | None, scenario_file: str | None,
                   process: str, label: str | None, page_map_file: str | None,
-                  fmt: str | None, as_json: bool, engine: str, tlb_model: str,
-                  record: bool) -> None:
+                  fmt: str | None, output_format: str | None, as_json: bool, engine: str,
+                  tlb_model: str, record: bool) -> None:
     """Replay a memory trace (valgrind lackey text, .pwt or .npy) through the TLBs and
-    page-walk caches of a model (the reference model of spec/trace-model.md by default),
+    page-walk caches of a model (the reference model of docs/trace-model.md by default),
     with demand paging, and report hits, walks, walk references and faults."""
     from pagewalk.trace.presets import load_model
+    if output_format in FORMATS:          # --format lackey|pwt|npy: the trace's format
+        if fmt not in (None, output_format):
+            raise ConfigError(f"--format {output_format} and --trace-format {fmt} disagree")
+        fmt, output_format = output_format, None
+    shown = choose_format(output_format, as_json)
+    as_json = shown in ("json", "csv")    # standard output holds the data and nothing else
     model = load_model(tlb_model)
     page_map = _page_map(pages, scenario_file, process, label, page_map_file)
+    coverage = MapCoverage(page_map)
     pages = pages or "4KiB"
     if record:
         if not args:
             raise TraceError("--record needs a program: pagewalk trace --record -- PROGRAM "
                              "[ARGS]...")
-        stats = _record(list(args), model, pages, page_map, engine, as_json)
+        stats = _record(list(args), model, pages, page_map, engine, as_json, coverage)
     else:
         if len(args) != 1:
             raise TraceError("give one TRACE file (or --record -- PROGRAM [ARGS]...)"
                              if not args else f"one TRACE file expected, got {len(args)} "
                              "arguments (use --record -- PROGRAM ARGS to run a program)")
-        stats = _replay_file(args[0], model, pages, page_map, fmt, engine, as_json)
-    if as_json:
-        click.echo(json.dumps(stats.to_json(), indent=1))
+        stats = _replay_file(args[0], model, pages, page_map, fmt, engine, as_json, coverage)
+    source = args[0] if not record else " ".join(args)
+    if stats.accesses == 0:
+        note(f"{source}: the trace holds no access; nothing was replayed")
+    elif not coverage.covered:
+        chosen = f"--scenario {scenario_file} (process {process})" if scenario_file \
+            else f"--page-map {page_map_file}"
+        note(f"no address of the trace lies in a page of {chosen}: every access used "
+             "4 KiB pages, as without it")
+    if shown == "json":
+        write_json(stats.to_json(), indent=1)
+    elif shown == "csv":
+        write_tables_csv(report_tables(stats, source))
     else:
-        _print_report(stats, args[0] if not record else " ".join(args))
+        out = Output(shown)
+        for table in report_tables(stats, source):
+            out.table(table)
 
 
 def _page_map(pages: str | None, scenario_file: str | None, process: str,
@@ -115,21 +150,41 @@ def _page_map(pages: str | None, scenario_file: str | None, process: str,
     return None
 
 
+class MapCoverage:
+    """Whether any replayed address lies in a range of the page-size map (``covered``
+    stays True without a map): a map that covers nothing changes nothing."""
+
+    def __init__(self, page_map: PageSizeMap | None) -> None:
+        self.page_map = page_map
+        self.covered = page_map is None
+
+    def see(self, chunk: Chunk) -> None:
+        if self.covered or self.page_map is None or not chunk.words.size:
+            return
+        import numpy as np
+        vaddrs = (chunk.words & np.uint64(VA_MASK)).astype(np.int64)
+        index = np.searchsorted(self.page_map.starts, vaddrs, side="right") - 1
+        inside = (index >= 0) & (vaddrs < self.page_map.ends[np.maximum(index, 0)])
+        self.covered = bool(inside.any())
+
+
 def _replay_file(path: str, model: TraceModel, pages: str, page_map: PageSizeMap | None,
-                 fmt: str | None, engine: str, as_json: bool) -> TraceStats:
+                 fmt: str | None, engine: str, as_json: bool,
+                 coverage: MapCoverage) -> TraceStats:
+    from pagewalk.scenario.examples import resolve_trace
     replayer = TraceReplayer(model, pages, page_map=page_map, engine=engine, name=path)
-    if not Path(path).is_file():
-        raise TraceError(f"no such trace file: {path}")
+    path = str(resolve_trace(path))          # a file, else a sample trace's name
     total = trace_size(path)
     with _progress(not as_json and total >= PROGRESS_MIN_BYTES, total) as advance:
         for chunk in iter_chunks(path, fmt, model.va_bits):
             replayer.feed(chunk)
+            coverage.see(chunk)
             advance(chunk.bytes_done)
     return replayer.stats()
 
 
 def _record(program: list[str], model: TraceModel, pages: str, page_map: PageSizeMap | None,
-            engine: str, as_json: bool) -> TraceStats:
+            engine: str, as_json: bool, coverage: MapCoverage) -> TraceStats:
     """Run ``program`` under valgrind lackey, replaying its trace from a pipe."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
@@ -148,6 +203,7 @@ def _record(program: list[str], model: TraceModel, pages: str, page_map: PageSiz
             for chunk in iter_lackey(stream, replayer.name, model.va_bits, RECORD_CHUNK_BYTES,
                                      skip_valgrind_notes=True):
                 replayer.feed(chunk)
+                coverage.see(chunk)
                 advance(chunk.bytes_done)
     except BaseException:
         process.kill()
@@ -195,21 +251,24 @@ def _progress(wanted: bool, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda done: progress.update(task, completed=done)
 
 
-def _print_report(stats: TraceStats, source: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _figure(value: Any) -> str:
+    return f"{value:.6f}" if isinstance(value, float) else f"{value:,}"
+
+
+def report_tables(stats: TraceStats, source: str) -> list[OutputTable]:
+    """The report's figures (field, value) and the probes of each TLB array."""
     report = stats.to_json()
-    table = Table("field", "value", title=f"{stats.model} model, {stats.pages} pages",
-                  caption=source)
+    figures = OutputTable("report", (Column("field"), Column("value", True, _figure)),
+                          title=f"{stats.model} model, {stats.pages} pages, {source}")
     for key, value in report.items():
         if key in ("tlb", "model", "pages"):
             continue
         if key == "pwc_hits_pml5e" and not value:
             continue
-        table.add_row(key, f"{value:.6f}" if isinstance(value, float) else f"{value:,}")
-    arrays = Table("TLB array", "hits", "misses", title="per array (probes)")
+        figures.add_row(key, value)
+    arrays = OutputTable("tlb", (Column("TLB array"), Column("hits", True, grouped),
+                                 Column("misses", True, grouped)),
+                         title="per array (probes)")
     for name, (hits, misses) in stats.tlb.items():
-        arrays.add_row(name, f"{hits:,}", f"{misses:,}")
-    console = Console()
-    console.print(table)
-    console.print(arrays)
+        arrays.add_row(name, hits, misses)
+    return [figures, arrays]

@@ -1,4 +1,4 @@
-"""Trace formats of ``spec/trace-model.md``: lackey text, binary .pwt and NumPy .npy, read
+"""Trace formats of ``docs/trace-model.md``: lackey text, binary .pwt and NumPy .npy, read
 in chunks of one uint64 word per access.
 
 A word holds the virtual address in bits 0..56 and the kind in bits 62..63 (0 load,

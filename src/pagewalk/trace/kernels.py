@@ -5,10 +5,12 @@ trace/formats.py, which call them), and :func:`compiled`, which loads the driver
 Importing Numba and loading its cached functions takes most of a second here, more than
 a whole ``pagewalk trace`` of a small trace should (its start-up must stay under 0.4 s).
 So the drivers are compiled once into one object file of machine code (a C entry point
-each, no call into Python's or Numba's runtime), kept in a cache directory, and later
-loaded with llvmlite's JIT linker alone and called through ctypes: no Numba import. The
-file's name is a digest of the sources, the Numba and llvmlite versions and the CPU, so
-any change builds a new one; when the cache cannot be used, Numba's own (cached)
+each, no call into Python's or Numba's runtime), and later loaded with llvmlite's JIT
+linker alone and called through ctypes: no Numba import. The file holds its key (the
+sources' sizes and CRCs, not their times, which an install changes; the Numba and
+llvmlite versions; the CPU) and is looked up in the package (built at install by
+setup.py), then in the user's cache directory, and else built there (announced on
+stderr); any change builds a new one; when the cache cannot be used, Numba's own (cached)
 dispatchers run instead, and with NUMBA_DISABLE_JIT=1 the plain Python (the reference
 for coverage).
 """
@@ -27,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from pagewalk.hw.compiled import undefined_symbols  # the ELF reader the fault path's loader uses
+# the ELF reader, the directory of machine code built at install, the compile notice
+from pagewalk.hw.compiled import announce_compile, shipped_dir, undefined_symbols
 
 # -- counters (replay.TraceReplayer reads them back by these indexes) ----------------------
 C_ACCESSES = 0
@@ -88,6 +91,7 @@ KERNEL_ARGS: dict[str, tuple[str, int]] = {
 SYMBOL_PREFIX = "pagewalk_trace_"
 CACHE_ENV = "PAGEWALK_CACHE_DIR"
 CACHE_MAGIC = b"pagewalk trace kernels 1\n"
+BUILD_SECONDS = 20   # a build of the drivers' machine code, measured here
 _SOURCES = ("trace/kernels.py", "trace/fast.py", "hw/fasttlb.py")
 _DTYPES = {"q": np.dtype(np.int64), "Q": np.dtype(np.uint64), "B": np.dtype(np.uint8)}
 _lock = threading.Lock()
@@ -143,8 +147,10 @@ def _native() -> Kernels:
     llvm.initialize_native_asmprinter()
     key = cache_key(llvm)
     path = cache_path(key)
-    code = _read_object(path, key)
+    found = _find(key)
+    code = None if found is None else found[1]
     if code is None:
+        announce_compile("the trace replay's machine code", BUILD_SECONDS)
         code = build_object()
         try:
             _write_object(path, key, code)
@@ -212,9 +218,9 @@ def cache_dir() -> Path:
 
 
 def cache_key(llvm: Any) -> str:
-    """What the machine code depends on, as text: each source's size, modification time
-    and CRC, the Numba and llvmlite versions, the CPU and Numba's CPU settings. (hashlib
-    is not used: importing it costs a twentieth of the start-up.)"""
+    """What the machine code depends on, as text: each source's size and CRC (not its
+    time: installing changes it), the Numba and llvmlite versions, the CPU and Numba's
+    CPU settings. (hashlib is not used: importing it costs a twentieth of the start-up.)"""
     package = Path(__file__).resolve().parents[1]
     numba_spec = importlib.util.find_spec("numba")    # finds it without importing it
     if numba_spec is None or numba_spec.origin is None:
@@ -224,8 +230,8 @@ def cache_key(llvm: Any) -> str:
     parts = []
     for file in files:
         data = file.read_bytes()
-        parts.append(f"{file.name} {len(data)} {file.stat().st_mtime_ns} "
-                     f"{zlib.crc32(data):08x}")
+        parts.append(f"{file.name} {len(data)} {zlib.crc32(data):08x} "
+                     f"{zlib.adler32(data):08x}")
     import llvmlite
     parts += [llvmlite.__version__, llvm.get_process_triple(), llvm.get_host_cpu_name(),
               llvm.get_host_cpu_features().flatten()]
@@ -239,6 +245,22 @@ def cache_path(key: str) -> Path:
     itself, compared in full when read)."""
     data = key.encode()
     return cache_dir() / f"trace-kernels-{zlib.crc32(data):08x}{zlib.adler32(data):08x}.o"
+
+
+def find_object(key: str) -> Path | None:
+    """The file holding whole machine code for ``key``: the copy built at install time
+    (inside the package), else the user's cache; None when neither has it."""
+    found = _find(key)
+    return None if found is None else found[0]
+
+
+def _find(key: str) -> tuple[Path, bytes] | None:
+    cached = cache_path(key)
+    for path in (shipped_dir() / cached.name, cached):
+        code = _read_object(path, key)
+        if code is not None:
+            return path, code
+    return None
 
 
 def _read_object(path: Path, key: str) -> bytes | None:

@@ -65,9 +65,12 @@ def file_page_map(path: str) -> PageSizeMap:
     """The page-size map of a JSON file written by ``pagewalk inspect PID --replay``."""
     from pagewalk.live.inspect import load_page_size_map
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read page-size map: {err.strerror}",
+                          Location(file=path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a page-size map: binary data, not JSON text",
                           Location(file=path)) from None
     try:
         return PageSizeMap.from_ranges(load_page_size_map(text))

@@ -3,7 +3,7 @@
 A model file gives the TLB arrays (hw/tlb.py ``TlbArray``: level, which accesses they
 serve, page sizes, entries, ways), the page-walk-cache sizes (hw/pwc.py) and the paging
 depth. Presets live in ``presets/*.yaml`` beside this module: ``reference`` (the fixed
-model of spec/trace-model.md), and real processors with the figures their vendors
+model of docs/trace-model.md), and real processors with the figures their vendors
 publish, cited in each file: ``skylake``, ``haswell`` (Intel Optimization Reference
 Manual) and ``zen`` (AMD Software Optimization Guide for Family 17h). Every error names
 the file and the field.
@@ -47,11 +47,28 @@ def load_model(spec: str) -> TraceModel:
         raise ConfigError(f"no such TLB model {spec!r} (presets: {', '.join(preset_names())}; "
                           "or a YAML file)", Location(field="tlb"))
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(_model_text(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"not valid YAML: {err}".replace("\n", " "),
                           Location(file=str(path))) from None
     return parse_model(data, str(path))
+
+
+def _model_text(path: Path) -> str:
+    """A model file's text; ConfigError naming it if it cannot be read or is not text
+    (a binary file: a NUL byte, or bytes that are not UTF-8)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read the TLB model: {err.strerror}",
+                          Location(file=str(path))) from None
+    try:
+        if b"\0" not in data:
+            return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    raise ConfigError("not a TLB model file: binary data, not YAML text",
+                      Location(file=str(path)))
 
 
 def parse_model(data: Any, file: str = "<model>") -> TraceModel:

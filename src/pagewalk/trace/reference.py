@@ -1,6 +1,6 @@
 """The reference replay: one access at a time through the TLB and page-walk-cache objects.
 
-This is the readable definition of the trace model of ``spec/trace-model.md`` (Intel SDM
+This is the readable definition of the trace model of ``docs/trace-model.md`` (Intel SDM
 vol. 3A §4.10 for the structures): an access looks up the L1 TLB of its kind, then the
 STLB (a hit there refills the L1), and on a miss walks with the page-walk caches and
 fills the STLB and the L1. Memory is demand-paged: a walk to a page never touched

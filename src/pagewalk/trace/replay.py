@@ -3,7 +3,7 @@
 ``replay_trace`` replays a trace (a file in any format of ``trace.formats``, an array of
 .pwt words, or an iterable of chunks) through a :class:`TraceModel` (TLB geometry of
 hw/tlb.py, page-walk caches of hw/pwc.py, paging levels; the reference model of
-``spec/trace-model.md`` by default) with every page of one size or with a
+``docs/trace-model.md`` by default) with every page of one size or with a
 :class:`PageSizeMap`, on the compiled engine (``fast``) or the readable one
 (``reference``), and returns :class:`TraceStats` holding the report of the spec.
 The engines keep their state in the same objects and arrays and agree counter for
@@ -51,7 +51,7 @@ class TraceModel:
     tlb: TlbGeometry = REFERENCE_TLB
     pwc: PwcGeometry = REFERENCE_PWC
     paging_levels: int = 4
-    description: str = "the reference model of spec/trace-model.md"
+    description: str = "the reference model of docs/trace-model.md"
 
     @property
     def va_bits(self) -> int:
@@ -102,7 +102,7 @@ class PageSizeMap:
 
 @dataclass(slots=True)
 class TraceStats:
-    """The report of spec/trace-model.md, plus per-structure hits and misses."""
+    """The report of docs/trace-model.md, plus per-structure hits and misses."""
 
     accesses: int = 0
     loads: int = 0
@@ -146,6 +146,22 @@ class TraceStats:
         report.update(pwc_hits_pml5e=self.pwc_hits_pml5e, model=self.model, pages=self.pages,
                       tlb={name: {"hits": h, "misses": m} for name, (h, m) in self.tlb.items()})
         return report
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report of docs/trace-model.md, as ``pagewalk trace --json`` prints it."""
+        return self.to_json()
+
+    def to_pandas(self) -> Any:
+        """The report as a one-row pandas DataFrame, per-array TLB counters as
+        ``tlb.ARRAY.hits`` columns (the columns of a sweep's trace rows); ImportError
+        naming the extra if pandas is not installed."""
+        from pagewalk.extras import require
+        pd = require("pandas", "TraceStats.to_pandas")
+        row = {key: value for key, value in self.to_json().items() if key != "tlb"}
+        for name, (hits, misses) in self.tlb.items():
+            row[f"tlb.{name}.hits"] = hits
+            row[f"tlb.{name}.misses"] = misses
+        return pd.DataFrame([row])
 
 
 def parse_pages(pages: int | str) -> int:

@@ -6,10 +6,16 @@ from pathlib import Path
 
 import click
 
-from pagewalk.cli_common import reports_errors, resolve_scenario
+from pagewalk.cli_common import (
+    OneLineUsageErrors,
+    output_dir,
+    reports_errors,
+    resolve_scenario,
+)
+from pagewalk.errors import OutputError
 
 
-@click.command("view")
+@click.command("view", cls=OneLineUsageErrors)
 @click.argument("scenario")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Port on 127.0.0.1 (0: any free port).")
@@ -28,10 +34,16 @@ def view_command(scenario: str, port: int, static_dir: Path | None,
     from pagewalk.scenario.schema import load_scenario
     from pagewalk.view.model import build_document
     from pagewalk.view.server import build_site, make_server, serve, write_static
-    document = build_document(load_scenario(resolve_scenario(scenario)))
+    scen = load_scenario(resolve_scenario(scenario))
+    if static_dir is not None:
+        output_dir(static_dir)         # refused before the scenario runs
+    document = build_document(scen)
     site = build_site(document)
     if static_dir is not None:
-        write_static(site, static_dir)
+        try:
+            write_static(site, static_dir)
+        except OSError as err:
+            raise OutputError.writing(static_dir, err) from None
         click.echo(f"wrote {len(site)} files; open {(static_dir / 'index.html').resolve()}")
         return
     server = make_server(site, port)
