@@ -60,6 +60,11 @@ class LazyGroup(click.Group):
             if err.name and module_name.startswith(err.name):
                 return None  # that subsystem is not part of this build
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C while the command's modules load: the same stop as during its run
+            # (click would say "Aborted!" and exit 1)
+            from pagewalk.cli_common import EXIT_INTERRUPTED, fail
+            fail("interrupted", EXIT_INTERRUPTED)
         command: click.Command = getattr(module, attribute)
         for param in command.params:
             if param.name in COMPLETERS and param._custom_shell_complete is None:

@@ -407,3 +407,21 @@ steps:
         run_scenario(scenario)
     assert str(err.value).startswith("heap.yaml, step 1, field 'offset': offset 2MiB is past "
                                      "the end of region '[heap]'")
+
+
+def test_ctrl_c_while_a_command_loads_is_the_interrupted_exit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C that lands while a command's modules are imported exits 130 with one
+    line, as one during the command does (not click's "Aborted!" and 1)."""
+    import importlib
+
+    from click.testing import CliRunner
+
+    from pagewalk.cli import main
+
+    def interrupted(name: str) -> object:
+        raise KeyboardInterrupt
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    result = CliRunner().invoke(main, ["pagetable-cost", "--help"])
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr and "Aborted" not in result.output
