@@ -111,7 +111,14 @@ def _header(argv: list[str], native: NativeRun, pid: int, first: np.ndarray,
                          f"{err.strerror}") from None
     stores = first[(first >> np.uint64(KIND_SHIFT)) == STORE_KIND]
     stack_vaddr = int(stores[0] & np.uint64(VA_MASK)) if stores.shape[0] else 0
-    stack = next((m for m in valgrind_maps if m.start <= stack_vaddr < m.end), None)
+    stack = next((m for m in valgrind_maps if m.start <= stack_vaddr < m.end and
+                  not m.path.startswith("/")), None)
+    if stack is None:
+        # valgrind's client stack carries no [stack] name: it is the highest anonymous
+        # rw-p mapping (valgrind's own stacks are rwx; its host stack is [stack]), also
+        # when the first run of accesses is too short to hold a push
+        anonymous = [m for m in valgrind_maps if not m.path and m.perms == "rw-p"]
+        stack = max(anonymous, key=lambda m: m.start, default=None)
     for line in native.maps:
         if line.path.startswith("/"):
             file_sizes[line.path] = _file_size(line.path)
