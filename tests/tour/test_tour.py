@@ -282,15 +282,20 @@ def wrap(value: Any) -> Any:
 
 
 def _view_field(text: str, name: str) -> int:
-    """``Name:  123 kB`` of /proc/meminfo, or the column ``name`` of a `sar -r ALL` row."""
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-        columns = line.split()
-        if name in columns and i + 1 < len(lines):
-            return int(lines[i + 1].split()[columns.index(name)])
-    raise KeyError(f"{name} is in no view")
+    """The figure ``name`` of a view's text, read as the tour's picture script reads it
+    (one reader for both, so the pictures and the asserted figures agree)."""
+    return int(_pictures_module()._view_field(text, name))
+
+
+@functools.cache
+def _pictures_module() -> Any:
+    import importlib.util
+    path = Path(__file__).parents[2] / "docs" / "tour" / "make_pictures.py"
+    spec = importlib.util.spec_from_file_location("tour_make_pictures", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def namespace(doc: dict[str, Any]) -> dict[str, Any]:
