@@ -248,7 +248,7 @@ def test_ctrl_c_during_a_sweep_stops_it_cleanly(tmp_path: Path) -> None:
     spec = tmp_path / "slow.yaml"
     lines = ["name: slow", "base: {scenario: anon-4k-write-64m}",
              "names: {length: 'steps[0].mmap.length'}", "list:"]
-    lines += [f"  - {{length: {1024 + run}MiB}}" for run in range(64)]
+    lines += [f"  - {{length: {1024 + run}MiB}}" for run in range(512)]   # minutes of work
     spec.write_text("\n".join(lines) + "\n")
     child = subprocess.Popen([sys.executable, "-m", "pagewalk", "sweep", str(spec),
                               "--workers", "2", "--no-plots"], stdout=subprocess.PIPE,
@@ -266,7 +266,7 @@ def test_ctrl_c_during_a_sweep_stops_it_cleanly(tmp_path: Path) -> None:
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
-            child.communicate()
+        child.communicate()                  # and its pipes closed, whatever happened
     assert_one_line(child.returncode, err, "interrupted", status=130)
     assert out == ""
     deadline = time.monotonic() + 10         # the workers (and the resource tracker) go

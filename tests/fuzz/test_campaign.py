@@ -28,7 +28,7 @@ DOC: Doc = {"name": "fuzz-basic-1", "steps": [
     {"mmap": {"name": "z", "length": 0}},
     {"touch": {"region": "z"}},
     {"madvise": {"region": "a", "offset": 1, "advice": "dontneed"}},
-    {"touch": {"region": "a", "offset": 8 * MiB}},
+    {"touch": {"region": "a", "offset": 8 * MiB, "length": 4096}},   # past the end: SIGSEGV
     {"write": {"region": "a", "data": "hi"}},
     {"read": {"region": "a", "length": 2}},
     {"measure": "end"},

@@ -178,6 +178,9 @@ class LiveRun:
         self.lru_drain_all()
         self.base_system = self._system()
         self.base_others_locked = self._others_locked()
+        # another program locks memory: its mlock batches move Mlocked by a page or a few
+        # at moments no reading can avoid (seen here: PID 1 under mlockall)
+        self.background["locked_by_others_kb"] = self.base_others_locked
         self.own_base = procfs.own_faults()
         self.own_maj_base = own_major_faults()
         self.started = time.monotonic()
