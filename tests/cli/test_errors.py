@@ -250,9 +250,13 @@ def test_ctrl_c_during_a_sweep_stops_it_cleanly(tmp_path: Path) -> None:
              "names: {length: 'steps[0].mmap.length'}", "list:"]
     lines += [f"  - {{length: {1024 + run}MiB}}" for run in range(512)]   # minutes of work
     spec.write_text("\n".join(lines) + "\n")
+    # Ctrl-C as a terminal's foreground job has it: a test run started in the background
+    # of a shell has SIGINT ignored, which the sweep would inherit (a handler is not)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     child = subprocess.Popen([sys.executable, "-m", "pagewalk", "sweep", str(spec),
                               "--workers", "2", "--no-plots"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    signal.signal(signal.SIGINT, previous)
     try:
         deadline = time.monotonic() + 120
         # the workers are spawned, and the sweep listens to Ctrl-C again

@@ -272,10 +272,13 @@ def _local_cluster(workers: int | None) -> Any:
         raise ScenarioError(f"--workers must be at least 1, got {workers}")
     # No dashboard; the scheduler's HTTP server (health and metrics routes, always
     # started) on a free port of 127.0.0.1 rather than 8787, which another cluster may hold.
+    # No log at all, not even CRITICAL: a Ctrl-C that cancels many runs makes the
+    # in-process scheduler log a traceback about the client it has just lost.
     return LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
         host="127.0.0.1", dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.CRITICAL)
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        silence_logs=logging.CRITICAL + 10)
 
 
 @contextmanager
