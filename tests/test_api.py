@@ -20,19 +20,11 @@ import pagewalk
 import pagewalk.api
 from pagewalk.cli import main
 from pagewalk.trace.formats import pack_records
+from tests.test_cli import SCENARIO as SMALL  # the same small scenario the CLI tests run
 
 ROOT = Path(__file__).resolve().parent.parent
 API_DOC = ROOT / "docs" / "api.md"
 PYCON_BLOCK = re.compile(r"^```pycon\n(.*?)^```", re.DOTALL | re.MULTILINE)
-SMALL = """name: small
-system:
-  sysfs:
-    /sys/kernel/mm/transparent_hugepage/enabled: never
-steps:
-  - mmap: {name: a, length: 4MiB}
-  - touch: {region: a}
-  - measure: done
-"""
 THP_HEAP = 0x7FFFF3E00000      # thp-madvise-64m's 64 MiB mapping (the mappings of its report)
 
 
