@@ -76,8 +76,8 @@ name: swap-unit
 system: {swap: 16MiB}
 steps:
   - mmap: {name: buf, length: 64KiB}
-  - write: {region: buf, offset: 4096, data: "swapped"}
   - touch: {region: buf, access: write}
+  - write: {region: buf, offset: 4096, data: "swapped"}
   - madvise: {region: buf, advice: pageout}
   - measure: out
   - read: {region: buf, offset: 4096, length: 7, expect: "swapped"}

@@ -5,7 +5,9 @@ always (they are written as soon as they are allocated), data frames when a
 `write` step stores bytes. Stored frames live in one NumPy pool of 512 x uint64
 rows; ``slot_of[pfn]`` is the row of a stored frame or -1, and a frame without a
 row reads as zeros (the allocator hands out zeroed pages, so an unstored frame
-and a zeroed one are the same thing). The arrays are plain NumPy so compiled
+and a zeroed one are the same thing). A `touch` step's write stores one byte 0x01 (what
+the kernel runner stores); a frame whose only stored byte that is keeps it in
+``touched[pfn]`` (its offset + 1) instead of a row, so touching 8 GiB costs no pool. The arrays are plain NumPy so compiled
 code (mm/fastfault.py) can read and write entries without crossing into Python: it
 takes them as one :class:`PhysArrays` bundle, and the frame operations below
 (``frame_store``, ``frame_drop``, ``frame_copy``) are compiled once and called by
@@ -33,17 +35,28 @@ class PhysArrays(NamedTuple):
     pool: npt.NDArray[np.uint64]         # [rows, 512] stored frames
     free_slots: npt.NDArray[np.int32]    # stack of unused rows: free_slots[:nr_free_slots[0]]
     nr_free_slots: npt.NDArray[np.int64]  # [1]
-    touched: npt.NDArray[np.uint8]       # pfn -> 1: a `touch` stored a byte not kept
+    touched: npt.NDArray[np.uint16]      # pfn -> offset + 1 of a lone 0x01 byte not in a row
 
 
-bundle(PhysArrays, "i1 Q2 i1 q1 B1")
+bundle(PhysArrays, "i1 Q2 i1 q1 H1")
+
+TOUCH_BYTE = 1   # what a `touch` write stores (the kernel runner's byte)
 
 
 # -- frame operations (compiled; the caller has reserved the rows a store needs) ------------
 
+@compiled(entry="PhysArrays i i", inline=True)
+def _row_set_byte(phys: PhysArrays, slot: int, offset: int) -> None:
+    """Byte ``offset`` of pool row ``slot`` becomes TOUCH_BYTE."""
+    shift = np.uint64((offset & 7) * 8)
+    word = phys.pool[slot, offset >> 3] & ~(np.uint64(0xFF) << shift)
+    phys.pool[slot, offset >> 3] = word | (np.uint64(TOUCH_BYTE) << shift)
+
+
 @compiled(entry="PhysArrays i", result="i", inline=True)
 def frame_store(phys: PhysArrays, pfn: int) -> int:
-    """The pool row of ``pfn``, given a zeroed row first if it has none."""
+    """The pool row of ``pfn``, given a zeroed row first if it has none (holding the
+    frame's lone touched byte, if it had one)."""
     slot = phys.slot_of[pfn]
     if slot >= 0:
         return int(slot)
@@ -53,7 +66,26 @@ def frame_store(phys: PhysArrays, pfn: int) -> int:
     for word in range(FRAME_WORDS):
         phys.pool[slot, word] = 0
     phys.slot_of[pfn] = slot
+    if phys.touched[pfn]:
+        _row_set_byte(phys, int(slot), int(phys.touched[pfn]) - 1)
+        phys.touched[pfn] = 0
     return int(slot)
+
+
+@compiled(entry="PhysArrays i", inline=True)
+def frame_touch(phys: PhysArrays, paddr: int) -> None:
+    """A `touch` write of TOUCH_BYTE at ``paddr``: kept as the frame's lone touched byte
+    while it is the only one, in a row otherwise (the caller has reserved one row)."""
+    pfn = paddr >> 12
+    offset = paddr & 0xFFF
+    slot = phys.slot_of[pfn]
+    if slot < 0:
+        mark = phys.touched[pfn]
+        if mark == 0 or mark == offset + 1:
+            phys.touched[pfn] = offset + 1
+            return
+        slot = frame_store(phys, pfn)
+    _row_set_byte(phys, int(slot), offset)
 
 
 @compiled(entry="PhysArrays i", inline=True)
@@ -103,10 +135,10 @@ class PhysicalMemory:
         self.free_slots: npt.NDArray[np.int32] = np.arange(initial_slots - 1, -1, -1, dtype=np.int32)
         self.nr_free_slots = np.zeros(1, dtype=np.int64)
         self.nr_free_slots[0] = initial_slots
-        # touched[pfn] = 1: a `touch` step stored a byte there that is not kept (the scenario
-        # spec leaves its value unspecified; the kernel runner stores 0x01), so the frame
-        # is not all zeros. Cleared with the frame's contents, copied with them.
-        self.touched: npt.NDArray[np.uint8] = np.zeros(self.nr_frames, dtype=np.uint8)
+        # touched[pfn] = offset + 1: the frame's one non-zero byte, TOUCH_BYTE at offset,
+        # stored by a `touch` step and kept here rather than in a row. Cleared with the
+        # frame's contents, copied with them, moved into a row when the frame gets one.
+        self.touched: npt.NDArray[np.uint16] = np.zeros(self.nr_frames, dtype=np.uint16)
         self._arrays: PhysArrays | None = None
 
     # -- pool management -------------------------------------------------------------------
@@ -159,8 +191,9 @@ class PhysicalMemory:
         return bool(self.slot_of[pfn] >= 0)
 
     def note_touch(self, paddr: int) -> None:
-        """A `touch` store at ``paddr``: the frame now holds a byte that is not kept."""
-        self.touched[paddr >> 12] = 1
+        """A `touch` store of TOUCH_BYTE at ``paddr``."""
+        self.reserve_slots(1)
+        frame_touch(self.arrays, paddr)
 
     def is_zero(self, pfn: int) -> bool:
         """Every byte of the frame is zero (what pages_identical(page, ZERO_PAGE) asks)."""
@@ -195,7 +228,11 @@ class PhysicalMemory:
         assert offset + length <= FRAME_SIZE
         slot = int(self.slot_of[pfn])
         if slot < 0:
-            return bytes(length)
+            data = bytearray(length)
+            lone = int(self.touched[pfn]) - 1
+            if offset <= lone < offset + length:
+                data[lone - offset] = TOUCH_BYTE
+            return bytes(data)
         return bytes(self.pool[slot].view(np.uint8)[offset: offset + length])
 
     def write_bytes(self, paddr: int, data: bytes) -> None:

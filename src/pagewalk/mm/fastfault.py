@@ -45,7 +45,7 @@ import numpy.typing as npt
 
 from pagewalk.hw import pgtable_types as pt
 from pagewalk.hw.compiled import bundle, compiled
-from pagewalk.hw.physmem import frame_copy
+from pagewalk.hw.physmem import frame_copy, frame_touch
 from pagewalk.mm.page_alloc import NO_PAGE, KernelArrays, PageFlag, folio_alloc
 from pagewalk.mm.pgtable import (
     WALK_OOM,
@@ -554,14 +554,14 @@ def touch_kernel(run: TouchRun, vma: FaultVma, ka: KernelArrays, mm_stat: Ints,
     through the compiled MMU; a page fault the loop can resolve is resolved and the access
     retried, as Kernel.user_access does. Returns a stop reason: NEED_KERNEL when a fault
     needs the Python kernel (out[ERROR_CODE] holds its error code, the failed translation
-    already counted), NEED_SLOTS or NEED_DRAIN before the access. A write stores a byte:
-    ``touched`` (PhysicalMemory.touched) marks its frame. ``records`` gets (PMD entry
+    already counted), NEED_SLOTS or NEED_DRAIN before the access. A write stores the
+    touch byte (physmem.frame_touch). ``records`` gets (PMD entry
     paddr, deposited table, folio or NO_PAGE for the huge zero page) per PMD mapped."""
     write = run.kind == 1
     i = out[Out.NEXT]
     while i < run.nr_accesses:
         vaddr = run.start + i * run.stride
-        if ka.phys.nr_free_slots[0] < vma.levels + 1:    # new tables, a copied page
+        if ka.phys.nr_free_slots[0] < vma.levels + 2:    # new tables, a copied page, a byte
             out[Out.NEXT] = i
             return NEED_SLOTS
         if out[Out.RECORDS] >= records.shape[0]:
@@ -575,7 +575,7 @@ def touch_kernel(run: TouchRun, vma: FaultVma, ka: KernelArrays, mm_stat: Ints,
                              mmu.counters, vma.pkru)
         if code == 0:
             if write:
-                ka.phys.touched[_frame_of(vaddr, vma, ka, out)] = 1
+                frame_touch(ka.phys, _frame_of(vaddr, vma, ka, out) << 12 | (vaddr & 0xFFF))
             i += 1
             continue
         # do_user_addr_fault(): what only Python handles goes back with the error code.

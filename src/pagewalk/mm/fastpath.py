@@ -51,8 +51,8 @@ def touch_reference(k: Kernel, task: Task, start: int, length: int, stride: int,
 
 
 def user_touch(k: Kernel, task: Task, vaddr: int, access: int) -> None:
-    """One access of the touch step; a write stores a byte whose value the spec leaves
-    open, kept only as PhysicalMemory.touched (the frame is no longer all zeros)."""
+    """One access of the touch step; a write stores the byte the kernel runner stores
+    (the spec leaves it open; physmem.TOUCH_BYTE)."""
     paddr = k.user_access(task, vaddr, access)
     if access == 1:
         k.physmem.note_touch(paddr)
