@@ -61,12 +61,20 @@ def test_annotate_writes_the_answers_and_leaves_out_skipped_steps() -> None:
     assert "expect_error" not in step_item(DOC["steps"][1])[1]      # the input is unchanged
 
 
-def test_read_bytes_written_by_a_touch_or_not_text_are_not_expected() -> None:
-    for data in (b"\x01\x01", b"\xff\x00"):
+def test_read_bytes_not_text_are_not_expected() -> None:
+    for data in (b"\x02\x00", b"\xff\x00"):
         found = _found()
         found.data[6] = data
         annotated, _ = d.annotate(DOC, found)
         assert "expect" not in step_item(annotated["steps"][6])[1]
+
+
+def test_read_bytes_a_touch_stored_are_expected() -> None:
+    """The simulator stores the touch byte (0x01) as the kernel runner does."""
+    found = _found()
+    found.data[6] = b"\x01\x00"
+    annotated, _ = d.annotate(DOC, found)
+    assert step_item(annotated["steps"][6])[1]["expect"] == "\x01\x00"
 
 
 def test_an_answer_no_scenario_can_expect_is_unannotatable() -> None:

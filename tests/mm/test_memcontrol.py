@@ -48,3 +48,40 @@ def test_no_swap_over_limit_kills_the_faulting_process() -> None:
     assert measure.processes == {}
     assert measure.system["oom_kill"] == 1
     assert report.outcomes[0].failure == "SIGKILL"
+
+
+OOM_TWO = """
+name: oom-two
+system: {memory_limit: 8MiB}
+steps:
+  - mmap: {name: small, length: 1MiB}
+  - madvise: {region: small, advice: nohugepage}
+  - touch: {region: small, access: write}
+  - fork: {name: big}
+  - mmap: {name: buf, length: 16MiB, process: big}
+  - madvise: {region: buf, advice: nohugepage, process: big}
+  - touch: {region: buf, access: write, process: big, expect_signal: SIGKILL}
+  - measure: after
+"""
+
+
+def test_no_swap_reclaim_scans_no_anon_list() -> None:
+    """can_reclaim_anon_pages() is false without a free swap slot: reclaim leaves the
+    anonymous LRU alone, so the survivor's PTEs keep their accessed bits."""
+    from pagewalk.hw import pgtable_types as pt
+    from pagewalk.scenario.runner import ScenarioRun
+
+    run = ScenarioRun(parse_scenario(OOM_TWO, "oom-two.yaml"))
+    report = run.run()
+    assert set(report.measurements[0].processes) == {"main"}
+    assert report.measurements[0].system["oom_kill"] == 1
+    k = run.kernel
+    mm = k.tasks[min(k.tasks)].mm
+    vma = next(v for v in mm.vmas if v.length == 1 << 20)       # "small"
+    young = 0
+    for vaddr in range(vma.start, vma.end, 4096):
+        pmd_paddr, _ = k.pgtables.walk(mm, vaddr, 21, alloc=False)
+        pte = k.pgtables.read((pt.pte_pfn(k.pgtables.read(pmd_paddr)) << 12)
+                              + ((vaddr >> 12) & 511) * 8)
+        young += bool(pte & pt._PAGE_ACCESSED)
+    assert young == 256

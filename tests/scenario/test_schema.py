@@ -601,9 +601,13 @@ def test_expect_signal_is_sigsegv_sigbus_or_sigkill() -> None:
                    "steps[1].touch.expect_signal", "'SIGTERM'")
 
 
-def test_expect_signal_on_a_system_call_is_unknown() -> None:
+def test_a_system_call_expects_no_signal_but_the_oom_killers() -> None:
+    """A call never faults (an errno instead), but the OOM killer may end it (version 3)."""
     assert_refused(scenario_text("mmap: {name: a, length: 1, expect_signal: SIGSEGV}"), 0,
-                   "steps[0].mmap.expect_signal", "unknown field 'expect_signal'")
+                   "steps[0].mmap.expect_signal", "can only be killed (SIGKILL")
+    doc = schema.parse_scenario(scenario_text("mmap: {name: a, length: 1, expect_signal: SIGKILL}"),
+                                "s.yaml")
+    assert doc.steps[0].expect_signal is Signal.SIGKILL
 
 
 def test_expect_error_on_an_access_is_unknown() -> None:

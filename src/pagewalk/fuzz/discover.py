@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from pagewalk.errors import Errno, ScenarioError, SignalError, SyscallError
 from pagewalk.fuzz.document import ACCESS_STEPS, CALL_STEPS, Doc, step_item
+from pagewalk.hw.physmem import TOUCH_BYTE
 from pagewalk.live.errors import ProbeError
 from pagewalk.live.runner import LiveRun
 from pagewalk.live.verify import LiveResult, Notify, run_live
@@ -30,7 +31,6 @@ from pagewalk.scenario.runner import ScenarioRun
 
 OK, ERR, SIG, SKIP = "ok", "err", "sig", "skip"
 EXPECTABLE_SIGNALS = frozenset(sig.name for sig in s.EXPECTABLE_SIGNALS)
-TOUCH_BYTE = 0x01          # what the kernel runner's touch stores; the simulator stores none
 # version 2 file steps, which may carry expect_error like the calls of document.CALL_STEPS
 FILE_CALL_STEPS = ("file", "truncate", "fadvise", "msync", "unlink")
 
@@ -141,9 +141,9 @@ def discover_sim(scenario: s.Scenario) -> tuple[dict[str, Any], Discovery]:
 # -- annotation --------------------------------------------------------------------------------
 
 def _readable(data: bytes) -> str | None:
-    """``data`` as the text of a read's ``expect``, unless it holds a byte that only a
-    touch stores (the simulator stores none) or is no plain ASCII text."""
-    if TOUCH_BYTE in data or any(b > 0x7E or (b < 0x20 and b != 0) for b in data):
+    """``data`` as the text of a read's ``expect``, unless it is no plain ASCII text (but
+    for zeros and the byte a touch stores)."""
+    if any(b > 0x7E or (b < 0x20 and b not in (0, TOUCH_BYTE)) for b in data):
         return None
     return data.decode("ascii")
 
@@ -164,7 +164,9 @@ def annotate(doc: Doc, found: Discovery) -> tuple[Doc, dict[int, int]]:
                 raise Unannotatable(f"step {index} ({kind}) failed with {outcome.name}")
             fields["expect_error"] = outcome.name
         elif outcome.kind == SIG:
-            if kind not in ACCESS_STEPS or outcome.name not in EXPECTABLE_SIGNALS:
+            # version 3: the OOM killer's SIGKILL ends whatever step charged the memory
+            if outcome.name not in EXPECTABLE_SIGNALS or (kind not in ACCESS_STEPS and
+                                                          outcome.name != "SIGKILL"):
                 raise Unannotatable(f"step {index} ({kind}) got {outcome.name}")
             fields["expect_signal"] = outcome.name
         elif kind == "read" and index in found.data:

@@ -1,4 +1,4 @@
-"""Random scenarios (scenario.md, versions 1 and 2), valid by construction.
+"""Random scenarios (scenario.md, versions 1 to 3), valid by construction.
 
 A scenario is built as plain data (the YAML document: ``{"name", "system", "steps"}``
 with integer sizes) by :func:`generate`, from a seeded ``random.Random`` (the same seed
@@ -14,7 +14,11 @@ annotates the steps. A step whose mapping is gone by then (its mmap failed, a mu
 covered it) is left out by the annotation, as the runners would refuse it.
 
 The steps come from :data:`STEP_KINDS`, a table of makers with a weight per class
-(:data:`CLASSES`); a version-2 step (brk, mremap, mlock, files) is one more entry.
+(:data:`CLASSES`); a version-2 step (brk, mremap, mlock, files) is one more entry. The
+``pressure`` class (version 3) runs in a memory cgroup with a limit, with or without a
+swap file (or with swap alone): anonymous memory of up to twice the limit, written,
+read back, paged out, forked and locked, so that reclaim, swap-in and the OOM killer
+all have their turn.
 Sizes stay small enough for a run of a second or two on the kernel: anonymous mappings
 up to 64 MiB (a few sparse ones up to 1 GiB, touched at large strides), hugetlb pools
 up to 64 pages of 2 MiB and 2 of 1 GiB, at most four live processes, files up to
@@ -44,10 +48,10 @@ from pagewalk.units import GiB, KiB, MiB
 Doc = dict[str, Any]
 T = TypeVar("T")
 
-CLASSES = ("basic", "thp", "hugetlb", "processes", "knobs", "mixed", "files")
-#: how often ``all`` draws each class: files, a version-2 class, less often
-CLASS_DRAW: Mapping[str, float] = MappingProxyType({c: 0.5 if c == "files" else 1.0
-                                                    for c in CLASSES})
+CLASSES = ("basic", "thp", "hugetlb", "processes", "knobs", "mixed", "files", "pressure")
+#: how often ``all`` draws each class: files and pressure (versions 2 and 3) less often
+CLASS_DRAW: Mapping[str, float] = MappingProxyType({c: 0.5 if c in ("files", "pressure")
+                                                    else 1.0 for c in CLASSES})
 NO_HUGETLB_CLASSES = tuple(c for c in CLASSES if c != "hugetlb")   # --no-hugetlb
 ALL = "all"
 ARENA = 0x600000000000            # empty in the start image: MAP_FIXED mappings go here
@@ -68,11 +72,14 @@ HEAP_KEEP = INITIAL_BRK - START_BRK   # the first part of [heap]: never unmapped
 BRK_MAX = 64 * MiB                # how far the break grows above the initial one
 STEP_RANGE = MappingProxyType({"basic": (8, 20), "thp": (8, 20), "hugetlb": (6, 16),
                                "processes": (8, 22), "knobs": (8, 18), "mixed": (10, 24),
-                               "files": (10, 24)})
+                               "files": (10, 24), "pressure": (8, 18)})
 FILE_MAX = 16 * MiB               # version 2: a file's size, at its largest
 FILES_TOTAL = 64 * MiB            # the files of a scenario, each at its largest
 MAX_FILES = 6
 READ_AHEAD_VALUES = (0, 4, 128, 8192)   # kB: none, one page, the default of most disks, vda's
+# version 3 (pressure): the memory cgroup's limit and the swap file, in MiB
+LIMITS_MIB = (16, 24, 32, 48, 64, 96)
+SWAPS_MIB = (0, 0, 64, 128, 256, 512)        # 0: no swap (the OOM killer's turn)
 
 PROTS = ("rw", "r", "none", "rwx", "x", "rx", "w", "wx")
 PROT_WEIGHTS = (40, 10, 8, 6, 4, 4, 4, 4)
@@ -85,6 +92,9 @@ ADVICE_WEIGHTS: Mapping[str, Mapping[str, float]] = MappingProxyType({
     "files": {"dontneed": 3, "free": 1, "willneed": 2, "hugepage": 1, "nohugepage": 0.5,
               "collapse": 0.5, "populate_read": 3, "populate_write": 3, "remove": 2,
               "cold": 2, "pageout": 3, "random": 1.5, "sequential": 1.5, "normal": 1},
+    # version 3: swap-out by hand and the advice that moves pages between LRU lists
+    "pressure": {"pageout": 5, "cold": 2, "nohugepage": 3, "dontneed": 2, "free": 1,
+                 "willneed": 1.5, "hugepage": 0.5, "populate_write": 1, "populate_read": 0.5},
 })
 POPULATE_ADVICE = frozenset({"populate_read", "populate_write"})
 UNCACHE_ADVICE = frozenset({"pageout", "remove"})   # drop disk-file pages (remove punches)
@@ -192,6 +202,8 @@ class Gen:
         self.writes: list[tuple[str, str, int, int]] = []   # process, mapping, offset, length
         self.mapped = 0          # dense anonymous bytes mapped by all processes (memory bound)
         self.files: dict[str, FileModel] = {}
+        self.limit = 0           # version 3: the memory cgroup's limit, bytes (0: none)
+        self.swap = 0            # version 3: the swap file's size, bytes (0: none)
 
     # -- random helpers --------------------------------------------------------------------
     def chance(self, p: float) -> bool:
@@ -276,6 +288,8 @@ def _align_up(value: int, align: int) -> int:
 
 def _anon_length(gen: Gen) -> int:
     rng = gen.rng
+    if gen.cls == "pressure":
+        return _pressure_length(gen)
     shape = gen.pick(("pages", "2m", "mib", "odd", "bytes", "zero", "sparse"),
                      (25, 20, 20, 15, 10, 2, 3) if gen.cls != "thp" else (10, 35, 20, 20, 10, 2, 3))
     if shape == "pages":
@@ -291,6 +305,18 @@ def _anon_length(gen: Gen) -> int:
     if shape == "zero":
         return 0
     return rng.choice((256 * MiB, 512 * MiB, 1 * GiB))
+
+
+def _pressure_length(gen: Gen) -> int:
+    """Version 3: a quarter of the limit to twice it, some pages, or a 2 MiB multiple."""
+    rng = gen.rng
+    limit = gen.limit or 64 * MiB
+    shape = gen.pick(("limit", "pages", "2m"), (6, 2, 2))
+    if shape == "pages":
+        return rng.randint(1, 256) * PAGE
+    if shape == "2m":
+        return rng.randint(1, max(1, limit // HUGE_2M)) * HUGE_2M
+    return rng.randint(max(1, limit // MiB // 4), 2 * limit // MiB) * MiB
 
 
 def _huge_length(gen: Gen, page: int) -> int:
@@ -550,6 +576,8 @@ def _madvise(gen: Gen) -> Doc | None:
     proc, _, fields = got
     if gen.cls == "files" or (gen.cls == "mixed" and gen.chance(0.2)):
         table = ADVICE_WEIGHTS["files"]
+    elif gen.cls == "pressure":
+        table = ADVICE_WEIGHTS["pressure"]
     else:
         table = ADVICE_WEIGHTS["thp" if gen.cls in ("thp", "mixed", "knobs") else "basic"]
     advice = gen.weighted(table)
@@ -687,6 +715,7 @@ KNOB_GROUP_WEIGHTS: Mapping[str, Sequence[float]] = MappingProxyType({
     "basic": (6, 1, 1, 0, 1, 0), "thp": (6, 3, 2, 0.5, 0.5, 0),
     "hugetlb": (1, 0.5, 0.5, 8, 1, 0), "processes": (4, 1, 1, 1, 1, 0),
     "knobs": (4, 3, 3, 3, 2, 1), "mixed": (4, 2, 1, 3, 1, 0.5), "files": (1, 0.3, 0, 0, 0.2, 6),
+    "pressure": (6, 0.5, 0, 0, 1, 0),
 })
 
 
@@ -771,7 +800,7 @@ def _initial_sysfs(gen: Gen) -> Doc:
     if cls == "files" and gen.chance(0.4):
         sysfs[registry.READ_AHEAD_KB] = gen.pick(READ_AHEAD_VALUES, (3, 1, 2, 2))
     extra = {"basic": 0, "thp": 2, "hugetlb": 1, "processes": 1, "knobs": 4, "mixed": 2,
-             "files": 1}[cls]
+             "files": 1, "pressure": 0}[cls]
     for _ in range(gen.rng.randint(0, extra)):
         path = _knob_path(gen)
         if registry.resolve(path) not in {registry.resolve(p) for p in sysfs}:
@@ -780,6 +809,20 @@ def _initial_sysfs(gen: Gen) -> Doc:
     for path, value in sysfs.items():
         gen.knobs[registry.resolve(path)] = str(value)
     return sysfs
+
+
+# -- version 3: memory pressure ---------------------------------------------------------------
+
+def _pressure_system(gen: Gen) -> Doc:
+    """A memory cgroup's limit with or without swap, or swap alone (MADV_PAGEOUT's)."""
+    system: Doc = {}
+    gen.swap = gen.pick(SWAPS_MIB) * MiB
+    if not gen.swap or gen.chance(0.85):
+        gen.limit = gen.pick(LIMITS_MIB) * MiB
+        system["memory_limit"] = gen.limit
+    if gen.swap:
+        system["swap"] = gen.swap
+    return system
 
 
 # -- version 2: the program break, mremap, memory locking -------------------------------------
@@ -1139,32 +1182,32 @@ class StepKind:
 
 
 def _w(basic: float, thp: float, hugetlb: float, processes: float, knobs: float,
-       mixed: float, files: float = 0) -> Mapping[str, float]:
+       mixed: float, files: float = 0, pressure: float = 0) -> Mapping[str, float]:
     return MappingProxyType(dict(zip(CLASSES, (basic, thp, hugetlb, processes, knobs, mixed,
-                                               files), strict=True)))
+                                               files, pressure), strict=True)))
 
 
 STEP_KINDS: tuple[StepKind, ...] = (
-    StepKind("mmap-anon", "mmap", _mmap_anon, _w(3, 3, 1.5, 2, 2, 3, 1.5)),
-    StepKind("mmap-fixed", "mmap", _mmap_fixed, _w(3, 2, 2, 1.5, 1.5, 2, 1)),
-    StepKind("mmap-hugetlb", "mmap", _mmap_hugetlb, _w(0, 0.3, 4, 0.7, 0.7, 1.5, 0.4)),
-    StepKind("munmap", "munmap", _munmap, _w(2, 2, 2, 1, 1, 2, 1.5)),
-    StepKind("mprotect", "mprotect", _mprotect, _w(3, 2, 2, 1, 1, 2, 1)),
-    StepKind("madvise", "madvise", _madvise, _w(2, 5, 2, 2, 2, 3, 5)),
-    StepKind("touch", "touch", _touch, _w(8, 8, 7, 7, 6, 8, 8)),
-    StepKind("write", "write", _write, _w(2, 1, 1, 2, 1, 1, 2)),
-    StepKind("read", "read", _read, _w(2, 1, 1, 2, 1, 1, 2)),
-    StepKind("fork", "fork", _fork, _w(0.3, 0.5, 0.5, 4, 0.5, 1, 0.7)),
-    StepKind("exit", "exit", _exit, _w(0, 0, 0, 1.5, 0.2, 0.5, 0.3)),
-    StepKind("set", "set", _set, _w(0.2, 1.5, 1.5, 0.3, 6, 1.5, 1)),
-    StepKind("measure", "measure", _measure, _w(2, 2, 2, 2, 2, 2, 2)),
+    StepKind("mmap-anon", "mmap", _mmap_anon, _w(3, 3, 1.5, 2, 2, 3, 1.5, 3)),
+    StepKind("mmap-fixed", "mmap", _mmap_fixed, _w(3, 2, 2, 1.5, 1.5, 2, 1, 0.7)),
+    StepKind("mmap-hugetlb", "mmap", _mmap_hugetlb, _w(0, 0.3, 4, 0.7, 0.7, 1.5, 0.4, 0.2)),
+    StepKind("munmap", "munmap", _munmap, _w(2, 2, 2, 1, 1, 2, 1.5, 1)),
+    StepKind("mprotect", "mprotect", _mprotect, _w(3, 2, 2, 1, 1, 2, 1, 0.5)),
+    StepKind("madvise", "madvise", _madvise, _w(2, 5, 2, 2, 2, 3, 5, 3)),
+    StepKind("touch", "touch", _touch, _w(8, 8, 7, 7, 6, 8, 8, 9)),
+    StepKind("write", "write", _write, _w(2, 1, 1, 2, 1, 1, 2, 1.5)),
+    StepKind("read", "read", _read, _w(2, 1, 1, 2, 1, 1, 2, 1.5)),
+    StepKind("fork", "fork", _fork, _w(0.3, 0.5, 0.5, 4, 0.5, 1, 0.7, 1.5)),
+    StepKind("exit", "exit", _exit, _w(0, 0, 0, 1.5, 0.2, 0.5, 0.3, 0.7)),
+    StepKind("set", "set", _set, _w(0.2, 1.5, 1.5, 0.3, 6, 1.5, 1, 0.3)),
+    StepKind("measure", "measure", _measure, _w(2, 2, 2, 2, 2, 2, 2, 3)),
     # version 2
-    StepKind("brk", "brk", _brk, _w(1, 1, 0.3, 0.7, 0.3, 1, 0.3)),
-    StepKind("mremap", "mremap", _mremap, _w(1.5, 1.5, 1, 0.7, 0.5, 1.5, 1)),
-    StepKind("mlock", "mlock", _mlock, _w(1, 1, 0.7, 0.7, 0.3, 1, 1)),
-    StepKind("munlock", "munlock", _munlock, _w(0.5, 0.5, 0.3, 0.3, 0.2, 0.5, 0.5)),
-    StepKind("mlockall", "mlockall", _mlockall, _w(0.2, 0.2, 0.2, 0.3, 0.1, 0.3, 0.3)),
-    StepKind("munlockall", "munlockall", _munlockall, _w(0.2, 0.2, 0.2, 0.3, 0.1, 0.3, 0.3)),
+    StepKind("brk", "brk", _brk, _w(1, 1, 0.3, 0.7, 0.3, 1, 0.3, 0.3)),
+    StepKind("mremap", "mremap", _mremap, _w(1.5, 1.5, 1, 0.7, 0.5, 1.5, 1, 0.4)),
+    StepKind("mlock", "mlock", _mlock, _w(1, 1, 0.7, 0.7, 0.3, 1, 1, 0.6)),
+    StepKind("munlock", "munlock", _munlock, _w(0.5, 0.5, 0.3, 0.3, 0.2, 0.5, 0.5, 0.3)),
+    StepKind("mlockall", "mlockall", _mlockall, _w(0.2, 0.2, 0.2, 0.3, 0.1, 0.3, 0.3, 0.1)),
+    StepKind("munlockall", "munlockall", _munlockall, _w(0.2, 0.2, 0.2, 0.3, 0.1, 0.3, 0.3, 0.1)),
     # version 2 files: a few in mixed (and so in all), the files class's own
     StepKind("file", "file", _file, _w(0, 0, 0, 0, 0, 0.2, 1.2)),
     StepKind("mmap-file", "mmap", _mmap_file, _w(0, 0, 0, 0, 0, 0.4, 4)),
@@ -1208,8 +1251,11 @@ def generate(seed: int, cls: str = ALL, hugetlb: bool = True) -> Doc:
                 "description": f"pagewalk fuzz seed {seed}, class {gen.cls}" +
                 ("" if hugetlb else ", no hugetlb")}
     sysfs = _initial_sysfs(gen)
-    if sysfs:
-        doc["system"] = {"sysfs": sysfs}
+    system: Doc = {"sysfs": sysfs} if sysfs else {}
+    if gen.cls == "pressure":
+        system.update(_pressure_system(gen))
+    if system:
+        doc["system"] = system
     low, high = STEP_RANGE[gen.cls]
     total = gen.rng.randint(low, high)
     mappers = [k for k in STEP_KINDS if k.name in MAKES_MAPPINGS]

@@ -19,6 +19,7 @@ are under writeback. MADV_PAGEOUT uses shrink_folio_list too
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from math import isqrt
 from typing import TYPE_CHECKING
 
@@ -152,7 +153,7 @@ def inactive_is_low(memcg: MemCgroup) -> bool:
 def shrink_active_list(k: Kernel, memcg: MemCgroup, nr_to_scan: int) -> None:
     """shrink_active_list(): the oldest active folios go to the young end of the inactive
     list, their accessed bits cleared (anonymous folios are never kept active)."""
-    for pfn in list(memcg.active)[:nr_to_scan]:
+    for pfn in list(islice(memcg.active, nr_to_scan)):     # the oldest, without copying all
         index = memcg.active.pop(pfn)
         folio_referenced(k, pfn, index)
         memcg.inactive[pfn] = index
@@ -186,6 +187,9 @@ def try_to_free_mem_cgroup_pages(k: Kernel, nr_to_reclaim: int) -> int:
     or every folio was looked at twice. Returns that progress."""
     memcg = k.memcg
     assert memcg is not None
+    # can_reclaim_anon_pages(): with no free swap slot get_scan_count() scans no anon LRU
+    if k.swap is None or k.swap.si.nr_free <= 0:
+        return 0
     progress = 0
     scanned = 0
     budget = 2 * (len(memcg.inactive) + len(memcg.active)) + SWAP_CLUSTER_MAX
@@ -193,7 +197,7 @@ def try_to_free_mem_cgroup_pages(k: Kernel, nr_to_reclaim: int) -> int:
     while progress < nr_to_reclaim and scanned < budget:
         if inactive_is_low(memcg):
             shrink_active_list(k, memcg, SWAP_CLUSTER_MAX)
-        batch = list(memcg.inactive.items())[:SWAP_CLUSTER_MAX]
+        batch = list(islice(memcg.inactive.items(), SWAP_CLUSTER_MAX))
         if not batch:
             break
         scanned += len(batch)

@@ -37,8 +37,9 @@ pagewalk extensions and decisions where scenario.md is silent:
   ``read.length`` defaults to the length of ``expect``; one of them is required, and
   when both are given they must agree.
 * ``expect_error`` is allowed on the system-call steps (mmap, munmap, mprotect,
-  madvise, fork), ``expect_signal`` on the access steps (touch, write, read); never
-  both. ``exit`` takes only ``process`` (default ``main``, as on every step: ``exit: {}``
+  madvise, fork), ``expect_signal`` on the access steps (touch, write, read), and
+  ``expect_signal: SIGKILL`` (the OOM killer, version 3) on the system-call steps too;
+  never both. ``exit`` takes only ``process`` (default ``main``, as on every step: ``exit: {}``
   exits main, whose children go on); ``set`` only knob paths (at least
   one); ``measure`` only its label; ``khugepaged`` only ``scans`` (1 to
   MAX_KHUGEPAGED_SCANS, 1000: a count that could not finish is refused; ``khugepaged:``
@@ -781,10 +782,16 @@ def _parse_unlink(fields: _Fields, index: int) -> Step:
 
 def _map_step(kind: str, parse: Callable[[_Fields, int], Step], allowed: tuple[str, ...],
               accepts_none: bool = False) -> _StepParser:
-    """A step whose value is a map of ``allowed`` fields."""
+    """A step whose value is a map of ``allowed`` fields. A call (a step that may expect
+    an errno) may expect a signal too, but only SIGKILL: the OOM killer's (version 3)."""
     def parser(value: object, where: _Where, index: int) -> Step:
         data = _mapping_or_empty(value) if accepts_none else value
-        return parse(_Fields(data, where, allowed, f"a {kind} step"), index)
+        step = parse(_Fields(data, where, allowed, f"a {kind} step"), index)
+        if "expect_error" in allowed and step.expect_signal not in (None, Signal.SIGKILL):
+            raise where.child("expect_signal").error(
+                f"a {kind} step can only be killed (SIGKILL, the OOM killer), "
+                f"got {step.expect_signal.name}")
+        return step
     return parser
 
 
@@ -813,7 +820,7 @@ def _parse_measure(value: object, where: _Where, index: int) -> Step:
 
 
 _RANGE = ("region", "offset", "length")
-_CALL = ("process", "expect_error")
+_CALL = ("process", "expect_error", "expect_signal")
 _ACCESS = ("process", "expect_signal")
 
 _STEP_PARSERS: Mapping[str, _StepParser] = MappingProxyType({
