@@ -85,3 +85,33 @@ def test_no_swap_reclaim_scans_no_anon_list() -> None:
                               + ((vaddr >> 12) & 511) * 8)
         young += bool(pte & pt._PAGE_ACCESSED)
     assert young == 256
+
+
+OOM_OTHER = """
+name: oom-other
+system: {memory_limit: 8MiB}
+steps:
+  - mmap: {name: small, length: 1MiB}
+  - madvise: {region: small, advice: nohugepage}
+  - touch: {region: small, access: write}
+  - fork: {name: child}
+  - mmap: {name: big, length: 6MiB, process: child}
+  - madvise: {region: big, advice: nohugepage, process: child}
+  - touch: {region: big, access: write, process: child}
+  - mmap: {name: more, length: 4MiB}
+  - madvise: {region: more, advice: nohugepage}
+  - touch: {region: more, access: write, expect_signal: SIGKILL}
+  - measure: after
+"""
+
+
+def test_oom_kill_of_another_process_ends_the_step_with_sigkill() -> None:
+    """The OOM killer takes the largest process (the child, 7 MiB with the shared 1 MiB),
+    not main, whose charge failed; the kernel runner sees the child die during main's
+    step, which ends with SIGKILL; main goes on and finishes its writes."""
+    report = run_scenario(parse_scenario(OOM_OTHER, "oom-other.yaml"))
+    measure = report.measurements[0]
+    assert set(measure.processes) == {"main"}
+    assert measure.system["oom_kill"] == 1
+    assert measure.processes["main"]["RssAnon"] == 5120
+    assert report.outcomes[-1].failure == "SIGKILL"

@@ -117,9 +117,8 @@ class SimDiscoveryRun(ScenarioRun):
         self.found = Discovery()
 
     def run_step(self, step: s.Step) -> None:
-        handler = getattr(self, "do_" + type(step).__name__.removesuffix("Step").lower())
         try:
-            handler(step)
+            self.do_step(step)
         except SyscallError as err:
             self.found.record(step.index, Outcome(ERR, err.errno.name))
         except SignalError as err:

@@ -17,6 +17,7 @@ from pagewalk.errors import (
     Location,
     NotImplementedStep,
     ScenarioError,
+    Signal,
     SignalError,
     SyscallError,
 )
@@ -253,9 +254,8 @@ class ScenarioRun:
         return start + rng.offset, length_out
 
     def run_step(self, step: s.Step) -> None:
-        handler = getattr(self, "do_" + type(step).__name__.removesuffix("Step").lower())
         try:
-            handler(step)
+            self.do_step(step)
         except (SyscallError, SignalError) as err:
             self._check_outcome(step, err)
             return
@@ -265,6 +265,15 @@ class ScenarioRun:
         if expected is not None:
             raise ExpectationFailed(f"expected {expected.name}, but the step succeeded",
                                     self.location(step))
+
+    def do_step(self, step: s.Step) -> None:
+        """The step's handler; SignalError(SIGKILL) when it succeeded but the OOM killer took
+        another process of the cgroup (the largest) meanwhile: the kernel runner sees that
+        process die during the step and ends the step with SIGKILL (spec, version 3)."""
+        kills = int(self.kernel.vm_events[VmEvent.OOM_KILL])
+        getattr(self, "do_" + type(step).__name__.removesuffix("Step").lower())(step)
+        if int(self.kernel.vm_events[VmEvent.OOM_KILL]) > kills:
+            raise SignalError(Signal.SIGKILL, 0, "the OOM killer killed another process")
 
     def _check_outcome(self, step: s.Step, err: SyscallError | SignalError) -> None:
         if isinstance(err, SyscallError):
