@@ -4,10 +4,12 @@
 report with the simulator's; ``pagewalk inspect`` reads a real process's mappings and
 prices its page tables. Modules, from the bottom:
 
-* errors.py   LiveError, ProbeError (a branch of pagewalk's error tree)
+* errors.py   LiveError, ProbeError, ProbeDied (a branch of pagewalk's error tree)
 * procfs.py   /proc readers (status, stat, smaps_rollup, meminfo, vmstat, maps)
 * probe.py    builds probe.c (static, cached) and speaks its line protocol
 * knobs.py    knob save/restore under the machine-wide lock; the khugepaged decoy
+* files.py    version 2 files: where a run keeps them, waiting for the root disk
+* pressure.py version 3: the swap file, the memory cgroup, leftovers, OOM deaths
 * runner.py   one run of a scenario on probe processes, measured from outside
 * verify.py   preconditions, repeated runs, the combined report
 * compare.py  the kernel's report against the simulator's, with the oracle's rules

@@ -63,7 +63,8 @@ if TYPE_CHECKING:
 @click.argument("scenario")
 @click.option("--repeat", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Run it N times on the kernel: each figure takes its most common value "
-                   "(system-wide event counters: the minimum); the noise of every run is shown.")
+                   "(system-wide event counters: the minimum; under memory pressure sizes, "
+                   "faults, pswpin and pswpout the median); the noise of every run is shown.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: the kernel's report, the simulator's, the "
                    "differences and the noise.")
@@ -80,6 +81,13 @@ def verify_command(scenario: str, repeat: int, as_json: bool, output: str | None
     knob run when this machine's knobs are the simulator's defaults. The comparison
     follows the kernel oracle: exact figures, pgfault within 2 (or within the noise the
     run measured), mapping lengths, alignment classes and adjacency.
+
+    Memory pressure (system.swap, system.memory_limit; root): each run turns on a swap
+    file and makes a cgroup v1 memory cgroup, and removes both at its end (a killed
+    run's go at the next start); a process the OOM killer takes ends its step with
+    SIGKILL. The kernel varies under reclaim, so sizes agree within max(64 kB, 3%) and
+    counts within max(16, 3%); with --repeat they take the median, as the stored kernel
+    reports do (5 runs).
     """
     from pagewalk.live.verify import run_live
     from pagewalk.scenario.runner import run_scenario

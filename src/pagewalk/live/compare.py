@@ -15,7 +15,13 @@ oracle's rules (shared/oracle/compare.py, whose evidence is repeated kernel runs
 * mappings: the length exactly, the alignment class of the start (an expected 1 GiB
   start must be 1 GiB-aligned, 2 MiB at least 2 MiB-aligned, 4 KiB not 2 MiB-aligned),
   and every pair of mappings adjacent in the kernel's layout adjacent in the same order;
-  never the absolute address.
+  never the absolute address;
+* version 3: a kernel report with ``"pressure": true`` (a swap file or a memory limit)
+  comes from a kernel that varies a little under reclaim, so sizes agree within
+  max(64 kB, 3 % of the kernel's value) and the counts ``minflt``, ``majflt``,
+  ``pgfault``, ``pgmajfault``, ``pswpin``, ``pswpout`` within max(16, 3 %)
+  (:func:`pressure_tolerance`); ``oom_kill``, ``thp_*``, ``HugePages_*`` and ``step`` stay
+  exact, and the simulator's report must say ``"pressure": true`` too.
 
 Figures the simulator has and the kernel's report has not (the ``tlb_*`` figures,
 extra vmstat events) are not compared.
@@ -23,7 +29,8 @@ extra vmstat events) are not compared.
 A side that failed the scenario (a step refused with an errno or answered with a signal
 it did not expect) has a report of the scenario and its ``failure`` only
 (:func:`failure_json`); an identical failure on both sides -- the same errno, or the same
-signal at the same address, at the same step -- is agreement.
+signal at the same address, at the same step -- is agreement. A SIGKILL (the OOM killer)
+has no address: the kernel does not say where it struck.
 """
 
 from __future__ import annotations
@@ -31,10 +38,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pagewalk.errors import ExpectationFailed, KernelError, SignalError, SyscallError
+from pagewalk.errors import ExpectationFailed, KernelError, Signal, SignalError, SyscallError
+from pagewalk.scenario.runner import SIZE_FIELDS
 from pagewalk.units import GiB, MiB
 
 PGFAULT_TOLERANCE = 2
+#: version 3 (reports with "pressure": true): the oracle's compare.py, from 5 runs each
+PRESSURE_SIZES = frozenset({*SIZE_FIELDS, "Mlocked"})                      # kB
+PRESSURE_COUNTS = frozenset({"minflt", "majflt", "pgfault", "pgmajfault", "pswpin", "pswpout"})
+PRESSURE_SIZE_FLOOR_KB = 64
+PRESSURE_COUNT_FLOOR = 16
+PRESSURE_RELATIVE = 0.03
 AGREE, DIFFER, NOISE = "agree", "differ", "noise"
 MISSING = "missing"
 
@@ -121,18 +135,24 @@ def compare_reports(kernel: dict[str, Any], simulator: dict[str, Any],
     if "failure" in kernel or "failure" in simulator:
         _compare_failures(kernel.get("failure"), simulator.get("failure"), result)
         return result
+    pressure = kernel.get("pressure") is True
+    if pressure:
+        result.add("-", "-", "pressure", True, simulator.get("pressure", MISSING))
     _compare_measurements(kernel.get("measurements", []), simulator.get("measurements", []),
-                          pgfault_bounds or {}, background or {}, result)
+                          pgfault_bounds or {}, background or {}, pressure, result)
     _compare_mappings(kernel.get("mappings", {}), simulator.get("mappings", {}), result)
     return result
 
 
 def failure_json(err: KernelError) -> dict[str, Any]:
     """Where and how a run failed: ``{"step", "error"}`` for an errno, ``{"step", "signal",
-    "address"}`` for a signal, ``{"step", "expectation"}`` for an unmet expectation."""
+    "address"}`` for a signal (SIGKILL: no address), ``{"step", "expectation"}`` for an
+    unmet expectation."""
     step = err.location.step if err.location is not None else None
     if isinstance(err, SyscallError):
         return {"step": step, "error": err.errno.name}
+    if isinstance(err, SignalError) and err.signal is Signal.SIGKILL:
+        return {"step": step, "signal": err.signal.name}
     if isinstance(err, SignalError):
         return {"step": step, "signal": err.signal.name, "address": f"{err.vaddr:#x}"}
     what = err.message if isinstance(err, ExpectationFailed) else str(err)
@@ -144,7 +164,8 @@ def describe_failure(failure: dict[str, Any] | None) -> str:
     if failure is None:
         return "ran it"
     if "signal" in failure:
-        what = f"{failure['signal']} at {failure.get('address')}"
+        where = failure.get("address")
+        what = failure["signal"] + (f" at {where}" if where is not None else "")
     else:
         what = failure.get("error") or failure.get("expectation", "failed")
     return f"step {failure.get('step')}: {what}"
@@ -166,9 +187,40 @@ def _compare_failures(kernel: dict[str, Any] | None, simulator: dict[str, Any] |
 MLOCKED_NOISE_KB = 64
 
 
+def pressure_tolerance(name: str, kernel: Any) -> float:
+    """How far a figure of a pressure report may be from the kernel's (0: exact)."""
+    if not isinstance(kernel, int) or isinstance(kernel, bool):
+        return 0
+    if name in PRESSURE_SIZES:
+        return max(PRESSURE_SIZE_FLOOR_KB, PRESSURE_RELATIVE * abs(kernel))
+    if name in PRESSURE_COUNTS:
+        return max(PRESSURE_COUNT_FLOOR, PRESSURE_RELATIVE * abs(kernel))
+    return 0
+
+
+def _within_pressure(name: str, kernel: Any, simulator: Any) -> str | None:
+    """The note of a pressure figure that differs from the kernel's within its tolerance,
+    else None."""
+    tolerance = pressure_tolerance(name, kernel)
+    if tolerance and isinstance(simulator, int) and not isinstance(simulator, bool) \
+            and simulator != kernel and abs(simulator - kernel) <= tolerance:
+        return f"within the pressure tolerance of {tolerance:g}"
+    return None
+
+
+def _add_figure(result: Comparison, label: str, proc: str, name: str, kernel: Any,
+                simulator: Any, pressure: bool) -> None:
+    """An exact figure, or under pressure one within its tolerance (agreement, noted)."""
+    note = _within_pressure(name, kernel, simulator) if pressure else None
+    if note is not None:
+        result.add(label, proc, name, kernel, simulator, AGREE, note)
+    else:
+        result.add(label, proc, name, kernel, simulator)
+
+
 def _compare_measurements(kernel: list[dict[str, Any]], simulator: list[dict[str, Any]],
                           bounds: dict[str, tuple[int, int]], background: dict[str, int],
-                          result: Comparison) -> None:
+                          pressure: bool, result: Comparison) -> None:
     by_label = {m.get("label"): m for m in simulator}
     thp_background = sum(v for k, v in background.items() if k.startswith("thp_"))
     for m in kernel:
@@ -184,19 +236,22 @@ def _compare_measurements(kernel: list[dict[str, Any]], simulator: list[dict[str
                 result.add(label, proc, "process", "alive", MISSING)
                 continue
             for name, value in figures.items():
-                result.add(label, proc, name, value, theirs.get(name, MISSING))
+                _add_figure(result, label, proc, name, value, theirs.get(name, MISSING),
+                            pressure)
         for proc in other.get("processes", {}):
             if proc not in m.get("processes", {}):
                 result.add(label, proc, "process", "not alive", "alive")
         for name, value in m.get("system", {}).items():
             theirs = other.get("system", {}).get(name, MISSING)
-            if name == "pgfault":
+            if pressure and _within_pressure(name, value, theirs) is not None:
+                _add_figure(result, label, "system", name, value, theirs, pressure)
+            elif name == "pgfault":
                 _check_pgfault(label, value, theirs, bounds.get(label), result)
             elif name == "pgmajfault" and isinstance(theirs, int) \
                     and abs(theirs - value) <= PGFAULT_TOLERANCE:
                 # system-wide like pgfault: the oracle's compare.py allows 2 (version 2)
                 result.add(label, "system", name, value, theirs, AGREE)
-            elif name == "Mlocked" and isinstance(theirs, int) and \
+            elif name == "Mlocked" and isinstance(theirs, int) and theirs != value and \
                     background.get("locked_by_others_kb", 0) and \
                     abs(value - theirs) <= MLOCKED_NOISE_KB:
                 result.add(label, "system", name, value, theirs, NOISE,
@@ -269,5 +324,6 @@ def _compare_adjacency(proc: str, placed: dict[str, tuple[int, int, int, int]],
                        "adjacent" if ok else "not adjacent")
 
 
-__all__ = ["AGREE", "DIFFER", "NOISE", "PGFAULT_TOLERANCE", "Comparison", "FieldCheck",
-           "align_class", "compare_reports", "describe_failure", "failure_json"]
+__all__ = ["AGREE", "DIFFER", "NOISE", "PGFAULT_TOLERANCE", "PRESSURE_COUNTS", "PRESSURE_SIZES",
+           "Comparison", "FieldCheck", "align_class", "compare_reports", "describe_failure",
+           "failure_json", "pressure_tolerance"]

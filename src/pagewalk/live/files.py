@@ -85,20 +85,28 @@ def inflight_file() -> str | None:
     return str(path) if path is not None and path.exists() else None
 
 
-def settle_reads(timeout: float = SETTLE_TIMEOUT) -> None:
-    """Wait until the root disk has no read in flight (readahead done), at most
-    ``timeout`` seconds (the oracle's settle_reads)."""
+def settle_reads(timeout: float = SETTLE_TIMEOUT, writes: bool = False) -> None:
+    """Wait until the root disk has no read in flight (readahead done) and, with
+    ``writes``, no write either (swap-out writeback done: version 3 with a swap file),
+    at most ``timeout`` seconds (the oracle's settle_reads)."""
     path = inflight_file()
     if path is None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if int(Path(path).read_text().split()[0]) == 0:
+            if disk_idle(Path(path).read_text(), writes):
                 return
         except (OSError, ValueError, IndexError):
             return
         time.sleep(SETTLE_POLL)
+
+
+def disk_idle(inflight: str, writes: bool) -> bool:
+    """Whether a disk's ``inflight`` text (``READS WRITES``) shows no read in flight
+    and, with ``writes``, no write either."""
+    reads, written = (int(word) for word in inflight.split()[:2])
+    return reads == 0 and (not writes or written == 0)
 
 
 def clear_stale() -> None:
@@ -166,5 +174,5 @@ class FileStore:
         self.dirs.clear()
 
 
-__all__ = ["FILES_DISK", "FILES_TMPFS", "FileStore", "LiveFile", "clear_stale",
+__all__ = ["FILES_DISK", "FILES_TMPFS", "FileStore", "LiveFile", "clear_stale", "disk_idle",
            "inflight_file", "real_knob", "root_disk", "scheduler_knob", "settle_reads", "uses_disk_files"]

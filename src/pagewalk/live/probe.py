@@ -27,7 +27,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from pagewalk.live.errors import LiveError, ProbeError
+from pagewalk.live.errors import LiveError, ProbeDied, ProbeError
 from pagewalk.live.procfs import read_maps
 
 CFLAGS = ("-O2", "-static")
@@ -106,7 +106,8 @@ class Channel:
             while data:
                 data = data[os.write(self.write_fd, data):]
         except BrokenPipeError:
-            raise ProbeError(f"process {self.name} (pid {self.pid}) is gone") from None
+            raise ProbeDied(f"process {self.name} (pid {self.pid}) is gone", self.name,
+                            self.pid) from None
 
     def recv(self, timeout: float = STEP_TIMEOUT) -> str | None:
         """One reply line, or None at end of file (the process exited)."""
@@ -131,8 +132,8 @@ class Channel:
         self.send(line)
         reply = self.recv()
         if reply is None:
-            raise ProbeError(f"process {self.name} (pid {self.pid}) died during "
-                             f"'{line.split()[0]}'")
+            raise ProbeDied(f"process {self.name} (pid {self.pid}) died during "
+                            f"'{line.split()[0]}'", self.name, self.pid)
         return reply
 
     def expect_ready(self) -> int:
@@ -143,11 +144,16 @@ class Channel:
         return int(reply.split()[1])
 
     def close(self) -> None:
+        """Close both descriptors, once: a second call must not close numbers that
+        were reused meanwhile (a process the OOM killer took is closed at once)."""
         for fd in (self.write_fd, self.read_fd):
+            if fd < 0:
+                continue
             try:
                 os.close(fd)
             except OSError:
                 pass
+        self.write_fd = self.read_fd = -1
 
 
 def spawn(exe: Path, name: str) -> tuple[subprocess.Popen[bytes], Channel]:

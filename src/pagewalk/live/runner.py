@@ -17,7 +17,16 @@ oracle (shared/oracle/run_on_kernel.py) that made the reference reports:
 * version 2 files (files.py): the step's probe creates a file, this process holds it
   open, and every probe reaches it as ``/proc/<this process>/fd/N``; with a disk file
   every step, and each faulting access of a touch, waits until the root disk has no
-  read in flight.
+  read in flight;
+* version 3 memory pressure (pressure.py): main joins the scenario's memory cgroup and
+  is pinned to one CPU before its baseline (children inherit both); every CPU's folio
+  batches are drained before each step; with a swap file every step and each faulting
+  access of a touch also wait until the root disk has no write in flight (swap-out
+  writeback done: an infinitely fast disk). A probe whose channel closes during a step
+  was killed: by the OOM killer when :func:`pressure.death_cause` says SIGKILL, and the
+  step then ends with SIGKILL (its ``expect_signal``); so does a step during which the
+  OOM killer took another process (a memory cgroup's OOM kill picks the largest). The
+  report says ``"pressure": true``, for the comparison's version 3 tolerances.
 
 Noise: per measure, :class:`MeasureNoise` keeps what the measuring process faulted
 (subtracted) and ``accounted``, the sum of the scenario processes' own fault counters
@@ -38,6 +47,7 @@ import mmap
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -54,9 +64,10 @@ from pagewalk.errors import (
     SyscallError,
 )
 from pagewalk.kernel.exec_image import BRK, START_BRK
+from pagewalk.live import pressure as pressure_mod
 from pagewalk.live import probe as probe_mod
 from pagewalk.live import procfs
-from pagewalk.live.errors import LiveError, ProbeError
+from pagewalk.live.errors import LiveError, ProbeDied, ProbeError
 from pagewalk.live.files import (
     FileStore,
     LiveFile,
@@ -66,6 +77,7 @@ from pagewalk.live.files import (
     uses_disk_files,
 )
 from pagewalk.live.knobs import THP_ENABLED, Decoy, KnobGuard, read_knob
+from pagewalk.live.pressure import Pressure
 from pagewalk.scenario import schema as s
 from pagewalk.scenario.runner import EVENT_FIELDS, PROCESS_FIELDS, SIZE_FIELDS
 
@@ -82,6 +94,10 @@ IDLE_PINGS = 3                             # commands sent to check the probe ad
 QUIET_SECONDS = 0.2                        # idle window that samples other processes' events
 QUIET_MAX_SECONDS = 2.0                    # longest idle window after the steps
 EXIT_WAIT = 10.0                           # seconds for an exited process to be gone
+OOM_VICTIM_WAIT = 10.0                     # seconds for the OOM killer's victim to be gone
+#: not the probe's: how the runner answers for a step whose process the OOM killer took,
+#: in the probe's words, so that a subclass's outcome() sees it as any other signal
+KILLED_REPLY = "sig SIGKILL"
 
 
 @dataclass(slots=True)
@@ -129,7 +145,7 @@ class LiveRun:
     """The state of one run on the live kernel: probes, names and baselines."""
 
     def __init__(self, scenario: s.Scenario, exe: Path, guard: KnobGuard,
-                 decoy: Decoy | None) -> None:
+                 decoy: Decoy | None, pressure: Pressure | None = None) -> None:
         self.scenario = scenario
         self.exe = exe
         self.guard = guard
@@ -160,7 +176,12 @@ class LiveRun:
         # file, every step and each faulting access of a touch wait for the root disk's
         # reads, so readahead never races with the next access (the oracle's settle).
         self.store = FileStore()
-        self.disk_files = uses_disk_files(scenario)
+        # Version 3: swap-in readahead and swap-out writeback go to the root disk too, so
+        # with a swap file the waiting also covers writes (the oracle's swap_io).
+        self.pressure = pressure
+        self.swap_io = bool(scenario.system.swap)
+        self.disk_files = uses_disk_files(scenario) or self.swap_io
+        self.killed = ""                       # who KILLED_REPLY speaks of, in words
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -168,6 +189,9 @@ class LiveRun:
         self.popen, channel = probe_mod.spawn(self.exe, "main")
         main = LiveProcess("main", self.popen.pid, channel)
         self.procs["main"] = main
+        if self.pressure is not None:  # before the baseline; forked children inherit both
+            self.pressure.join(main.pid)
+            pressure_mod.pin(main.pid)
         self.layout = probe_mod.start_layout_differences(main.pid)
         self.idle_faults = self._idle_faults(main)
         self._quiet_window(QUIET_SECONDS)
@@ -214,8 +238,10 @@ class LiveRun:
                      for name, (start, length) in p.maps.items()}
             for p in self.procs.values() if p.alive
         }
-        report = {"scenario": self.scenario.name, "measurements": self.measurements,
-                  "mappings": mappings}
+        report: dict[str, Any] = {"scenario": self.scenario.name,
+                                  "measurements": self.measurements, "mappings": mappings}
+        if self.pressure is not None:
+            report["pressure"] = True          # the comparison's version 3 tolerances
         return LiveRunResult(report, self.noise, self.idle_faults, self.layout,
                              self.background, self.idle_seconds)
 
@@ -337,10 +363,80 @@ class LiveRun:
             max(length - rng.offset, 0)
 
     def run_step(self, step: s.Step) -> None:
-        if self.disk_files:
-            settle_reads()             # the previous step's readahead is done
+        if self.disk_files:            # the previous step's readahead (and writeback) is done
+            settle_reads(writes=self.swap_io)
+        if self.pressure is not None:  # no page waits in a per-CPU batch, off the LRU lists
+            self.lru_drain_all()
         handler = getattr(self, "do_" + type(step).__name__.removesuffix("Step").lower())
-        handler(step)
+        oom_base = pressure_mod.oom_kills() if self.pressure is not None else 0
+        try:
+            handler(step)
+        except ProbeDied as died:
+            self.probe_died(step, died, oom_base)
+            return
+        if self.pressure is not None and not isinstance(step, (s.MeasureStep, s.SetStep)):
+            self.others_killed(step, oom_base, None)
+
+    # -- version 3: the OOM killer -----------------------------------------------------------
+    def probe_died(self, step: s.Step, died: ProbeDied, oom_base: int) -> None:
+        """The process of ``step`` vanished during it: an OOM kill ends the step with
+        SIGKILL (expected, or raised as SignalError); any other death is a ProbeError."""
+        proc = self.procs[died.name]
+        deadline = time.monotonic() + EXIT_WAIT
+        while not procfs.process_gone(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        status = None
+        if proc.name == "main":        # our child: its exit status is known
+            try:
+                status = self.popen.wait(EXIT_WAIT)
+            except subprocess.TimeoutExpired:
+                status = None
+        oom = self.pressure is not None and pressure_mod.oom_kills() > oom_base
+        cause = pressure_mod.death_cause(status, oom)
+        self.gone(proc)
+        if cause != pressure_mod.SIGKILL or self.pressure is None:
+            raise ProbeError(f"process {proc.name} (pid {proc.pid}) ended by {cause}",
+                             self.location(step))
+        self.killed = (f"the OOM killer killed process {proc.name}" if oom else
+                       f"process {proc.name} was killed")
+        self.outcome(KILLED_REPLY, step)       # SignalError unless the step expects it
+        self.others_killed(step, oom_base, proc)
+
+    def others_killed(self, step: s.Step, oom_base: int, own: LiveProcess | None) -> None:
+        """After ``step`` (whose own process ``own`` the OOM killer may have taken): the
+        other processes it killed meanwhile end at this step with SIGKILL, which the step
+        must expect; a step that expects SIGKILL needs a victim."""
+        expects_kill = step.expect_signal is Signal.SIGKILL
+        if pressure_mod.oom_kills() == oom_base and own is None:
+            if expects_kill:
+                raise ExpectationFailed("expected SIGKILL, but the step succeeded and the OOM "
+                                        "killer killed no process", self.location(step))
+            return
+        others = [proc for proc in self.procs.values() if proc.alive and proc is not own]
+        deadline = time.monotonic() + OOM_VICTIM_WAIT
+        while True:                    # oom_kill counts at the kill; the exit comes after
+            gone = [proc for proc in others if procfs.process_gone(proc.pid)]
+            if own is not None or gone or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        for proc in gone:
+            self.gone(proc)
+        if gone and own is None:
+            self.killed = ("the OOM killer killed process "
+                           + ", ".join(proc.name for proc in gone))
+            self.outcome(KILLED_REPLY, step)
+        elif own is None and expects_kill:
+            raise ExpectationFailed("expected SIGKILL, but no scenario process was killed "
+                                    "(the OOM killer took another one on this machine)",
+                                    self.location(step))
+
+    def gone(self, proc: LiveProcess) -> None:
+        """A process that was killed (by the OOM killer, as a rule): left out from now on."""
+        proc.alive = False
+        if proc.name == "main":
+            self.popen.wait()
+        else:
+            proc.channel.close()
 
     def outcome(self, reply: str, step: s.Step) -> bool:
         """Check a probe reply against expect_error/expect_signal; True if the step
@@ -348,12 +444,20 @@ class LiveRun:
         parts = reply.split()
         expected = step.expect_error or step.expect_signal
         if parts[0] == "ok":
+            if step.expect_signal is Signal.SIGKILL and self.pressure is not None:
+                return True            # the victim may be another process: others_killed
             if expected is not None:
                 raise ExpectationFailed(f"expected {expected.name}, but the step succeeded",
                                         self.location(step))
             return True
         err: SyscallError | SignalError
-        if parts[0] == "err" and parts[1] in Errno.__members__:
+        if reply == KILLED_REPLY:
+            if step.expect_signal is Signal.SIGKILL:
+                return False
+            err = SignalError(Signal.SIGKILL, 0)
+            err.message = f"SIGKILL: {self.killed}"    # the kernel does not say where
+            got = "SIGKILL"
+        elif parts[0] == "err" and parts[1] in Errno.__members__:
             if step.expect_error is not None and step.expect_error.name == parts[1]:
                 return False
             err, got = SyscallError(Errno[parts[1]]), parts[1]
@@ -417,7 +521,7 @@ class LiveRun:
         command = f"touch {addr:#x} {length} {step.stride} {mode}"
         inflight = inflight_file() if self.disk_files else None
         if inflight is not None:       # after each faulting access: wait for the reads
-            command += f" {inflight}"
+            command += f" {inflight}" + (" all" if self.swap_io else "")   # and writes
         self.outcome(self.proc(step).channel.ask(command), step)
 
     def do_write(self, step: s.WriteStep) -> None:

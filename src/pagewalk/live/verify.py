@@ -5,7 +5,15 @@ builds the probe, takes the knob guard (knobs.py: lock, saved originals, restore
 any exit) and runs the scenario ``repeat`` times, each from the same starting state.
 The combined report holds, per field, the most common value over the runs (ties: the
 first run's), except the system-wide vmstat events, which take the minimum (other
-processes only add to them) -- the rules of ``run_on_kernel.py --repeat``.
+processes only add to them) -- the rules of ``run_on_kernel.py --repeat``. A version 3
+report (``"pressure": true``) takes the lower median of the sizes, the fault counts,
+``pswpin`` and ``pswpout`` (:data:`PRESSURE_MEDIAN`): under reclaim the kernel itself
+varies a little from run to run, both ways, and nothing else on the machine swaps.
+
+A scenario with ``system.swap`` or ``system.memory_limit`` runs as root only: each run
+sets up its swap file and memory cgroup after the knobs and removes them at its end,
+also on failure or interruption; what a killed run left goes at the next run's start
+(pressure.py).
 
 Without root nothing is written: a scenario that sets knobs (``system.sysfs``, a
 ``set`` step) is refused, and so is any scenario while a live knob differs from the
@@ -18,6 +26,7 @@ from __future__ import annotations
 import collections
 import copy
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +36,18 @@ from pagewalk.errors import Location
 from pagewalk.kernel.knobs import READ_AHEAD_KB
 from pagewalk.live import hugetlb_state
 from pagewalk.live import knobs as live_knobs
+from pagewalk.live import pressure as pressure_mod
 from pagewalk.live.errors import LiveError
 from pagewalk.live.files import uses_disk_files
 from pagewalk.live.probe import build_probe
 from pagewalk.live.runner import VMSTAT_FIELDS, LiveRun, LiveRunResult
 from pagewalk.scenario import schema as s
+from pagewalk.scenario.runner import SIZE_FIELDS
 
 Notify = Callable[[str], None]
 FieldKey = tuple[str, str, str]          # (measure label, process or "system", field)
+#: version 3: the fields a pressure report combines by their lower median over the runs
+PRESSURE_MEDIAN = frozenset({*SIZE_FIELDS, "Mlocked", "minflt", "majflt", "pswpin", "pswpout"})
 
 
 @dataclass(slots=True)
@@ -141,6 +154,12 @@ def refusal(scenario: s.Scenario, root: bool) -> LiveError | None:
     pku_refused = pku_refusal(scenario)
     if pku_refused is not None:
         return pku_refused
+    if pressure_mod.uses_pressure(scenario):
+        if not root:
+            return LiveError("this scenario has system.swap or system.memory_limit: run "
+                             "`pagewalk verify` as root, so that it can set up (and remove) "
+                             "the swap file and the memory cgroup", Location(scenario.file))
+        return pressure_mod.refusal(scenario)
     if root:
         return None
     if needs_knobs(scenario):
@@ -197,6 +216,8 @@ def run_live(scenario: s.Scenario, repeat: int = 1, notify: Notify | None = None
     runs: list[LiveRunResult] = []
     with live_knobs.KnobGuard(note, write=root) as guard, live_knobs.thp_disabled_here():
         hugetlb_state.check(scenario, hugetlb_state.held_outside())   # before any knob
+        for text in pressure_mod.notes(scenario):      # under the lock: no other run's swap
+            note(text)
         for _ in range(max(1, repeat)):
             runs.append(_run_once(scenario, exe, guard, root, run_class))
     for difference in runs[0].layout_differences:
@@ -209,12 +230,16 @@ def run_live(scenario: s.Scenario, repeat: int = 1, notify: Notify | None = None
 def _run_once(scenario: s.Scenario, exe: Path, guard: live_knobs.KnobGuard,
               root: bool, run_class: type[LiveRun] = LiveRun) -> LiveRunResult:
     decoy = live_knobs.Decoy(exe)
-    run = run_class(scenario, exe, guard, decoy)
+    pressure = pressure_mod.Pressure.of(scenario) if root else None
+    run = run_class(scenario, exe, guard, decoy, pressure)
     try:
         if root:
+            pressure_mod.clear_stale(guard.notify)     # a killed run's swap file, cgroup
             guard.prepare(dict(scenario.system.sysfs), decoy)
             if run.disk_files:
                 guard.quiet_disk()      # I/O scheduler none: inflight counts every read
+            if pressure is not None:
+                pressure.setup()
         else:
             decoy.start()
         # under the lock, pools at their boot values, no scenario process yet
@@ -229,6 +254,21 @@ def _run_once(scenario: s.Scenario, exe: Path, guard: live_knobs.KnobGuard,
     finally:
         run.cleanup()
         decoy.stop()
+        if pressure is not None:
+            _teardown(pressure, guard.notify)
+
+
+def _teardown(pressure: pressure_mod.Pressure, notify: Notify) -> None:
+    """Remove the run's cgroup and swap file with the interrupting signals held off (a
+    second Ctrl-C must not leave them half removed)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, live_knobs.SIGNALS)
+    try:
+        errors = pressure.teardown()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    if errors:
+        notify("WARNING: could not remove " + "; ".join(errors) + " (the next run as root "
+               "tries again)")
 
 
 def _flatten(report: dict[str, Any]) -> dict[FieldKey, int]:
@@ -248,22 +288,37 @@ def _mode(values: list[int]) -> int:
     return next(v for v in values if counts[v] == top)
 
 
+def lower_median(values: list[int]) -> int:
+    """The median of ``values``, the lower of the two middle ones for an even count."""
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def combined_value(values: list[int], proc: str, name: str, pressure: bool) -> int:
+    """One field's value over the runs (see the module docstring)."""
+    if pressure and name in PRESSURE_MEDIAN:
+        return lower_median(values)
+    if proc == "system" and name in VMSTAT_FIELDS:
+        return min(values)
+    return _mode(values)
+
+
 def combine(reports: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[FieldKey, list[int]]]:
     """One report from several runs, and the fields whose value varied (all values)."""
     combined = copy.deepcopy(reports[0])
     flats = [_flatten(report) for report in reports]
+    pressure = bool(combined.get("pressure"))
     varied: dict[FieldKey, list[int]] = {}
     for key in flats[0]:
         values = [flat[key] for flat in flats if key in flat]
         if len(set(values)) > 1:
             varied[key] = values
         label, proc, name = key
-        value = min(values) if proc == "system" and name in VMSTAT_FIELDS else _mode(values)
+        value = combined_value(values, proc, name, pressure)
         for m in combined["measurements"]:
             if m["label"] == label:
                 (m["system"] if proc == "system" else m["processes"][proc])[name] = value
     return combined, varied
 
 
-__all__ = ["LiveResult", "combine", "is_root", "machine_paging_levels", "needs_knobs", "refusal",
-           "run_live"]
+__all__ = ["PRESSURE_MEDIAN", "LiveResult", "combine", "combined_value", "is_root",
+           "lower_median", "machine_paging_levels", "needs_knobs", "refusal", "run_live"]
