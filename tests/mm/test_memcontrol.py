@@ -115,3 +115,30 @@ def test_oom_kill_of_another_process_ends_the_step_with_sigkill() -> None:
     assert measure.system["oom_kill"] == 1
     assert measure.processes["main"]["RssAnon"] == 5120
     assert report.outcomes[-1].failure == "SIGKILL"
+
+
+THP_OVER_LIMIT = """
+name: thp-over-limit
+system: {swap: 64MiB, memory_limit: 16MiB}
+steps:
+  - mmap: {name: buf, length: 32MiB}
+  - madvise: {region: buf, advice: hugepage}
+  - touch: {region: buf, access: write}
+  - measure: after-write
+"""
+
+
+def test_thp_charges_whole_and_reclaim_splits_it_to_swap() -> None:
+    """A THP fault charges HPAGE_PMD_NR pages; reclaim splits the oldest THP (the swap
+    device has no clusters: thp_swpout_fallback, thp_split_pmd) and writes its 512 pages.
+    Every page stays resident or in swap, the resident ones still THPs under the limit;
+    no fault falls back (measured on Linux 6.18: 64 MiB cgroup, 128 MiB written, every
+    fault a THP, every split THP written whole)."""
+    report = run_scenario(parse_scenario(THP_OVER_LIMIT, "thp-over-limit.yaml"))
+    main = report.measurements[0].processes["main"]
+    system = report.measurements[0].system
+    assert main["minflt"] == 16 and system["thp_fault_alloc"] == 16
+    assert system["thp_fault_fallback"] == 0
+    assert main["VmRSS"] + main["VmSwap"] == 32768
+    assert main["AnonHugePages"] == main["VmRSS"] < 16384
+    assert main["VmSwap"] == system["thp_split_pmd"] * 2048 == system["pswpout"] * 4

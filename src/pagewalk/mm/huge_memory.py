@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import compaction, fastfault, rmap
+from pagewalk.mm import compaction, fastfault, memcontrol, rmap
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import anon_pmd
 from pagewalk.mm.rmap import anon_vma_prepare
@@ -173,11 +173,19 @@ def do_huge_pmd_anonymous_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pm
         k.vm_events[VmEvent.THP_FAULT_FALLBACK] += 1
         count_mthp_stat(k, HPAGE_PMD_ORDER, "anon_fault_fallback")
         return VmFault.FALLBACK
+    if not memcontrol.charge(k, HPAGE_PMD_NR):       # vma_alloc_anon_folio_pmd()
+        rmap.folio_put(k, folio)
+        k.vm_events[VmEvent.THP_FAULT_FALLBACK] += 1
+        k.vm_events[VmEvent.THP_FAULT_FALLBACK_CHARGE] += 1
+        count_mthp_stat(k, HPAGE_PMD_ORDER, "anon_fault_fallback")
+        count_mthp_stat(k, HPAGE_PMD_ORDER, "anon_fault_fallback_charge")
+        return VmFault.FALLBACK
     table = k.pgtables.alloc_table_page(mm, "pte")
     if table == NO_PAGE:
         rmap.folio_put(k, folio)
         return VmFault.OOM
     map_anon_folio_pmd(k, mm, vma, pmd_paddr, folio)
+    memcontrol.lru_add(k, folio, vma.pgoff + ((haddr - vma.start) >> 12), thp=True)
     k.deposit[pmd_paddr] = table
     k.vm_events[VmEvent.THP_FAULT_ALLOC] += 1
     count_mthp_stat(k, HPAGE_PMD_ORDER, "anon_fault_alloc")
@@ -434,6 +442,8 @@ def split_folio(k: Kernel, mm: MmStruct, vma: Vma, head: int, vaddr: int) -> boo
         k.vm_events[VmEvent.THP_SPLIT_PAGE] += 1
     count_mthp_stat(k, order, "split")
     flush_tlb_mm_range(k, mm, vaddr, vaddr + (nr_pages << 12))
+    index = vma.pgoff + ((vaddr - vma.start) >> 12)
+    memcontrol.lru_split(k, head, [(head + i, index + i) for i in range(nr_pages) if mapped[i]])
     freed = np.array([head + i for i in range(nr_pages) if not mapped[i]], dtype=np.int64)
     k.physmem_drop_range_many(freed)                     # free_folio_and_swap_cache()
     k.buddy.free_pages_bulk(freed)

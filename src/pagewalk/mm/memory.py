@@ -155,7 +155,7 @@ def do_anonymous_page(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pmd_paddr: 
         fastfault.set_zero_pte(k.pgtables.arrays, pte_paddr(table, vaddr), k.zero_pfn, prot)
         return VmFault.OK
     anon_vma_prepare(vma)
-    memcontrol.charge(k, 1)                 # mem_cgroup_charge (THPs: not charged)
+    memcontrol.charge(k, 1)                 # mem_cgroup_charge (THPs: huge_memory.py)
     pfn, order = huge_memory.alloc_anon_folio(k, mm, vma, vaddr, table)
     nr_pages = 1 << order
     if pfn == NO_PAGE:

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import rmap, swap_state
+from pagewalk.mm import huge_memory, memcontrol, rmap, swap_state
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.swapfile import _PAGE_SWP_EXCLUSIVE, swap_duplicate, swp_entry_to_pte
 from pagewalk.mm.tlb import flush_tlb_page
-from pagewalk.mm.types import MmStat, MmStruct
+from pagewalk.mm.types import MmStat, MmStruct, Vma
+from pagewalk.mm.vmstat import VmEvent
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
@@ -72,10 +73,40 @@ def anon_rmap_walk(k: Kernel, pfn: int, index: int) -> Iterator[tuple[MmStruct, 
                 yield mm, vaddr, pte_paddr, pte
 
 
+def thp_rmap_walk(k: Kernel, head: int, index: int) -> Iterator[tuple[MmStruct, Vma, int, int]]:
+    """rmap_walk_anon() of a THP whose page 0 has linear index ``index``: (mm, vma, address,
+    PMD address) of every VMA where a huge PMD maps it, or where PTEs do (PMD address -1)."""
+    pgt = k.pgtables
+    for task in list(k.tasks.values()):
+        mm = task.mm
+        for vma in mm.vmas:
+            if vma.anon_vma is None or not vma.pgoff <= index < vma.pgoff + (vma.length >> 12):
+                continue
+            vaddr = vma.start + ((index - vma.pgoff) << 12)
+            pmd_paddr, shift = pgt.walk(mm, vaddr, 21, alloc=False)
+            if shift != 21:
+                continue
+            pmd = pgt.read(pmd_paddr)
+            if pmd & pt._PAGE_PSE and pt.huge_pfn(pmd, 21) == head:
+                yield mm, vma, vaddr, pmd_paddr
+            elif pmd and not pmd & pt._PAGE_PSE:
+                pte = pgt.read((pt.pte_pfn(pmd) << 12) + ((vaddr >> 12) & 511) * 8)
+                if pte & pt._PAGE_PRESENT and pt.pte_pfn(pte) == head:
+                    yield mm, vma, vaddr, -1
+
+
 def folio_referenced(k: Kernel, pfn: int, index: int) -> int:
-    """folio_referenced(): how many PTEs mapping the folio were young; their accessed bits
-    are cleared (ptep_clear_flush_young: no TLB flush on x86)."""
+    """folio_referenced(): how many PTEs (a THP: PMDs) mapping the folio were young; their
+    accessed bits are cleared (ptep/pmdp_clear_flush_young: no TLB flush on x86)."""
     young = 0
+    memcg = k.memcg
+    if memcg is not None and pfn in memcg.thp:
+        for mm, _, _, pmd_paddr in list(thp_rmap_walk(k, pfn, index)):
+            pmd = k.pgtables.read(pmd_paddr) if pmd_paddr >= 0 else 0
+            if pmd & pt._PAGE_ACCESSED:
+                young += 1
+                k.pgtables.set_entry(mm, pmd_paddr, pmd & ~pt._PAGE_ACCESSED)
+        return young
     for mm, _, pte_paddr, pte in list(anon_rmap_walk(k, pfn, index)):
         if pte & pt._PAGE_ACCESSED:
             young += 1
@@ -110,15 +141,42 @@ def try_to_unmap(k: Kernel, pfn: int, index: int) -> bool:
 
 # -- shrink_folio_list -------------------------------------------------------------------------
 
+def split_thp_to_list(k: Kernel, head: int, index: int) -> list[tuple[int, int]] | None:
+    """shrink_folio_list() on a THP: the rotational swap device has no clusters, so
+    add_to_swap() fails and the folio is split (thp_swpout_fallback; a PMD mapping is
+    split first, thp_split_pmd): its order-0 pages ``(pfn, index)`` join the list being
+    reclaimed. None where it cannot be split (mapped by more than one VMA, pinned)."""
+    maps = list(thp_rmap_walk(k, head, index))
+    if len(maps) != 1 or not huge_memory.can_split_folio(k, head):
+        return None
+    mm, vma, vaddr, pmd_paddr = maps[0]
+    if pmd_paddr >= 0:
+        huge_memory.split_huge_pmd(k, mm, vma, pmd_paddr, vaddr)
+    if not huge_memory.split_folio(k, mm, vma, head, vaddr):
+        return None
+    k.vm_events[VmEvent.THP_SWPOUT_FALLBACK] += 1
+    return [(head + i, index + i) for i in range(huge_memory.HPAGE_PMD_NR)
+            if k.memmap.refcount[head + i] > 0]
+
+
 def shrink_folio_list(k: Kernel, folios: list[tuple[int, int]],
                       written: list[int]) -> tuple[int, list[int]]:
-    """shrink_folio_list() for order-0 anonymous folios ``(pfn, index)``: returns how many
-    were freed and the ones that could not be swapped (to activate); the ones paged out
-    now are appended to ``written`` (under writeback: kept)."""
+    """shrink_folio_list() for anonymous folios ``(pfn, index)``: returns how many pages
+    were freed and the folios that could not be swapped (to activate); the pages paged
+    out now are appended to ``written`` (under writeback: kept). A THP is split first."""
     freed = 0
     failed: list[int] = []
     sw = k.swap
+    memcg = k.memcg
+    folios = list(folios)
     for pfn, index in folios:
+        if memcg is not None and pfn in memcg.thp:
+            pages = split_thp_to_list(k, pfn, index) if sw is not None else None
+            if pages is None:
+                failed.append(pfn)
+            else:
+                folios.extend(pages)      # the loop goes on over them
+            continue
         if sw is None or (pfn not in sw.folio_swap and not swap_state.add_to_swap(k, pfn)):
             failed.append(pfn)                # activate_locked: no swap space
             continue
@@ -173,12 +231,27 @@ def folio_check_references(k: Kernel, memcg: MemCgroup, pfn: int, index: int) ->
     return FOLIOREF_RECLAIM
 
 
-def _valid(k: Kernel, pfn: int) -> bool:
-    """Still a charged order-0 anonymous folio (a stale LRU entry is dropped)."""
+def _valid(k: Kernel, memcg: MemCgroup, pfn: int) -> bool:
+    """Still a charged anonymous folio: order 0, or a THP's head where the entry is one
+    (a stale LRU entry is dropped)."""
     flags = int(k.memmap.flags[pfn])
-    return bool(flags & PageFlag.ANON) and not flags & (PageFlag.BUDDY | PageFlag.HEAD |
-                                                       PageFlag.TAIL) \
+    large = PageFlag.HEAD if pfn in memcg.thp else 0
+    return bool(flags & PageFlag.ANON) and flags & (PageFlag.BUDDY | PageFlag.HEAD |
+                                                   PageFlag.TAIL) == large \
         and int(k.memmap.refcount[pfn]) > 0
+
+
+def _isolate_lru_folios(memcg: MemCgroup) -> list[tuple[int, int]]:
+    """isolate_lru_folios(): the oldest inactive folios until SWAP_CLUSTER_MAX pages are
+    taken (a THP counts its HPAGE_PMD_NR pages: it is a batch alone)."""
+    batch: list[tuple[int, int]] = []
+    pages = 0
+    for pfn, index in islice(memcg.inactive.items(), SWAP_CLUSTER_MAX):
+        batch.append((pfn, index))
+        pages += memcontrol.HPAGE_PMD_NR if pfn in memcg.thp else 1
+        if pages >= SWAP_CLUSTER_MAX:
+            break
+    return batch
 
 
 def try_to_free_mem_cgroup_pages(k: Kernel, nr_to_reclaim: int) -> int:
@@ -197,14 +270,14 @@ def try_to_free_mem_cgroup_pages(k: Kernel, nr_to_reclaim: int) -> int:
     while progress < nr_to_reclaim and scanned < budget:
         if inactive_is_low(memcg):
             shrink_active_list(k, memcg, SWAP_CLUSTER_MAX)
-        batch = list(islice(memcg.inactive.items(), SWAP_CLUSTER_MAX))
+        batch = _isolate_lru_folios(memcg)
         if not batch:
             break
         scanned += len(batch)
         to_reclaim: list[tuple[int, int]] = []
         for pfn, index in batch:
-            if not _valid(k, pfn):
-                memcg.inactive.pop(pfn, None)
+            if not _valid(k, memcg, pfn):
+                memcontrol.uncharge(k, pfn)
                 continue
             ref = folio_check_references(k, memcg, pfn, index)
             if ref == FOLIOREF_RECLAIM:
