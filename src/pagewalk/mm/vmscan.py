@@ -215,6 +215,7 @@ def shrink_active_list(k: Kernel, memcg: MemCgroup, nr_to_scan: int) -> None:
         index = memcg.active.pop(pfn)
         folio_referenced(k, pfn, index)
         memcg.inactive[pfn] = index
+        k.vm_events[VmEvent.PGDEACTIVATE] += _nr_pages(memcg, pfn)
 
 
 def folio_check_references(k: Kernel, memcg: MemCgroup, pfn: int, index: int) -> int:
@@ -241,6 +242,10 @@ def _valid(k: Kernel, memcg: MemCgroup, pfn: int) -> bool:
         and int(k.memmap.refcount[pfn]) > 0
 
 
+def _nr_pages(memcg: MemCgroup, pfn: int) -> int:
+    return memcontrol.HPAGE_PMD_NR if pfn in memcg.thp else 1
+
+
 def _isolate_lru_folios(memcg: MemCgroup) -> list[tuple[int, int]]:
     """isolate_lru_folios(): the oldest inactive folios until SWAP_CLUSTER_MAX pages are
     taken (a THP counts its HPAGE_PMD_NR pages: it is a batch alone)."""
@@ -248,7 +253,7 @@ def _isolate_lru_folios(memcg: MemCgroup) -> list[tuple[int, int]]:
     pages = 0
     for pfn, index in islice(memcg.inactive.items(), SWAP_CLUSTER_MAX):
         batch.append((pfn, index))
-        pages += memcontrol.HPAGE_PMD_NR if pfn in memcg.thp else 1
+        pages += _nr_pages(memcg, pfn)
         if pages >= SWAP_CLUSTER_MAX:
             break
     return batch
@@ -274,6 +279,7 @@ def try_to_free_mem_cgroup_pages(k: Kernel, nr_to_reclaim: int) -> int:
         if not batch:
             break
         scanned += len(batch)
+        k.vm_events[VmEvent.PGSCAN_ANON] += sum(_nr_pages(memcg, pfn) for pfn, _ in batch)
         to_reclaim: list[tuple[int, int]] = []
         for pfn, index in batch:
             if not _valid(k, memcg, pfn):
@@ -285,10 +291,14 @@ def try_to_free_mem_cgroup_pages(k: Kernel, nr_to_reclaim: int) -> int:
                 continue
             memcg.inactive.pop(pfn)
             (memcg.active if ref == FOLIOREF_ACTIVATE else memcg.inactive)[pfn] = index
+            if ref == FOLIOREF_ACTIVATE:
+                k.vm_events[VmEvent.PGACTIVATE] += _nr_pages(memcg, pfn)
         before = len(written)
         freed, failed = shrink_folio_list(k, to_reclaim, written)
+        k.vm_events[VmEvent.PGSTEAL_ANON] += freed
         for pfn in failed:                        # activate_locked
             if pfn in memcg.inactive:
+                k.vm_events[VmEvent.PGACTIVATE] += _nr_pages(memcg, pfn)
                 memcg.active[pfn] = memcg.inactive.pop(pfn)
         for pfn in written[before:]:              # under writeback: kept, at the young end
             if pfn in memcg.inactive:

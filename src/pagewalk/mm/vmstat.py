@@ -103,6 +103,12 @@ class VmEvent(enum.IntEnum):
     PSWPIN = 51                   # pages read from swap (nothing swaps yet: no swap device)
     PSWPOUT = 52                  # pages written to swap
     OOM_KILL = 53                 # tasks the OOM killer killed
+    # reclaim (mm/vmscan.c): a memory cgroup's reclaim counts pgscan/pgsteal_direct and
+    # pgrefill in the cgroup's events only; the global ones below are counted always
+    PGSCAN_ANON = 54              # anonymous pages isolated from an inactive list
+    PGSTEAL_ANON = 55             # of them, reclaimed (freed)
+    PGACTIVATE = 56               # pages moved to an active list by reclaim
+    PGDEACTIVATE = 57             # pages moved from an active list to the inactive one
 
 
 NR_VM_EVENTS = len(VmEvent)
