@@ -46,12 +46,14 @@ class MemCgroup:
     active: OrderedDict[int, int] = field(default_factory=OrderedDict)
     referenced: set[int] = field(default_factory=set)   # PG_referenced
     thp: set[int] = field(default_factory=set)          # LRU entries that are whole THPs
+    unevictable: dict[int, int] = field(default_factory=dict)   # mlocked: never scanned
     writeback: deque[int] = field(default_factory=deque)  # written, oldest first (vmscan.py)
 
     def usage(self, k: Kernel) -> int:
         """page_counter_read(&memcg->memory), in pages."""
         stat = k.node_stat
-        return (len(self.inactive) + len(self.active) + (HPAGE_PMD_NR - 1) * len(self.thp)
+        return (len(self.inactive) + len(self.active) + len(self.unevictable)
+                + (HPAGE_PMD_NR - 1) * len(self.thp)
                 + int(stat[NodeStat.NR_PAGETABLE]) - self.base_pagetables
                 + int(stat[NodeStat.NR_FILE_PAGES]) - self.base_file)
 
@@ -106,7 +108,8 @@ def lru_split(k: Kernel, head: int, subpages: list[tuple[int, int]]) -> None:
     if memcg is None or head not in memcg.thp:
         return
     memcg.thp.discard(head)
-    lru = memcg.active if head in memcg.active else memcg.inactive
+    lru = memcg.active if head in memcg.active else \
+        memcg.unevictable if head in memcg.unevictable else memcg.inactive
     lru.pop(head, None)
     for pfn, index in subpages:
         lru[pfn] = index
@@ -129,5 +132,24 @@ def uncharge(k: Kernel, pfn: int) -> None:
         return
     memcg.inactive.pop(pfn, None)
     memcg.active.pop(pfn, None)
+    memcg.unevictable.pop(pfn, None)
     memcg.referenced.discard(pfn)
     memcg.thp.discard(pfn)
+
+
+def lru_mlock(k: Kernel, head: int) -> None:
+    """__mlock_folio(): an mlocked folio leaves the evictable lists for the unevictable
+    one, where reclaim never looks."""
+    memcg = k.memcg
+    if memcg is None:
+        return
+    for lru in (memcg.inactive, memcg.active):
+        if head in lru:
+            memcg.unevictable[head] = lru.pop(head)
+
+
+def lru_munlock(k: Kernel, head: int) -> None:
+    """__munlock_folio(): the last lock gone, the folio is rescued to the inactive list."""
+    memcg = k.memcg
+    if memcg is not None and head in memcg.unevictable:
+        memcg.inactive[head] = memcg.unevictable.pop(head)

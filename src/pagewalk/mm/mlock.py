@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pagewalk.errors import Errno, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import huge_memory
+from pagewalk.mm import huge_memory, memcontrol
 from pagewalk.mm.rmap import folio_head, folio_order
 from pagewalk.mm.types import VM_LOCKED_MASK, MmStruct, Vma, VmFlags
 from pagewalk.mm.vma import VM_SPECIAL, VmaIterator, find_vma, vma_modify_flags
@@ -56,6 +56,7 @@ def mlock_folio(k: Kernel, head: int) -> None:
     k.node_stat[NodeStat.NR_UNEVICTABLE] += nr
     k.vm_events[VmEvent.UNEVICTABLE_PGMLOCKED] += nr
     k.vm_events[VmEvent.UNEVICTABLE_PGCULLED] += nr
+    memcontrol.lru_mlock(k, head)
 
 
 def munlock_folio(k: Kernel, head: int) -> None:
@@ -73,6 +74,7 @@ def munlock_folio(k: Kernel, head: int) -> None:
     k.node_stat[NodeStat.NR_UNEVICTABLE] -= nr
     k.vm_events[VmEvent.UNEVICTABLE_PGMUNLOCKED] += nr
     k.vm_events[VmEvent.UNEVICTABLE_PGRESCUED] += nr
+    memcontrol.lru_munlock(k, head)
 
 
 def vma_mlocks_folios(vma: Vma) -> bool:

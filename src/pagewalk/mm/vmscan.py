@@ -30,7 +30,7 @@ from pagewalk.mm import huge_memory, memcontrol, rmap, swap_state
 from pagewalk.mm.page_alloc import PageFlag
 from pagewalk.mm.swapfile import _PAGE_SWP_EXCLUSIVE, swap_duplicate, swp_entry_to_pte
 from pagewalk.mm.tlb import flush_tlb_page
-from pagewalk.mm.types import MmStat, MmStruct, Vma
+from pagewalk.mm.types import MmStat, MmStruct, Vma, VmFlags
 from pagewalk.mm.vmstat import VmEvent
 
 if TYPE_CHECKING:
@@ -44,13 +44,15 @@ SWAP_CLUSTER_MAX = 32
 # cgroup held by swap-cache folios, docs/differences.md "Memory pressure").
 WRITEBACK_INFLIGHT_PAGES = 384
 FOLIOREF_RECLAIM, FOLIOREF_KEEP, FOLIOREF_ACTIVATE = 0, 1, 2
+FOLIOREF_MLOCKED = 3     # FOLIOREF_ACTIVATE of a VM_LOCKED mapping: mlocked, not counted
 _EXCL = np.uint16(PageFlag.ANON_EXCLUSIVE)
 
 
 # -- rmap --------------------------------------------------------------------------------------
 
-def anon_rmap_walk(k: Kernel, pfn: int, index: int) -> Iterator[tuple[MmStruct, int, int, int]]:
-    """rmap_walk_anon(): (mm, vaddr, PTE address, PTE) of every PTE mapping ``pfn``, found
+def anon_rmap_walk(k: Kernel, pfn: int,
+                   index: int) -> Iterator[tuple[MmStruct, Vma, int, int, int]]:
+    """rmap_walk_anon(): (mm, vma, vaddr, PTE address, PTE) of every PTE mapping ``pfn``, found
     at vma_address(index) in each anonymous VMA of each task that covers the index."""
     if index < 0:
         return
@@ -70,7 +72,7 @@ def anon_rmap_walk(k: Kernel, pfn: int, index: int) -> Iterator[tuple[MmStruct, 
             pte_paddr = (pt.pte_pfn(pmd) << 12) + ((vaddr >> 12) & 511) * 8
             pte = pgt.read(pte_paddr)
             if pte & pt._PAGE_PRESENT and not pte & pt._PAGE_SPECIAL and pt.pte_pfn(pte) == pfn:
-                yield mm, vaddr, pte_paddr, pte
+                yield mm, vma, vaddr, pte_paddr, pte
 
 
 def thp_rmap_walk(k: Kernel, head: int, index: int) -> Iterator[tuple[MmStruct, Vma, int, int]]:
@@ -95,23 +97,28 @@ def thp_rmap_walk(k: Kernel, head: int, index: int) -> Iterator[tuple[MmStruct, 
                     yield mm, vma, vaddr, -1
 
 
-def folio_referenced(k: Kernel, pfn: int, index: int) -> int:
+def folio_referenced(k: Kernel, pfn: int, index: int) -> tuple[int, bool]:
     """folio_referenced(): how many PTEs (a THP: PMDs) mapping the folio were young; their
-    accessed bits are cleared (ptep/pmdp_clear_flush_young: no TLB flush on x86)."""
+    accessed bits are cleared (ptep/pmdp_clear_flush_young: no TLB flush on x86). And
+    whether a VM_LOCKED VMA maps it (folio_referenced_one stops there: it is mlocked)."""
     young = 0
     memcg = k.memcg
     if memcg is not None and pfn in memcg.thp:
-        for mm, _, _, pmd_paddr in list(thp_rmap_walk(k, pfn, index)):
+        for mm, vma, _, pmd_paddr in list(thp_rmap_walk(k, pfn, index)):
+            if vma.flags & VmFlags.LOCKED:
+                return young, True
             pmd = k.pgtables.read(pmd_paddr) if pmd_paddr >= 0 else 0
             if pmd & pt._PAGE_ACCESSED:
                 young += 1
                 k.pgtables.set_entry(mm, pmd_paddr, pmd & ~pt._PAGE_ACCESSED)
-        return young
-    for mm, _, pte_paddr, pte in list(anon_rmap_walk(k, pfn, index)):
+        return young, False
+    for mm, vma, _, pte_paddr, pte in list(anon_rmap_walk(k, pfn, index)):
+        if vma.flags & VmFlags.LOCKED:
+            return young, True
         if pte & pt._PAGE_ACCESSED:
             young += 1
             k.pgtables.set_entry(mm, pte_paddr, pte & ~pt._PAGE_ACCESSED)
-    return young
+    return young, False
 
 
 def try_to_unmap(k: Kernel, pfn: int, index: int) -> bool:
@@ -122,7 +129,7 @@ def try_to_unmap(k: Kernel, pfn: int, index: int) -> bool:
     assert sw is not None
     offset = sw.folio_swap[pfn]
     memmap = k.memmap
-    for mm, vaddr, pte_paddr, pte in list(anon_rmap_walk(k, pfn, index)):
+    for mm, _, vaddr, pte_paddr, pte in list(anon_rmap_walk(k, pfn, index)):
         entry = swp_entry_to_pte(0, offset)
         if memmap.flags[pfn] & _EXCL:
             entry |= _PAGE_SWP_EXCLUSIVE
@@ -221,7 +228,10 @@ def shrink_active_list(k: Kernel, memcg: MemCgroup, nr_to_scan: int) -> None:
 def folio_check_references(k: Kernel, memcg: MemCgroup, pfn: int, index: int) -> int:
     """folio_check_references(): young PTEs set PG_referenced and keep the folio, or
     activate it when it was referenced before or is young in more than one page table."""
-    referenced_ptes = folio_referenced(k, pfn, index) if k.memmap.mapcount[pfn] else 0
+    referenced_ptes, mlocked = folio_referenced(k, pfn, index) if k.memmap.mapcount[pfn] \
+        else (0, False)
+    if mlocked:
+        return FOLIOREF_MLOCKED
     referenced_folio = pfn in memcg.referenced
     memcg.referenced.discard(pfn)
     if referenced_ptes:
@@ -285,12 +295,15 @@ def try_to_free_mem_cgroup_pages(k: Kernel, nr_to_reclaim: int) -> int:
             if not _valid(k, memcg, pfn):
                 memcontrol.uncharge(k, pfn)
                 continue
+            if pfn in k.mlock_count:          # folio_test_mlocked(): culled, never reclaimed
+                memcontrol.lru_mlock(k, pfn)
+                continue
             ref = folio_check_references(k, memcg, pfn, index)
             if ref == FOLIOREF_RECLAIM:
                 to_reclaim.append((pfn, index))
                 continue
             memcg.inactive.pop(pfn)
-            (memcg.active if ref == FOLIOREF_ACTIVATE else memcg.inactive)[pfn] = index
+            (memcg.inactive if ref == FOLIOREF_KEEP else memcg.active)[pfn] = index
             if ref == FOLIOREF_ACTIVATE:
                 k.vm_events[VmEvent.PGACTIVATE] += _nr_pages(memcg, pfn)
         before = len(written)
