@@ -9,36 +9,56 @@ would natively, and :class:`AddressMap` keeps where each recorded range went) an
 access goes through ``Kernel.user_access``: the MMU's TLBs, page-walk caches and walk,
 and on a fault do_user_addr_fault -> handle_mm_fault (demand paging, THP, COW).
 
-Not modelled here: the stack's growth by expand_downwards (a fault below the stack maps
-the pages between as anonymous memory), fork/clone (NotImplementedStep), and the
-mappings valgrind adds to its client (vgpreload_*.so: neither mapped nor accessed).
+The machine is the one a scenario's ``system`` section describes (scenario/schema.py
+SystemConfig: RAM, paging levels, PTI, PCID, PKU, sysfs knobs such as THP and the hugetlb
+pools, swap, a memory cgroup limit), booted as scenario/runner.py boots it; the
+replay's own options (THP mode, hugetlb pools, paging levels) override it. With
+``measure_every`` the /proc figures and the MMU's counters are read every N recorded
+accesses and at exit: each access run is cut at the N boundaries, and the pieces go
+through the same compiled loop in the same order, so the cut changes no figure.
+
+Not modelled here: the stack's growth by expand_downwards (an access in the gap below
+the stack first maps the pages up to it as anonymous memory, in program order),
+fork/clone (NotImplementedStep), and the mappings valgrind adds to its client
+(vgpreload_*.so: neither mapped nor accessed).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from pagewalk.errors import Location, NotImplementedStep, SignalError, SyscallError, TraceError
+from pagewalk.errors import (
+    ConfigError,
+    Location,
+    NotImplementedStep,
+    SignalError,
+    SyscallError,
+    TraceError,
+)
 from pagewalk.hw.mmu import MmuStat
 from pagewalk.kernel import syscalls
 from pagewalk.kernel.exec_image import START_IMAGE
 from pagewalk.kernel.task import Task
 from pagewalk.machine import Machine, MachineConfig
+from pagewalk.mm import memcontrol, swap_state, swapfile
 from pagewalk.mm.mremap import MREMAP_DONTUNMAP, MREMAP_FIXED
 from pagewalk.mm.types import VmFlags
-from pagewalk.mm.vma import find_vma, vma_lookup
+from pagewalk.mm.vma import find_vma, prev_of_addr, vma_lookup
+from pagewalk.proc.meminfo import meminfo
 from pagewalk.proc.task_mmu import anon_huge_pages, task_mem
 from pagewalk.record.address_map import AddressMap
 from pagewalk.record.fastloop import run_accesses
 from pagewalk.record.native import MapLine
 from pagewalk.record.recfile import End, read_recording
+from pagewalk.record.system import replay_system
 from pagewalk.record.valgrind_log import Syscall
+from pagewalk.scenario.schema import SystemConfig
 
-THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 PROT = {"r": 1, "w": 2, "x": 4}
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x1, 0x2, 0x10, 0x20
 MAP_NORESERVE, MAP_POPULATE, MAP_FIXED_NOREPLACE = 0x4000, 0x8000, 0x100000
@@ -50,15 +70,34 @@ SPECIAL = ("[vvar]", "[vvar_vclock]", "[vdso]")
 STACK_SPAN = 8 << 20                 # RLIMIT_STACK's default: how far the stack may grow
 VALGRIND_FILES = "/valgrind/"        # vgpreload_*.so, which only valgrind's client maps
 FORK_CALLS = ("clone", "fork", "vfork", "clone3")
+#: one point of the time series: the recorded accesses so far, then /proc and MMU figures
+SERIES_FIELDS = ("accesses", "VmRSS", "RssAnon", "VmPTE", "AnonHugePages", "minflt",
+                 "majflt", "l1_misses", "stlb_misses", "walk_refs")
+#: the machine's /proc/meminfo lines kept at exit: RAM and the hugetlb pools
+SYSTEM_FIELDS = ("MemTotal", "MemFree", "HugePages_Total", "HugePages_Free", "Hugetlb")
 
 
 @dataclass(slots=True)
 class ReplayResult:
-    """The /proc figures at exit (sizes in kB, as /proc prints them), the TLB counts, and
-    what could not be replayed exactly."""
+    """The /proc figures at exit (sizes in kB, as /proc prints them), the TLB counts, the
+    machine's :data:`SYSTEM_FIELDS` of /proc/meminfo, the time series, and what could
+    not be replayed exactly.
+
+    ``series`` holds one dict of :data:`SERIES_FIELDS` per measurement, in strictly
+    increasing ``accesses`` (recorded accesses replayed so far, those outside every
+    mapping included): one every ``measure_every`` accesses, and the last at exit (it
+    replaces a point at the same count: syscalls after the last access may change it).
+    Without ``measure_every`` it holds the exit point alone. l1_misses are translations
+    that missed the L1 TLB of their kind (dTLB for loads and stores, iTLB for fetches),
+    stlb_misses those that missed the STLB too (walks), walk_refs the walks' reads of
+    paging-structure entries; all three count the retry after each fault.
+    """
 
     figures: dict[str, int]
     tlb: dict[str, int]
+    system: dict[str, int] = field(default_factory=dict)
+    series: list[dict[str, int]] = field(default_factory=list)
+    measure_every: int | None = None     # None: to_json leaves the series out
     accesses: int = 0
     untranslated: int = 0            # accesses outside every mapped recorded range
     signals: int = 0                 # accesses the simulated kernel answered with a signal
@@ -66,9 +105,13 @@ class ReplayResult:
     skipped: list[str] = field(default_factory=list)    # syscalls not replayed, and why
 
     def to_json(self) -> dict[str, object]:
-        return {**self.figures, **self.tlb, "accesses": self.accesses,
-                "untranslated": self.untranslated, "signals": self.signals,
-                "diverged": self.diverged, "skipped": self.skipped}
+        doc: dict[str, object] = {
+            **self.figures, **self.tlb, **self.system, "accesses": self.accesses,
+            "untranslated": self.untranslated, "signals": self.signals,
+            "diverged": self.diverged, "skipped": self.skipped}
+        if self.measure_every is not None:
+            doc["series"] = self.series
+        return doc
 
 
 def _page_up(size: int) -> int:
@@ -82,21 +125,30 @@ def _prot(perms: str) -> int:
 class Replay:
     """One replay: the machine, the replayed process and the address translation."""
 
-    def __init__(self, thp: str | None = None, tlb_model: str | None = None) -> None:
-        sysfs = {THP_ENABLED: thp} if thp else {}
-        self.machine = Machine(MachineConfig(sysfs=sysfs))
+    def __init__(self, system: SystemConfig | None = None, tlb_model: str | None = None,
+                 measure_every: int | None = None) -> None:
+        system = system or SystemConfig()
+        # booted as scenario/runner.py ScenarioRun boots a scenario's system
+        self.machine = Machine(MachineConfig(
+            ram=system.ram, paging=system.paging, pti=system.pti, pcid=system.pcid,
+            pku=system.pku, sysfs=dict(system.sysfs)))
         if tlb_model is not None:
             from pagewalk.hw.tlb import TlbHierarchy
             from pagewalk.trace.presets import load_model
             self.machine.mmu.tlb = TlbHierarchy(load_model(tlb_model).tlb)
         self.kernel = self.machine.kernel
+        if system.swap:                    # swapon before the program starts
+            self.kernel.swap = swap_state.SwapSpace(swapfile.swapon(system.swap))
         self.task: Task = self.kernel.spawn("main")
+        if system.memory_limit:            # main joins its cgroup after it started
+            memcontrol.mem_cgroup_create(self.kernel, system.memory_limit)
+        self.measure_every = measure_every
         self.map = AddressMap()
         self.files: dict[str, int] = {}
         self.created: set[str] = set()
         self.rec_brk_start: int | None = None
         self.stack_end = 0
-        self.result = ReplayResult({}, {})
+        self.result = ReplayResult({}, {}, measure_every=measure_every)
 
     # -- the process at exec --------------------------------------------------------------
     def exec_native(self, header: dict[str, object]) -> None:
@@ -308,20 +360,60 @@ class Replay:
 
     # -- accesses -------------------------------------------------------------------------
     def accesses(self, words: npt.NDArray[np.uint64]) -> None:
-        """One run of recorded accesses through the MMU, with demand paging."""
+        """One run of recorded accesses through the MMU, with demand paging; cut where the
+        count of accesses reaches a multiple of ``measure_every``, measured there."""
+        for piece, measure in self._pieces(words):
+            self._run(piece)
+            if measure:
+                self.result.series.append(self._point())
+
+    def _pieces(self, words: npt.NDArray[np.uint64]
+                ) -> Iterator[tuple[npt.NDArray[np.uint64], bool]]:
+        """``words`` cut after each access whose count is a multiple of measure_every:
+        (piece, whether a measurement follows it)."""
+        every, start, length = self.measure_every, self.result.accesses, int(words.shape[0])
+        if every is None:
+            yield words, False
+            return
+        cut = 0
+        for boundary in range((start // every + 1) * every, start + length + 1, every):
+            yield words[cut:boundary - start], True
+            cut = boundary - start
+        if cut < length:
+            yield words[cut:], False
+
+    def _run(self, words: npt.NDArray[np.uint64]) -> None:
+        self.result.accesses += int(words.shape[0])
+        if self.kernel.pti:            # the compiled walk starts at the user PGD only
+            self._run_reference(words)
+        else:
+            self._run_compiled(words)
+
+    def _run_compiled(self, words: npt.NDArray[np.uint64]) -> None:
+        """The compiled loop (record/fastloop.py), which does what _run_reference does."""
+        signalled, untranslated = run_accesses(self.kernel, self.task, words, self.map,
+                                               self._stack_gap, self._grow_stack)
+        self.result.untranslated += untranslated
+        self.result.signals += len(signalled)
+
+    def _run_reference(self, words: npt.NDArray[np.uint64]) -> None:
+        """The readable path: every recorded address moved by the AddressMap, every access
+        through Kernel.user_access; the stack grown before the first access below it."""
         rec = words & np.uint64((1 << 57) - 1)
         sim, valid = self.map.translate_array(rec)
         kinds = (words >> np.uint64(62)).astype(np.int64)
-        self.result.accesses += int(words.shape[0])
         self.result.untranslated += int((~valid).sum())
         vaddrs = sim[valid].astype(np.int64)
-        if self.kernel.pti:            # the compiled walk starts at the user PGD only
-            signalled = self._accesses_python(vaddrs.tolist(), kinds[valid].tolist())
-        else:
-            signalled = run_accesses(self.kernel, self.task, vaddrs, kinds[valid])
-        for vaddr, kind in signalled:
-            if not self._grow_stack(vaddr, kind):
-                self.result.signals += 1
+        kinds = kinds[valid]
+        done, length = 0, int(vaddrs.shape[0])
+        while done < length:
+            below = self._first_below_stack(vaddrs, done)
+            signalled = self._accesses_python(vaddrs[done:below].tolist(),
+                                              kinds[done:below].tolist())
+            self.result.signals += len(signalled)
+            if below < length:
+                self._grow_stack(int(vaddrs[below]))
+            done = below
 
     def _accesses_python(self, vaddrs: list[int], kinds: list[int]) -> list[tuple[int, int]]:
         signalled: list[tuple[int, int]] = []
@@ -332,44 +424,87 @@ class Replay:
                 signalled.append((vaddr, kind))
         return signalled
 
-    def _grow_stack(self, vaddr: int, kind: int) -> bool:
-        """A fault below the stack: map the pages up to it, then retry (expand_downwards
-        is not modelled)."""
-        vma = find_vma(self.task.mm, vaddr)
-        if vma is None or vma.end != self.stack_end or vaddr >= vma.start or \
-                vaddr < self.stack_end - STACK_SPAN:
-            return False
+    def _stack_gap(self) -> tuple[int, int]:
+        """The gap below the stack where an access grows it: [low, start of the stack),
+        within STACK_SPAN of its top and above the mapping before it; (0, 0) without one."""
+        stack = vma_lookup(self.task.mm, self.stack_end - 1) if self.stack_end else None
+        if stack is None:
+            return 0, 0
+        prev = prev_of_addr(self.task.mm, stack.start)
+        return max(self.stack_end - STACK_SPAN, prev.end if prev is not None else 0), stack.start
+
+    def _first_below_stack(self, vaddrs: npt.NDArray[np.int64], start: int) -> int:
+        """The index of the first access from ``start`` on into the gap below the stack,
+        or len(vaddrs)."""
+        low, high = self._stack_gap()
+        tail = vaddrs[start:]
+        hits = np.flatnonzero((tail >= low) & (tail < high))
+        return start + int(hits[0]) if hits.shape[0] else int(vaddrs.shape[0])
+
+    def _grow_stack(self, vaddr: int) -> None:
+        """Map the pages from ``vaddr`` up to the stack before the access that needs them:
+        expand_downwards is not modelled, but like it this happens in program order, at
+        the first access below the stack (the access then faults as usual)."""
+        stack = find_vma(self.task.mm, vaddr)
+        assert stack is not None           # _first_below_stack found the stack above vaddr
         page = vaddr & ~4095
-        syscalls.sys_mmap(self.kernel, self.task, page, vma.start - page, 3,
+        syscalls.sys_mmap(self.kernel, self.task, page, stack.start - page, 3,
                           frozenset({"private", "anonymous", "fixed"}))
-        try:
-            self.kernel.user_access(self.task, vaddr, kind)
-        except SignalError:
-            return False
-        return True
 
     # -- the figures ----------------------------------------------------------------------
-    def finish(self) -> ReplayResult:
-        """The figures at exit, before exit_mm() frees anything."""
+    def _figures(self) -> tuple[dict[str, int], dict[str, int]]:
+        """The /proc figures (task_mem, smaps_rollup's AnonHugePages; kB) and the MMU's
+        counters of the replayed task, now."""
         task = self.task
         status = task_mem(task)
-        figures = {"minflt": task.min_flt, "VmHWM": status["VmHWM"],
-                   "RssAnon": status["RssAnon"], "RssFile": status["RssFile"],
-                   "VmPTE": status["VmPTE"],
+        figures = {"minflt": task.min_flt, "majflt": task.maj_flt, "VmHWM": status["VmHWM"],
+                   "VmRSS": status["VmRSS"], "RssAnon": status["RssAnon"],
+                   "RssFile": status["RssFile"], "VmPTE": status["VmPTE"],
                    "AnonHugePages": anon_huge_pages(self.kernel, task.mm) >> 10}
         c = task.mmu_counters
         accesses = int(c[MmuStat.ACCESSES])
-        self.result.figures = figures
-        self.result.tlb = {"tlb_accesses": accesses,
-                           "l1_misses": accesses - int(c[MmuStat.L1_HITS]),
-                           "stlb_misses": int(c[MmuStat.WALKS]),
-                           "walk_refs": int(c[MmuStat.WALK_REFS])}
+        tlb = {"tlb_accesses": accesses, "l1_misses": accesses - int(c[MmuStat.L1_HITS]),
+               "stlb_misses": int(c[MmuStat.WALKS]), "walk_refs": int(c[MmuStat.WALK_REFS])}
+        return figures, tlb
+
+    def _point(self) -> dict[str, int]:
+        figures, tlb = self._figures()
+        now = {"accesses": self.result.accesses, **figures, **tlb}
+        return {key: now[key] for key in SERIES_FIELDS}
+
+    def finish(self) -> ReplayResult:
+        """The figures at exit, before exit_mm() frees anything; the series' last point."""
+        self.result.figures, self.result.tlb = self._figures()
+        lines = meminfo(self.kernel)
+        self.result.system = {key: lines[key] for key in SYSTEM_FIELDS}
+        series = self.result.series
+        if series and series[-1]["accesses"] == self.result.accesses:
+            series.pop()                   # the exit point is the later state
+        series.append(self._point())
         return self.result
 
 
 def replay_recording(path: str | os.PathLike[str], thp: str | None = None,
-                     tlb_model: str | None = None) -> ReplayResult:
-    """Replay the recording at ``path`` (bad input: TraceError naming the file)."""
+                     tlb_model: str | None = None, *,
+                     system: SystemConfig | str | os.PathLike[str] | None = None,
+                     hugetlb: Mapping[int, int] | None = None, paging: int | None = None,
+                     sysfs: Mapping[str, str] | None = None,
+                     measure_every: int | None = None) -> ReplayResult:
+    """Replay the recording at ``path`` and return the figures at exit and the series.
+
+    The machine: :func:`replay_system` (``system``: a SystemConfig or the path of a
+    scenario file whose ``system`` section is booted; ``sysfs``: {knob path: value};
+    ``thp``: always, madvise or never; ``hugetlb``: {page size in bytes: nr_hugepages};
+    ``paging``: 4 or 5), with the TLB model ``tlb_model`` (a preset name or a model
+    file; None: the reference TLBs). ``measure_every``: also measure every that many
+    recorded accesses (ReplayResult.series; without it the series is the exit point).
+    Bad input: TraceError naming the recording, ScenarioError naming the scenario file
+    and field, ConfigError naming the option."""
+    if measure_every is not None and (isinstance(measure_every, bool) or
+                                      not isinstance(measure_every, int) or measure_every < 1):
+        raise ConfigError(f"expected a number of accesses >= 1, got {measure_every!r}",
+                          Location(field="measure_every"))
+    machine = replay_system(system, thp, hugetlb, paging, sysfs)
     run: Replay | None = None
     for event in read_recording(path):
         if isinstance(event, dict):
@@ -377,7 +512,7 @@ def replay_recording(path: str | os.PathLike[str], thp: str | None = None,
                 if event.get("format") != "pagewalk-recording":
                     raise TraceError("the first frame is not a recording header",
                                      _where(path))
-                run = Replay(thp, tlb_model)
+                run = Replay(machine, tlb_model, measure_every)
                 run.exec_native(event)
             elif "file" in event:
                 run.files[str(event["file"])] = int(event["size"])

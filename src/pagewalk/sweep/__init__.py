@@ -1,4 +1,5 @@
-"""Sweeps (issue 8, docs/sweeps.md): many scenario runs or trace replays at once, on Dask.
+"""Sweeps (issue 8, docs/sweeps.md): many scenario runs, trace replays or replays of a
+recorded program at once, on Dask.
 
 ``spec`` reads the sweep file, ``runs`` expands it into checked run configurations,
 ``execute`` runs them on a local or remote Dask cluster and collects one table,
@@ -6,8 +7,14 @@
 ``pagewalk plot``. Dask, pandas, PyArrow and Matplotlib are imported only when used.
 """
 
-from pagewalk.sweep.runs import RunConfig, ScenarioConfig, TraceConfig, expand_runs
+from pagewalk.sweep.runs import (
+    RecordingConfig,
+    RunConfig,
+    ScenarioConfig,
+    TraceConfig,
+    expand_runs,
+)
 from pagewalk.sweep.spec import PlotSpec, Sweep, load_sweep, parse_sweep
 
-__all__ = ["PlotSpec", "RunConfig", "ScenarioConfig", "Sweep", "TraceConfig", "expand_runs",
-           "load_sweep", "parse_sweep"]
+__all__ = ["PlotSpec", "RecordingConfig", "RunConfig", "ScenarioConfig", "Sweep", "TraceConfig",
+           "expand_runs", "load_sweep", "parse_sweep"]

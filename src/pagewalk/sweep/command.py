@@ -32,7 +32,14 @@ from pagewalk.cli_common import (
 from pagewalk.cli_output import Column, Output, choose_format
 from pagewalk.cli_output import Table as OutputTable
 from pagewalk.errors import Location, ScenarioError
-from pagewalk.sweep.spec import PLOT_KINDS, PLOT_SUFFIXES, PlotSpec, ScenarioBase, Sweep
+from pagewalk.sweep.spec import (
+    PLOT_KINDS,
+    PLOT_SUFFIXES,
+    PlotSpec,
+    RecordingBase,
+    ScenarioBase,
+    Sweep,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,6 +49,7 @@ if TYPE_CHECKING:
 SUMMARY_ROWS = 40
 SCENARIO_SUMMARY = ("minflt", "VmRSS", "VmPTE", "AnonHugePages")
 TRACE_SUMMARY = ("accesses", "faults", "l1_miss_rate", "stlb_miss_rate", "walk_refs_per_walk")
+RECORDING_SUMMARY = ("minflt", "RssAnon", "VmPTE", "AnonHugePages", "stlb_misses", "walk_refs")
 
 
 @click.command("sweep")
@@ -153,8 +161,7 @@ def _print_summary(sweep: Sweep, table: pd.DataFrame, seconds: float, nr_workers
     out.line(f"[bold]sweep[/] {escape(sweep.name)}: {_count(nr_runs, 'run')}, "
              f"{failed['run'].nunique()} failed, {seconds:.1f} s on "
              f"{_count(nr_workers, 'worker')}")
-    figures = SCENARIO_SUMMARY if isinstance(sweep.base, ScenarioBase) else TRACE_SUMMARY
-    identity = ("label", "process") if isinstance(sweep.base, ScenarioBase) else ()
+    figures, identity = _summary_columns(sweep)
     shown = ["run", *sweep.parameters, *identity, *figures]
     shown = [c for c in dict.fromkeys(shown) if c in table.columns]
     rows = OutputTable("summary", (*(Column(c, c in figures or c == "run") for c in shown),
@@ -171,6 +178,16 @@ def _print_summary(sweep: Sweep, table: pd.DataFrame, seconds: float, nr_workers
         out.line("write the whole table with -o FILE.parquet or -o FILE.csv")
     for path in plots:
         out.line(f"plot: {escape(str(path))}")
+
+
+def _summary_columns(sweep: Sweep) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The figures a summary shows for this kind of base, and the identity columns that
+    tell its rows of one run apart."""
+    if isinstance(sweep.base, ScenarioBase):
+        return SCENARIO_SUMMARY, ("label", "process")
+    if isinstance(sweep.base, RecordingBase):
+        return RECORDING_SUMMARY, ("thp", "tlb")
+    return TRACE_SUMMARY, ()
 
 
 def _count(number: int, noun: str) -> str:

@@ -1,20 +1,24 @@
 """Run a sweep's runs on Dask and collect their reports into one table.
 
 Each run is one Dask task, :func:`execute_run`, on a worker process: it runs the
-scenario (``run_scenario(...).to_json()``, the report of ``pagewalk run --json``) or
+scenario (``run_scenario(...).to_json()``, the report of ``pagewalk run --json``),
 replays the trace (``replay_trace(...).to_json()``, the report of ``pagewalk trace
---json``) and flattens the report into rows. A run that fails -- the kernel refuses a
-step, a trace record is malformed, even a bug or a worker that dies -- becomes one row
-whose ``error`` column holds the one-line message ``pagewalk`` would print; the sweep
-goes on.
+--json``) or replays the recording (:func:`replay_report`, the report of ``pagewalk
+replay --json``) and flattens the report into rows. A run that fails -- the kernel
+refuses a step, a trace record is malformed, even a bug or a worker that dies --
+becomes one row whose ``error`` column holds the one-line message ``pagewalk`` would
+print; the sweep goes on.
 
 Rows: a scenario run gives one row per (measurement label, process), with that process's
-figures and the measurement's system figures side by side; a trace run gives one row.
-Columns, in order: ``run``, the run's identity (``scenario``; or ``trace``, ``pages``,
-``tlb``, ``engine``), the sweep's parameters as written, ``label``/``step``/``process``,
-the report's figures (a nested figure such as a trace's per-array TLB counters becomes
-``tlb.ARRAY.hits``), ``error`` (null when the run succeeded) and ``seconds`` (the run's
-wall time on its worker). Rows are ordered by run, then as the report lists them.
+figures and the measurement's system figures side by side; a trace run and a recording
+run give one row (a recording's at the program's exit). Columns, in order: ``run``, the
+run's identity (``scenario``; or ``trace``, ``pages``, ``tlb``, ``engine``; or
+``recording``, ``thp``, ``tlb``), the sweep's parameters as written,
+``label``/``step``/``process``, the report's figures (a nested figure such as a trace's
+per-array TLB counters becomes ``tlb.ARRAY.hits``; a recording's lists of syscalls the
+replay refused or skipped become their counts), ``error`` (null when the run succeeded)
+and ``seconds`` (the run's wall time on its worker). Rows are ordered by run, then as
+the report lists them.
 
 The cluster: :func:`dask_client` starts a LocalCluster of worker processes (one thread
 each, one per core by default) listening on 127.0.0.1 only, with no dashboard and its
@@ -42,7 +46,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pagewalk.errors import ConfigError, OutputError, PagewalkError, ScenarioError
-from pagewalk.sweep.runs import RunConfig, ScenarioConfig, TraceConfig, trace_model
+from pagewalk.sweep.runs import (
+    RecordingConfig,
+    RunConfig,
+    ScenarioConfig,
+    TraceConfig,
+    trace_model,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,6 +63,8 @@ Row = dict[str, Any]
 TABLE_SUFFIXES = (".parquet", ".csv")
 MEASURE_COLUMNS = ("label", "step", "process")
 TAIL_COLUMNS = ("error", "seconds")
+#: a replay's syscalls it refused or skipped: a count each (`pagewalk replay` names them)
+COUNTED_LISTS = ("diverged", "skipped")
 CONNECT_SECONDS = 3          # a --scheduler that does not answer in this is refused
 
 
@@ -74,30 +86,46 @@ def execute_run(run: RunConfig) -> list[Row]:
 
 
 def run_report(run: RunConfig) -> dict[str, Any]:
-    """The JSON report of ``pagewalk run --json`` or ``pagewalk trace --json`` for a run."""
+    """The JSON report of ``pagewalk run --json``, ``pagewalk trace --json`` or
+    ``pagewalk replay --json`` for a run."""
     if isinstance(run, ScenarioConfig):
         from pagewalk.scenario.runner import run_scenario
         return run_scenario(run.scenario).to_json()
+    if isinstance(run, RecordingConfig):
+        return replay_report(run)
     from pagewalk.trace.replay import replay_trace
     stats = replay_trace(run.path, pages=run.pages, model=trace_model(run.model),
                          engine=run.engine, fmt=run.format)
     return stats.to_json()
 
 
+def replay_report(run: RecordingConfig) -> dict[str, Any]:
+    """The report of ``pagewalk replay REC --thp MODE --tlb MODEL --json``: the one place
+    a sweep replays a recording (record/replay.py)."""
+    from pagewalk.record.replay import replay_recording
+    return replay_recording(run.path, thp=run.thp, tlb_model=run.model).to_json()
+
+
 def identity(run: RunConfig) -> Row:
     """The columns that say which run a row belongs to."""
     if isinstance(run, ScenarioConfig):
         return {"run": run.index, "scenario": run.scenario.name}
+    if isinstance(run, RecordingConfig):
+        return {"run": run.index, "recording": run.recording, "thp": run.thp, "tlb": run.tlb}
     return {"run": run.index, "trace": run.trace, "pages": run.pages, "tlb": run.tlb,
             "engine": run.engine}
 
 
 def report_rows(run: RunConfig, report: dict[str, Any]) -> list[Row]:
-    """Flatten a run's report: one row per (measurement, process), or one per trace.
-    Identity columns win over a report field or parameter of the same name."""
+    """Flatten a run's report: one row per (measurement, process), or one per trace or
+    recording. Identity columns win over a report field or parameter of the same name."""
     head = identity(run)
     if isinstance(run, TraceConfig):
         return [{**run.params, **_flatten(report), **head, "error": None}]
+    if isinstance(run, RecordingConfig):
+        figures = {key: len(value) if key in COUNTED_LISTS else value
+                   for key, value in _flatten(report).items()}
+        return [{**run.params, **figures, **head, "error": None}]
     rows = []
     for measurement in report["measurements"]:
         for process, figures in measurement["processes"].items():
@@ -383,5 +411,5 @@ def _progress(console: Console | None, title: str, total: int) -> Iterator[Any]:
 
 
 __all__ = ["SweepInterrupted", "dask_client", "error_row", "execute_run", "identity",
-           "interrupt_deferred", "read_table", "report_rows", "results_table", "run_report",
-           "run_sweep", "write_table"]
+           "interrupt_deferred", "read_table", "replay_report", "report_rows", "results_table",
+           "run_report", "run_sweep", "write_table"]

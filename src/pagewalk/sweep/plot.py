@@ -13,7 +13,10 @@ missing values, and a log axis with no value above 0 stays linear (the title say
 trace sweeps the STLB and L1 miss rates (log scale) and the references per walk, by page size if
 the sweep varies it (else the first parameter), one series per next parameter (per
 trace, say); for scenario sweeps VmPTE, VmRSS, AnonHugePages and minflt of ``main`` at
-the last measurement, by the parameter with the most values, per the next one.
+the last measurement, by the parameter with the most values, per the next one; for
+recording sweeps AnonHugePages, VmPTE, STLB misses, walk references, minflt and RssAnon
+at the program's exit, by THP mode if the sweep varies it (else the first parameter),
+one series per next parameter (per TLB preset, say).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pagewalk.errors import OutputError, ScenarioError
-from pagewalk.sweep.spec import PLOT_SUFFIXES, PlotSpec, ScenarioBase, Sweep
+from pagewalk.sweep.spec import PLOT_SUFFIXES, PlotSpec, RecordingBase, ScenarioBase, Sweep
 from pagewalk.units import parse_size
 
 if TYPE_CHECKING:
@@ -33,6 +36,7 @@ FIGURE_INCHES = (8.0, 5.0)
 FIGURE_DPI = 100
 TRACE_FIGURES = ("stlb_miss_rate", "l1_miss_rate", "walk_refs_per_walk")
 SCENARIO_FIGURES = ("VmPTE", "VmRSS", "AnonHugePages", "minflt")
+RECORDING_FIGURES = ("AnonHugePages", "VmPTE", "stlb_misses", "walk_refs", "minflt", "RssAnon")
 LOG_FIGURES = ("stlb_miss_rate", "l1_miss_rate")      # they span orders of magnitude
 
 
@@ -191,11 +195,20 @@ def standard_plots(sweep: Sweep, table: pd.DataFrame) -> list[PlotSpec]:
         return []
     if isinstance(sweep.base, ScenarioBase):
         return _scenario_plots(sweep, table, varied)
-    x = "pages" if "pages" in varied else varied[0]
+    if isinstance(sweep.base, RecordingBase):
+        return _replay_plots(sweep, varied, "thp", RECORDING_FIGURES)
+    return _replay_plots(sweep, varied, "pages", TRACE_FIGURES)
+
+
+def _replay_plots(sweep: Sweep, varied: list[str], first: str,
+                  figures: tuple[str, ...]) -> list[PlotSpec]:
+    """One row per run: ``figures`` by ``first`` if it varies (else the first varied
+    parameter), one series per the next varied parameter."""
+    x = first if first in varied else varied[0]
     hues = [column for column in varied if column != x]
     hue = hues[0] if hues else None
     return [PlotSpec(file=f"{sweep.name}-{y}.png", x=x, y=y, hue=hue, logy=y in LOG_FIGURES)
-            for y in TRACE_FIGURES]
+            for y in figures]
 
 
 def _scenario_plots(sweep: Sweep, table: pd.DataFrame, varied: list[str]) -> list[PlotSpec]:

@@ -9,19 +9,27 @@ trace run is the base's trace, page size, TLB preset, engine and format with the
 parameters put in; page sizes, engines, formats, TLB models and that the trace file
 exists are checked here too (a trace or model file is looked for beside the sweep file,
 then in the current directory; a trace last among the sample traces shipped with
-pagewalk, by name: scenario/examples.py). What can only fail while running (a system call the kernel
-refuses, a malformed record deep in a trace) fails that run alone (execute.py).
+pagewalk, by name: scenario/examples.py). A recording run is the base's recording, THP
+mode and TLB model with the parameters put in; the mode (the kernel's default when none
+is given), the model and that the file is a recording (its header is read) are checked
+here, the file looked for like a trace's (no samples by name). What can only fail while
+running (a system call the kernel refuses, a malformed record deep in a trace or a
+recording) fails that run alone (execute.py).
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pagewalk.errors import Location, PagewalkError, ScenarioError
+from pagewalk.errors import Location, PagewalkError, ScenarioError, TraceError
+from pagewalk.kernel import knobs
+from pagewalk.record.recfile import read_recording
 from pagewalk.scenario.examples import sample_trace
 from pagewalk.scenario.schema import (
     _STEP_PARSERS,
@@ -34,11 +42,14 @@ from pagewalk.scenario.schema import (
 from pagewalk.sweep.spec import (
     Knob,
     Parameter,
+    RecordingBase,
+    RecordingOption,
     ScenarioBase,
     ScenarioFile,
     StepField,
     Sweep,
     SystemField,
+    Target,
     TraceBase,
     TraceOption,
     resolve_scenario_source,
@@ -72,7 +83,22 @@ class TraceConfig:
     format: str | None
 
 
-RunConfig = ScenarioConfig | TraceConfig
+@dataclass(frozen=True, slots=True)
+class RecordingConfig:
+    """Run ``index`` of a sweep: one replay of a recording. ``recording`` as written,
+    ``path`` the file."""
+
+    index: int
+    params: dict[str, Any] = field(hash=False)
+    recording: str
+    path: str
+    thp: str                               # transparent_hugepage/enabled at boot
+    tlb: str                               # a TLB preset name or model file, as written
+    model: str                             # the preset name, or the model file's path
+
+
+RunConfig = ScenarioConfig | TraceConfig | RecordingConfig
+THP_ENABLED = f"{knobs.THP}/enabled"
 
 
 class Unapplicable(Exception):
@@ -97,6 +123,8 @@ def expand_runs(sweep: Sweep) -> list[RunConfig]:
     field of the parameter (or base field) whose value is refused."""
     if isinstance(sweep.base, ScenarioBase):
         return _ScenarioRuns(sweep).expand()
+    if isinstance(sweep.base, RecordingBase):
+        return _RecordingRuns(sweep).expand()
     return _TraceRuns(sweep).expand()
 
 
@@ -198,8 +226,7 @@ def _document_path(parameter: Parameter) -> str | None:
     return None
 
 
-def apply_to_scenario(document: object, target: SystemField | Knob | StepField | TraceOption
-                      | ScenarioFile, value: Any) -> object:
+def apply_to_scenario(document: object, target: Target, value: Any) -> object:
     """Write ``value`` at ``target`` in a scenario's YAML document (changed in place and
     returned); raises Unapplicable if the document has no such place."""
     if not isinstance(document, dict):
@@ -259,59 +286,51 @@ def _apply_to_step(document: dict[str, Any], target: StepField, value: Any) -> N
     body[key] = value
 
 
-# -- trace runs --------------------------------------------------------------------------
+# -- trace and recording runs -----------------------------------------------------------
 
-class _TraceRuns:
+class _ReplayRuns(ABC):
+    """What trace and recording runs share: options from the base with the parameters
+    put in, each checked by :meth:`check`; TLB models and files found beside the sweep
+    file, then in the current directory."""
+
     def __init__(self, sweep: Sweep) -> None:
-        assert isinstance(sweep.base, TraceBase)
         self.sweep = sweep
-        self.base = sweep.base
         self.models: set[str] = set()             # model specs already checked
 
     def expand(self) -> list[RunConfig]:
         return [self.config(index, params)
                 for index, params in enumerate(combinations(self.sweep))]
 
-    def config(self, index: int, params: dict[str, Any]) -> TraceConfig:
-        options: dict[str, Any] = {"trace": self.base.trace, "pages": self.base.pages,
-                                   "tlb": self.base.tlb, "engine": self.base.engine,
-                                   "format": self.base.format}
+    @abstractmethod
+    def config(self, index: int, params: dict[str, Any]) -> RunConfig:
+        """Run ``index`` with the column -> value ``params``, checked."""
+
+    @abstractmethod
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` of option ``name`` checked (and normalised); Unapplicable or a
+        PagewalkError says why not."""
+
+    def options(self, index: int, params: dict[str, Any], base: dict[str, Any]
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The run's options as written and as checked; a refused value names the field
+        that gave it (the parameter's, or ``base.NAME``)."""
+        options = dict(base)
         fields = {name: f"base.{name}" for name in options}
         for column, value in params.items():
-            target = self.sweep.parameters[column].target
-            assert isinstance(target, TraceOption)
-            options[target.name] = value
-            fields[target.name] = self.sweep.parameters[column].field
+            parameter = self.sweep.parameters[column]
+            assert isinstance(parameter.target, (TraceOption, RecordingOption))
+            options[parameter.target.name] = value
+            fields[parameter.target.name] = parameter.field
         checked: dict[str, Any] = {}
         for name, value in options.items():
             try:
-                checked[name] = self._check(name, value)
+                checked[name] = self.check(name, value)
             except (Unapplicable, PagewalkError) as err:
                 reason = err.message if isinstance(err, PagewalkError) else str(err)
                 raise _refusal(self.sweep, fields[name], index, params, reason) from None
-        return TraceConfig(index, params, trace=str(options["trace"]), path=checked["trace"],
-                           pages=checked["pages"], tlb=str(options["tlb"]),
-                           model=checked["tlb"], engine=checked["engine"],
-                           format=checked["format"])
+        return options, checked
 
-    def _check(self, name: str, value: Any) -> Any:
-        if name == "trace":
-            return self._trace_path(value)
-        if name == "pages":
-            return format_size(1 << parse_pages(value))
-        if name == "tlb":
-            return self._model(value)
-        if name == "engine":
-            if value not in ENGINES:
-                raise Unapplicable(f"engine must be one of {', '.join(ENGINES)}, "
-                                   f"got {_show(value)}")
-            return value
-        if value is not None and value not in FORMATS:
-            raise Unapplicable(f"format must be one of {', '.join(FORMATS)}, "
-                               f"got {_show(value)}")
-        return value
-
-    def _model(self, value: Any) -> str:
+    def model(self, value: Any) -> str:
         """A preset name as it is; a model file relative to the sweep file. Loaded once
         here to check it (each worker loads it again)."""
         if not isinstance(value, str) or not value:
@@ -323,21 +342,113 @@ class _TraceRuns:
             self.models.add(spec)
         return spec
 
+    def local_file(self, value: str) -> str | None:
+        """``value`` beside the sweep file, else in the current directory, else None."""
+        path = self.sweep.directory / value
+        if path.is_file():
+            return str(path)
+        if Path(value).is_file():
+            return str(Path(value).absolute())
+        return None
+
+
+class _TraceRuns(_ReplayRuns):
+    def config(self, index: int, params: dict[str, Any]) -> TraceConfig:
+        assert isinstance(self.sweep.base, TraceBase)
+        base = self.sweep.base
+        options, checked = self.options(index, params, {
+            "trace": base.trace, "pages": base.pages, "tlb": base.tlb, "engine": base.engine,
+            "format": base.format})
+        return TraceConfig(index, params, trace=str(options["trace"]), path=checked["trace"],
+                           pages=checked["pages"], tlb=str(options["tlb"]),
+                           model=checked["tlb"], engine=checked["engine"],
+                           format=checked["format"])
+
+    def check(self, name: str, value: Any) -> Any:
+        if name == "trace":
+            return self._trace_path(value)
+        if name == "pages":
+            return format_size(1 << parse_pages(value))
+        if name == "tlb":
+            return self.model(value)
+        if name == "engine":
+            if value not in ENGINES:
+                raise Unapplicable(f"engine must be one of {', '.join(ENGINES)}, "
+                                   f"got {_show(value)}")
+            return value
+        if value is not None and value not in FORMATS:
+            raise Unapplicable(f"format must be one of {', '.join(FORMATS)}, "
+                               f"got {_show(value)}")
+        return value
+
     def _trace_path(self, value: Any) -> str:
         if value is None:
             raise Unapplicable("no trace: give base.trace or vary 'trace'")
         if not isinstance(value, str):
             raise Unapplicable(f"a trace is a file name, got {_show(value)}")
-        path = self.sweep.directory / value
-        if path.is_file():
-            return str(path)
-        if Path(value).is_file():           # relative to the current directory
-            return str(Path(value).absolute())
+        found = self.local_file(value)
+        if found is not None:
+            return found
         sample = sample_trace(value)        # a trace shipped with pagewalk, by name
         if sample is not None:
             return str(sample)
-        raise Unapplicable(f"no such trace file: {str(path)!r} (nor {value!r} in the "
-                           "current directory, nor a sample trace of that name)")
+        raise Unapplicable(f"no such trace file: {str(self.sweep.directory / value)!r} (nor "
+                           f"{value!r} in the current directory, nor a sample trace of that "
+                           "name)")
+
+
+class _RecordingRuns(_ReplayRuns):
+    def __init__(self, sweep: Sweep) -> None:
+        super().__init__(sweep)
+        self.recordings: set[str] = set()         # files whose header was read
+
+    def config(self, index: int, params: dict[str, Any]) -> RecordingConfig:
+        assert isinstance(self.sweep.base, RecordingBase)
+        base = self.sweep.base
+        options, checked = self.options(index, params, {
+            "recording": base.recording, "thp": base.thp, "tlb": base.tlb})
+        return RecordingConfig(index, params, recording=str(options["recording"]),
+                               path=checked["recording"], thp=checked["thp"],
+                               tlb=str(options["tlb"]), model=checked["tlb"])
+
+    def check(self, name: str, value: Any) -> Any:
+        if name == "recording":
+            return self._recording_path(value)
+        if name == "thp":
+            if value is None:                # as `pagewalk replay` without --thp
+                return knobs.knob_spec(THP_ENABLED).default
+            return knobs.normalise(THP_ENABLED, value)
+        return self.model(value)             # tlb
+
+    def _recording_path(self, value: Any) -> str:
+        if value is None:
+            raise Unapplicable("no recording: give base.recording or vary 'recording'")
+        if not isinstance(value, str):
+            raise Unapplicable(f"a recording is a file name, got {_show(value)}")
+        found = self.local_file(value)
+        if found is None:
+            raise Unapplicable(f"no such recording: {str(self.sweep.directory / value)!r} "
+                               f"(nor {value!r} in the current directory)")
+        if found not in self.recordings:
+            try:
+                recording_header(found)
+            except TraceError as err:
+                raise Unapplicable(f"{found}: {err.message}") from None
+            self.recordings.add(found)
+        return found
+
+
+def recording_header(path: str) -> dict[str, Any]:
+    """The header of the recording at ``path``, read without the rest; TraceError naming
+    the file if it is not a recording."""
+    events = read_recording(path)
+    first = next(events, None)
+    if isinstance(events, Generator):        # closing it closes the file now
+        events.close()
+    if not isinstance(first, dict) or first.get("format") != "pagewalk-recording":
+        raise TraceError("not a recording: its first frame is not a recording header",
+                         Location(file=path))
+    return first
 
 
 def trace_model(spec: str) -> TraceModel:
@@ -347,5 +458,5 @@ def trace_model(spec: str) -> TraceModel:
     return load_model(spec)
 
 
-__all__ = ["RunConfig", "ScenarioConfig", "TraceConfig", "apply_to_scenario", "combinations",
-           "expand_runs", "trace_model"]
+__all__ = ["RecordingConfig", "RunConfig", "ScenarioConfig", "TraceConfig", "apply_to_scenario",
+           "combinations", "expand_runs", "recording_header", "trace_model"]

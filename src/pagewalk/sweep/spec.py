@@ -1,7 +1,7 @@
 """Sweep files (docs/sweeps.md): a base run and the parameters to vary, read and checked.
 
-A sweep names one *base*, a scenario (scenario.md) or a trace replay (trace-model.md),
-and the parameters that change from run to run, as a ``grid`` (every combination) and/or
+A sweep names one *base*, a scenario (scenario.md), a trace replay (trace-model.md) or
+the replay of a recorded program (record.md), and the parameters that change from run to run, as a ``grid`` (every combination) and/or
 a ``list`` (one run per entry; with a grid too, every entry is crossed with every grid
 combination). ``names`` gives short column names to long parameter paths; ``plots``
 lists the figures ``pagewalk sweep`` draws from its table.
@@ -24,6 +24,10 @@ Parameter paths, scenario base (scenario.md field names):
 
 Trace base: ``trace`` (a trace file), ``pages`` (4KiB, 2MiB, 1GiB), ``tlb`` (a TLB
 preset), ``engine`` (fast, reference) and ``format`` (lackey, pwt, npy).
+
+Recording base: ``recording`` (a ``.pwr`` file of ``pagewalk record``), ``thp`` (the
+transparent_hugepage/enabled mode the replay boots with) and ``tlb`` (a TLB preset or
+model file), as ``pagewalk replay REC --thp MODE --tlb PRESET`` takes them.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ SWEEP_FIELDS = ("name", "description", "base", "names", "grid", "list", "plots")
 SCENARIO_BASE_FIELDS = ("scenario",)
 TRACE_BASE_FIELDS = ("trace", "pages", "tlb", "engine", "format")
 TRACE_PARAMETERS = TRACE_BASE_FIELDS
+RECORDING_BASE_FIELDS = ("recording", "thp", "tlb")
+RECORDING_PARAMETERS = RECORDING_BASE_FIELDS
 SYSTEM_PARAMETERS = ("ram", "paging", "pti", "pcid")
 PLOT_FIELDS = ("file", "x", "y", "hue", "where", "kind", "title", "logy")
 PLOT_KINDS = ("bar", "line")
@@ -70,6 +76,18 @@ class TraceBase:
     tlb: str = "reference"
     engine: str = "fast"
     format: str | None = None              # None: from the file's extension
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingBase:
+    """Replays of a recording; ``recording`` None means every run names its own."""
+
+    recording: str | None = None           # as written (relative to the sweep file)
+    thp: str | None = None                 # None: the kernel's default mode
+    tlb: str = "reference"
+
+
+Base = ScenarioBase | TraceBase | RecordingBase
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +126,14 @@ class TraceOption:
     name: str
 
 
-Target = SystemField | Knob | StepField | ScenarioFile | TraceOption
+@dataclass(frozen=True, slots=True)
+class RecordingOption:
+    """``recording``, ``thp`` or ``tlb`` of a recording's replay."""
+
+    name: str
+
+
+Target = SystemField | Knob | StepField | ScenarioFile | TraceOption | RecordingOption
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +168,7 @@ class Sweep:
     name: str
     description: str
     file: str
-    base: ScenarioBase | TraceBase
+    base: Base
     parameters: dict[str, Parameter] = field(hash=False)
     grid: dict[str, tuple[Any, ...]] = field(hash=False)
     entries: tuple[dict[str, Any], ...]
@@ -208,7 +233,7 @@ def _choice(options: tuple[str, ...]) -> Any:
 
 # -- base --------------------------------------------------------------------------------
 
-def _base(value: object, where: _Where, directory: Path) -> ScenarioBase | TraceBase:
+def _base(value: object, where: _Where, directory: Path) -> Base:
     if isinstance(value, dict) and "scenario" in value:
         fields = _Fields(value, where, SCENARIO_BASE_FIELDS, "a scenario base")
         source = fields.required("scenario", _string)
@@ -221,9 +246,15 @@ def _base(value: object, where: _Where, directory: Path) -> ScenarioBase | Trace
                          tlb=fields.optional("tlb", _string, "reference"),
                          engine=fields.optional("engine", _string, "fast"),
                          format=fields.optional("format", _optional_string, None))
+    if isinstance(value, dict) and "recording" in value:
+        fields = _Fields(value, where, RECORDING_BASE_FIELDS, "a recording base")
+        return RecordingBase(recording=fields.required("recording", _optional_string),
+                             thp=fields.optional("thp", _optional_string, None),
+                             tlb=fields.optional("tlb", _string, "reference"))
     raise where.error("the base is a map with 'scenario: FILE' (a scenario file or a "
-                      "built-in example name) or 'trace: FILE' (and pages, tlb, engine, "
-                      f"format); got {_show(value)}")
+                      "built-in example name), 'trace: FILE' (and pages, tlb, engine, "
+                      "format) or 'recording: FILE.pwr' (and thp, tlb); "
+                      f"got {_show(value)}")
 
 
 def _scalar_text(value: object, where: _Where) -> str:
@@ -247,8 +278,13 @@ def resolve_scenario_source(source: str, directory: Path, where: _Where) -> Path
 
 # -- parameters --------------------------------------------------------------------------
 
-def parse_target(path: str, base: ScenarioBase | TraceBase, where: _Where) -> Target:
+def parse_target(path: str, base: Base, where: _Where) -> Target:
     """What the parameter ``path`` sets, for this kind of base."""
+    if isinstance(base, RecordingBase):
+        if path not in RECORDING_PARAMETERS:
+            raise where.error(f"unknown recording parameter {_show(path)}; allowed: "
+                              f"{', '.join(RECORDING_PARAMETERS)}")
+        return RecordingOption(path)
     if isinstance(base, TraceBase):
         if path not in TRACE_PARAMETERS:
             raise where.error(f"unknown trace parameter {_show(path)}; allowed: "
@@ -289,7 +325,7 @@ def _names(value: object, where: _Where) -> dict[str, str]:
 
 
 def _parameter(column: object, where: _Where, names: dict[str, str],
-               base: ScenarioBase | TraceBase) -> Parameter:
+               base: Base) -> Parameter:
     text = _string(column, where)
     path = names.get(text, text)
     return Parameter(text, parse_target(path, base, where), where.field)
@@ -323,7 +359,7 @@ def _entries(value: object, where: _Where) -> tuple[dict[str, Any], ...]:
 
 
 def _collect_parameters(where: _Where, names: dict[str, str],
-                        base: ScenarioBase | TraceBase, grid: dict[str, tuple[Any, ...]],
+                        base: Base, grid: dict[str, tuple[Any, ...]],
                         entries: tuple[dict[str, Any], ...]) -> dict[str, Parameter]:
     """Every column named by the grid or the list, with its target; a column in both, or
     two columns setting one thing, is refused."""
@@ -447,7 +483,8 @@ def load_sweep(path: str | Path) -> Sweep:
 
 
 __all__ = [
-    "Knob", "Parameter", "PlotSpec", "ScenarioBase", "ScenarioFile", "StepField", "Sweep",
-    "SystemField", "Target", "TraceBase", "TraceOption", "example_sweeps", "load_sweep",
+    "Base", "Knob", "Parameter", "PlotSpec", "RecordingBase", "RecordingOption", "ScenarioBase",
+    "ScenarioFile", "StepField", "Sweep", "SystemField", "Target", "TraceBase", "TraceOption",
+    "example_sweeps", "load_sweep",
     "parse_sweep", "parse_target", "resolve_scenario_source", "resolve_sweep",
 ]
