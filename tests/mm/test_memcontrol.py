@@ -185,3 +185,27 @@ def test_mlocked_pages_are_never_reclaimed() -> None:
     measure = report.measurements[0]
     assert measure.processes == {}
     assert measure.system["oom_kill"] == 1 and measure.system["pswpout"] == 0
+
+
+COW_UNDER_RECLAIM = """
+name: cow-under-reclaim
+system: {swap: 256MiB, memory_limit: 32MiB, sysfs: {/sys/kernel/mm/transparent_hugepage/enabled: never}}
+steps:
+  - mmap: {name: m1, length: 32MiB, prot: w, flags: [private, anonymous]}
+  - touch: {region: m1, stride: 8KiB}
+  - fork: {name: c1}
+  - touch: {region: m1}
+  - touch: {region: m1, offset: 3244KiB, process: c1, access: read}
+  - measure: end
+"""
+
+
+def test_cow_fault_whose_page_reclaim_swapped_out_meanwhile_retries() -> None:
+    """wp_page_copy() charges before it copies; the reclaim that charge runs may swap out
+    the very page being copied (found by random runs as a mapcount underflow): the PTE is
+    no longer the one faulted on (!pte_same), so the fault returns and the access
+    faults again, now on the swap entry."""
+    report = run_scenario(parse_scenario(COW_UNDER_RECLAIM, "cow-under-reclaim.yaml"))
+    main = report.measurements[0].processes["main"]
+    assert main["VmRSS"] + main["VmSwap"] >= 32768       # every page of m1: main wrote all
+    assert report.measurements[0].system["pswpout"] > 0

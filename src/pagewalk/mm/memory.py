@@ -219,6 +219,8 @@ def wp_page_copy(k: Kernel, mm: MmStruct, vma: Vma, vaddr: int, pte_paddr: int, 
     """wp_page_copy(): a new private copy (zeroed when the old page is the zero page)."""
     anon_vma_prepare(vma)
     memcontrol.charge(k, 1)
+    if k.pgtables.read(pte_paddr) != pte:
+        return VmFault.OK      # reclaim under the charge swapped the page out: !pte_same, retry
     new = rmap.folio_alloc(k, 0)
     if new == NO_PAGE:
         return VmFault.OOM
