@@ -29,6 +29,7 @@ from pagewalk.mm import (
     swap_state,
     swapfile,
 )
+from pagewalk.mm.oom_kill import OomKilled
 from pagewalk.mm.page_alloc import NO_PAGE, PageFlag
 from pagewalk.mm.pgtable import OutOfMemory, mk_anon_pte, pte_alloc
 from pagewalk.mm.rmap import anon_vma_prepare
@@ -52,10 +53,15 @@ def handle_mm_fault(k: Kernel, task: Task, vma: Vma, vaddr: int, flags: FaultFla
     # mapped before tells which ones this fault's set_pte_range mlocks
     before = mlock.mapped_window(k, task.mm, vma, vaddr) \
         if vma.flags & VmFlags.LOCKED and vma.file is not None else None
-    if vma.is_hugetlb():
-        ret = hugetlb.hugetlb_fault(k, task.mm, vma, vaddr, flags)
-    else:
-        ret = __handle_mm_fault(k, task.mm, vma, vaddr, flags)
+    try:
+        if vma.is_hugetlb():
+            ret = hugetlb.hugetlb_fault(k, task.mm, vma, vaddr, flags)
+        else:
+            ret = __handle_mm_fault(k, task.mm, vma, vaddr, flags)
+    except OomKilled:
+        # the memcg OOM killer took this task: the charge failed, VM_FAULT_OOM, still counted
+        mm_account_fault(k, task, VmFault.OOM)
+        raise
     if vma.flags & VmFlags.LOCKED and not ret & VmFault.ERROR:
         mlock.mlock_fault(k, task.mm, vma, vaddr, before)   # mlock_new/vma_folio
     mm_account_fault(k, task, ret)
