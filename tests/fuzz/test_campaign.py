@@ -214,3 +214,25 @@ def test_campaign_stops_at_the_first_mismatch_unless_asked_to_keep_going() -> No
     result = c.run_campaign(range(10), PredicateSide(), settings, Recorder())
     assert result.results[-1].verdict == c.MISMATCH
     assert sum(r.verdict == c.MISMATCH for r in result.results) == 1
+
+
+def test_fresh_kernel_run_refusing_a_step_is_a_note_not_an_abort(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under pressure the OOM killer may take another process, or at another step, in the
+    fresh run than in discovery: the runner then refuses a step of a process that is gone
+    (ScenarioError). The campaign notes it and goes on (it once ended a 300-seed run)."""
+    from pagewalk.errors import ScenarioError
+    from pagewalk.live import verify
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ScenarioError("process 'main' is not running")
+
+    monkeypatch.setattr(verify, "run_live", refuse)
+    notes: list[str] = []
+
+    class Notes(Recorder):
+        def note(self, text: str) -> None:
+            notes.append(text)
+
+    assert c._fresh_report(DOC, Notes()) is None
+    assert notes and "not running" in notes[0]
