@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import subprocess
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
