@@ -50,51 +50,46 @@ _EXCL = np.uint16(PageFlag.ANON_EXCLUSIVE)
 
 # -- rmap --------------------------------------------------------------------------------------
 
+def _pmds_at(k: Kernel, index: int) -> Iterator[tuple[MmStruct, Vma, int, int, int]]:
+    """rmap_walk_anon()'s visit: (mm, vma, vma_address(index), PMD address, PMD) in each
+    anonymous VMA of each task that covers linear page ``index`` and has a PMD there."""
+    pgt = k.pgtables
+    for task in list(k.tasks.values()):
+        mm = task.mm
+        for vma in mm.vmas:
+            if vma.anon_vma is None or not vma.pgoff <= index < vma.pgoff + (vma.length >> 12):
+                continue
+            vaddr = vma.start + ((index - vma.pgoff) << 12)
+            pmd_paddr, shift = pgt.walk(mm, vaddr, 21, alloc=False)
+            if shift == 21:
+                yield mm, vma, vaddr, pmd_paddr, pgt.read(pmd_paddr)
+
+
 def anon_rmap_walk(k: Kernel, pfn: int,
                    index: int) -> Iterator[tuple[MmStruct, Vma, int, int, int]]:
     """rmap_walk_anon(): (mm, vma, vaddr, PTE address, PTE) of every PTE mapping ``pfn``, found
     at vma_address(index) in each anonymous VMA of each task that covers the index."""
     if index < 0:
         return
-    pgt = k.pgtables
-    for task in list(k.tasks.values()):
-        mm = task.mm
-        for vma in mm.vmas:
-            if vma.anon_vma is None or not vma.pgoff <= index < vma.pgoff + (vma.length >> 12):
-                continue
-            vaddr = vma.start + ((index - vma.pgoff) << 12)
-            pmd_paddr, shift = pgt.walk(mm, vaddr, 21, alloc=False)
-            if shift != 21:
-                continue
-            pmd = pgt.read(pmd_paddr)
-            if not pmd or pmd & pt._PAGE_PSE:
-                continue
-            pte_paddr = (pt.pte_pfn(pmd) << 12) + ((vaddr >> 12) & 511) * 8
-            pte = pgt.read(pte_paddr)
-            if pte & pt._PAGE_PRESENT and not pte & pt._PAGE_SPECIAL and pt.pte_pfn(pte) == pfn:
-                yield mm, vma, vaddr, pte_paddr, pte
+    for mm, vma, vaddr, _, pmd in _pmds_at(k, index):
+        if not pmd or pmd & pt._PAGE_PSE:
+            continue
+        pte_paddr = (pt.pte_pfn(pmd) << 12) + ((vaddr >> 12) & 511) * 8
+        pte = k.pgtables.read(pte_paddr)
+        if pte & pt._PAGE_PRESENT and not pte & pt._PAGE_SPECIAL and pt.pte_pfn(pte) == pfn:
+            yield mm, vma, vaddr, pte_paddr, pte
 
 
 def thp_rmap_walk(k: Kernel, head: int, index: int) -> Iterator[tuple[MmStruct, Vma, int, int]]:
     """rmap_walk_anon() of a THP whose page 0 has linear index ``index``: (mm, vma, address,
     PMD address) of every VMA where a huge PMD maps it, or where PTEs do (PMD address -1)."""
-    pgt = k.pgtables
-    for task in list(k.tasks.values()):
-        mm = task.mm
-        for vma in mm.vmas:
-            if vma.anon_vma is None or not vma.pgoff <= index < vma.pgoff + (vma.length >> 12):
-                continue
-            vaddr = vma.start + ((index - vma.pgoff) << 12)
-            pmd_paddr, shift = pgt.walk(mm, vaddr, 21, alloc=False)
-            if shift != 21:
-                continue
-            pmd = pgt.read(pmd_paddr)
-            if pmd & pt._PAGE_PSE and pt.huge_pfn(pmd, 21) == head:
-                yield mm, vma, vaddr, pmd_paddr
-            elif pmd and not pmd & pt._PAGE_PSE:
-                pte = pgt.read((pt.pte_pfn(pmd) << 12) + ((vaddr >> 12) & 511) * 8)
-                if pte & pt._PAGE_PRESENT and pt.pte_pfn(pte) == head:
-                    yield mm, vma, vaddr, -1
+    for mm, vma, vaddr, pmd_paddr, pmd in _pmds_at(k, index):
+        if pmd & pt._PAGE_PSE and pt.huge_pfn(pmd, 21) == head:
+            yield mm, vma, vaddr, pmd_paddr
+        elif pmd and not pmd & pt._PAGE_PSE:
+            pte = k.pgtables.read((pt.pte_pfn(pmd) << 12) + ((vaddr >> 12) & 511) * 8)
+            if pte & pt._PAGE_PRESENT and pt.pte_pfn(pte) == head:
+                yield mm, vma, vaddr, -1
 
 
 def folio_referenced(k: Kernel, pfn: int, index: int) -> tuple[int, bool]:
