@@ -31,9 +31,7 @@ wrong, and the benchmark stops). About 5.7% of the stream's accesses miss the L1
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from bench_trace import LAUNCHER, default_cache
+from bench_trace import Launcher as TraceLauncher
+from bench_trace import default_cache
 
 from pagewalk.record.recfile import RecordingWriter
 from pagewalk.record.valgrind_log import Syscall
@@ -205,27 +204,12 @@ class Run:
     report: dict[str, Any]
 
 
-class Launcher:
-    """Runs whole processes from a small launcher process (bench_trace.py says why), giving
-    each one's wall time, CPU time, peak RSS and JSON output."""
+class Launcher(TraceLauncher):
+    """bench_trace's launcher (it says why whole processes run from a small launcher),
+    giving each run's wall time, CPU time, peak RSS and JSON output."""
 
-    def __init__(self) -> None:
-        self._process = subprocess.Popen([sys.executable, "-c", LAUNCHER], text=True,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-    def run(self, command: list[str]) -> Run:
-        assert self._process.stdin is not None and self._process.stdout is not None
-        self._process.stdin.write(json.dumps(command) + "\n")
-        self._process.stdin.flush()
-        result = json.loads(self._process.stdout.readline())
-        if result["status"] != 0:
-            sys.exit(f"{' '.join(command)} failed ({result['status']}):\n{result['stderr']}")
-        return Run(result["wall"], result["cpu"], result["maxrss"], json.loads(result["stdout"]))
-
-    def close(self) -> None:
-        if self._process.stdin is not None:
-            self._process.stdin.close()
-        self._process.wait()
+    def run(self, command: list[str]) -> Run:  # type: ignore[override]
+        return Run(*self.raw(command))
 
 
 def pagewalk(*args: str) -> list[str]:

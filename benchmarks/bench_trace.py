@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -202,16 +203,19 @@ class Launcher:
         self._process = subprocess.Popen([sys.executable, "-c", LAUNCHER], text=True,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
-    def run(self, command: list[str]) -> Timing:
+    def raw(self, command: list[str]) -> tuple[float, float, int, Any]:
+        """The command's wall time, CPU time, peak RSS (KiB) and JSON output."""
         assert self._process.stdin is not None and self._process.stdout is not None
         self._process.stdin.write(json.dumps(command) + "\n")
         self._process.stdin.flush()
         result = json.loads(self._process.stdout.readline())
         if result["status"] != 0:
             sys.exit(f"{' '.join(command)} failed ({result['status']}):\n{result['stderr']}")
-        report = json.loads(result["stdout"])
-        return Timing(result["wall"], result["cpu"], result["maxrss"],
-                      {k: int(report[k]) for k in COUNTERS})
+        return result["wall"], result["cpu"], result["maxrss"], json.loads(result["stdout"])
+
+    def run(self, command: list[str]) -> Timing:
+        wall, cpu, maxrss, report = self.raw(command)
+        return Timing(wall, cpu, maxrss, {k: int(report[k]) for k in COUNTERS})
 
     def close(self) -> None:
         if self._process.stdin is not None:
