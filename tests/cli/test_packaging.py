@@ -49,16 +49,24 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def entries() -> list[str]:
-    """The @compiled entries every command loads (hw/compiled.py _use_native)."""
-    return sorted(k for k, kernel in compiled._State.kernels.items() if kernel.entry is not None)
+#: the modules whose @compiled code only `replay` registers (setup.py EXTRA_SETS): a set of
+#: its own, shipped beside every command's
+REPLAY_ONLY = ("pagewalk.record.",)
 
 
-def fault_path_code() -> Path:
+def entries(replay: bool = False) -> list[str]:
+    """The @compiled entries every command loads (hw/compiled.py _use_native); ``replay``:
+    those `replay` loads, its access loop's included. (This test process has imported
+    every test module, so the registry holds both.)"""
+    return sorted(k for k, kernel in compiled._State.kernels.items() if kernel.entry is not None
+                  and (replay or not kernel.module.startswith(REPLAY_ONLY)))
+
+
+def fault_path_code(replay: bool = False) -> Path:
     """The fault path's machine code for this machine (built first if need be), without
-    its suffix."""
+    its suffix; ``replay``: the set `replay` loads."""
     assert compiled.mode() == "native"
-    name = compiled.machine_code_name(entries())
+    name = compiled.machine_code_name(entries(replay))
     for directory in (compiled.shipped_dir(), compiled.cache_dir()):
         if (directory / name).with_suffix(".so").exists() or \
                 compiled._read_object((directory / name).with_suffix(".o")) is not None:
@@ -80,6 +88,8 @@ from pathlib import Path
 from pagewalk.hw import compiled
 compiled.shipped_dir = lambda: Path(sys.argv[1])
 import pagewalk.machine
+for extra in sys.argv[2:]:
+    __import__(extra)
 print(json.dumps({"mode": compiled.mode(), "numba": "numba" in sys.modules}))
 """
 
@@ -93,17 +103,21 @@ print(json.dumps({"source": kernels.compiled().source, "numba": "numba" in sys.m
 
 
 @needs_jit
-def test_machine_code_in_the_package_is_used_with_an_empty_cache(tmp_path: Path) -> None:
+@pytest.mark.parametrize("replay", [
+    False, pytest.param(True, marks=installed)], ids=["every-command", "replay"])
+def test_machine_code_in_the_package_is_used_with_an_empty_cache(tmp_path: Path,
+                                                                 replay: bool) -> None:
     """A process whose user cache is empty loads the fault path's machine code from the
-    package (where setup.py builds it at install): Numba is not imported, nothing is
-    compiled or announced, nothing is written to the cache."""
+    package (where setup.py builds it at install, `replay`'s set too): Numba is not
+    imported, nothing is compiled or announced, nothing is written to the cache."""
     package, cache = tmp_path / "package", tmp_path / "cache"
     package.mkdir()
-    code = fault_path_code()
+    code = fault_path_code(replay)
     for suffix in (".so", ".o"):
         if code.with_suffix(suffix).exists():
             shutil.copy(code.with_suffix(suffix), package)
-    done = python(LOAD_FAULT_PATH, str(package), env={"PAGEWALK_CACHE_DIR": str(cache)})
+    extra = ["pagewalk.record.fastloop"] if replay else []
+    done = python(LOAD_FAULT_PATH, str(package), *extra, env={"PAGEWALK_CACHE_DIR": str(cache)})
     assert json.loads(done.stdout) == {"mode": "native", "numba": False}
     assert ANNOUNCE not in done.stderr
     assert not cache.exists() or not any(cache.iterdir())
@@ -159,7 +173,7 @@ def test_the_machine_codes_keys_follow_contents_not_file_times(
     source = tmp_path / "fast.py"
     source.write_text("x = 1\n")
     monkeypatch.setattr(kernels, "_SOURCES", (str(source),))
-    monkeypatch.setattr(compiled, "_source_files", lambda: [source])
+    monkeypatch.setattr(compiled, "_source_files", lambda entries: [source])
     before = (kernels.cache_key(llvm), compiled.machine_code_name(entries()))
     os.utime(source, (time.time() - 86400, time.time() - 86400))
     assert (kernels.cache_key(llvm), compiled.machine_code_name(entries())) == before
@@ -485,3 +499,18 @@ def test_the_docs_have_no_stale_references() -> None:
         text = path.read_text()
         assert "spec/trace-model.md" not in text, path
         assert "../scenarios/" not in text, path
+
+
+def test_a_sets_name_does_not_depend_on_what_else_was_imported() -> None:
+    """Every command's machine code is named by its own entries' sources: importing
+    `replay`'s access loop beside it (as this test process has) leaves that name as a
+    plain `import pagewalk.machine` computes it, so the package's copy is found."""
+    script = ("import pagewalk.machine\n"
+              "from pagewalk.hw import compiled\n"
+              "print(compiled.machine_code_name(sorted(k for k, v in "
+              "compiled._State.kernels.items() if v.entry is not None)))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, timeout=120)
+    import pagewalk.record.fastloop  # noqa: F401 (registers the replay loop here)
+    assert compiled.machine_code_name(entries()) == done.stdout.strip()
+    assert compiled.machine_code_name(entries(replay=True)) != done.stdout.strip()

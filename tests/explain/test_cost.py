@@ -127,7 +127,7 @@ def test_tables_walked_equal_vmpte_at_every_measure(path: Path) -> None:
             checked += 1
         counted, page_tables = page_tables_total(run.kernel)
         assert counted == page_tables, f"at {label}"
-    assert checked
+    assert checked or not run.kernel.tasks      # an OOM kill may end every process
 
 
 def test_thp_deposits_count_in_vmpte_and_2m_pages_price_the_same_footprint() -> None:

@@ -386,11 +386,14 @@ def announce_compile(what: str, seconds: int) -> None:
     print(f"pagewalk: compiling {what} (once, ~{seconds} s)...", file=sys.stderr, flush=True)
 
 
-def _source_files() -> list[Path]:
-    """The files whose text the machine code depends on: the modules holding @compiled
-    functions and those they need, and the pagewalk modules those import names from."""
-    modules = {k.module for k in _State.kernels.values()} | {__name__}
-    modules |= {need.split(":")[0] for k in _State.kernels.values() for need in k.needs}
+def _source_files(entries: list[str]) -> list[Path]:
+    """The files whose text the machine code of ``entries`` depends on: the modules
+    holding them and those they need, and the pagewalk modules those import names from
+    (not every module registered in this process: a set's name must not depend on what
+    else was imported, e.g. `replay`'s loop beside every command's set)."""
+    kernels = [_State.kernels[key] for key in entries]
+    modules = {k.module for k in kernels} | {__name__}
+    modules |= {need.split(":")[0] for k in kernels for need in k.needs}
     found = set(modules)
     for name in modules:
         spec = importlib.util.find_spec(name)
@@ -435,7 +438,7 @@ def machine_code_name(entries: list[str]) -> str:
     for key in entries:
         kernel = _State.kernels[key]
         digest.update(f"{key}({' '.join(kernel.entry or [])})->{kernel.result}\0".encode())
-    for path in _source_files():
+    for path in _source_files(entries):
         digest.update(path.read_bytes())
     numba_spec = importlib.util.find_spec("numba")    # finds it without importing it
     if numba_spec is None or numba_spec.origin is None:
