@@ -15,10 +15,20 @@ import numpy as np
 
 from pagewalk.errors import Errno, SignalError, SyscallError
 from pagewalk.hw import pgtable_types as pt
-from pagewalk.mm import filemap, huge_memory, hugetlb, khugepaged, memory, rmap, shmem, vmscan
+from pagewalk.mm import (
+    filemap,
+    huge_memory,
+    hugetlb,
+    khugepaged,
+    memcontrol,
+    memory,
+    rmap,
+    shmem,
+    vmscan,
+)
 from pagewalk.mm.hugetlb import vma_kernel_pagesize
 from pagewalk.mm.page_alloc import PageFlag
-from pagewalk.mm.tlb import flush_tlb_mm_range
+from pagewalk.mm.tlb import flush_tlb_mm_range, flush_tlb_page
 from pagewalk.mm.types import MmStruct, Vma, VmFlags
 from pagewalk.mm.vma import VmaIterator, vma_modify_flags
 from pagewalk.mm.vmstat import VmEvent
@@ -131,7 +141,36 @@ def _apply(k: Kernel, task: Task, vma: Vma, start: int, end: int, advice: str) -
         filemap.punch_hole(k, inode, first, first + ((end - start) >> 12))
     elif advice == "pageout":
         madvise_pageout(k, mm, vma, start, end)
-    # cold: folio_deactivate() moves pages to the inactive LRU, which no figure shows
+    elif advice == "cold":
+        madvise_cold(k, mm, start, end)
+
+
+def madvise_cold(k: Kernel, mm: MmStruct, start: int, end: int) -> None:
+    """madvise_cold() -> madvise_cold_or_pageout_pte_range(!pageout): each present PTE of
+    an order-0 folio only this mapping maps is made old (ptep_get_and_clear_full +
+    pte_mkold, its TLB entry flushed) and the folio deactivated (folio_deactivate:
+    an active one moves to the inactive list, PG_referenced cleared, pgdeactivate).
+    So reclaim under a memory cgroup takes these pages before young ones. Huge PMDs and
+    large folios are left as they are here (as madvise_pageout leaves them)."""
+    pgt = k.pgtables
+    for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
+        pmd = pgt.read(pmd_paddr)
+        if not pmd or pmd & pt._PAGE_PSE:
+            continue
+        table = pt.pte_pfn(pmd)
+        for va in range(addr, nxt, 4096):
+            paddr = memory.pte_paddr(table, va)
+            pte = pgt.read(paddr)
+            if not pte & pt._PAGE_PRESENT or pte & pt._PAGE_SPECIAL:
+                continue
+            pfn = pt.pte_pfn(pte)
+            if rmap.folio_head(k, pfn) != pfn or k.memmap.mapcount[pfn] > 1 \
+                    or not k.memmap.flags[pfn] & PageFlag.ANON:
+                continue
+            if pte & pt._PAGE_ACCESSED:
+                pgt.set_entry(mm, paddr, pte & ~pt._PAGE_ACCESSED)
+                flush_tlb_page(k, mm, va)
+            memcontrol.folio_deactivate(k, pfn)
 
 
 def madvise_willneed(k: Kernel, vma: Vma, start: int, end: int) -> None:

@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pagewalk.mm.vmstat import NodeStat
+from pagewalk.mm.vmstat import NodeStat, VmEvent
 
 if TYPE_CHECKING:
     from pagewalk.kernel.kernel import Kernel
@@ -135,6 +135,17 @@ def uncharge(k: Kernel, pfn: int) -> None:
     memcg.unevictable.pop(pfn, None)
     memcg.referenced.discard(pfn)
     memcg.thp.discard(pfn)
+
+
+def folio_deactivate(k: Kernel, pfn: int) -> None:
+    """folio_deactivate() -> lru_deactivate(): an active folio goes to the inactive list
+    (the young end), PG_referenced cleared, counted in pgdeactivate; others stay."""
+    memcg = k.memcg
+    if memcg is None or pfn not in memcg.active:
+        return
+    memcg.inactive[pfn] = memcg.active.pop(pfn)
+    memcg.referenced.discard(pfn)
+    k.vm_events[VmEvent.PGDEACTIVATE] += HPAGE_PMD_NR if pfn in memcg.thp else 1
 
 
 def lru_mlock(k: Kernel, head: int) -> None:
