@@ -244,3 +244,30 @@ def test_madv_cold_makes_its_pages_reclaims_first_choice() -> None:
     assert cold[1].processes["main"]["majflt"] > 0
     assert warm[1].processes["main"]["majflt"] == 0
     assert warm[1].system["pswpout"] == warm[0].system["pswpout"]
+
+
+def test_madv_cold_makes_prot_none_ptes_old_too() -> None:
+    """madvise_cold_or_pageout_pte_range() takes pte_present() entries, PROT_NONE ones
+    included (they map pages too), as MADV_PAGEOUT does."""
+    from pagewalk.hw import pgtable_types as pt
+    from pagewalk.scenario.runner import ScenarioRun
+
+    doc = """
+name: cold-prot-none
+system: {swap: 16MiB, memory_limit: 8MiB}
+steps:
+  - mmap: {name: a, length: 64KiB}
+  - touch: {region: a}
+  - mprotect: {region: a, prot: none}
+  - madvise: {region: a, advice: cold}
+"""
+    run = ScenarioRun(parse_scenario(doc, "cold-prot-none.yaml"))
+    run.run()
+    k = run.kernel
+    mm = k.tasks["main"].mm
+    start, length = run.maps["main"]["a"]
+    for vaddr in range(start, start + length, 4096):
+        pmd_paddr, _ = k.pgtables.walk(mm, vaddr, 21, alloc=False)
+        pte = k.pgtables.read((pt.pte_pfn(k.pgtables.read(pmd_paddr)) << 12)
+                              + ((vaddr >> 12) & 511) * 8)
+        assert pte & pt._PAGE_PROTNONE and not pte & pt._PAGE_ACCESSED

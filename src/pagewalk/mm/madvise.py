@@ -8,6 +8,7 @@ PT_RECLAIM (6.18): a PTE table whose whole 2 MiB was zapped and is empty is free
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -145,6 +146,33 @@ def _apply(k: Kernel, task: Task, vma: Vma, start: int, end: int, advice: str) -
         madvise_cold(k, mm, start, end)
 
 
+def _single_mapped_ptes(k: Kernel, mm: MmStruct, start: int, end: int,
+                        huge: Callable[[int, int, int, int], None] | None = None,
+                        ) -> Iterator[tuple[int, int, int, int]]:
+    """madvise_cold_or_pageout_pte_range()'s walk: (address, PTE address, PTE, pfn) of
+    each pte_present() entry (PROT_NONE ones map pages too) of [start, end) mapping an
+    order-0 folio that only this mapping maps (large folios are not split here;
+    folio_maybe_mapped_shared()). A huge PMD goes to ``huge`` first (pageout may split
+    it: args PMD address, PMD, range start and end), else it is left alone."""
+    pgt = k.pgtables
+    for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
+        pmd = pgt.read(pmd_paddr)
+        if pmd & pt._PAGE_PSE and huge is not None:
+            huge(pmd_paddr, pmd, addr, nxt)
+            pmd = pgt.read(pmd_paddr)
+        if not pmd or pmd & pt._PAGE_PSE:
+            continue
+        table = pt.pte_pfn(pmd)
+        for va in range(addr, nxt, 4096):
+            paddr = memory.pte_paddr(table, va)
+            pte = pgt.read(paddr)
+            if not pte & (pt._PAGE_PRESENT | pt._PAGE_PROTNONE) or pte & pt._PAGE_SPECIAL:
+                continue
+            pfn = pt.pte_pfn(pte)
+            if rmap.folio_head(k, pfn) == pfn and k.memmap.mapcount[pfn] <= 1:
+                yield va, paddr, pte, pfn
+
+
 def madvise_cold(k: Kernel, mm: MmStruct, start: int, end: int) -> None:
     """madvise_cold() -> madvise_cold_or_pageout_pte_range(!pageout): each present PTE of
     an order-0 folio only this mapping maps is made old (ptep_get_and_clear_full +
@@ -153,24 +181,13 @@ def madvise_cold(k: Kernel, mm: MmStruct, start: int, end: int) -> None:
     So reclaim under a memory cgroup takes these pages before young ones. Huge PMDs and
     large folios are left as they are here (as madvise_pageout leaves them)."""
     pgt = k.pgtables
-    for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
-        pmd = pgt.read(pmd_paddr)
-        if not pmd or pmd & pt._PAGE_PSE:
+    for va, paddr, pte, pfn in _single_mapped_ptes(k, mm, start, end):
+        if not k.memmap.flags[pfn] & PageFlag.ANON:
             continue
-        table = pt.pte_pfn(pmd)
-        for va in range(addr, nxt, 4096):
-            paddr = memory.pte_paddr(table, va)
-            pte = pgt.read(paddr)
-            if not pte & pt._PAGE_PRESENT or pte & pt._PAGE_SPECIAL:
-                continue
-            pfn = pt.pte_pfn(pte)
-            if rmap.folio_head(k, pfn) != pfn or k.memmap.mapcount[pfn] > 1 \
-                    or not k.memmap.flags[pfn] & PageFlag.ANON:
-                continue
-            if pte & pt._PAGE_ACCESSED:
-                pgt.set_entry(mm, paddr, pte & ~pt._PAGE_ACCESSED)
-                flush_tlb_page(k, mm, va)
-            memcontrol.folio_deactivate(k, pfn)
+        if pte & pt._PAGE_ACCESSED:
+            pgt.set_entry(mm, paddr, pte & ~pt._PAGE_ACCESSED)
+            flush_tlb_page(k, mm, va)
+        memcontrol.folio_deactivate(k, pfn)
 
 
 def madvise_willneed(k: Kernel, vma: Vma, start: int, end: int) -> None:
@@ -216,30 +233,19 @@ def madvise_pageout(k: Kernel, mm: MmStruct, vma: Vma, start: int, end: int) -> 
     runs on them: with no swap an anonymous page stays (add_to_swap fails before any
     unmapping); a page-cache page is unmapped (try_to_unmap); a clean disk page then leaves
     the cache, a shmem or dirty one stays (no swap; direct reclaim writes no file page)."""
-    pgt = k.pgtables
     victims: list[int] = []
     anon: list[tuple[int, int]] = []     # with swap: (pfn, linear page index)
-    for addr, nxt, pmd_paddr in pgt.pmd_ranges(mm, start, end):
-        pmd = pgt.read(pmd_paddr)
-        if pmd & pt._PAGE_PSE and k.swap is not None:
+
+    def split_thp(pmd_paddr: int, pmd: int, addr: int, nxt: int) -> None:
+        if k.swap is not None:
             _pageout_split_thp(k, mm, vma, pmd_paddr, pmd, addr, nxt)
-            pmd = pgt.read(pmd_paddr)
-        if not pmd or pmd & pt._PAGE_PSE:
-            continue                     # huge PMDs: left alone here
-        table = pt.pte_pfn(pmd)
-        for va in range(addr, nxt, 4096):
-            pte = pgt.read(memory.pte_paddr(table, va))
-            if not pte & (pt._PAGE_PRESENT | pt._PAGE_PROTNONE) or pte & pt._PAGE_SPECIAL:
-                continue                 # pte_present(): PROT_NONE entries map pages too
-            pfn = pt.pte_pfn(pte)
-            head = rmap.folio_head(k, pfn)
-            if head != pfn or k.memmap.mapcount[pfn] > 1:
-                continue                 # large folios: not split here; folio_maybe_mapped_shared()
-            if k.memmap.flags[head] & PageFlag.ANON:
-                if k.swap is not None and vma.anon_vma is not None:
-                    anon.append((pfn, vma.pgoff + ((va - vma.start) >> 12)))
-                continue                 # without swap anonymous pages stay
-            victims.append(pfn)
+
+    for va, _, _, pfn in _single_mapped_ptes(k, mm, start, end, split_thp):
+        if k.memmap.flags[pfn] & PageFlag.ANON:
+            if k.swap is not None and vma.anon_vma is not None:
+                anon.append((pfn, vma.pgoff + ((va - vma.start) >> 12)))
+            continue                     # without swap anonymous pages stay
+        victims.append(pfn)
     if anon:
         vmscan.reclaim_pages(k, anon)
     for pfn in victims:
