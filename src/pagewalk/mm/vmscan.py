@@ -251,9 +251,9 @@ def _nr_pages(memcg: MemCgroup, pfn: int) -> int:
     return memcontrol.HPAGE_PMD_NR if pfn in memcg.thp else 1
 
 
-def _isolate_lru_folios(memcg: MemCgroup) -> list[tuple[int, int]]:
+def _isolate_lru_folios(memcg: MemCgroup) -> tuple[list[tuple[int, int]], int]:
     """isolate_lru_folios(): the oldest inactive folios until SWAP_CLUSTER_MAX pages are
-    taken (a THP counts its HPAGE_PMD_NR pages: it is a batch alone)."""
+    taken (a THP counts its HPAGE_PMD_NR pages: it is a batch alone), and their pages."""
     batch: list[tuple[int, int]] = []
     pages = 0
     for pfn, index in islice(memcg.inactive.items(), SWAP_CLUSTER_MAX):
@@ -261,7 +261,7 @@ def _isolate_lru_folios(memcg: MemCgroup) -> list[tuple[int, int]]:
         pages += _nr_pages(memcg, pfn)
         if pages >= SWAP_CLUSTER_MAX:
             break
-    return batch
+    return batch, pages
 
 
 def try_to_free_mem_cgroup_pages(k: Kernel, nr_to_reclaim: int) -> int:
@@ -280,11 +280,11 @@ def try_to_free_mem_cgroup_pages(k: Kernel, nr_to_reclaim: int) -> int:
     while progress < nr_to_reclaim and scanned < budget:
         if inactive_is_low(memcg):
             shrink_active_list(k, memcg, SWAP_CLUSTER_MAX)
-        batch = _isolate_lru_folios(memcg)
+        batch, pages = _isolate_lru_folios(memcg)
         if not batch:
             break
         scanned += len(batch)
-        k.vm_events[VmEvent.PGSCAN_ANON] += sum(_nr_pages(memcg, pfn) for pfn, _ in batch)
+        k.vm_events[VmEvent.PGSCAN_ANON] += pages
         to_reclaim: list[tuple[int, int]] = []
         for pfn, index in batch:
             if not _valid(k, memcg, pfn):
