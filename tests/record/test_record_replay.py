@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -47,15 +46,6 @@ int main(void) {
 }
 """
 CLOSE = ("minflt", "RssAnon", "VmPTE")
-
-
-@pytest.fixture(scope="module")
-def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("record")
-    (work / "touch.c").write_text(PROGRAM)
-    subprocess.run(["gcc", "-O1", "-o", str(work / "touch"), str(work / "touch.c")],
-                   check=True)
-    return work / "touch"
 
 
 def test_replayed_figures_are_within_5_percent_of_the_native_run(program: Path,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,6 @@ from pagewalk.record.recorder import record
 from pagewalk.record.replay import SERIES_FIELDS, ReplayResult, replay_recording
 from pagewalk.record.system import replay_system
 from pagewalk.record.valgrind_log import Syscall
-from tests.record.test_record_replay import PROGRAM
 
 pytestmark = pytest.mark.skipif(shutil.which("valgrind") is None or shutil.which("gcc") is None
                                 or shutil.which("setarch") is None,
@@ -35,12 +33,9 @@ CUMULATIVE = ("minflt", "majflt", "l1_misses", "stlb_misses", "walk_refs")
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def recording(tmp_path_factory: pytest.TempPathFactory, program: Path) -> Path:
     work = tmp_path_factory.mktemp("replay-options")
-    (work / "touch.c").write_text(PROGRAM)
-    subprocess.run(["gcc", "-O1", "-o", str(work / "touch"), str(work / "touch.c")],
-                   check=True)
-    record([str(work / "touch")], work / "touch.pwr", compare=False)
+    record([str(program)], work / "touch.pwr", compare=False)
     return work / "touch.pwr"
 
 
